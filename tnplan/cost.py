@@ -1,0 +1,260 @@
+"""The one cost model: every score in the project comes from :func:`score_path`.
+
+Conventions (see ``shared/bench/README.md``):
+
+* ``contraction_cost`` — sum over pairwise contractions of the product of the sizes of every index
+  involved (cotengra's ``contraction_cost()``).
+* ``flops`` — the einsum-benchmark convention: the same product, times 2 when at least one index is
+  summed in that contraction (times 1 for Hadamard and outer products).
+* ``peak_size`` — the largest intermediate, in elements.
+* ``write`` — the sum of the sizes of all intermediates (the final result included).
+* ``peak_memory(dtype)`` — bytes of everything alive at once when the steps run in order: the inputs,
+  the live intermediates and, when sliced, the full-size result being accumulated.
+* ``combo`` — ``flops + 64 * write``.
+
+With sliced indices every tensor sees those indices with size 1, per-slice work is multiplied by the
+number of slices, and ``peak_size`` is per slice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from tnplan.errors import NetworkError
+from tnplan.network import Network
+
+COMBO_FACTOR = 64
+OBJECTIVES = ("flops", "size", "write", "combo")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One pairwise contraction of a scored path (integer index ids, per slice)."""
+
+    left: int
+    right: int
+    result: int
+    legs_left: tuple[int, ...]
+    legs_right: tuple[int, ...]
+    legs_out: tuple[int, ...]
+    summed: tuple[int, ...]
+    cost: int
+    flops: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Every cost of one contraction path; all values are for the whole contraction (all slices)."""
+
+    contraction_cost: int
+    flops: int
+    peak_size: int
+    write: int
+    peak_elements: int
+    n_slices: int
+    steps: tuple[Step, ...]
+
+    def peak_memory(self, dtype: str | np.dtype | type = "float64") -> int:
+        """Bytes of all tensors alive at once while executing in order (inputs included)."""
+        return self.peak_elements * np.dtype(dtype).itemsize
+
+    @property
+    def combo(self) -> int:
+        return self.flops + COMBO_FACTOR * self.write
+
+    @property
+    def log10_flops(self) -> float:
+        return math.log10(self.flops) if self.flops > 0 else 0.0
+
+    @property
+    def log2_size(self) -> float:
+        return math.log2(self.peak_size) if self.peak_size > 0 else 0.0
+
+    def objective(self, minimize: str) -> float:
+        """The scalar to minimise for an objective name in :data:`OBJECTIVES`."""
+        if minimize == "flops":
+            return float(self.flops)
+        if minimize == "size":
+            return float(self.peak_size)
+        if minimize == "write":
+            return float(self.write)
+        if minimize == "combo":
+            return float(self.combo)
+        raise NetworkError(f"unknown objective {minimize!r}; choose one of {', '.join(OBJECTIVES)}")
+
+
+def linear_to_ssa(path: Sequence[Sequence[int]], num_tensors: int) -> list[tuple[int, int]]:
+    """Convert an opt_einsum linear path to SSA form, validating it.
+
+    Raises:
+        NetworkError: If a step names a position that does not exist or repeats a position.
+    """
+    ids = list(range(num_tensors))
+    nxt = num_tensors
+    ssa: list[tuple[int, int]] = []
+    for k, step in enumerate(path):
+        step = tuple(int(x) for x in step)
+        if len(set(step)) != len(step) or any(not 0 <= x < len(ids) for x in step):
+            raise NetworkError(f"path step {k} {step} is invalid with {len(ids)} tensor(s) left")
+        if len(step) == 1:
+            continue  # a single-operand step only reduces; it does not change the pairing
+        if len(step) != 2:
+            raise NetworkError(f"path step {k} {step} contracts {len(step)} tensors; only pairwise steps are supported")
+        a, b = (ids[x] for x in step)
+        for x in sorted(step, reverse=True):
+            ids.pop(x)
+        ssa.append((a, b))
+        ids.append(nxt)
+        nxt += 1
+    return ssa
+
+
+def ssa_to_linear(ssa_path: Sequence[Sequence[int]], num_tensors: int) -> list[tuple[int, int]]:
+    """Convert an SSA path to opt_einsum's linear format."""
+    ids = list(range(num_tensors))
+    nxt = num_tensors
+    out: list[tuple[int, int]] = []
+    for a, b in ssa_path:
+        i, j = ids.index(a), ids.index(b)
+        out.append((min(i, j), max(i, j)))
+        for x in sorted((i, j), reverse=True):
+            ids.pop(x)
+        ids.append(nxt)
+        nxt += 1
+    return out
+
+
+def complete_ssa_path(network: Network, ssa_path: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    """Validate an SSA path and append outer products so that it ends in a single tensor.
+
+    Raises:
+        NetworkError: If a step uses an unknown or already-consumed tensor.
+    """
+    n = network.num_tensors
+    alive = set(range(n))
+    nxt = n
+    out: list[tuple[int, int]] = []
+    for k, (a, b) in enumerate(ssa_path):
+        a, b = int(a), int(b)
+        if a == b or a not in alive or b not in alive:
+            raise NetworkError(f"SSA path step {k} ({a}, {b}) uses a tensor that is unknown or already contracted")
+        alive -= {a, b}
+        alive.add(nxt)
+        out.append((a, b))
+        nxt += 1
+    rest = sorted(alive)
+    while len(rest) > 1:
+        a, b = rest.pop(0), rest.pop(0)
+        out.append((a, b))
+        rest.append(nxt)
+        nxt += 1
+    return out
+
+
+def leaf_legs(network: Network) -> list[tuple[int, ...]]:
+    """Each tensor's indices as the pairwise steps see them.
+
+    An index that sits on one tensor only and is not open is summed inside that tensor before any
+    pairwise step (as cotengra does), so it is not part of any pairwise contraction's cost.
+    """
+    counts: dict[int, int] = {}
+    for term in network.int_inputs:
+        for i in term:
+            counts[i] = counts.get(i, 0) + 1
+    out = network.int_output
+    return [tuple(i for i in term if counts[i] > 1 or i in out) for term in network.int_inputs]
+
+
+def score_path(
+    network: Network,
+    ssa_path: Sequence[Sequence[int]],
+    sliced: Iterable[int] = (),
+) -> Costs:
+    """Score a complete SSA path on ``network`` (integer index ids in ``sliced``).
+
+    Raises:
+        NetworkError: If the path is invalid or does not contract the network to one tensor.
+    """
+    n = network.num_tensors
+    sizes = list(network.int_sizes)
+    sliced = tuple(sorted(set(sliced)))
+    n_slices = 1
+    for i in sliced:
+        n_slices *= sizes[i]
+        sizes[i] = 1
+    output = network.int_output
+    legs = dict(enumerate(leaf_legs(network)))
+    counts = [0] * len(sizes)
+    for term in legs.values():
+        for i in term:
+            counts[i] += 1
+
+    def size_of(ls: Iterable[int]) -> int:
+        p = 1
+        for i in ls:
+            p *= sizes[i]
+        return p
+
+    tensor_size = {k: size_of(t) for k, t in legs.items()}
+    inputs_full = sum(math.prod(network.int_sizes[i] for i in t) for t in network.int_inputs)
+    live_intermediates = 0
+    peak_live = 0
+    steps: list[Step] = []
+    cost = flops = write = peak = 0
+    nxt = n
+    if len(ssa_path) != n - 1:
+        raise NetworkError(f"path has {len(ssa_path)} pairwise steps; {n} tensors need exactly {n - 1}")
+    for k, (a, b) in enumerate(ssa_path):
+        if a not in legs or b not in legs or a == b:
+            raise NetworkError(f"path step {k} ({a}, {b}) uses a tensor that is unknown or already contracted")
+        la, lb = legs.pop(a), legs.pop(b)
+        sb = set(lb)
+        involved = la + tuple(i for i in lb if i not in set(la))
+        out_legs = []
+        summed = []
+        for i in involved:
+            c = counts[i] - (i in sb) - (i in la)
+            if i in output or c > 0:
+                out_legs.append(i)
+                counts[i] = c + 1
+            else:
+                summed.append(i)
+                counts[i] = 0
+        c_step = size_of(involved)
+        f_step = c_step * (2 if summed else 1)
+        s_out = size_of(out_legs)
+        cost += c_step
+        flops += f_step
+        write += s_out
+        peak = max(peak, s_out)
+        live_intermediates += s_out
+        peak_live = max(peak_live, live_intermediates)
+        for x in (a, b):
+            if x >= n:
+                live_intermediates -= tensor_size[x]
+        tensor_size[nxt] = s_out
+        legs[nxt] = tuple(out_legs)
+        steps.append(Step(a, b, nxt, la, lb, tuple(out_legs), tuple(summed), c_step, f_step, s_out))
+        nxt += 1
+    result_full = math.prod(network.int_sizes[i] for i in network.int_output)
+    accumulate = result_full if n_slices > 1 else 0
+    return Costs(
+        contraction_cost=cost * n_slices,
+        flops=flops * n_slices,
+        peak_size=peak,
+        write=write * n_slices,
+        peak_elements=inputs_full + peak_live + accumulate,
+        n_slices=n_slices,
+        steps=tuple(steps),
+    )
+
+
+def score_linear_path(network: Network, path: Sequence[Sequence[int]], sliced: Iterable[int] = ()) -> Costs:
+    """Score an opt_einsum linear path; outer products are appended if the path stops early."""
+    ssa = complete_ssa_path(network, linear_to_ssa(path, network.num_tensors))
+    return score_path(network, ssa, sliced)

@@ -1,0 +1,431 @@
+"""Exact search: dynamic programming over connected sub-networks with an iterated cost cap.
+
+The search space is every contraction tree without outer products inside a connected component
+(the convention of opt_einsum's ``dp`` and cotengra's ``optimal``); components are joined at the end
+by outer products, smallest first. A sub-network is a bitmask of tensors (so at most 64 tensors);
+for each one the DP keeps the cheapest way found to contract it. The cap bounds the *cumulative*
+cost of a sub-solution, so when a full solution is found under a cap it is provably optimal
+(Pfeifer, Haegeman & Verstraete 2014). Work is counted in pair checks, which makes the search
+deterministic and lets the caller turn a time budget into a work budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from tnplan.cost import leaf_legs
+from tnplan.network import Network
+
+MAX_TENSORS = 64
+_OBJECTIVE_CODES = {"flops": 0, "size": 1, "write": 2, "combo": 3}
+# Pair checks per second of the compiled kernel on a slow core; converts time budgets to work.
+PAIRS_PER_SECOND = 5.0e7
+
+
+@dataclass(frozen=True)
+class OptimalResult:
+    """An exact search outcome: the SSA path and whether optimality was proven within the budget."""
+
+    ssa_path: list[tuple[int, int]] | None
+    optimal: bool
+    work: int
+
+
+@numba.njit(cache=True, nogil=True)
+def _dp_kernel(n, tensor_legs, idx_tensors, sizes, is_out, objective, cap, max_work):  # pragma: no cover - jitted
+    nidx = idx_tensors.shape[0]
+    W = tensor_legs.shape[1]
+    capacity = 1024
+    masks = np.empty(capacity, np.uint64)
+    prim = np.empty(capacity, np.float64)
+    sec = np.empty(capacity, np.float64)
+    left = np.empty(capacity, np.int64)
+    right = np.empty(capacity, np.int64)
+    legs = np.empty((capacity, W), np.uint64)
+    hkeys = np.zeros(4096, np.uint64)
+    hvals = np.empty(4096, np.int64)
+    one = np.uint64(1)
+    for t in range(n):
+        masks[t] = one << np.uint64(t)
+        prim[t] = 0.0
+        sec[t] = 0.0
+        left[t] = -1
+        right[t] = -1
+        legs[t, :] = tensor_legs[t, :]
+        _hput(hkeys, hvals, masks[t], t)
+    count = n
+    level_lo = np.zeros(n + 1, np.int64)
+    level_hi = np.zeros(n + 1, np.int64)
+    level_lo[1] = 0
+    level_hi[1] = n
+    work = 0
+    shared = np.empty(W, np.uint64)
+    nbr = np.zeros(n, np.uint64)
+    for t in range(n):
+        for w in range(W):
+            bits = tensor_legs[t, w]
+            b = 0
+            while bits:
+                if bits & one:
+                    nbr[t] |= idx_tensors[w * 64 + b]
+                bits >>= one
+                b += 1
+        nbr[t] &= ~(one << np.uint64(t))
+    # Per level and per tensor, the stored sub-networks containing that tensor (CSR), so a
+    # sub-network's partners are found through its neighbours instead of by scanning a level.
+    csr_ids = np.empty(1024, np.int64)
+    csr_n = 0
+    csr_lo = np.zeros((n + 1, n), np.int64)
+    csr_hi = np.zeros((n + 1, n), np.int64)
+    for t in range(n):
+        csr_lo[1, t] = csr_n
+        csr_ids[csr_n] = t
+        csr_n += 1
+        csr_hi[1, t] = csr_n
+    for m in range(2, n + 1):
+        level_lo[m] = count
+        for k in range(1, m // 2 + 1):
+            # Walk the larger side and find partners on the smaller side through its neighbours:
+            # for k = 1 that visits each adjacent (tensor, sub-network) pair exactly once.
+            a0, a1 = level_lo[m - k], level_hi[m - k]
+            for i in range(a0, a1):
+                s1 = masks[i]
+                nb = np.uint64(0)
+                bits = s1
+                t = 0
+                while bits:
+                    if bits & one:
+                        nb |= nbr[t]
+                    bits >>= one
+                    t += 1
+                nb &= ~s1
+                base = prim[i] if objective != 1 else 0.0
+                nbits = nb
+                t = 0
+                while nbits:
+                    if not nbits & one:
+                        nbits >>= one
+                        t += 1
+                        continue
+                    tb = one << np.uint64(t)
+                    nbits >>= one
+                    t += 1
+                    for r in range(csr_lo[k, t - 1], csr_hi[k, t - 1]):
+                        j = csr_ids[r]
+                        work += 1
+                        # Lists are sorted by cost, so no later partner fits under the cap either.
+                        if prim[j] + base > cap:
+                            break
+                        if k == m - k and j >= i:
+                            continue
+                        s2 = masks[j]
+                        if s1 & s2:
+                            continue
+                        x = s2 & nb
+                        if (x & (~x + one)) != tb:
+                            continue
+                        for w in range(W):
+                            shared[w] = legs[i, w] & legs[j, w]
+                        s = s1 | s2
+                        involved = 1.0
+                        removed = 1.0
+                        for w in range(W):
+                            bits = legs[i, w] | legs[j, w]
+                            b = 0
+                            while bits:
+                                if bits & one:
+                                    idx = w * 64 + b
+                                    involved *= sizes[idx]
+                                    if (shared[w] >> np.uint64(b)) & one:
+                                        if not is_out[idx] and (idx_tensors[idx] & ~s) == 0:
+                                            removed *= sizes[idx]
+                                bits >>= one
+                                b += 1
+                        out_size = involved / removed
+                        step = involved * 2.0 if removed > 1.0 else involved
+                        if objective == 0:
+                            p = prim[i] + prim[j] + step
+                            qq = 0.0
+                        elif objective == 1:
+                            p = max(prim[i], prim[j], out_size)
+                            qq = sec[i] + sec[j] + step
+                        elif objective == 2:
+                            p = prim[i] + prim[j] + out_size
+                            qq = 0.0
+                        else:
+                            p = prim[i] + prim[j] + step + 64.0 * out_size
+                            qq = 0.0
+                        if p > cap:
+                            continue
+                        pos = _hget(hkeys, hvals, s)
+                        if pos == -1:
+                            if count == capacity:
+                                capacity *= 2
+                                masks = _grow_u(masks, capacity)
+                                prim = _grow_f(prim, capacity)
+                                sec = _grow_f(sec, capacity)
+                                left = _grow_i(left, capacity)
+                                right = _grow_i(right, capacity)
+                                nl = np.empty((capacity, W), np.uint64)
+                                nl[:count, :] = legs[:count, :]
+                                legs = nl
+                            pos = count
+                            count += 1
+                            if 2 * count > hkeys.shape[0]:
+                                hkeys, hvals = _hgrow(hkeys, hvals)
+                            _hput(hkeys, hvals, s, pos)
+                            masks[pos] = s
+                        elif p > prim[pos] or (p == prim[pos] and qq >= sec[pos]):
+                            continue
+                        prim[pos] = p
+                        sec[pos] = qq
+                        left[pos] = i
+                        right[pos] = j
+                        for w in range(W):
+                            lw = legs[i, w] | legs[j, w]
+                            bits = shared[w]
+                            b = 0
+                            while bits:
+                                if bits & one:
+                                    idx = w * 64 + b
+                                    if not is_out[idx] and (idx_tensors[idx] & ~s) == 0:
+                                        lw &= ~(one << np.uint64(b))
+                                bits >>= one
+                                b += 1
+                            legs[pos, w] = lw
+            if work > max_work:
+                return -2, masks[:count], left[:count], right[:count], prim[:count], work
+        level_hi[m] = count
+        for t in range(n):
+            csr_lo[m, t] = csr_n
+            tb = one << np.uint64(t)
+            for e in range(level_lo[m], level_hi[m]):
+                if masks[e] & tb:
+                    if csr_n == csr_ids.shape[0]:
+                        csr_ids = _grow_i(csr_ids, 2 * csr_n)
+                    csr_ids[csr_n] = e
+                    csr_n += 1
+            csr_hi[m, t] = csr_n
+            lo = csr_lo[m, t]
+            order = np.argsort(prim[csr_ids[lo:csr_n]], kind="mergesort")
+            csr_ids[lo:csr_n] = csr_ids[lo:csr_n][order]
+    full = masks[0]
+    for t in range(1, n):
+        full |= masks[t]
+    root = _hget(hkeys, hvals, full)
+    return root, masks[:count], left[:count], right[:count], prim[:count], work
+
+
+@numba.njit(cache=True, inline="always")
+def _hslot(hkeys, key):  # pragma: no cover - jitted
+    mask = np.uint64(hkeys.shape[0] - 1)
+    h = (key * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(17)
+    h &= mask
+    while hkeys[h] != 0 and hkeys[h] != key:
+        h = (h + np.uint64(1)) & mask
+    return h
+
+
+@numba.njit(cache=True)
+def _hget(hkeys, hvals, key):  # pragma: no cover - jitted
+    h = _hslot(hkeys, key)
+    if hkeys[h] == 0:
+        return -1
+    return hvals[h]
+
+
+@numba.njit(cache=True)
+def _hput(hkeys, hvals, key, val):  # pragma: no cover - jitted
+    h = _hslot(hkeys, key)
+    hkeys[h] = key
+    hvals[h] = val
+
+
+@numba.njit(cache=True)
+def _hgrow(hkeys, hvals):  # pragma: no cover - jitted
+    nk = np.zeros(hkeys.shape[0] * 2, np.uint64)
+    nv = np.empty(hkeys.shape[0] * 2, np.int64)
+    for h in range(hkeys.shape[0]):
+        if hkeys[h] != 0:
+            _hput(nk, nv, hkeys[h], hvals[h])
+    return nk, nv
+
+
+@numba.njit(cache=True)
+def _grow_u(a, capacity):  # pragma: no cover - jitted
+    b = np.empty(capacity, a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@numba.njit(cache=True)
+def _grow_f(a, capacity):  # pragma: no cover - jitted
+    b = np.empty(capacity, a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@numba.njit(cache=True)
+def _grow_i(a, capacity):  # pragma: no cover - jitted
+    b = np.empty(capacity, a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+def components(network: Network) -> list[list[int]]:
+    """Connected components of the tensors (sharing any index), each sorted, ordered by first tensor."""
+    legs = leaf_legs(network)
+    parent = list(range(network.num_tensors))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    first: dict[int, int] = {}
+    for t, term in enumerate(legs):
+        for i in term:
+            if i in first:
+                ra, rb = find(first[i]), find(t)
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
+            else:
+                first[i] = t
+    groups: dict[int, list[int]] = {}
+    for t in range(network.num_tensors):
+        groups.setdefault(find(t), []).append(t)
+    return sorted(groups.values(), key=lambda g: g[0])
+
+
+def _solve_component(
+    network: Network, members: list[int], minimize: str, upper: float | None, max_work: int
+) -> tuple[list[tuple[int, int]] | None, bool, int]:
+    """Exact DP on one connected component; SSA path in component-local ids."""
+    legs_all = leaf_legs(network)
+    n = len(members)
+    if n == 1:
+        return [], True, 0
+    local = [legs_all[t] for t in members]
+    ids = sorted({i for term in local for i in term})
+    pos = {i: k for k, i in enumerate(ids)}
+    nidx = len(ids)
+    W = max(1, (nidx + 63) // 64)
+    tensor_legs = np.zeros((n, W), np.uint64)
+    idx_tensors = np.zeros(nidx, np.uint64)
+    for t, term in enumerate(local):
+        for i in term:
+            k = pos[i]
+            tensor_legs[t, k >> 6] |= np.uint64(1) << np.uint64(k & 63)
+            idx_tensors[k] |= np.uint64(1) << np.uint64(t)
+    # An index that also sits on a tensor outside the component cannot exist (components share
+    # nothing), so only openness decides whether it survives.
+    sizes = np.array([float(network.int_sizes[i]) for i in ids])
+    is_out = np.array([i in network.int_output for i in ids], dtype=np.bool_)
+    objective = _OBJECTIVE_CODES[minimize]
+    # Cap schedule: start near the cheapest conceivable total and grow geometrically; the last
+    # cap is the caller's upper bound (a known path's cost), so a solution is always reachable.
+    lower = max(math.prod(network.int_sizes[i] for i in term) for term in local)
+    caps: list[float] = []
+    cap = float(lower)
+    hi = upper if upper is not None else math.inf
+    while cap < hi and len(caps) < 60:
+        caps.append(cap)
+        cap *= 2.0
+    if upper is not None:
+        caps.append(upper * (1 + 1e-9))
+    else:
+        caps.append(math.inf)
+    total_work = 0
+    for cap in caps:
+        root, masks, left, right, _prim, work = _dp_kernel(
+            n, tensor_legs, idx_tensors, sizes, is_out, objective, cap, max_work - total_work
+        )
+        total_work += work
+        if root == -2:
+            return None, False, total_work
+        if root >= 0:
+            path: list[tuple[int, int]] = []
+            ssa_of: dict[int, int] = {}
+            nxt = n
+
+            def emit(node: int) -> int:
+                nonlocal nxt
+                if node < n:
+                    return node
+                a = emit(int(left[node]))
+                b = emit(int(right[node]))
+                path.append((a, b))
+                ssa_of[node] = nxt
+                nxt += 1
+                return ssa_of[node]
+
+            emit(int(root))
+            return path, True, total_work
+        if total_work >= max_work:
+            return None, False, total_work
+    return None, False, total_work
+
+
+def optimal_path(
+    network: Network,
+    minimize: str = "flops",
+    *,
+    upper: float | None = None,
+    max_work: int = 10**9,
+) -> OptimalResult:
+    """Find the provably optimal SSA path of ``network`` for ``minimize``, within ``max_work`` pair checks.
+
+    Args:
+        network: At most 64 tensors per connected component.
+        minimize: ``"flops"``, ``"size"``, ``"write"`` or ``"combo"``.
+        upper: Objective value of a known path; used as the final cost cap (the DP never misses a
+            path at least that good).
+        max_work: Budget in candidate pair checks; the search gives up (``ssa_path=None``) beyond it.
+    """
+    comps = components(network)
+    if max(len(c) for c in comps) > MAX_TENSORS:
+        return OptimalResult(None, False, 0)
+    total_work = 0
+    pieces: list[tuple[list[tuple[int, int]], list[int]]] = []
+    for members in comps:
+        sub_upper = upper if len(comps) == 1 else None
+        path, ok, work = _solve_component(network, members, minimize, sub_upper, max_work - total_work)
+        total_work += work
+        if path is None or not ok:
+            return OptimalResult(None, False, total_work)
+        pieces.append((path, members))
+    # Stitch the components: map local SSA ids to global ones, then outer-product the results,
+    # smallest first (outer products cost the product of their sizes, so small ones go first).
+    ssa: list[tuple[int, int]] = []
+    nxt = network.num_tensors
+    roots: list[tuple[float, int]] = []
+    for path, members in pieces:
+        local_to_global = {k: t for k, t in enumerate(members)}
+        k = len(members)
+        for a, b in path:
+            ssa.append((local_to_global[a], local_to_global[b]))
+            local_to_global[k] = nxt
+            k += 1
+            nxt += 1
+        root = local_to_global[k - 1] if path else members[0]
+        roots.append((_component_result_size(network, members), root))
+    roots.sort()
+    while len(roots) > 1:
+        (sa, a), (sb, b) = roots.pop(0), roots.pop(0)
+        ssa.append((a, b))
+        roots.append((sa * sb, nxt))
+        roots.sort()
+        nxt += 1
+    # Joining components by outer products is forced but not proven optimal when several exist.
+    return OptimalResult(ssa, len(comps) == 1, total_work)
+
+
+def _component_result_size(network: Network, members: list[int]) -> float:
+    legs = leaf_legs(network)
+    open_ = {i for t in members for i in legs[t] if i in network.int_output}
+    return float(math.prod(network.int_sizes[i] for i in open_))
