@@ -258,3 +258,43 @@ def score_linear_path(network: Network, path: Sequence[Sequence[int]], sliced: I
     """Score an opt_einsum linear path; outer products are appended if the path stops early."""
     ssa = complete_ssa_path(network, linear_to_ssa(path, network.num_tensors))
     return score_path(network, ssa, sliced)
+
+
+def legs_path_cost(
+    legs: Sequence[Sequence[int]],
+    output: frozenset[int] | set[int],
+    sizes: Sequence[float],
+    path: Sequence[tuple[int, int]],
+    minimize: str,
+) -> float:
+    """Objective value of an SSA ``path`` over tensors given as index-id legs (float arithmetic)."""
+    where: dict[int, int] = {}
+    for term in legs:
+        for i in term:
+            where[i] = where.get(i, 0) + 1
+    cur = [frozenset(t) for t in legs]
+    total = 0.0
+    for a, b in path:
+        la, lb = cur[a], cur[b]
+        involved = la | lb
+        keep = []
+        for i in involved:
+            c = where[i] - (i in la) - (i in lb)
+            if i in output or c > 0:
+                keep.append(i)
+                where[i] = c + 1
+            else:
+                where[i] = 0
+        p = math.prod(float(sizes[i]) for i in involved)
+        size = math.prod(float(sizes[i]) for i in keep)
+        flops = p * 2.0 if len(keep) < len(involved) else p
+        cur.append(frozenset(keep))
+        if minimize == "size":
+            total = max(total, size)
+        elif minimize == "flops":
+            total += flops
+        elif minimize == "write":
+            total += size
+        else:
+            total += flops + 64.0 * size
+    return total

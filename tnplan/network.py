@@ -102,7 +102,9 @@ class Network:
             shapes = tuple(shapes[0])  # type: ignore[assignment]
         terms, output = parse_einsum(equation)
         if len(terms) != len(shapes):
-            raise NetworkError(f"equation {equation!r} has {len(terms)} operand(s) but {len(shapes)} shape(s) were given")
+            raise NetworkError(
+                f"equation {equation!r} has {len(terms)} operand(s) but {len(shapes)} shape(s) were given"
+            )
         size_dict: dict[Label, int] = {}
         for pos, (term, shape) in enumerate(zip(terms, shapes, strict=True)):
             shape = tuple(shape)
@@ -250,8 +252,9 @@ class Network:
     @cached_property
     def equation(self) -> str:
         """An einsum equation for this network, with labels mapped to letters when needed."""
-        symbols = {lab: lab if isinstance(lab, str) and len(lab) == 1 and lab.isalpha() else None
-                   for lab in self.labels}
+        symbols = {
+            lab: lab if isinstance(lab, str) and len(lab) == 1 and lab.isalpha() else None for lab in self.labels
+        }
         if any(v is None for v in symbols.values()):
             symbols = {lab: _symbol(i) for i, lab in enumerate(self.labels)}
         terms = ",".join("".join(symbols[lab] for lab in t) for t in self.inputs)
@@ -296,7 +299,6 @@ def _valid_symbol(ch: str) -> bool:
     return not ch.isspace() and ch not in ",->."
 
 
-
 def parse_einsum(equation: str) -> tuple[list[list[str]], list[str]]:
     """Split an einsum equation into operand terms and output (numpy's implicit rule without ``->``).
 
@@ -317,10 +319,14 @@ def parse_einsum(equation: str) -> tuple[list[list[str]], list[str]]:
     for term in terms:
         for ch in term:
             if not _valid_symbol(ch):
-                raise NetworkError(f"equation {equation!r} has invalid index character {ch!r}; use one non-space character per index")
+                raise NetworkError(
+                    f"equation {equation!r} has invalid index character {ch!r}; use one non-space character per index"
+                )
     for ch in rhs:
         if not _valid_symbol(ch):
-            raise NetworkError(f"equation {equation!r} has invalid output character {ch!r}; use one non-space character per index")
+            raise NetworkError(
+                f"equation {equation!r} has invalid output character {ch!r}; use one non-space character per index"
+            )
     if arrow:
         output = list(rhs)
     else:

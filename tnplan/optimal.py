@@ -12,18 +12,19 @@ deterministic and lets the caller turn a time budget into a work budget.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 
-from tnplan.cost import leaf_legs
+from tnplan.cost import leaf_legs, legs_path_cost
 from tnplan.network import Network
 
 MAX_TENSORS = 64
 _OBJECTIVE_CODES = {"flops": 0, "size": 1, "write": 2, "combo": 3}
 # Pair checks per second of the compiled kernel on a slow core; converts time budgets to work.
-PAIRS_PER_SECOND = 5.0e7
+PAIRS_PER_SECOND = 2.0e7
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,9 @@ class OptimalResult:
 
 
 @numba.njit(cache=True, nogil=True)
-def _dp_kernel(n, tensor_legs, idx_tensors, sizes, is_out, objective, cap, max_work):  # pragma: no cover - jitted
-    nidx = idx_tensors.shape[0]
+def _dp_kernel(
+    n, tensor_legs, idx_tensors, sizes, is_out, adjacent, objective, cap, max_work, max_size
+):  # pragma: no cover - jitted
     W = tensor_legs.shape[1]
     capacity = 1024
     masks = np.empty(capacity, np.uint64)
@@ -70,7 +72,7 @@ def _dp_kernel(n, tensor_legs, idx_tensors, sizes, is_out, objective, cap, max_w
             bits = tensor_legs[t, w]
             b = 0
             while bits:
-                if bits & one:
+                if bits & one and adjacent[w * 64 + b]:
                     nbr[t] |= idx_tensors[w * 64 + b]
                 bits >>= one
                 b += 1
@@ -140,12 +142,17 @@ def _dp_kernel(n, tensor_legs, idx_tensors, sizes, is_out, objective, cap, max_w
                                 if bits & one:
                                     idx = w * 64 + b
                                     involved *= sizes[idx]
-                                    if (shared[w] >> np.uint64(b)) & one:
-                                        if not is_out[idx] and (idx_tensors[idx] & ~s) == 0:
-                                            removed *= sizes[idx]
+                                    if (
+                                        (shared[w] >> np.uint64(b)) & one
+                                        and not is_out[idx]
+                                        and (idx_tensors[idx] & ~s) == 0
+                                    ):
+                                        removed *= sizes[idx]
                                 bits >>= one
                                 b += 1
                         out_size = involved / removed
+                        if out_size > max_size:
+                            continue
                         step = involved * 2.0 if removed > 1.0 else involved
                         if objective == 0:
                             p = prim[i] + prim[j] + step
@@ -302,73 +309,122 @@ def components(network: Network) -> list[list[int]]:
     return sorted(groups.values(), key=lambda g: g[0])
 
 
-def _solve_component(
-    network: Network, members: list[int], minimize: str, upper: float | None, max_work: int
-) -> tuple[list[tuple[int, int]] | None, bool, int]:
-    """Exact DP on one connected component; SSA path in component-local ids."""
-    legs_all = leaf_legs(network)
-    n = len(members)
+def solve_legs(
+    legs: Sequence[Sequence[int]],
+    output: frozenset[int] | set[int],
+    sizes: Sequence[float],
+    minimize: str = "flops",
+    *,
+    upper: float | None = None,
+    max_work: int = 10**9,
+    max_size: float = math.inf,
+    join_open: bool = True,
+) -> tuple[list[tuple[int, int]] | None, int]:
+    """Exact DP on one connected network given as index-id legs; returns (SSA path or None, work).
+
+    ``None`` means the work budget ran out, the network is disconnected, or no path keeps every
+    intermediate within ``max_size``. With ``join_open=False`` two sub-networks that share only
+    open indices are not joined (batched outer products are skipped): a smaller search space that
+    tames batch hyperedges, used by the heuristics; the proof of optimality uses the full space.
+    """
+    n = len(legs)
     if n == 1:
-        return [], True, 0
-    local = [legs_all[t] for t in members]
-    ids = sorted({i for term in local for i in term})
+        return [], 0
+    skip = frozenset() if join_open else frozenset(output)
+    if n > MAX_TENSORS or not _connected(legs, skip):
+        return None, 0
+    if upper is None:
+        from tnplan.greedy import greedy_ssa
+
+        greedy = greedy_ssa(legs, frozenset(output), sizes)
+        upper = legs_path_cost(legs, output, sizes, greedy, minimize)
+    ids = sorted({i for term in legs for i in term})
     pos = {i: k for k, i in enumerate(ids)}
     nidx = len(ids)
     W = max(1, (nidx + 63) // 64)
     tensor_legs = np.zeros((n, W), np.uint64)
-    idx_tensors = np.zeros(nidx, np.uint64)
-    for t, term in enumerate(local):
+    idx_tensors = np.zeros(max(nidx, 1), np.uint64)
+    for t, term in enumerate(legs):
         for i in term:
             k = pos[i]
             tensor_legs[t, k >> 6] |= np.uint64(1) << np.uint64(k & 63)
             idx_tensors[k] |= np.uint64(1) << np.uint64(t)
-    # An index that also sits on a tensor outside the component cannot exist (components share
-    # nothing), so only openness decides whether it survives.
-    sizes = np.array([float(network.int_sizes[i]) for i in ids])
-    is_out = np.array([i in network.int_output for i in ids], dtype=np.bool_)
+    size_arr = np.array([float(sizes[i]) for i in ids] or [1.0])
+    is_out = np.array([i in output for i in ids] or [False], dtype=np.bool_)
+    adjacent = np.array([i not in skip for i in ids] or [True], dtype=np.bool_)
     objective = _OBJECTIVE_CODES[minimize]
-    # Cap schedule: start near the cheapest conceivable total and grow geometrically; the last
-    # cap is the caller's upper bound (a known path's cost), so a solution is always reachable.
-    lower = max(math.prod(network.int_sizes[i] for i in term) for term in local)
+    # Cap schedule: start at the largest input and double; the last cap is the caller's upper
+    # bound (a known path's cost), so the DP never misses a path at least that good. Doubling
+    # keeps every failed round cheap next to the successful one.
+    lower = max(math.prod(float(sizes[i]) for i in term) for term in legs)
     caps: list[float] = []
-    cap = float(lower)
+    # Starting far below the bound only adds rounds that fail: begin at 1/64 of it.
+    cap = max(float(lower), upper / 64.0)
     hi = upper if upper is not None else math.inf
-    while cap < hi and len(caps) < 60:
+    while cap < hi and len(caps) < 200:
         caps.append(cap)
         cap *= 2.0
-    if upper is not None:
-        caps.append(upper * (1 + 1e-9))
-    else:
-        caps.append(math.inf)
+    caps.append(upper * (1 + 1e-9) if upper is not None else math.inf)
     total_work = 0
     for cap in caps:
-        root, masks, left, right, _prim, work = _dp_kernel(
-            n, tensor_legs, idx_tensors, sizes, is_out, objective, cap, max_work - total_work
+        root, _masks, left, right, _prim, work = _dp_kernel(
+            n, tensor_legs, idx_tensors, size_arr, is_out, adjacent, objective, cap, max_work - total_work, max_size
         )
         total_work += work
         if root == -2:
-            return None, False, total_work
+            return None, total_work
         if root >= 0:
-            path: list[tuple[int, int]] = []
-            ssa_of: dict[int, int] = {}
-            nxt = n
-
-            def emit(node: int) -> int:
-                nonlocal nxt
-                if node < n:
-                    return node
-                a = emit(int(left[node]))
-                b = emit(int(right[node]))
-                path.append((a, b))
-                ssa_of[node] = nxt
-                nxt += 1
-                return ssa_of[node]
-
-            emit(int(root))
-            return path, True, total_work
+            return _emit_path(n, int(root), left, right), total_work
         if total_work >= max_work:
-            return None, False, total_work
-    return None, False, total_work
+            break
+    return None, total_work
+
+
+def _connected(legs: Sequence[Sequence[int]], skip: frozenset[int] = frozenset()) -> bool:
+    seen = {0}
+    frontier = [0]
+    by_index: dict[int, list[int]] = {}
+    for t, term in enumerate(legs):
+        for i in term:
+            if i not in skip:
+                by_index.setdefault(i, []).append(t)
+    while frontier:
+        t = frontier.pop()
+        for i in legs[t]:
+            for u in by_index.get(i, ()):
+                if u not in seen:
+                    seen.add(u)
+                    frontier.append(u)
+    return len(seen) == len(legs)
+
+
+def _emit_path(n: int, root: int, left: np.ndarray, right: np.ndarray) -> list[tuple[int, int]]:
+    path: list[tuple[int, int]] = []
+    stack: list[tuple[int, bool]] = [(root, False)]
+    ssa_of: dict[int, int] = {}
+    while stack:
+        node, ready = stack.pop()
+        if node < n:
+            ssa_of[node] = node
+            continue
+        if ready:
+            path.append((ssa_of[int(left[node])], ssa_of[int(right[node])]))
+            ssa_of[node] = n + len(path) - 1
+        else:
+            stack.append((node, True))
+            stack.append((int(right[node]), False))
+            stack.append((int(left[node]), False))
+    return path
+
+
+def _solve_component(
+    network: Network, members: list[int], minimize: str, upper: float | None, max_work: int
+) -> tuple[list[tuple[int, int]] | None, bool, int]:
+    legs_all = leaf_legs(network)
+    path, work = solve_legs(
+        [legs_all[t] for t in members], network.int_output, network.int_sizes, minimize, upper=upper, max_work=max_work
+    )
+    return path, path is not None, work
 
 
 def optimal_path(

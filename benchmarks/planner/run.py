@@ -1,0 +1,441 @@
+"""Run tnplan and the anchor planners side by side and write benchmarks/results/planner.{md,json}.
+
+Every path, whichever planner found it, is re-scored with ``tnplan.cost.score_linear_path`` (the
+project's one scorer). Planners run one at a time, in this process, except the exact ones (``oe-dp``,
+``ctg-optimal``) which run in a child process killed after 60 s.
+
+Examples:
+    .venv/bin/python benchmarks/planner/run.py --suite all --budgets 1,5 --seeds 0,1,2
+    .venv/bin/python benchmarks/planner/run.py --quick --only bin_ --methods oe-greedy,ctg-default
+    .venv/bin/python benchmarks/planner/run.py --resume            # continue an interrupted run
+    .venv/bin/python benchmarks/planner/run.py --report-only       # re-render planner.md from planner.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import planners  # noqa: E402
+import report  # noqa: E402
+from planners import BUDGETED, CTG_OPTIMAL_MAX_TENSORS, HARD_TIMEOUT_S, METHODS, PlannerTimeoutError  # noqa: E402
+
+from tnplan.cost import score_linear_path  # noqa: E402
+from tnplan.network import Network  # noqa: E402
+
+DEFAULT_INSTANCE_DIRS = (REPO / "shared" / "bench" / "instances", Path("/work/shared/bench/instances"))
+INSTANCE_SUITES = ("einsum-benchmark", "cotengra")
+
+
+# ---------------------------------------------------------------------------------------------- instances
+
+
+@dataclass
+class Instance:
+    name: str
+    suite: str
+    network: Network
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _hyperedges(net: Network) -> int:
+    counts: dict[Any, int] = {}
+    for term in net.inputs:
+        for lab in set(term):
+            counts[lab] = counts.get(lab, 0) + 1
+    out = set(net.output)
+    return sum(1 for lab, c in counts.items() if c + (lab in out) > 2)
+
+
+def _regular_degree(net: Network) -> int | None:
+    """d when the network is a d-regular simple graph (every index on two tensors, d per tensor, none open)."""
+    if net.output:
+        return None
+    counts: dict[Any, int] = {}
+    for term in net.inputs:
+        for lab in term:
+            counts[lab] = counts.get(lab, 0) + 1
+    degrees = {len(term) for term in net.inputs}
+    if len(degrees) != 1 or any(c != 2 for c in counts.values()):
+        return None
+    if any(len(set(term)) != len(term) for term in net.inputs):
+        return None
+    return degrees.pop()
+
+
+def _describe(name: str, suite: str, net: Network, source: str) -> dict[str, Any]:
+    return {
+        "suite": suite,
+        "source": source,
+        "n_tensors": net.num_tensors,
+        "n_indices": net.num_indices,
+        "n_open": len(net.output),
+        "hyperedges": _hyperedges(net),
+        "regular_degree": _regular_degree(net),
+    }
+
+
+def load_file_instances(root: Path, only: str | None) -> Iterator[Instance]:
+    for suite in INSTANCE_SUITES:
+        for path in sorted((root / suite).glob("*.json")):
+            name = path.stem
+            if only and only not in name:
+                continue
+            net = Network.from_json(path)
+            meta = _describe(name, suite, net, str(path))
+            data = json.loads(path.read_text(encoding="utf-8"))
+            ref = (data.get("paths") or {}).get("opt_flops") if isinstance(data, dict) else None
+            if ref:
+                meta["ref_log10_flops"] = ref.get("log10_flops")
+                meta["ref_log2_size"] = ref.get("log2_size")
+                try:
+                    costs = score_linear_path(net, planners.pairwise_linear_path(ref["path"], net.num_tensors))
+                    meta["ref_rescored_log10_flops"] = costs.log10_flops
+                    meta["ref_rescored_log2_size"] = costs.log2_size
+                except Exception as exc:  # the reference path itself is data; report, don't crash
+                    meta["ref_rescore_error"] = f"{type(exc).__name__}: {exc}"
+            yield Instance(name, suite, net, meta)
+
+
+def load_generated(only: str | None) -> Iterator[Instance]:
+    try:
+        from tnplan import examples
+    except ImportError as exc:
+        print(f"note: generated suite skipped: tnplan.examples is not importable ({exc})", flush=True)
+        return
+    families = getattr(examples, "FAMILIES", None)
+    if not isinstance(families, dict):
+        print("note: generated suite skipped: tnplan.examples has no FAMILIES dict", flush=True)
+        return
+    print(f"generated families: {', '.join(families)}", flush=True)
+    for name, build in families.items():
+        if only and only not in name:
+            continue
+        try:
+            net = build()
+        except Exception as exc:
+            print(f"note: generated family {name!r} failed to build: {type(exc).__name__}: {exc}", flush=True)
+            continue
+        yield Instance(name, "generated", net, _describe(name, "generated", net, f"tnplan.examples.FAMILIES[{name!r}]"))
+
+
+# ---------------------------------------------------------------------------------------------- results store
+
+
+def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["instance"], row["method"], row["budget"], row["seed"])
+
+
+class ResultStore:
+    """planner.json: machine header, instance metadata and raw rows, rewritten atomically after every row."""
+
+    def __init__(self, path: Path, resume: bool) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {"meta": {}, "instances": {}, "rows": []}
+        if resume and path.exists():
+            self.data = json.loads(path.read_text(encoding="utf-8"))
+            self.data.setdefault("instances", {})
+            self.data.setdefault("rows", [])
+        # Error rows are kept but not counted as done: a resumed run retries them (the planner may have been
+        # fixed since) and replaces them; timeouts and skips are final.
+        self.done = {row_key(r) for r in self.data["rows"] if r["status"] != "error"}
+
+    def set_meta(self, meta: dict[str, Any]) -> None:
+        old = self.data.get("meta") or {}
+        if old.get("cpu_model") and old.get("cpu_model") != meta.get("cpu_model"):
+            print(f"warning: resuming results from another machine ({old.get('cpu_model')})", flush=True)
+        runs = [*old.get("runs", []), meta["runs"][0]]
+        self.data["meta"] = {**meta, "runs": runs}
+        self.flush()
+
+    def add_instance(self, inst: Instance) -> None:
+        self.data["instances"][inst.name] = inst.meta
+        self.flush()
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.data["rows"] = [r for r in self.data["rows"] if row_key(r) != row_key(row)]
+        self.data["rows"].append(row)
+        self.done.add(row_key(row))
+        self.flush()
+
+    def flush(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, ensure_ascii=False, indent=1), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def _jobs(methods: list[str], budgets: list[float], seeds: list[int]) -> Iterator[tuple[str, float | None, int | None]]:
+    for method in methods:
+        if method in BUDGETED:
+            for budget in budgets:
+                for seed in seeds:
+                    yield method, budget, seed
+        else:
+            yield method, None, None
+
+
+def run_one(inst: Instance, method: str, budget: float | None, seed: int | None) -> dict[str, Any]:
+    """Plan ``inst`` with ``method`` and re-score the path; never raises for a planner failure."""
+    net = inst.network
+    row: dict[str, Any] = {
+        "instance": inst.name,
+        "suite": inst.suite,
+        "n_tensors": net.num_tensors,
+        "method": method,
+        "budget": budget,
+        "seed": seed,
+        "status": "ok",
+        "log10_flops": None,
+        "log2_size": None,
+        "log10_cost": None,
+        "planning_time_s": None,
+        "optimal": None,
+        "reported_time_s": None,
+        "error": None,
+        "path": None,
+    }
+    if method == "ctg-optimal" and net.num_tensors > CTG_OPTIMAL_MAX_TENSORS:
+        row.update(status="skipped", error=f"more than {CTG_OPTIMAL_MAX_TENSORS} tensors")
+        return row
+    problem = planners.anchor_problem(net)
+    gc.collect()
+    t0 = time.perf_counter()
+    try:
+        if method == "tnplan":
+            assert budget is not None and seed is not None
+            planned = planners.plan_tnplan(net, budget, seed)
+        elif method in ("oe-dp", "ctg-optimal"):
+            planned = planners.plan_in_child(method, problem, HARD_TIMEOUT_S)
+        elif method.startswith("oe-"):
+            planned = planners.plan_oe(method, problem)
+        elif method == "ctg-default":
+            assert budget is not None
+            planned = planners.plan_ctg_default(problem, budget)
+        else:
+            raise ValueError(f"unknown method {method!r}")
+    except PlannerTimeoutError as exc:
+        row.update(status="timeout", error=str(exc), planning_time_s=time.perf_counter() - t0)
+        return row
+    except Exception as exc:
+        row.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500], planning_time_s=time.perf_counter() - t0)
+        return row
+    row.update(planning_time_s=planned.time_s, optimal=planned.optimal, reported_time_s=planned.reported_time_s)
+    try:
+        path = planners.pairwise_linear_path(planned.path, net.num_tensors)
+        costs = score_linear_path(net, path)
+    except Exception as exc:
+        row.update(status="error", error=f"invalid path: {type(exc).__name__}: {exc}"[:500])
+        return row
+    row.update(
+        log10_flops=costs.log10_flops,
+        log2_size=costs.log2_size,
+        log10_cost=_log10(costs.contraction_cost),
+        path=[list(step) for step in path],
+    )
+    return row
+
+
+def _log10(x: int) -> float:
+    import math
+
+    return math.log10(x) if x > 0 else 0.0
+
+
+def _fmt_row(row: dict[str, Any]) -> str:
+    label = row["method"] + (f" T={row['budget']:g} s={row['seed']}" if row["budget"] is not None else "")
+    t = row["planning_time_s"]
+    t_txt = f"{t:8.3f}s" if t is not None else "        -"
+    if row["status"] == "ok":
+        extra = " optimal" if row["optimal"] else ""
+        return f"  {label:<28} {row['log10_flops']:9.4f} log10 flops  {row['log2_size']:6.2f} log2 size  {t_txt}{extra}"
+    return f"  {label:<28} {row['status']:>9}  {t_txt}  {row['error'] or ''}"
+
+
+# ---------------------------------------------------------------------------------------------- machine header
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(mod: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(mod)
+    except Exception:
+        return "not installed"
+
+
+def _git_rev() -> str:
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "tnplan"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+        return rev.stdout.strip() + ("+dirty(tnplan/)" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine_meta(args: argparse.Namespace, ctg_defaults: str) -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "packages": {
+            p: _version(p) for p in ("numpy", "opt_einsum", "cotengra", "kahypar", "networkx", "optuna", "cmaes")
+        },
+        "tnplan_git": _git_rev(),
+        "cotengra_defaults": ctg_defaults,
+        "hard_timeout_s": HARD_TIMEOUT_S,
+        "ctg_optimal_max_tensors": CTG_OPTIMAL_MAX_TENSORS,
+        "runs": [
+            {
+                "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "argv": sys.argv[1:],
+                "suite": args.suite,
+                "budgets": args.budgets,
+                "seeds": args.seeds,
+                "methods": args.methods,
+            }
+        ],
+    }
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", choices=("instances", "generated", "all"), default="all")
+    ap.add_argument("--budgets", type=_floats, default=[1.0, 5.0], help="seconds, comma list (default 1,5)")
+    ap.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma list (default 0,1,2)")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma list from {','.join(METHODS)}")
+    ap.add_argument("--only", default=None, help="run only instances whose name contains this substring")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--instances", type=Path, default=None, help="folder holding einsum-benchmark/ and cotengra/")
+    ap.add_argument("--quick", action="store_true", help="one seed (0) and budget 1 s, for smoke tests")
+    ap.add_argument("--resume", action="store_true", help="keep planner.json and skip rows already in it")
+    ap.add_argument("--report-only", action="store_true", help="only re-render planner.md from planner.json")
+    ap.add_argument("--dry-run", action="store_true", help="list the work and its worst-case wall time, run nothing")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.budgets, args.seeds = [1.0], [0]
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        ap.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if args.instances is None:
+        args.instances = next((d for d in DEFAULT_INSTANCE_DIRS if d.is_dir()), DEFAULT_INSTANCE_DIRS[-1])
+    return args
+
+
+def estimate_s(inst: Instance, methods: list[str], budgets: list[float], seeds: list[int]) -> float:
+    """Worst-case wall time of one instance: budgets in full, exact planners to their timeout."""
+    total = 0.0
+    for method, budget, _ in _jobs(methods, budgets, seeds):
+        if budget is not None:
+            total += budget + 0.5
+        elif method == "oe-dp" or (method == "ctg-optimal" and inst.network.num_tensors <= CTG_OPTIMAL_MAX_TENSORS):
+            total += HARD_TIMEOUT_S + 2.0
+        else:
+            total += 1.0
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    json_path, md_path = args.out / "planner.json", args.out / "planner.md"
+    if args.report_only:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+        md_path.write_text(report.render(data), encoding="utf-8")
+        print(f"wrote {md_path}")
+        return 0
+
+    instances: list[Instance] = []
+    if args.suite in ("instances", "all"):
+        instances += list(load_file_instances(args.instances, args.only))
+    if args.suite in ("generated", "all"):
+        instances += list(load_generated(args.only))
+    if not instances:
+        print("nothing to run: no instance matched", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        total = 0.0
+        for inst in instances:
+            est = estimate_s(inst, args.methods, args.budgets, args.seeds)
+            total += est
+            print(f"{inst.name:<50} {inst.network.num_tensors:5d} tensors  <= {est:7.0f} s")
+        print(f"{len(instances)} instances, worst case {total / 3600:.2f} h")
+        return 0
+
+    ctg_defaults = "n/a"
+    if "ctg-default" in args.methods:
+        planners.warm_up_cotengra()
+        ctg_defaults = planners.cotengra_defaults()
+    store = ResultStore(json_path, args.resume)
+    store.set_meta(machine_meta(args, ctg_defaults))
+    print(f"cotengra HyperOptimizer defaults: {ctg_defaults}", flush=True)
+    try:
+        for inst in instances:
+            store.add_instance(inst)
+            print(f"{inst.name} ({inst.suite}, {inst.network.num_tensors} tensors)", flush=True)
+            for method, budget, seed in _jobs(args.methods, args.budgets, args.seeds):
+                key = (inst.name, method, budget, seed)
+                if key in store.done:
+                    continue
+                row = run_one(inst, method, budget, seed)
+                store.add(row)
+                print(_fmt_row(row), flush=True)
+            md_path.write_text(report.render(store.data), encoding="utf-8")
+    except KeyboardInterrupt:
+        print("interrupted; rows so far are in planner.json (rerun with --resume)", file=sys.stderr)
+        md_path.write_text(report.render(store.data), encoding="utf-8")
+        return 130
+    md_path.write_text(report.render(store.data), encoding="utf-8")
+    print(f"wrote {json_path} and {md_path}")
+    print(report.render_targets(store.data))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""Readable tables of plans, shared by :meth:`Plan.describe` and the command line."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tnplan.plan import Plan
+
+
+def _fmt_labels(labels: list[object], limit: int = 24) -> str:
+    text = ",".join(str(x) for x in labels)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def summary_lines(plan: Plan) -> list[str]:
+    """The headline numbers of a plan, one ``name: value`` per line."""
+    net = plan.network
+    sliced = ", ".join(str(x) for x in plan.sliced_indices) or "none"
+    return [
+        f"  tensors: {net.num_tensors}   indices: {net.num_indices}   open: {len(net.output)}",
+        f"  objective: {plan.minimize}   method: {plan.method}   optimal: {plan.optimal}",
+        f"  flops: {plan.flops:.4e} (log10 {plan.log10_flops:.4f})   contraction cost: {plan.contraction_cost:.4e}",
+        f"  largest intermediate: {plan.peak_size:.4e} elements (log2 {plan.log2_size:.2f})   write: {plan.write:.4e}",
+        f"  peak memory: {plan.peak_memory() / 2**20:.3f} MiB ({plan.dtype})",
+        f"  sliced: {sliced}   slices: {plan.n_slices}   overhead: {plan.slicing_overhead:.3f}x",
+        f"  planning time: {plan.planning_time:.4f} s",
+    ]
+
+
+def step_rows(plan: Plan) -> list[tuple[str, ...]]:
+    """One row per pairwise step: step, operands, contracted indices, result, scaling, flops, size."""
+    labels = plan.network.labels
+    rows = []
+    total = plan.costs.flops / plan.n_slices if plan.n_slices else 0
+    for k, st in enumerate(plan.costs.steps):
+        involved = set(st.legs_left) | set(st.legs_right)
+        rows.append(
+            (
+                str(k),
+                f"{st.left},{st.right}->{st.result}",
+                _fmt_labels([labels[i] for i in st.summed]) or "-",
+                _fmt_labels([labels[i] for i in st.legs_out]) or "scalar",
+                str(len(involved)),
+                f"{st.flops * plan.n_slices:.3e}",
+                f"{100.0 * st.flops / total:.1f}" if total else "0.0",
+                f"{st.size:.3e}",
+            )
+        )
+    return rows
+
+
+def render_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned fixed-width text table."""
+    widths = [max(len(h), *(len(r[c]) for r in rows)) if rows else len(h) for c, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    out = [line, "-" * len(line)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(out)
+
+
+def describe_plan(plan: Plan, max_steps: int = 60) -> str:
+    """The summary plus the per-step table (the most expensive ``max_steps`` steps when longer)."""
+    header = ("step", "tensors", "summed", "result indices", "scaling", "flops", "% flops", "size")
+    rows = step_rows(plan)
+    note = ""
+    if len(rows) > max_steps:
+        keep = sorted(range(len(rows)), key=lambda k: -plan.costs.steps[k].flops)[:max_steps]
+        rows = [rows[k] for k in sorted(keep)]
+        note = f"\n  ({max_steps} most expensive of {len(plan.costs.steps)} steps shown)"
+    head = "Contraction plan\n" + "\n".join(summary_lines(plan))
+    return head + "\n\n" + render_table(header, rows) + note

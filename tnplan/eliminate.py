@@ -1,0 +1,89 @@
+"""Variable-elimination trees: the natural driver for networks with many hyperedges.
+
+Graphical models and batched networks share each index among many tensors. Eliminating one index
+at a time — contracting every tensor that carries it into one (the "bucket") — is the classic
+exact-inference schedule, and a good elimination order makes a good contraction tree. The order is
+chosen greedily by the size of the bucket's result (plus seeded Gumbel noise for restarts); each
+bucket is ordered exactly when small.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from tnplan.greedy import greedy_ssa
+from tnplan.optimal import solve_legs
+
+
+def elimination_ssa(
+    legs: Sequence[Sequence[int]],
+    output: frozenset[int],
+    sizes: Sequence[float],
+    *,
+    temperature: float = 0.0,
+    seed: int | None = None,
+) -> list[tuple[int, int]]:
+    """A complete SSA path from a greedy (optionally randomised) variable-elimination order."""
+    n = len(legs)
+    rng = np.random.default_rng(seed)
+    tensors: dict[int, frozenset[int]] = {k: frozenset(t) for k, t in enumerate(legs)}
+    where: dict[int, set[int]] = {}
+    for k, t in tensors.items():
+        for i in t:
+            where.setdefault(i, set()).add(k)
+    logsize = {i: math.log2(max(float(sizes[i]), 1.0)) for i in where}
+    path: list[tuple[int, int]] = []
+    nxt = n
+    pending = {i for i in where if i not in output}
+
+    def bucket_result(i: int) -> float:
+        union: set[int] = set()
+        for k in where[i]:
+            union |= tensors[k]
+        return sum(logsize[j] for j in union if j != i)
+
+    while pending:
+        scores = sorted((bucket_result(i) - temperature * (rng.gumbel() if temperature else 0.0), i) for i in pending)
+        _, var = scores[0]
+        pending.discard(var)
+        members = sorted(where[var])
+        if len(members) <= 1:
+            continue  # already summed, or summed inside its tensor when that is next contracted
+        sub_legs = [tuple(sorted(tensors[k])) for k in members]
+        member_set = set(members)
+        sub_out = frozenset(
+            j for k in members for j in tensors[k] if j in output or any(u not in member_set for u in where[j])
+        )
+        sub_path = None
+        if len(members) <= 16:
+            sub_path, _ = solve_legs(sub_legs, sub_out, sizes, "flops", max_work=200_000)
+        if sub_path is None:
+            sub_path = greedy_ssa(sub_legs, sub_out, sizes)
+        ids = list(members)
+        for a, b in sub_path:
+            x, y = ids[a], ids[b]
+            lx, ly = tensors.pop(x), tensors.pop(y)
+            both = {x, y}
+            keep = frozenset(j for j in lx | ly if j in output or where[j] - both)
+            for j in lx | ly:
+                where[j] -= both
+                if j in keep:
+                    where[j].add(nxt)
+            tensors[nxt] = keep
+            path.append((x, y))
+            ids.append(nxt)
+            nxt += 1
+    # Whatever is left shares only open indices: join smallest first.
+    rest = sorted(tensors, key=lambda k: (sum(logsize.get(j, 0.0) for j in tensors[k]), k))
+    while len(rest) > 1:
+        a, b = rest.pop(0), rest.pop(0)
+        la, lb = tensors.pop(a), tensors.pop(b)
+        tensors[nxt] = la | lb
+        path.append((a, b))
+        rest.append(nxt)
+        rest.sort(key=lambda k: (sum(logsize.get(j, 0.0) for j in tensors[k]), k))
+        nxt += 1
+    return path

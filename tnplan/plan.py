@@ -1,0 +1,239 @@
+"""The ``Plan`` value: a scored contraction tree (with slicing) that is built once and reused.
+
+A plan is immutable; it serialises to JSON with its network and is re-verified on load (the path
+must be valid and re-score to the stored cost), so a stale or tampered file can never silently
+yield a wrong contraction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tnplan.cost import Costs, score_path, ssa_to_linear
+from tnplan.errors import NetworkError, PlanError
+from tnplan.network import Label, Network
+
+FORMAT = "tnplan.plan/1"
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """A contraction plan for one network.
+
+    Attributes:
+        network: The network it contracts.
+        ssa_path: Pairwise steps in SSA form (inputs are ``0..n-1``, step ``k`` creates ``n+k``).
+        sliced: Integer ids of the sliced indices (see :attr:`sliced_indices` for labels).
+        costs: The full cost breakdown from :func:`tnplan.cost.score_path`.
+        minimize: The objective it was optimised for.
+        optimal: Whether the tree is proven optimal for that objective (unsliced plans only).
+        planning_time: Seconds spent planning.
+        method: Which search stage produced the tree.
+        dtype: Element type used for memory figures.
+    """
+
+    network: Network
+    ssa_path: tuple[tuple[int, int], ...]
+    sliced: tuple[int, ...]
+    costs: Costs
+    minimize: str = "flops"
+    optimal: bool = False
+    planning_time: float = 0.0
+    method: str = ""
+    dtype: str = "float64"
+
+    # ------------------------------------------------------------------ paths and costs
+
+    @property
+    def path(self) -> list[tuple[int, int]]:
+        """The path in opt_einsum's linear format."""
+        return ssa_to_linear(self.ssa_path, self.network.num_tensors)
+
+    @property
+    def sliced_indices(self) -> tuple[Label, ...]:
+        """Labels of the sliced indices."""
+        return tuple(self.network.labels[i] for i in self.sliced)
+
+    @property
+    def n_slices(self) -> int:
+        return self.costs.n_slices
+
+    @property
+    def contraction_cost(self) -> int:
+        return self.costs.contraction_cost
+
+    @property
+    def flops(self) -> int:
+        return self.costs.flops
+
+    @property
+    def log10_flops(self) -> float:
+        return self.costs.log10_flops
+
+    @property
+    def peak_size(self) -> int:
+        return self.costs.peak_size
+
+    @property
+    def log2_size(self) -> float:
+        return self.costs.log2_size
+
+    @property
+    def write(self) -> int:
+        return self.costs.write
+
+    @property
+    def combo(self) -> int:
+        return self.costs.combo
+
+    def peak_memory(self, dtype: str | None = None) -> int:
+        """Bytes alive at once while executing in order, inputs included (plan's dtype by default)."""
+        return self.costs.peak_memory(dtype or self.dtype)
+
+    @property
+    def slicing_overhead(self) -> float:
+        """Sliced flops divided by the flops of the same tree unsliced (1.0 when not sliced)."""
+        if not self.sliced:
+            return 1.0
+        base = score_path(self.network, self.ssa_path).flops
+        return self.flops / base if base else 1.0
+
+    # ------------------------------------------------------------------ presentation
+
+    def describe(self) -> str:
+        """A readable per-step table (indices, scaling, flops, size) under a summary."""
+        from tnplan.describe import describe_plan
+
+        return describe_plan(self)
+
+    def summary(self) -> dict[str, Any]:
+        """The plan's headline numbers as a JSON-ready dict (the ``tnplan plan --json`` object)."""
+        return {
+            "path": [list(p) for p in self.path],
+            "ssa_path": [list(p) for p in self.ssa_path],
+            "flops": self.flops,
+            "log10_flops": round(self.log10_flops, 6),
+            "contraction_cost": self.contraction_cost,
+            "peak_size": self.peak_size,
+            "log2_size": round(self.log2_size, 6),
+            "write": self.write,
+            "combo": self.combo,
+            "peak_memory": self.peak_memory(),
+            "dtype": self.dtype,
+            "sliced_indices": list(self.sliced_indices),
+            "n_slices": self.n_slices,
+            "slicing_overhead": round(self.slicing_overhead, 6),
+            "minimize": self.minimize,
+            "optimal": self.optimal,
+            "method": self.method,
+            "planning_time_s": round(self.planning_time, 6),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"Plan(tensors={self.network.num_tensors}, log10_flops={self.log10_flops:.4f}, "
+            f"log2_size={self.log2_size:.2f}, n_slices={self.n_slices}, optimal={self.optimal})"
+        )
+
+    # ------------------------------------------------------------------ serialisation
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "network": self.network.to_dict(),
+            "ssa_path": [list(p) for p in self.ssa_path],
+            "sliced_indices": [self.network.labels[i] for i in self.sliced],
+            "minimize": self.minimize,
+            "optimal": self.optimal,
+            "planning_time": self.planning_time,
+            "method": self.method,
+            "dtype": self.dtype,
+            "flops": self.flops,
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """Serialise the plan (with its network); also write it to ``path`` when given."""
+        text = json.dumps(self.to_dict(), ensure_ascii=False)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> Plan:
+        """Load a plan from a JSON string or file and verify it against its network.
+
+        Raises:
+            PlanError: If the text is not a plan, the path is invalid, or it no longer scores to the
+                stored flops.
+        """
+        text = source.read_text(encoding="utf-8") if isinstance(source, Path) else source
+        if isinstance(source, str) and not source.lstrip().startswith("{"):
+            try:
+                text = Path(source).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise PlanError(f"{source}: cannot read plan ({exc.strerror})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"plan JSON is malformed at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Plan:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise PlanError(f"not a tnplan plan: expected an object with format {FORMAT!r}")
+        try:
+            network = Network.from_dict(data["network"])
+            ssa = tuple((int(a), int(b)) for a, b in data["ssa_path"])
+            ids = network.label_ids
+            sliced = tuple(sorted(ids[lab] for lab in data.get("sliced_indices", [])))
+            costs = score_path(network, ssa, sliced)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanError(f"plan does not match its network: {exc}") from None
+        if "flops" in data and int(data["flops"]) != costs.flops:
+            raise PlanError(
+                f"plan re-scores to {costs.flops} flops but records {data['flops']}; it is stale or corrupt"
+            )
+        return cls(
+            network=network,
+            ssa_path=ssa,
+            sliced=sliced,
+            costs=costs,
+            minimize=str(data.get("minimize", "flops")),
+            optimal=bool(data.get("optimal", False)),
+            planning_time=float(data.get("planning_time", 0.0)),
+            method=str(data.get("method", "")),
+            dtype=str(data.get("dtype", "float64")),
+        )
+
+    # ------------------------------------------------------------------ execution
+
+    def contract(self, *arrays: Any) -> Any:
+        """Contract numpy arrays or torch tensors along this plan (slices summed or stitched).
+
+        Torch autograd flows through the result. Arrays must be given in the network's tensor
+        order with the network's shapes.
+
+        Raises:
+            PlanError: On a wrong number of arrays or a shape mismatch.
+        """
+        from tnplan.contract import contract_plan
+
+        return contract_plan(self, arrays)
+
+
+def from_path(
+    network: Network, path: list[tuple[int, int]] | list[list[int]], *, sliced: tuple[Label, ...] = ()
+) -> Plan:
+    """Wrap an existing linear path (e.g. from opt_einsum or cotengra) as a scored :class:`Plan`."""
+    from tnplan.cost import complete_ssa_path, linear_to_ssa
+
+    try:
+        ssa = complete_ssa_path(network, linear_to_ssa(path, network.num_tensors))
+        ids = tuple(sorted(network.label_ids[lab] for lab in sliced))
+    except KeyError as exc:
+        raise NetworkError(f"sliced index {exc.args[0]!r} is not in the network") from None
+    return Plan(network=network, ssa_path=tuple(ssa), sliced=ids, costs=score_path(network, ssa, ids), method="given")

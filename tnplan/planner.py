@@ -1,0 +1,354 @@
+"""``tnplan.plan``: choose a contraction tree (and slicing) for a network.
+
+The search is a pipeline of small stages, each deterministic for a given seed:
+
+1. trivial networks (<= 3 tensors) are enumerated directly, without touching numba or kahypar;
+2. a greedy tree gives an upper bound;
+3. exact DP over connected sub-networks (:mod:`tnplan.optimal`) is tried whenever its estimated
+   work fits the budget; when it completes the plan is proven optimal;
+4. otherwise a portfolio of trials — KaHyPar recursive partitioning with sampled parameters
+   (:mod:`tnplan.partition`) and randomised greedy (:mod:`tnplan.greedy`) — keeps the best few
+   trees; later trials sample around the best parameters found so far;
+5. local refinement re-solves subtrees exactly with growing subtree sizes (:mod:`tnplan.tree`);
+6. with a memory cap, indices are sliced while the tree is re-optimised under the cap
+   (:mod:`tnplan.slicing`).
+
+Every candidate is compared with the same float objective; the returned plan is scored by
+:func:`tnplan.cost.score_path`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tnplan.cost import OBJECTIVES, leaf_legs, score_path
+from tnplan.errors import PlanError
+from tnplan.network import Network
+from tnplan.plan import Plan
+
+if TYPE_CHECKING:
+    from tnplan.tree import Tree
+
+# Trials run when no max_time is given (a deterministic effort), and the time cap in that case.
+DEFAULT_REPEATS = 24
+EXACT_MAX_TENSORS = 64
+TOP_K = 3
+
+
+def default_time_cap(num_tensors: int) -> float:
+    """Wall-clock cap used when ``max_time`` is None: grows with the network, 1 s to 60 s."""
+    return float(min(60.0, max(1.0, 0.05 * num_tensors)))
+
+
+@dataclass
+class _Candidate:
+    cost: float
+    ssa: list[tuple[int, int]]
+    method: str
+
+
+@dataclass
+class _Pool:
+    """The best few distinct trees found so far."""
+
+    minimize: str
+    items: list[_Candidate] = field(default_factory=list)
+
+    def offer(self, cand: _Candidate) -> bool:
+        if any(c.ssa == cand.ssa for c in self.items):
+            return False
+        self.items.append(cand)
+        self.items.sort(key=lambda c: c.cost)
+        del self.items[TOP_K:]
+        return self.items[0] is cand
+
+    @property
+    def best(self) -> _Candidate:
+        return self.items[0]
+
+
+def plan(
+    network: Network,
+    *,
+    minimize: str = "flops",
+    memory_limit: int | None = None,
+    max_size: int | None = None,
+    dtype: str = "float64",
+    max_time: float | None = None,
+    max_repeats: int | None = None,
+    seed: int = 0,
+) -> Plan:
+    """Find a cost-minimal contraction plan for ``network``.
+
+    Args:
+        network: The tensor network.
+        minimize: ``"flops"``, ``"size"``, ``"write"`` or ``"combo"`` (flops + 64 * write).
+        memory_limit: Bytes that may be alive at once (inputs included) for ``dtype``; indices are
+            sliced until the plan fits.
+        max_size: Largest intermediate allowed per slice, in elements (cotengra's ``target_size``).
+        dtype: Element type used to convert ``memory_limit`` to elements.
+        max_time: Seconds to search; the best plan found by then is returned. ``None`` runs a fixed,
+            deterministic effort (``max_repeats`` trials) capped at :func:`default_time_cap`.
+        max_repeats: Number of search trials; with ``max_time`` given the default is unlimited.
+        seed: Seed of every random choice; the same inputs and seed give the same plan.
+
+    Returns:
+        The :class:`~tnplan.plan.Plan`.
+
+    Raises:
+        PlanError: On an unknown objective, a non-positive budget or an unreachable memory limit.
+    """
+    start = time.perf_counter()
+    if not isinstance(network, Network):
+        raise PlanError(
+            f"plan() needs a tnplan.Network, got {type(network).__name__}; build one with Network.from_einsum"
+        )
+    if minimize not in OBJECTIVES:
+        raise PlanError(f"unknown objective {minimize!r}; choose one of {', '.join(OBJECTIVES)}")
+    if max_time is not None and not max_time > 0:
+        raise PlanError(f"max_time must be > 0 seconds, got {max_time!r}")
+    if max_repeats is not None and max_repeats < 1:
+        raise PlanError(f"max_repeats must be >= 1, got {max_repeats!r}")
+    itemsize = _itemsize(dtype)
+    for name, value in (("memory_limit", memory_limit), ("max_size", max_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+            raise PlanError(f"{name} must be a positive number, got {value!r}")
+    if max_time is None:
+        budget = default_time_cap(network.num_tensors)
+        repeats = max_repeats if max_repeats is not None else DEFAULT_REPEATS
+    else:
+        budget = float(max_time)
+        repeats = max_repeats if max_repeats is not None else 1 << 30
+    deadline = start + budget
+
+    legs = leaf_legs(network)
+    output = network.int_output
+    sizes = [float(s) for s in network.int_sizes]
+    ssa, optimal, method = _search(legs, output, sizes, minimize, deadline, repeats, seed, start)
+
+    sliced: tuple[int, ...] = ()
+    if memory_limit is not None or max_size is not None:
+        from tnplan.slicing import slice_tree
+
+        ssa, sliced = slice_tree(
+            network,
+            ssa,
+            minimize=minimize,
+            memory_limit=None if memory_limit is None else int(memory_limit) // itemsize,
+            max_size=max_size,
+            deadline=max(deadline, time.perf_counter() + 0.25 * budget),
+            seed=seed,
+        )
+        if sliced:
+            optimal = False
+    costs = score_path(network, ssa, sliced)
+    return Plan(
+        network=network,
+        ssa_path=tuple(ssa),
+        sliced=sliced,
+        costs=costs,
+        minimize=minimize,
+        optimal=optimal,
+        planning_time=time.perf_counter() - start,
+        method=method,
+        dtype=str(np.dtype(dtype)),
+    )
+
+
+def _itemsize(dtype: str) -> int:
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:
+        raise PlanError(f"unknown dtype {dtype!r}; use a numpy dtype name such as 'float32'") from None
+
+
+def _search(
+    legs: list[tuple[int, ...]],
+    output: frozenset[int],
+    sizes: list[float],
+    minimize: str,
+    deadline: float,
+    repeats: int,
+    seed: int,
+    start: float,
+) -> tuple[list[tuple[int, int]], bool, str]:
+    n = len(legs)
+    if n <= 3:
+        return _enumerate(legs, output, sizes, minimize), True, "enumerate"
+
+    from tnplan.cost import legs_path_cost
+    from tnplan.greedy import greedy_ssa
+
+    def cost(path: list[tuple[int, int]]) -> float:
+        return legs_path_cost(legs, output, sizes, path, minimize)
+
+    pool = _Pool(minimize)
+    greedy = greedy_ssa(legs, output, sizes)
+    pool.offer(_Candidate(cost(greedy), greedy, "greedy"))
+
+    exact = _try_exact(legs, output, sizes, minimize, pool.best.cost, deadline, start)
+    if exact is not None:
+        return exact, True, "optimal"
+
+    best = _portfolio(legs, output, sizes, minimize, pool, cost, deadline, repeats, seed)
+    return best.ssa, False, best.method
+
+
+def _enumerate(legs, output, sizes, minimize) -> list[tuple[int, int]]:
+    from itertools import combinations
+
+    n = len(legs)
+    if n == 1:
+        return []
+    if n == 2:
+        return [(0, 1)]
+    from tnplan.cost import legs_path_cost
+
+    options = [[(a, b), (3 - a - b, 3)] for a, b in combinations(range(3), 2)]
+    return min(options, key=lambda p: legs_path_cost(legs, output, sizes, p, minimize))
+
+
+def _try_exact(legs, output, sizes, minimize, upper, deadline, start) -> list[tuple[int, int]] | None:
+    """Run the exact DP when the network is small enough and the budget allows."""
+    from tnplan.optimal import MAX_TENSORS, PAIRS_PER_SECOND, _connected, solve_legs
+
+    n = len(legs)
+    if n > min(EXACT_MAX_TENSORS, MAX_TENSORS) or not _connected(legs):
+        return None
+    # The work budget derives from the whole budget, not the time left, so that runs without an
+    # explicit max_time stay deterministic. Small networks get most of it; larger ones half,
+    # because when the exact search fails the heuristic search still needs time.
+    share = 0.8 if n <= 30 else 0.5
+    max_work = int(max(deadline - start, 0.0) * share * PAIRS_PER_SECOND)
+    if max_work <= 0:
+        return None
+    path, _work = solve_legs(legs, output, sizes, minimize, upper=upper, max_work=max_work)
+    return path
+
+
+# Discrete parameter space of the KaHyPar driver; trials first sample it uniformly, then mostly
+# around the best parameters seen.
+_SPACE = {
+    "parts": (2, 2, 3, 4, 6, 8),
+    "imbalance": (0.01, 0.05, 0.1, 0.2, 0.4, 0.7),
+    "mode": ("recursive", "direct"),
+    "objective": ("cut", "km1"),
+    "cutoff": (8, 12, 16, 24, 32),
+    "jitter": (0.0, 0.1, 0.3, 0.6),
+    "parts_decay": (0.3, 0.5, 0.8, 1.0),
+}
+
+
+def _portfolio(
+    legs, output, sizes, minimize, pool: _Pool, cost, deadline: float, repeats: int, seed: int
+) -> _Candidate:
+    """Run trials (each quickly refined), then refine the best deeply; loop while time remains."""
+    from tnplan.eliminate import elimination_ssa
+    from tnplan.greedy import greedy_ssa
+    from tnplan.partition import PartitionParams, kahypar_available, partition_ssa
+    from tnplan.tree import Tree
+
+    n = len(legs)
+    use_kahypar = kahypar_available() and n >= 8
+    cycle = ("kahypar", "eliminate", "kahypar", "greedy") if use_kahypar else ("eliminate", "greedy")
+    rng = np.random.default_rng([seed, 0x7A11])
+    start = time.perf_counter()
+    # Trials get the first 65% of the budget; deep refinement of the best gets the rest, and any
+    # time refinement leaves over goes back to trials.
+    search_deadline = start + 0.65 * (deadline - start)
+    from tnplan.optimal import PAIRS_PER_SECOND
+
+    # Exact ordering of partition groups may take up to ~10% of the budget per group.
+    exact_work = int(min(5e7, max(1e6, 0.1 * (deadline - start) * PAIRS_PER_SECOND)))
+    best_params: dict[str, object] | None = None
+    best_cost = math.inf
+    trial_time: dict[str, float] = {}
+    trial = 0
+    deep_done_for: float | None = None
+    best = pool.best
+    while True:
+        now = time.perf_counter()
+        if trial >= repeats or now >= search_deadline:
+            if deep_done_for != pool.best.cost:
+                best = _deep_refine(legs, output, sizes, minimize, pool, deadline)
+                deep_done_for = pool.best.cost
+            if trial >= repeats or time.perf_counter() >= deadline:
+                return best
+            search_deadline = deadline
+            continue
+        kind = cycle[trial % len(cycle)]
+        if trial > 0 and now + trial_time.get(kind, 0.0) > search_deadline:
+            if kind != "greedy" and now + trial_time.get("greedy", 0.0) <= search_deadline:
+                kind = "greedy"
+            else:
+                search_deadline = now
+                continue
+        trial_seed = int(rng.integers(0, 2**31 - 1))
+        t0 = time.perf_counter()
+        params = None
+        if kind == "kahypar":
+            params = _sample_params(rng, best_params if trial >= 8 else None)
+            path = partition_ssa(
+                legs,
+                output,
+                sizes,
+                PartitionParams(**params, exact_work=exact_work),  # type: ignore[arg-type]
+                trial_seed,
+            )
+        elif kind == "eliminate":
+            temperature = 0.0 if trial < len(cycle) else float(rng.choice([0.05, 0.2, 0.5, 1.0]))
+            path = elimination_ssa(legs, output, sizes, temperature=temperature, seed=trial_seed)
+        else:
+            costmod = float(rng.uniform(0.5, 2.0))
+            temperature = float(rng.choice([0.0, 0.01, 0.05, 0.1, 0.3])) if trial > 3 else 0.01
+            path = greedy_ssa(legs, output, sizes, costmod=costmod, temperature=temperature, seed=trial_seed)
+        tree = Tree(legs, output, sizes, path)
+        tree.reconfigure(minimize, subtree_size=8, max_passes=1, min_fraction=1e-3, deadline=deadline)
+        c = tree.total(minimize)
+        elapsed = time.perf_counter() - t0
+        trial_time[kind] = max(elapsed, 0.7 * trial_time.get(kind, elapsed) + 0.3 * elapsed)
+        pool.offer(_Candidate(c, tree.ssa_path(), kind))
+        if params is not None and c < best_cost:
+            best_cost, best_params = c, params
+        trial += 1
+        if pool.best.cost < best.cost:
+            best = pool.best
+
+
+def _sample_params(rng: np.random.Generator, around: dict[str, object] | None) -> dict[str, object]:
+    params: dict[str, object] = {}
+    for key, options in _SPACE.items():
+        if around is not None and rng.random() < 0.75:
+            k = options.index(around[key]) if around[key] in options else 0
+            k = int(np.clip(k + rng.integers(-1, 2), 0, len(options) - 1))
+            params[key] = options[k]
+        else:
+            params[key] = options[int(rng.integers(0, len(options)))]
+    return params
+
+
+def _deep_refine(legs, output, sizes, minimize, pool: _Pool, deadline: float) -> _Candidate:
+    """Re-solve subtrees of the best trees exactly, with growing subtree sizes while time remains."""
+    from tnplan.tree import Tree
+
+    trees: list[tuple[float, Tree, str]] = []
+    for cand in pool.items:
+        tree = Tree(legs, output, sizes, cand.ssa)
+        tree.reconfigure(minimize, subtree_size=9, deadline=deadline, max_passes=2)
+        trees.append((tree.total(minimize), tree, cand.method))
+        if time.perf_counter() > deadline:
+            break
+    trees.sort(key=lambda x: x[0])
+    _, best_tree, method = trees[0]
+    for size in (10, 12, 14, 16, 20, 24):
+        if time.perf_counter() > deadline:
+            break
+        best_tree.reconfigure(minimize, subtree_size=size, deadline=deadline, max_passes=3)
+    refined = _Candidate(best_tree.total(minimize), best_tree.ssa_path(), method + "+refine")
+    pool.offer(refined)
+    return pool.best

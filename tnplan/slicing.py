@@ -1,0 +1,155 @@
+"""Slicing under a memory cap, with the tree re-optimised under the cap after every cut.
+
+Slicing index ``c`` (size ``d``) runs the contraction ``d`` times with ``c`` fixed. A step that
+involves ``c`` costs the same in total; every other step is repeated ``d`` times. So for a tree with
+total flops ``T`` and ``S_c`` the flops of steps that involve ``c``, slicing ``c`` costs
+``S_c + d * (T - S_c)``. Candidates are the indices of the intermediates that break the cap; the
+cheapest is cut, then subtrees are re-solved exactly with every intermediate kept under the cap,
+which recovers most of the overhead a fixed tree would pay. A few randomised tie-breaks are tried
+while time allows and the cheapest sliced tree wins.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from tnplan.cost import leaf_legs, score_path
+from tnplan.errors import PlanError
+from tnplan.network import Network
+from tnplan.tree import Tree
+
+
+def _involved(tree: Tree, node: int) -> frozenset[int]:
+    a, b = tree.children[node]
+    return tree.legs[a] | tree.legs[b]
+
+
+def _choose(
+    tree: Tree, target: float, sliced: set[int], rng: np.random.Generator | None, original: Sequence[float]
+) -> int | None:
+    nodes = tree.internal_nodes()
+    over = [v for v in nodes if tree.size[v] > target]
+    if not over:
+        return None
+    total = math.fsum(tree.flops[v] for v in nodes)
+    # Indices on the largest offending intermediate must be among the cut candidates; any
+    # index on an offending intermediate is considered.
+    biggest = max(over, key=lambda v: (tree.size[v], v))
+    cands = sorted(i for i in tree.legs[biggest] if i not in sliced and original[i] > 1)
+    if not cands:
+        return None
+    scores = []
+    for c in cands:
+        s_c = math.fsum(tree.flops[v] for v in nodes if c in _involved(tree, v))
+        new_total = s_c + original[c] * (total - s_c)
+        # Prefer cutting big intermediates fast: the log of the size reduction breaks ties.
+        scores.append((new_total / math.log2(original[c] + 1), c))
+    scores.sort()
+    if rng is not None and len(scores) > 1 and rng.random() < 0.5:
+        k = int(rng.integers(0, min(3, len(scores))))
+        return scores[k][1]
+    return scores[0][1]
+
+
+def _slice_once(
+    network: Network,
+    ssa: list[tuple[int, int]],
+    target: float,
+    minimize: str,
+    rng: np.random.Generator | None,
+    deadline: float,
+) -> tuple[list[tuple[int, int]], tuple[int, ...]]:
+    legs = leaf_legs(network)
+    output = network.int_output
+    original = [float(s) for s in network.int_sizes]
+    sizes = list(original)
+    sliced: set[int] = set()
+    tree = Tree(legs, output, sizes, ssa)
+    while True:
+        c = _choose(tree, target, sliced, rng, original)
+        if c is None:
+            break
+        sliced.add(c)
+        sizes[c] = 1.0
+        tree = Tree(legs, output, sizes, tree.ssa_path())
+        if time.perf_counter() < deadline:
+            # Re-solve subtrees under the cap: intermediates may grow up to the target again.
+            tree.reconfigure(
+                "flops" if minimize == "size" else minimize,
+                subtree_size=8,
+                deadline=deadline,
+                max_size=target,
+                max_passes=2,
+            )
+    # Drop cuts that later re-optimisation made unnecessary (cheapest first).
+    for c in sorted(sliced, key=lambda i: original[i]):
+        trial = list(sizes)
+        trial[c] = original[c]
+        t = Tree(legs, output, trial, tree.ssa_path())
+        if t.peak_size() <= target:
+            sliced.discard(c)
+            sizes = trial
+            tree = t
+    return tree.ssa_path(), tuple(sorted(sliced))
+
+
+def slice_tree(
+    network: Network,
+    ssa: list[tuple[int, int]],
+    *,
+    minimize: str = "flops",
+    memory_limit: int | None = None,
+    max_size: int | None = None,
+    deadline: float = math.inf,
+    seed: int = 0,
+) -> tuple[list[tuple[int, int]], tuple[int, ...]]:
+    """Slice (and re-optimise) a tree so every intermediate fits ``max_size`` elements and the
+    whole execution fits ``memory_limit`` elements.
+
+    Returns:
+        The new SSA path and the sliced integer index ids.
+
+    Raises:
+        PlanError: If the limit cannot be met even with every index sliced.
+    """
+    inputs = sum(math.prod(network.int_sizes[i] for i in t) for t in network.int_inputs)
+    if memory_limit is not None and inputs >= memory_limit:
+        raise PlanError(
+            f"memory_limit allows {memory_limit} elements but the input tensors alone hold {inputs}; "
+            "raise the limit (slicing only shrinks intermediates)"
+        )
+
+    def fits(path: list[tuple[int, int]], sl: tuple[int, ...]) -> bool:
+        c = score_path(network, path, sl)
+        return (max_size is None or c.peak_size <= max_size) and (
+            memory_limit is None or c.peak_elements <= memory_limit
+        )
+
+    if fits(ssa, ()):
+        return ssa, ()
+    base = score_path(network, ssa)
+    target = float(max_size) if max_size is not None else float(base.peak_size)
+    if memory_limit is not None:
+        target = min(target, max(1.0, (memory_limit - inputs) / 3.0))
+    rng = np.random.default_rng([seed, 0x511CE])
+    best: tuple[int, list[tuple[int, int]], tuple[int, ...]] | None = None
+    for attempt in range(64):
+        path, sl = _slice_once(network, ssa, target, minimize, rng if attempt else None, deadline)
+        if fits(path, sl):
+            flops = score_path(network, path, sl).flops
+            if best is None or flops < best[0]:
+                best = (flops, path, sl)
+        elif best is None and memory_limit is not None:
+            target = max(1.0, target / 2.0)  # live intermediates overlap: aim lower and retry
+            continue
+        if time.perf_counter() > deadline and best is not None:
+            break
+        if best is None and target <= 1.0:
+            break
+    if best is None:
+        raise PlanError("no slicing fits the memory limit; raise memory_limit or max_size")
+    return best[1], best[2]

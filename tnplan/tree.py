@@ -1,0 +1,209 @@
+"""A mutable binary contraction tree used by the search, with exact subtree re-solving.
+
+Leaves are the input tensors ``0..n-1``; every internal node contracts its two children. Each node
+knows its leaf set (an int bitmask), its open indices and the cost of the step that creates it, so a
+subtree can be cut out, re-solved exactly by :func:`tnplan.optimal.solve_legs` and spliced back.
+Costs here follow :mod:`tnplan.cost` (flops with the factor 2 for summed steps) on possibly
+*sliced* sizes; the final score of any plan still comes from :func:`tnplan.cost.score_path`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+from tnplan.cost import legs_path_cost
+from tnplan.optimal import solve_legs
+
+
+class Tree:
+    """A binary contraction tree over integer index ids.
+
+    Args:
+        legs: Each input tensor's index ids.
+        output: Open index ids.
+        sizes: Size of every index id (sliced indices given size 1).
+        ssa_path: A complete SSA path over the ``len(legs)`` inputs.
+    """
+
+    def __init__(
+        self,
+        legs: Sequence[Sequence[int]],
+        output: frozenset[int],
+        sizes: Sequence[float],
+        ssa_path: Sequence[tuple[int, int]],
+    ) -> None:
+        self.n = len(legs)
+        self.output = output
+        self.sizes = list(sizes)
+        self.idx_mask: dict[int, int] = {}
+        for t, term in enumerate(legs):
+            for i in term:
+                self.idx_mask[i] = self.idx_mask.get(i, 0) | (1 << t)
+        self.mask: dict[int, int] = {t: 1 << t for t in range(self.n)}
+        self.legs: dict[int, frozenset[int]] = {t: frozenset(term) for t, term in enumerate(legs)}
+        self.children: dict[int, tuple[int, int]] = {}
+        self.flops: dict[int, float] = {}
+        self.size: dict[int, float] = {t: self._size(self.legs[t]) for t in range(self.n)}
+        self._next = self.n
+        root = None
+        for a, b in ssa_path:
+            root = self._join(a, b)
+        self.root = root if root is not None else 0
+
+    # ------------------------------------------------------------------ structure
+
+    def _size(self, legs: frozenset[int]) -> float:
+        p = 1.0
+        for i in legs:
+            p *= self.sizes[i]
+        return p
+
+    def _join(self, a: int, b: int, node: int | None = None) -> int:
+        if node is None:
+            node = self._next
+            self._next += 1
+        m = self.mask[a] | self.mask[b]
+        la, lb = self.legs[a], self.legs[b]
+        involved = la | lb
+        keep = frozenset(i for i in involved if i in self.output or self.idx_mask[i] & ~m)
+        p = self._size(involved)
+        self.mask[node] = m
+        self.legs[node] = keep
+        self.size[node] = self._size(keep)
+        self.flops[node] = p * 2.0 if len(keep) < len(involved) else p
+        self.children[node] = (a, b)
+        return node
+
+    def internal_nodes(self) -> list[int]:
+        """Internal nodes in post-order (children before parents)."""
+        out: list[int] = []
+        stack: list[tuple[int, bool]] = [(self.root, False)]
+        while stack:
+            node, ready = stack.pop()
+            if node < self.n:
+                continue
+            if ready:
+                out.append(node)
+            else:
+                a, b = self.children[node]
+                stack.extend(((node, True), (b, False), (a, False)))
+        return out
+
+    def ssa_path(self) -> list[tuple[int, int]]:
+        """The tree as an SSA path (post-order)."""
+        ssa_of = {t: t for t in range(self.n)}
+        path: list[tuple[int, int]] = []
+        for node in self.internal_nodes():
+            a, b = self.children[node]
+            path.append((ssa_of[a], ssa_of[b]))
+            ssa_of[node] = self.n + len(path) - 1
+        return path
+
+    # ------------------------------------------------------------------ costs
+
+    def node_cost(self, node: int, minimize: str) -> float:
+        if minimize == "flops":
+            return self.flops[node]
+        if minimize == "write":
+            return self.size[node]
+        if minimize == "combo":
+            return self.flops[node] + 64.0 * self.size[node]
+        return self.size[node]
+
+    def total(self, minimize: str) -> float:
+        nodes = self.internal_nodes()
+        if minimize == "size":
+            return max((self.size[v] for v in nodes), default=0.0)
+        return math.fsum(self.node_cost(v, minimize) for v in nodes)
+
+    def peak_size(self) -> float:
+        return max((self.size[v] for v in self.internal_nodes()), default=0.0)
+
+    # ------------------------------------------------------------------ local re-solving
+
+    def _frontier(self, root: int, subtree_size: int) -> tuple[list[int], list[int]]:
+        """Grow a subtree under ``root`` by expanding its most expensive node; (frontier, inner)."""
+        frontier = [root]
+        inner: list[int] = []
+        while len(frontier) < subtree_size:
+            best, best_cost = -1, -1.0
+            for k, v in enumerate(frontier):
+                if v >= self.n and self.flops[v] > best_cost:
+                    best, best_cost = k, self.flops[v]
+            if best < 0:
+                break
+            v = frontier.pop(best)
+            inner.append(v)
+            frontier.extend(self.children[v])
+        return frontier, inner
+
+    def reconfigure(
+        self,
+        minimize: str = "flops",
+        *,
+        subtree_size: int = 8,
+        deadline: float = math.inf,
+        max_size: float = math.inf,
+        max_passes: int = 4,
+        min_fraction: float = 0.0,
+    ) -> int:
+        """Re-solve every subtree of ``subtree_size`` frontier tensors exactly; returns improvements made.
+
+        Nodes are visited from the most expensive step down; a subtree is replaced only when the
+        optimal sub-path is strictly cheaper and keeps every intermediate within ``max_size``.
+        Passes repeat until one makes no improvement, ``max_passes`` is reached or the deadline passes.
+        With ``min_fraction`` only nodes whose step costs at least that fraction of the most
+        expensive step are used as subtree roots.
+        """
+        local = "flops" if minimize == "size" and max_size < math.inf else minimize
+        improvements = 0
+        for _ in range(max_passes):
+            changed = 0
+            order = sorted(self.internal_nodes(), key=lambda v: (-self.flops[v], v))
+            alive = set(order)
+            if min_fraction > 0 and order:
+                # Cheap steps root subtrees that cannot save much; skip them in quick passes.
+                floor = self.flops[order[0]] * min_fraction
+                order = [v for v in order if self.flops[v] >= floor]
+            for v in order:
+                if time.perf_counter() > deadline:
+                    return improvements + changed
+                if v not in alive:
+                    continue
+                frontier, inner = self._frontier(v, subtree_size)
+                if len(frontier) < 3:
+                    continue
+                old = (
+                    max(self.size[u] for u in inner)
+                    if local == "size"
+                    else math.fsum(self.node_cost(u, local) for u in inner)
+                )
+                legs = [tuple(sorted(self.legs[u])) for u in frontier]
+                out = self.legs[v]
+                path, _ = solve_legs(legs, out, self.sizes, local, upper=old, max_work=2_000_000, max_size=max_size)
+                if path is None:
+                    continue
+                new_cost = legs_path_cost(legs, out, self.sizes, path, local)
+                if not new_cost < old * (1 - 1e-12):
+                    continue
+                for u in inner:
+                    alive.discard(u)
+                    if u != v:
+                        self._drop(u)
+                ids = list(frontier)
+                for k, (a, b) in enumerate(path):
+                    node = v if k == len(path) - 1 else None
+                    ids.append(self._join(ids[a], ids[b], node))
+                    if node is None:
+                        alive.add(ids[-1])
+                changed += 1
+            improvements += changed
+            if not changed:
+                break
+        return improvements
+
+    def _drop(self, node: int) -> None:
+        for table in (self.mask, self.legs, self.children, self.flops, self.size):
+            table.pop(node, None)  # type: ignore[attr-defined]
