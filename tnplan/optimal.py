@@ -24,7 +24,7 @@ from tnplan.network import Network
 MAX_TENSORS = 64
 _OBJECTIVE_CODES = {"flops": 0, "size": 1, "write": 2, "combo": 3}
 # Pair checks per second of the compiled kernel on a slow core; converts time budgets to work.
-PAIRS_PER_SECOND = 2.0e7
+PAIRS_PER_SECOND = 4.0e7
 
 
 @dataclass(frozen=True)

@@ -223,7 +223,7 @@ def _try_exact(legs, output, sizes, minimize, upper, deadline, start) -> list[tu
     # The work budget derives from the whole budget, not the time left, so that runs without an
     # explicit max_time stay deterministic. Small networks get most of it; larger ones half,
     # because when the exact search fails the heuristic search still needs time.
-    share = 0.8 if n <= 30 else 0.5
+    share = 0.8 if n <= 40 else 0.5
     max_work = int(max(deadline - start, 0.0) * share * PAIRS_PER_SECOND)
     if max_work <= 0:
         return None
