@@ -151,7 +151,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         row = [file.stem[:36], str(network.num_tensors)]
         for m in methods:
             r = results.get(m)
-            row.append("failed" if r is None else f"{r.log10_flops:.3f} (+{r.log10_flops - best:.3f}) {r.planning_time:.2f}s")
+            row.append(
+                "failed" if r is None else f"{r.log10_flops:.3f} (+{r.log10_flops - best:.3f}) {r.planning_time:.2f}s"
+            )
         rows.append(tuple(row))
         print(f"planned {file.name}", file=sys.stderr)
     header = ("network", "tensors", *(f"{m}: log10 flops (excess) time" for m in methods))

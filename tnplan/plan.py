@@ -44,6 +44,7 @@ class Plan:
     planning_time: float = 0.0
     method: str = ""
     dtype: str = "float64"
+    unsliced_flops: int | None = None
 
     # ------------------------------------------------------------------ paths and costs
 
@@ -95,10 +96,14 @@ class Plan:
 
     @property
     def slicing_overhead(self) -> float:
-        """Sliced flops divided by the flops of the same tree unsliced (1.0 when not sliced)."""
+        """Sliced flops over the flops of the best unsliced tree found (1.0 when not sliced).
+
+        The baseline is the tree the search found before slicing; a plan built from a given path
+        compares with that same tree unsliced.
+        """
         if not self.sliced:
             return 1.0
-        base = score_path(self.network, self.ssa_path).flops
+        base = self.unsliced_flops or score_path(self.network, self.ssa_path).flops
         return self.flops / base if base else 1.0
 
     # ------------------------------------------------------------------ presentation
@@ -152,6 +157,7 @@ class Plan:
             "method": self.method,
             "dtype": self.dtype,
             "flops": self.flops,
+            "unsliced_flops": self.unsliced_flops,
         }
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -207,6 +213,7 @@ class Plan:
             planning_time=float(data.get("planning_time", 0.0)),
             method=str(data.get("method", "")),
             dtype=str(data.get("dtype", "float64")),
+            unsliced_flops=None if data.get("unsliced_flops") is None else int(data["unsliced_flops"]),
         )
 
     # ------------------------------------------------------------------ execution

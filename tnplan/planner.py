@@ -50,6 +50,7 @@ class _Candidate:
     cost: float
     ssa: list[tuple[int, int]]
     method: str
+    sliced: tuple[int, ...] = ()
 
 
 @dataclass
@@ -60,7 +61,7 @@ class _Pool:
     items: list[_Candidate] = field(default_factory=list)
 
     def offer(self, cand: _Candidate) -> bool:
-        if any(c.ssa == cand.ssa for c in self.items):
+        if any(c.ssa == cand.ssa and c.sliced == cand.sliced for c in self.items):
             return False
         self.items.append(cand)
         self.items.sort(key=lambda c: c.cost)
@@ -125,25 +126,35 @@ def plan(
         budget = float(max_time)
         repeats = max_repeats if max_repeats is not None else 1 << 30
     deadline = start + budget
+    slicing = memory_limit is not None or max_size is not None
+    # With a memory cap, the last 30% of the budget re-optimises the tree while slicing it.
+    search_deadline = start + (0.7 * budget if slicing else budget)
 
     legs = leaf_legs(network)
     output = network.int_output
     sizes = [float(s) for s in network.int_sizes]
-    ssa, optimal, method = _search(legs, output, sizes, minimize, deadline, repeats, seed, start)
+    target = _size_target(network, memory_limit, max_size, itemsize)
+    ssa, sliced, optimal, method, unsliced = _search(
+        legs, output, sizes, minimize, search_deadline, repeats, seed, start, target
+    )
 
-    sliced: tuple[int, ...] = ()
-    if memory_limit is not None or max_size is not None:
-        from tnplan.slicing import slice_tree
+    unsliced_flops = None
+    if slicing:
+        from tnplan.slicing import fits, slice_tree
 
-        ssa, sliced = slice_tree(
-            network,
-            ssa,
-            minimize=minimize,
-            memory_limit=None if memory_limit is None else int(memory_limit) // itemsize,
-            max_size=max_size,
-            deadline=max(deadline, time.perf_counter() + 0.25 * budget),
-            seed=seed,
-        )
+        unsliced_flops = score_path(network, unsliced).flops
+        limit = None if memory_limit is None else int(memory_limit) // itemsize
+        if not fits(network, ssa, sliced, memory_limit=limit, max_size=max_size):
+            ssa, sliced = slice_tree(
+                network,
+                unsliced,
+                minimize=minimize,
+                memory_limit=limit,
+                max_size=max_size,
+                deadline=deadline,
+                seed=seed,
+                attempts=64 if max_time is not None else 8,
+            )
         if sliced:
             optimal = False
     costs = score_path(network, ssa, sliced)
@@ -157,7 +168,20 @@ def plan(
         planning_time=time.perf_counter() - start,
         method=method,
         dtype=str(np.dtype(dtype)),
+        unsliced_flops=unsliced_flops,
     )
+
+
+def _size_target(network: Network, memory_limit: int | None, max_size: int | None, itemsize: int) -> float | None:
+    """Largest intermediate the search should aim for under the caps (None when uncapped)."""
+    if memory_limit is None and max_size is None:
+        return None
+    target = float(max_size) if max_size is not None else math.inf
+    if memory_limit is not None:
+        inputs = sum(math.prod(network.int_sizes[i] for i in t) for t in network.int_inputs)
+        # A few intermediates are alive at once next to the inputs; aim at a third of what is left.
+        target = min(target, max(1.0, (memory_limit // itemsize - inputs) / 3.0))
+    return target
 
 
 def _itemsize(dtype: str) -> int:
@@ -176,27 +200,92 @@ def _search(
     repeats: int,
     seed: int,
     start: float,
-) -> tuple[list[tuple[int, int]], bool, str]:
+    target: float | None = None,
+) -> tuple[list[tuple[int, int]], tuple[int, ...], bool, str, list[tuple[int, int]]]:
+    """(best tree, its sliced ids, proven optimal, method, best unsliced tree).
+
+    With ``target`` every trial is scored as it will run: sliced to the cap and re-optimised under it.
+    """
     n = len(legs)
     if n <= 3:
-        return _enumerate(legs, output, sizes, minimize), True, "enumerate"
+        path = _enumerate(legs, output, sizes, minimize)
+        return path, (), True, "enumerate", path
 
     from tnplan.cost import legs_path_cost
     from tnplan.greedy import greedy_ssa
+    from tnplan.tree import Tree
 
     def cost(path: list[tuple[int, int]]) -> float:
         return legs_path_cost(legs, output, sizes, path, minimize)
 
     pool = _Pool(minimize)
+    unsliced = _Pool(minimize)
     greedy = greedy_ssa(legs, output, sizes)
-    pool.offer(_Candidate(cost(greedy), greedy, "greedy"))
+    pool.offer(_evaluate(legs, output, sizes, minimize, greedy, "greedy", target, unsliced))
 
     exact = _try_exact(legs, output, sizes, minimize, pool.best.cost, deadline, start)
     if exact is not None:
-        return exact, True, "optimal"
+        if target is None or Tree(legs, output, sizes, exact).peak_size() <= target:
+            return exact, (), True, "optimal", exact
+        pool.offer(_evaluate(legs, output, sizes, minimize, exact, "optimal", target, unsliced))
 
-    best = _portfolio(legs, output, sizes, minimize, pool, cost, deadline, repeats, seed)
-    return best.ssa, False, best.method
+    if target is None:
+        best = _portfolio(legs, output, sizes, minimize, pool, cost, deadline, repeats, seed)
+    else:
+        best = _sliced_search(legs, output, sizes, minimize, pool, cost, deadline, repeats, seed, target, unsliced)
+    return best.ssa, best.sliced, False, best.method, (unsliced.best.ssa if unsliced.items else best.ssa)
+
+
+def _sliced_search(
+    legs,
+    output,
+    sizes,
+    minimize,
+    pool: _Pool,
+    cost,
+    deadline: float,
+    repeats: int,
+    seed: int,
+    target: float,
+    unsliced: _Pool,
+) -> _Candidate:
+    """Search under a size cap: find good trees and their cuts, then re-search each promising cut.
+
+    A first round scores every trial sliced to the cap. Each distinct set of cuts among the best
+    trials is then fixed (its indices given size 1) and the whole search runs again on that
+    network, so the tree is rebuilt around the cuts instead of merely sliced; any extra cuts the
+    new trees need are added per trial.
+    """
+    now = time.perf_counter()
+    first = now + 0.35 * (deadline - now)
+    _portfolio(legs, output, sizes, minimize, pool, cost, first, max(1, repeats // 3), seed, target, unsliced)
+    cut_sets: list[tuple[int, ...]] = []
+    seeds: list[_Candidate] = []
+    for cand in pool.items:
+        if cand.sliced and cand.sliced not in cut_sets:
+            cut_sets.append(cand.sliced)
+            seeds.append(cand)
+    for k, (cuts, seed_cand) in enumerate(zip(cut_sets, seeds, strict=True)):
+        now = time.perf_counter()
+        if now >= deadline:
+            break
+        stop = now + (deadline - now) / (len(cut_sets) - k)
+        cut_sizes = [1.0 if i in cuts else x for i, x in enumerate(sizes)]
+        factor = _n_slices(sizes, cuts)
+        sub = _Pool(minimize)
+        sub.offer(_evaluate(legs, output, cut_sizes, minimize, seed_cand.ssa, seed_cand.method, target, None))
+
+        def sub_cost(path: list[tuple[int, int]], _sizes: list[float] = cut_sizes) -> float:
+            from tnplan.cost import legs_path_cost
+
+            return legs_path_cost(legs, output, _sizes, path, minimize)
+
+        found = _portfolio(
+            legs, output, cut_sizes, minimize, sub, sub_cost, stop, max(1, repeats // 3), seed + 1 + k, target, None
+        )
+        merged = tuple(sorted(set(cuts) | set(found.sliced)))
+        pool.offer(_Candidate(found.cost * factor, found.ssa, found.method + "+cut", merged))
+    return pool.best
 
 
 def _enumerate(legs, output, sizes, minimize) -> list[tuple[int, int]]:
@@ -245,7 +334,17 @@ _SPACE = {
 
 
 def _portfolio(
-    legs, output, sizes, minimize, pool: _Pool, cost, deadline: float, repeats: int, seed: int
+    legs,
+    output,
+    sizes,
+    minimize,
+    pool: _Pool,
+    cost,
+    deadline: float,
+    repeats: int,
+    seed: int,
+    target: float | None = None,
+    unsliced: _Pool | None = None,
 ) -> _Candidate:
     """Run trials (each quickly refined), then refine the best deeply; loop while time remains."""
     from tnplan.eliminate import elimination_ssa
@@ -275,7 +374,7 @@ def _portfolio(
         now = time.perf_counter()
         if trial >= repeats or now >= search_deadline:
             if deep_done_for != pool.best.cost:
-                best = _deep_refine(legs, output, sizes, minimize, pool, deadline)
+                best = _deep_refine(legs, output, sizes, minimize, pool, deadline, target)
                 deep_done_for = pool.best.cost
             if trial >= repeats or time.perf_counter() >= deadline:
                 return best
@@ -309,15 +408,43 @@ def _portfolio(
             path = greedy_ssa(legs, output, sizes, costmod=costmod, temperature=temperature, seed=trial_seed)
         tree = Tree(legs, output, sizes, path)
         tree.reconfigure(minimize, subtree_size=8, max_passes=1, min_fraction=1e-3, deadline=deadline)
-        c = tree.total(minimize)
+        cand = _evaluate(legs, output, sizes, minimize, tree.ssa_path(), kind, target, unsliced, deadline)
+        c = cand.cost
         elapsed = time.perf_counter() - t0
         trial_time[kind] = max(elapsed, 0.7 * trial_time.get(kind, elapsed) + 0.3 * elapsed)
-        pool.offer(_Candidate(c, tree.ssa_path(), kind))
+        pool.offer(cand)
         if params is not None and c < best_cost:
             best_cost, best_params = c, params
         trial += 1
         if pool.best.cost < best.cost:
             best = pool.best
+
+
+def _evaluate(
+    legs,
+    output,
+    sizes,
+    minimize,
+    path,
+    method: str,
+    target: float | None,
+    unsliced: _Pool | None,
+    deadline: float = math.inf,
+) -> _Candidate:
+    """Score a tree as it will run: with a size target it is sliced to the cap and re-optimised under it."""
+    from tnplan.cost import legs_path_cost
+
+    c = legs_path_cost(legs, output, sizes, path, minimize)
+    if target is None:
+        return _Candidate(c, list(path), method)
+    from tnplan.slicing import slice_legs
+
+    if unsliced is not None:
+        unsliced.offer(_Candidate(c, list(path), method))
+    s_path, s_sliced, s_cost = slice_legs(
+        legs, output, sizes, list(path), target, minimize, passes=1, deadline=deadline
+    )
+    return _Candidate(s_cost, s_path, method, s_sliced)
 
 
 def _sample_params(rng: np.random.Generator, around: dict[str, object] | None) -> dict[str, object]:
@@ -332,23 +459,34 @@ def _sample_params(rng: np.random.Generator, around: dict[str, object] | None) -
     return params
 
 
-def _deep_refine(legs, output, sizes, minimize, pool: _Pool, deadline: float) -> _Candidate:
-    """Re-solve subtrees of the best trees exactly, with growing subtree sizes while time remains."""
+def _deep_refine(
+    legs, output, sizes, minimize, pool: _Pool, deadline: float, target: float | None = None
+) -> _Candidate:
+    """Re-solve subtrees of the best trees exactly, with growing subtree sizes while time remains.
+
+    Sliced candidates are refined on their sliced sizes with every intermediate kept under the cap.
+    """
     from tnplan.tree import Tree
 
-    trees: list[tuple[float, Tree, str]] = []
+    cap = math.inf if target is None else target
+    trees: list[tuple[float, Tree, _Candidate]] = []
     for cand in pool.items:
-        tree = Tree(legs, output, sizes, cand.ssa)
-        tree.reconfigure(minimize, subtree_size=9, deadline=deadline, max_passes=2)
-        trees.append((tree.total(minimize), tree, cand.method))
+        cur = [1.0 if i in cand.sliced else s for i, s in enumerate(sizes)]
+        tree = Tree(legs, output, cur, cand.ssa)
+        tree.reconfigure(minimize, subtree_size=9, deadline=deadline, max_passes=2, max_size=cap)
+        trees.append((tree.total(minimize) * _n_slices(sizes, cand.sliced), tree, cand))
         if time.perf_counter() > deadline:
             break
     trees.sort(key=lambda x: x[0])
-    _, best_tree, method = trees[0]
+    _, best_tree, cand = trees[0]
     for size in (10, 12, 14, 16, 20, 24):
         if time.perf_counter() > deadline:
             break
-        best_tree.reconfigure(minimize, subtree_size=size, deadline=deadline, max_passes=3)
-    refined = _Candidate(best_tree.total(minimize), best_tree.ssa_path(), method + "+refine")
-    pool.offer(refined)
+        best_tree.reconfigure(minimize, subtree_size=size, deadline=deadline, max_passes=3, max_size=cap)
+    cost = best_tree.total(minimize) * _n_slices(sizes, cand.sliced)
+    pool.offer(_Candidate(cost, best_tree.ssa_path(), cand.method + "+refine", cand.sliced))
     return pool.best
+
+
+def _n_slices(sizes: list[float], sliced: tuple[int, ...]) -> float:
+    return math.prod(sizes[i] for i in sliced)

@@ -55,46 +55,63 @@ def _choose(
     return scores[0][1]
 
 
-def _slice_once(
-    network: Network,
+def slice_legs(
+    legs: Sequence[Sequence[int]],
+    output: frozenset[int],
+    sizes: Sequence[float],
     ssa: list[tuple[int, int]],
     target: float,
-    minimize: str,
-    rng: np.random.Generator | None,
-    deadline: float,
-) -> tuple[list[tuple[int, int]], tuple[int, ...]]:
-    legs = leaf_legs(network)
-    output = network.int_output
-    original = [float(s) for s in network.int_sizes]
-    sizes = list(original)
+    minimize: str = "flops",
+    *,
+    rng: np.random.Generator | None = None,
+    deadline: float = math.inf,
+    passes: int = 2,
+) -> tuple[list[tuple[int, int]], tuple[int, ...], float]:
+    """Slice one tree until every intermediate has at most ``target`` elements, re-optimising it
+    under the cap after each cut.
+
+    Returns:
+        The new SSA path, the sliced index ids, and the objective summed over all slices.
+    """
+    original = [float(x) for x in sizes]
+    cur = list(original)
     sliced: set[int] = set()
-    tree = Tree(legs, output, sizes, ssa)
+    tree = Tree(legs, output, cur, ssa)
+    local = "flops" if minimize == "size" else minimize
     while True:
         c = _choose(tree, target, sliced, rng, original)
         if c is None:
             break
         sliced.add(c)
-        sizes[c] = 1.0
-        tree = Tree(legs, output, sizes, tree.ssa_path())
-        if time.perf_counter() < deadline:
+        cur[c] = 1.0
+        tree = Tree(legs, output, cur, tree.ssa_path())
+        if passes and time.perf_counter() < deadline:
             # Re-solve subtrees under the cap: intermediates may grow up to the target again.
-            tree.reconfigure(
-                "flops" if minimize == "size" else minimize,
-                subtree_size=8,
-                deadline=deadline,
-                max_size=target,
-                max_passes=2,
-            )
+            tree.reconfigure(local, subtree_size=8, deadline=deadline, max_size=target, max_passes=passes)
     # Drop cuts that later re-optimisation made unnecessary (cheapest first).
-    for c in sorted(sliced, key=lambda i: original[i]):
-        trial = list(sizes)
+    for c in sorted(sliced, key=lambda i: (original[i], i)):
+        trial = list(cur)
         trial[c] = original[c]
         t = Tree(legs, output, trial, tree.ssa_path())
         if t.peak_size() <= target:
             sliced.discard(c)
-            sizes = trial
+            cur = trial
             tree = t
-    return tree.ssa_path(), tuple(sorted(sliced))
+    n_slices = math.prod(original[i] for i in sliced)
+    return tree.ssa_path(), tuple(sorted(sliced)), tree.total(local) * n_slices
+
+
+def fits(
+    network: Network,
+    ssa: Sequence[tuple[int, int]],
+    sliced: tuple[int, ...],
+    *,
+    memory_limit: int | None = None,
+    max_size: int | None = None,
+) -> bool:
+    """Whether a sliced tree keeps intermediates within ``max_size`` and execution within ``memory_limit`` elements."""
+    c = score_path(network, ssa, sliced)
+    return (max_size is None or c.peak_size <= max_size) and (memory_limit is None or c.peak_elements <= memory_limit)
 
 
 def slice_tree(
@@ -106,6 +123,7 @@ def slice_tree(
     max_size: int | None = None,
     deadline: float = math.inf,
     seed: int = 0,
+    attempts: int = 64,
 ) -> tuple[list[tuple[int, int]], tuple[int, ...]]:
     """Slice (and re-optimise) a tree so every intermediate fits ``max_size`` elements and the
     whole execution fits ``memory_limit`` elements.
@@ -123,13 +141,7 @@ def slice_tree(
             "raise the limit (slicing only shrinks intermediates)"
         )
 
-    def fits(path: list[tuple[int, int]], sl: tuple[int, ...]) -> bool:
-        c = score_path(network, path, sl)
-        return (max_size is None or c.peak_size <= max_size) and (
-            memory_limit is None or c.peak_elements <= memory_limit
-        )
-
-    if fits(ssa, ()):
+    if fits(network, ssa, (), memory_limit=memory_limit, max_size=max_size):
         return ssa, ()
     base = score_path(network, ssa)
     target = float(max_size) if max_size is not None else float(base.peak_size)
@@ -137,9 +149,13 @@ def slice_tree(
         target = min(target, max(1.0, (memory_limit - inputs) / 3.0))
     rng = np.random.default_rng([seed, 0x511CE])
     best: tuple[int, list[tuple[int, int]], tuple[int, ...]] | None = None
-    for attempt in range(64):
-        path, sl = _slice_once(network, ssa, target, minimize, rng if attempt else None, deadline)
-        if fits(path, sl):
+    legs = leaf_legs(network)
+    sizes = [float(x) for x in network.int_sizes]
+    for attempt in range(attempts):
+        path, sl, _ = slice_legs(
+            legs, network.int_output, sizes, ssa, target, minimize, rng=rng if attempt else None, deadline=deadline
+        )
+        if fits(network, path, sl, memory_limit=memory_limit, max_size=max_size):
             flops = score_path(network, path, sl).flops
             if best is None or flops < best[0]:
                 best = (flops, path, sl)
