@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from tnplan.cost import leaf_legs, legs_path_cost
 from tnplan.network import Network
@@ -24,7 +25,7 @@ from tnplan.network import Network
 MAX_TENSORS = 64
 _OBJECTIVE_CODES = {"flops": 0, "size": 1, "write": 2, "combo": 3}
 # Pair checks per second of the compiled kernel on a slow core; converts time budgets to work.
-PAIRS_PER_SECOND = 4.0e7
+PAIRS_PER_SECOND = 5.0e7
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ def _dp_kernel(
     left = np.empty(capacity, np.int64)
     right = np.empty(capacity, np.int64)
     legs = np.empty((capacity, W), np.uint64)
+    lsize = np.empty(capacity, np.float64)
     hkeys = np.zeros(4096, np.uint64)
     hvals = np.empty(4096, np.int64)
     one = np.uint64(1)
@@ -58,8 +60,22 @@ def _dp_kernel(
         left[t] = -1
         right[t] = -1
         legs[t, :] = tensor_legs[t, :]
+        lsize[t] = 1.0
+        for w in range(W):
+            bits = tensor_legs[t, w]
+            while bits:
+                low = bits & (~bits + one)
+                lsize[t] *= sizes[w * 64 + trailing_zeros(low)]
+                bits ^= low
         _hput(hkeys, hvals, masks[t], t)
     count = n
+    full = np.uint64(0)
+    for t in range(n):
+        full |= one << np.uint64(t)
+    final_out = 1.0
+    for k in range(is_out.shape[0]):
+        if is_out[k]:
+            final_out *= sizes[k]
     level_lo = np.zeros(n + 1, np.int64)
     level_hi = np.zeros(n + 1, np.int64)
     level_lo[1] = 0
@@ -95,6 +111,11 @@ def _dp_kernel(
             # for k = 1 that visits each adjacent (tensor, sub-network) pair exactly once.
             a0, a1 = level_lo[m - k], level_hi[m - k]
             for i in range(a0, a1):
+                # Every visit and every stored sub-network counts as work, so the budget bounds
+                # wall time whatever the network's shape.
+                work += m
+                if work > max_work:
+                    return -2, masks[:count], left[:count], right[:count], prim[:count], work
                 s1 = masks[i]
                 nb = np.uint64(0)
                 bits = s1
@@ -130,26 +151,23 @@ def _dp_kernel(
                         x = s2 & nb
                         if (x & (~x + one)) != tb:
                             continue
-                        for w in range(W):
-                            shared[w] = legs[i, w] & legs[j, w]
                         s = s1 | s2
-                        involved = 1.0
+                        # Only shared indices can be summed: walk their set bits; every other
+                        # factor of the step comes from the stored sizes of both sides.
+                        shared_size = 1.0
                         removed = 1.0
                         for w in range(W):
-                            bits = legs[i, w] | legs[j, w]
-                            b = 0
+                            bits = legs[i, w] & legs[j, w]
+                            shared[w] = bits
                             while bits:
-                                if bits & one:
-                                    idx = w * 64 + b
-                                    involved *= sizes[idx]
-                                    if (
-                                        (shared[w] >> np.uint64(b)) & one
-                                        and not is_out[idx]
-                                        and (idx_tensors[idx] & ~s) == 0
-                                    ):
-                                        removed *= sizes[idx]
-                                bits >>= one
-                                b += 1
+                                low = bits & (~bits + one)
+                                idx = w * 64 + trailing_zeros(low)
+                                bits ^= low
+                                work += 1
+                                shared_size *= sizes[idx]
+                                if not is_out[idx] and (idx_tensors[idx] & ~s) == 0:
+                                    removed *= sizes[idx]
+                        involved = lsize[i] * lsize[j] / shared_size
                         out_size = involved / removed
                         if out_size > max_size:
                             continue
@@ -168,6 +186,16 @@ def _dp_kernel(
                             qq = 0.0
                         if p > cap:
                             continue
+                        if s != full and objective != 1:
+                            # A partial result is consumed by at least one more step costing at
+                            # least its own size and the final result's size: prune on that too.
+                            rest = out_size if out_size > final_out else final_out
+                            if objective == 2:
+                                rest = final_out
+                            elif objective == 3:
+                                rest += 64.0 * final_out
+                            if p + rest > cap:
+                                continue
                         pos = _hget(hkeys, hvals, s)
                         if pos == -1:
                             if count == capacity:
@@ -175,6 +203,7 @@ def _dp_kernel(
                                 masks = _grow_u(masks, capacity)
                                 prim = _grow_f(prim, capacity)
                                 sec = _grow_f(sec, capacity)
+                                lsize = _grow_f(lsize, capacity)
                                 left = _grow_i(left, capacity)
                                 right = _grow_i(right, capacity)
                                 nl = np.empty((capacity, W), np.uint64)
@@ -182,6 +211,7 @@ def _dp_kernel(
                                 legs = nl
                             pos = count
                             count += 1
+                            work += 64
                             if 2 * count > hkeys.shape[0]:
                                 hkeys, hvals = _hgrow(hkeys, hvals)
                             _hput(hkeys, hvals, s, pos)
@@ -192,21 +222,25 @@ def _dp_kernel(
                         sec[pos] = qq
                         left[pos] = i
                         right[pos] = j
+                        lsize[pos] = out_size
                         for w in range(W):
                             lw = legs[i, w] | legs[j, w]
                             bits = shared[w]
-                            b = 0
                             while bits:
-                                if bits & one:
-                                    idx = w * 64 + b
-                                    if not is_out[idx] and (idx_tensors[idx] & ~s) == 0:
-                                        lw &= ~(one << np.uint64(b))
-                                bits >>= one
-                                b += 1
+                                low = bits & (~bits + one)
+                                idx = w * 64 + trailing_zeros(low)
+                                bits ^= low
+                                if not is_out[idx] and (idx_tensors[idx] & ~s) == 0:
+                                    lw &= ~low
                             legs[pos, w] = lw
             if work > max_work:
                 return -2, masks[:count], left[:count], right[:count], prim[:count], work
         level_hi[m] = count
+        stored = level_hi[m] - level_lo[m]
+        # Building and sorting this level's per-tensor lists costs about n passes plus a sort.
+        work += 4 * n * stored + 8 * stored * int(np.log2(stored + 1))
+        if work > max_work:
+            return -2, masks[:count], left[:count], right[:count], prim[:count], work
         for t in range(n):
             csr_lo[m, t] = csr_n
             tb = one << np.uint64(t)
@@ -220,9 +254,6 @@ def _dp_kernel(
             lo = csr_lo[m, t]
             order = np.argsort(prim[csr_ids[lo:csr_n]], kind="mergesort")
             csr_ids[lo:csr_n] = csr_ids[lo:csr_n][order]
-    full = masks[0]
-    for t in range(1, n):
-        full |= masks[t]
     root = _hget(hkeys, hvals, full)
     return root, masks[:count], left[:count], right[:count], prim[:count], work
 

@@ -223,11 +223,22 @@ def _search(
     greedy = greedy_ssa(legs, output, sizes)
     pool.offer(_evaluate(legs, output, sizes, minimize, greedy, "greedy", target, unsliced))
 
-    exact = _try_exact(legs, output, sizes, minimize, pool.best.cost, deadline, start)
-    if exact is not None:
-        if target is None or Tree(legs, output, sizes, exact).peak_size() <= target:
-            return exact, (), True, "optimal", exact
-        pool.offer(_evaluate(legs, output, sizes, minimize, exact, "optimal", target, unsliced))
+    if _exact_feasible(legs):
+        # A short heuristic round first: the exact search's final cost cap is the best cost
+        # known, and a tight cap is worth far more than the time it takes to find it.
+        pre = _Pool(minimize)
+        pre.offer(_Candidate(cost(greedy), greedy, "greedy"))
+        now = time.perf_counter()
+        _portfolio(
+            legs, output, sizes, minimize, pre, cost, now + 0.15 * (deadline - now), max(1, repeats // 4), seed + 7919
+        )
+        exact = _try_exact(legs, output, sizes, minimize, pre.best.cost, deadline, start)
+        if exact is not None:
+            if target is None or Tree(legs, output, sizes, exact).peak_size() <= target:
+                return exact, (), True, "optimal", exact
+            pool.offer(_evaluate(legs, output, sizes, minimize, exact, "optimal", target, unsliced))
+        for cand in pre.items:
+            pool.offer(_evaluate(legs, output, sizes, minimize, cand.ssa, cand.method, target, unsliced))
 
     if target is None:
         best = _portfolio(legs, output, sizes, minimize, pool, cost, deadline, repeats, seed)
@@ -302,13 +313,17 @@ def _enumerate(legs, output, sizes, minimize) -> list[tuple[int, int]]:
     return min(options, key=lambda p: legs_path_cost(legs, output, sizes, p, minimize))
 
 
+def _exact_feasible(legs) -> bool:
+    from tnplan.optimal import MAX_TENSORS, _connected
+
+    return len(legs) <= min(EXACT_MAX_TENSORS, MAX_TENSORS) and _connected(legs)
+
+
 def _try_exact(legs, output, sizes, minimize, upper, deadline, start) -> list[tuple[int, int]] | None:
-    """Run the exact DP when the network is small enough and the budget allows."""
-    from tnplan.optimal import MAX_TENSORS, PAIRS_PER_SECOND, _connected, solve_legs
+    """Run the exact DP within a share of the budget; the SSA path when it completes."""
+    from tnplan.optimal import PAIRS_PER_SECOND, solve_legs
 
     n = len(legs)
-    if n > min(EXACT_MAX_TENSORS, MAX_TENSORS) or not _connected(legs):
-        return None
     # The work budget derives from the whole budget, not the time left, so that runs without an
     # explicit max_time stay deterministic. Small networks get most of it; larger ones half,
     # because when the exact search fails the heuristic search still needs time.
