@@ -171,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TnplanError as exc:
         print(f"tnplan: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:
+        print(f"tnplan: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

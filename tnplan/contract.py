@@ -116,10 +116,11 @@ def _zeros_like_output(piece: Any, shape: list[int]) -> Any:
 
 
 def _place(result: Any, index: tuple, piece: Any) -> Any:
+    """Add one slice's piece into its block of the output (other sliced indices also add there)."""
     if _is_torch(result):
         # Out of place, so autograd records every slice's contribution.
         out = result.clone()
-        out[index] = piece
+        out[index] = out[index] + piece
         return out
-    result[index] = piece
+    result[index] += piece
     return result

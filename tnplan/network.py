@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -24,11 +25,19 @@ FORMAT = "tnplan.network/1"
 
 
 def _check_size(label: Label, size: Any) -> int:
-    if isinstance(size, bool) or not isinstance(size, int | float) or int(size) != size:
+    if isinstance(size, bool) or not isinstance(size, numbers.Real):
+        raise NetworkError(f"index {label!r} has size {size!r}; sizes must be integers >= 1")
+    if not math.isfinite(size) or int(size) != size:
         raise NetworkError(f"index {label!r} has size {size!r}; sizes must be integers >= 1")
     if size < 1:
         raise NetworkError(f"index {label!r} has size {size}; sizes must be >= 1")
     return int(size)
+
+
+def _as_tuple(value: Any, what: str) -> tuple:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise NetworkError(f"{what} must be a list, got {value!r}")
+    return tuple(value)
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,8 +63,10 @@ class Network:
     size_dict: Mapping[Label, int] = field(repr=False)
 
     def __post_init__(self) -> None:
-        inputs = tuple(tuple(t) for t in self.inputs)
-        output = tuple(self.output)
+        inputs = tuple(_as_tuple(t, f"tensor {k}'s indices") for k, t in enumerate(_as_tuple(self.inputs, "inputs")))
+        output = _as_tuple(self.output, "output")
+        if not isinstance(self.size_dict, Mapping):
+            raise NetworkError(f"size_dict must be a mapping from index to size, got {type(self.size_dict).__name__}")
         if not inputs:
             raise NetworkError("the network has no tensors; give at least one input tensor")
         sizes: dict[Label, int] = {}
@@ -107,7 +118,7 @@ class Network:
             )
         size_dict: dict[Label, int] = {}
         for pos, (term, shape) in enumerate(zip(terms, shapes, strict=True)):
-            shape = tuple(shape)
+            shape = _as_tuple(shape, f"shape of operand {pos}")
             if len(term) != len(shape):
                 raise NetworkError(
                     f"operand {pos} of {equation!r} has {len(term)} index(es) {''.join(term)!r} "
@@ -127,7 +138,11 @@ class Network:
         cls, inputs: Iterable[Iterable[Label]], output: Iterable[Label], size_dict: Mapping[Label, int]
     ) -> Network:
         """Build a network from opt_einsum / cotengra style ``(inputs, output, size_dict)``."""
-        return cls(tuple(tuple(t) for t in inputs), tuple(output), dict(size_dict))
+        inputs = _as_tuple(inputs, "inputs")
+        if not isinstance(size_dict, Mapping):
+            raise NetworkError(f"size_dict must be a mapping from index to size, got {type(size_dict).__name__}")
+        return cls(tuple(_as_tuple(t, f"tensor {k}'s indices") for k, t in enumerate(inputs)),
+                   _as_tuple(output, "output"), dict(size_dict))
 
     @classmethod
     def from_json(cls, path: str | Path) -> Network:

@@ -175,12 +175,12 @@ class Plan:
             PlanError: If the text is not a plan, the path is invalid, or it no longer scores to the
                 stored flops.
         """
-        text = source.read_text(encoding="utf-8") if isinstance(source, Path) else source
-        if isinstance(source, str) and not source.lstrip().startswith("{"):
+        text = source if isinstance(source, str) else ""
+        if isinstance(source, Path) or not source.lstrip().startswith("{"):
             try:
                 text = Path(source).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise PlanError(f"{source}: cannot read plan ({exc.strerror})") from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise PlanError(f"{source}: cannot read plan ({exc})") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -197,9 +197,10 @@ class Plan:
             ids = network.label_ids
             sliced = tuple(sorted(ids[lab] for lab in data.get("sliced_indices", [])))
             costs = score_path(network, ssa, sliced)
+            stored = int(data["flops"]) if "flops" in data else costs.flops
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"plan does not match its network: {exc}") from None
-        if "flops" in data and int(data["flops"]) != costs.flops:
+        if stored != costs.flops:
             raise PlanError(
                 f"plan re-scores to {costs.flops} flops but records {data['flops']}; it is stale or corrupt"
             )
