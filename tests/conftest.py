@@ -1,3 +1,16 @@
+import pytest
 import torch
 
 torch.set_num_threads(1)  # project rule: tests pin torch to one thread
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compiled_exact_search() -> None:
+    """Compile the numba exact-search kernel once, up front.
+
+    Planning calls with a time budget never wait for a compilation (they fall back to heuristics
+    while a background process compiles), so tests that check optimality need it ready.
+    """
+    from tnplan.optimal import kernel_ready
+
+    kernel_ready(block=True)

@@ -102,7 +102,9 @@ def linear_to_ssa(path: Sequence[Sequence[int]], num_tensors: int) -> list[tuple
         if len(set(step)) != len(step) or any(not 0 <= x < len(ids) for x in step):
             raise NetworkError(f"path step {k} {step} is invalid with {len(ids)} tensor(s) left")
         if len(step) == 1:
-            continue  # a single-operand step only reduces; it does not change the pairing
+            # A single-operand step reduces a tensor and appends the result: it moves to the end.
+            ids.append(ids.pop(step[0]))
+            continue
         if len(step) != 2:
             raise NetworkError(f"path step {k} {step} contracts {len(step)} tensors; only pairwise steps are supported")
         a, b = (ids[x] for x in step)

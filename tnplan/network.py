@@ -35,7 +35,7 @@ def _check_size(label: Label, size: Any) -> int:
 
 
 def _as_tuple(value: Any, what: str) -> tuple:
-    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+    if not isinstance(value, Iterable):
         raise NetworkError(f"{what} must be a list, got {value!r}")
     return tuple(value)
 

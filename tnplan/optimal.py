@@ -12,6 +12,8 @@ deterministic and lets the caller turn a time budget into a work budget.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -314,6 +316,49 @@ def _grow_i(a, capacity):  # pragma: no cover - jitted
     return b
 
 
+_compiler: subprocess.Popen | None = None
+
+
+def _cached_on_disk() -> bool:
+    try:
+        return bool(_dp_kernel._cache._cache_file._load_index())
+    except Exception:  # numba internals moved: assume nothing is cached
+        return False
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's on-disk cache) the exact-search kernel in this process."""
+    solve_legs([(0, 1), (1, 2), (2, 0), (0,)], frozenset(), [2.0, 2.0, 2.0], _force=True)
+
+
+def kernel_ready(block: bool = False) -> bool:
+    """Whether the compiled DP kernel can be used now without paying for a compilation.
+
+    The first compilation takes tens of seconds, which would break any time budget. When the
+    kernel is neither loaded nor cached on disk, it is compiled in a background process (which
+    fills numba's cache) and the searches fall back to their heuristics until it is ready. With
+    ``block=True`` this process compiles it instead and waits.
+    """
+    global _compiler
+    if _dp_kernel.signatures:
+        return True
+    if block or _cached_on_disk():
+        warm_up()
+        return True
+    if _compiler is None:
+        code = "from tnplan.optimal import warm_up; warm_up()"
+        try:
+            _compiler = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+        except OSError:
+            warm_up()
+            return True
+    if _compiler.poll() is not None and _cached_on_disk():
+        warm_up()
+        return True
+    return False
+
+
 def components(network: Network) -> list[list[int]]:
     """Connected components of the tensors (sharing any index), each sorted, ordered by first tensor."""
     legs = leaf_legs(network)
@@ -350,6 +395,7 @@ def solve_legs(
     max_work: int = 10**9,
     max_size: float = math.inf,
     join_open: bool = True,
+    _force: bool = False,
 ) -> tuple[list[tuple[int, int]] | None, int]:
     """Exact DP on one connected network given as index-id legs; returns (SSA path or None, work).
 
@@ -361,6 +407,8 @@ def solve_legs(
     n = len(legs)
     if n == 1:
         return [], 0
+    if not _force and not kernel_ready():
+        return None, 0
     skip = frozenset() if join_open else frozenset(output)
     if n > MAX_TENSORS or not _connected(legs, skip):
         return None, 0

@@ -130,6 +130,11 @@ def plan(
     # With a memory cap, the last 30% of the budget re-optimises the tree while slicing it.
     search_deadline = start + (0.7 * budget if slicing else budget)
 
+    if max_time is None and network.num_tensors > 3:
+        from tnplan.optimal import kernel_ready
+
+        # Without a time budget, results must not depend on whether numba had compiled yet.
+        kernel_ready(block=True)
     legs = leaf_legs(network)
     output = network.int_output
     sizes = [float(s) for s in network.int_sizes]
@@ -224,14 +229,14 @@ def _search(
     pool.offer(_evaluate(legs, output, sizes, minimize, greedy, "greedy", target, unsliced))
 
     if _exact_feasible(legs):
-        # A short heuristic round first: the exact search's final cost cap is the best cost
-        # known, and a tight cap is worth far more than the time it takes to find it.
+        # A short heuristic round first (past 16 tensors): the exact search's final cost cap is
+        # the best cost known, and a tight cap is worth far more than the time it takes.
         pre = _Pool(minimize)
         pre.offer(_Candidate(cost(greedy), greedy, "greedy"))
-        now = time.perf_counter()
-        _portfolio(
-            legs, output, sizes, minimize, pre, cost, now + 0.15 * (deadline - now), max(1, repeats // 4), seed + 7919
-        )
+        if n > 16:
+            now = time.perf_counter()
+            stop = now + 0.15 * (deadline - now)
+            _portfolio(legs, output, sizes, minimize, pre, cost, stop, max(1, repeats // 4), seed + 7919)
         exact = _try_exact(legs, output, sizes, minimize, pre.best.cost, deadline, start)
         if exact is not None:
             if target is None or Tree(legs, output, sizes, exact).peak_size() <= target:

@@ -33,6 +33,7 @@ class Planned:
     time_s: float
     optimal: bool | None = None
     reported_time_s: float | None = None  # the planner's own account of its time, where it gives one
+    drain_s: float | None = None  # untimed wait for cotengra's pool to finish trials left running
 
 
 class PlannerTimeoutError(Exception):
@@ -145,9 +146,29 @@ def plan_ctg_default(problem: Problem, budget: float) -> Planned:
     inputs, output, size_dict = problem
     t0 = time.perf_counter()
     opt = ctg.HyperOptimizer(max_time=budget)
-    path = opt(list(inputs), list(output), dict(size_dict))
-    elapsed = time.perf_counter() - t0
-    return Planned(path=[tuple(int(x) for x in step) for step in path], time_s=elapsed)
+    try:
+        path = opt(list(inputs), list(output), dict(size_dict))
+        elapsed = time.perf_counter() - t0
+    finally:
+        drain = drain_pool(getattr(opt, "_pool", None))
+    return Planned(path=[tuple(int(x) for x in step) for step in path], time_s=elapsed, drain_s=drain)
+
+
+def drain_pool(pool: Any, timeout_s: float = 600.0) -> float | None:
+    """Wait (untimed) until ``pool`` has no work left; return how long that took.
+
+    When its time is up, ``HyperOptimizer`` cancels the queued trials but returns while the trials already
+    running in its workers go on. Left alone they would keep both cores busy during the next planner's
+    run, so the benchmark waits for them here. Works for ``concurrent.futures`` process pools (the default
+    without loky); for other pools it does nothing and returns None.
+    """
+    pending = getattr(pool, "_pending_work_items", None)
+    if pending is None:
+        return None
+    t0 = time.perf_counter()
+    while pending and time.perf_counter() - t0 < timeout_s:
+        time.sleep(0.01)
+    return time.perf_counter() - t0
 
 
 def plan_ctg_optimal(problem: Problem) -> Planned:
@@ -215,11 +236,30 @@ def _child(method: str, problem: Problem, conn: Any) -> None:
         conn.close()
 
 
-def plan_in_child(method: str, problem: Problem, timeout_s: float = HARD_TIMEOUT_S) -> Planned:
+def _wait(conn: Any, seconds: float, should_stop: Callable[[], bool]) -> bool:
+    """``conn.poll(seconds)`` in short slices; raise KeyboardInterrupt as soon as ``should_stop()``."""
+    deadline = time.perf_counter() + seconds
+    while True:
+        left = deadline - time.perf_counter()
+        if conn.poll(max(0.0, min(0.25, left))):
+            return True
+        if should_stop():
+            raise KeyboardInterrupt
+        if left <= 0:
+            return False
+
+
+def plan_in_child(
+    method: str,
+    problem: Problem,
+    timeout_s: float = HARD_TIMEOUT_S,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Planned:
     """Run an exact planner in a spawned process; kill it and raise :class:`PlannerTimeoutError` after ``timeout_s``.
 
     The time limit covers the search only: the wait starts after the child has imported its libraries
-    (signalled by its first message), and the recorded time is measured inside the child.
+    (signalled by its first message), and the recorded time is measured inside the child. The child
+    ignores SIGINT; when ``should_stop()`` turns true the child is killed and KeyboardInterrupt raised.
     """
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
@@ -227,12 +267,12 @@ def plan_in_child(method: str, problem: Problem, timeout_s: float = HARD_TIMEOUT
     proc.start()
     child.close()
     try:
-        if not parent.poll(120.0):  # imports only; generous
+        if not _wait(parent, 120.0, should_stop):  # imports only; generous
             raise RuntimeError("exact planner child did not start within 120 s")
         msg = parent.recv()
         if msg != "ready":
             raise RuntimeError(f"unexpected message from child: {msg!r}")
-        if not parent.poll(timeout_s):
+        if not _wait(parent, timeout_s, should_stop):
             raise PlannerTimeoutError(f"no result within {timeout_s:g} s")
         status, payload, elapsed = parent.recv()
     except EOFError:
@@ -248,6 +288,9 @@ def plan_in_child(method: str, problem: Problem, timeout_s: float = HARD_TIMEOUT
 
 
 def _child_entry(method: str, problem: Problem, conn: Any) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     _limit_memory()
     # Import the planner libraries before starting the clock the parent waits on.
     import cotengra.pathfinders.path_basic  # noqa: F401

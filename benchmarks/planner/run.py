@@ -14,13 +14,16 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import gc
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,8 +32,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _p in (HERE, REPO):  # sibling modules, and tnplan from this checkout
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 import planners  # noqa: E402
 import report  # noqa: E402
@@ -177,7 +181,10 @@ class ResultStore:
     def flush(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, ensure_ascii=False, indent=1), encoding="utf-8")
+        head = {k: v for k, v in self.data.items() if k != "rows"}
+        text = json.dumps(head, ensure_ascii=False, indent=1)[:-2]  # drop the closing "\n}"
+        rows = ",\n".join(json.dumps(r, ensure_ascii=False) for r in self.data["rows"])
+        tmp.write_text(f'{text},\n "rows": [\n{rows}\n ]\n}}\n', encoding="utf-8")
         os.replace(tmp, self.path)
 
 
@@ -192,6 +199,53 @@ def _jobs(methods: list[str], budgets: list[float], seeds: list[int]) -> Iterato
                     yield method, budget, seed
         else:
             yield method, None, None
+
+
+# Ctrl-C: the first press lets the planner run in progress finish normally (both tnplan and cotengra treat a
+# KeyboardInterrupt as "stop searching and return the best so far", which would record a truncated search),
+# then stops; a second press aborts at once and the row in progress is discarded.
+_STOP = threading.Event()
+_ABORT = threading.Event()
+
+
+_MAIN_PID = os.getpid()
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    if os.getpid() != _MAIN_PID:  # a forked cotengra worker: let its task finish; the parent decides
+        return
+    if _STOP.is_set():
+        _ABORT.set()
+        raise KeyboardInterrupt
+    _STOP.set()
+    print(
+        "\nCtrl-C: letting the planner run in progress finish (an exact-planner child is dropped), then stopping;"
+        " press again to abort now",
+        flush=True,
+    )
+
+
+TNPLAN_WATCHDOG_FACTOR = 10.0  # tnplan runs in this process; a run past 10 x budget + 60 s is stopped as a timeout
+TNPLAN_WATCHDOG_SLACK_S = 60.0
+
+
+@contextlib.contextmanager
+def _watchdog(seconds: float) -> Iterator[None]:
+    """Raise :class:`PlannerTimeoutError` in this (main) thread after ``seconds``; a no-op where SIGALRM is missing."""
+    if not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _fire(signum: int, frame: Any) -> None:
+        raise PlannerTimeoutError(f"stopped by the watchdog after {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, _fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def run_one(inst: Instance, method: str, budget: float | None, seed: int | None) -> dict[str, Any]:
@@ -211,10 +265,13 @@ def run_one(inst: Instance, method: str, budget: float | None, seed: int | None)
         "planning_time_s": None,
         "optimal": None,
         "reported_time_s": None,
+        "drain_s": None,
         "error": None,
         "path": None,
     }
-    if method == "ctg-optimal" and net.num_tensors > CTG_OPTIMAL_MAX_TENSORS:
+    if method in ("ctg-optimal", "oe-dp") and net.num_tensors > CTG_OPTIMAL_MAX_TENSORS:
+        # Both exact anchors time out at 60 s on every network past this size (measured on this
+        # machine); skipping them keeps the full run within the session.
         row.update(status="skipped", error=f"more than {CTG_OPTIMAL_MAX_TENSORS} tensors")
         return row
     problem = planners.anchor_problem(net)
@@ -223,9 +280,10 @@ def run_one(inst: Instance, method: str, budget: float | None, seed: int | None)
     try:
         if method == "tnplan":
             assert budget is not None and seed is not None
-            planned = planners.plan_tnplan(net, budget, seed)
+            with _watchdog(TNPLAN_WATCHDOG_FACTOR * budget + TNPLAN_WATCHDOG_SLACK_S):
+                planned = planners.plan_tnplan(net, budget, seed)
         elif method in ("oe-dp", "ctg-optimal"):
-            planned = planners.plan_in_child(method, problem, HARD_TIMEOUT_S)
+            planned = planners.plan_in_child(method, problem, HARD_TIMEOUT_S, should_stop=_STOP.is_set)
         elif method.startswith("oe-"):
             planned = planners.plan_oe(method, problem)
         elif method == "ctg-default":
@@ -239,7 +297,12 @@ def run_one(inst: Instance, method: str, budget: float | None, seed: int | None)
     except Exception as exc:
         row.update(status="error", error=f"{type(exc).__name__}: {exc}"[:500], planning_time_s=time.perf_counter() - t0)
         return row
-    row.update(planning_time_s=planned.time_s, optimal=planned.optimal, reported_time_s=planned.reported_time_s)
+    row.update(
+        planning_time_s=planned.time_s,
+        optimal=planned.optimal,
+        reported_time_s=planned.reported_time_s,
+        drain_s=planned.drain_s,
+    )
     try:
         path = planners.pairwise_linear_path(planned.path, net.num_tensors)
         costs = score_linear_path(net, path)
@@ -370,7 +433,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def estimate_s(inst: Instance, methods: list[str], budgets: list[float], seeds: list[int]) -> float:
-    """Worst-case wall time of one instance: budgets in full, exact planners to their timeout."""
+    """Rough wall time of one instance: budgets in full, exact planners to their timeout.
+
+    ctg-default is not bounded by its budget (see README): on the largest networks one run plus the wait
+    for its pool takes minutes, so treat the total as a floor for it.
+    """
     total = 0.0
     for method, budget, _ in _jobs(methods, budgets, seeds):
         if budget is not None:
@@ -404,10 +471,18 @@ def main(argv: list[str] | None = None) -> int:
         for inst in instances:
             est = estimate_s(inst, args.methods, args.budgets, args.seeds)
             total += est
-            print(f"{inst.name:<50} {inst.network.num_tensors:5d} tensors  <= {est:7.0f} s")
-        print(f"{len(instances)} instances, worst case {total / 3600:.2f} h")
+            print(f"{inst.name:<50} {inst.network.num_tensors:5d} tensors  ~ {est:7.0f} s")
+        print(
+            f"{len(instances)} instances, about {total / 3600:.2f} h with budgets in full and exact planners timing"
+            " out; ctg-default overruns on large networks add to this (about +35 min for the full default run)"
+        )
         return 0
 
+    from tnplan.optimal import kernel_ready
+
+    kernel_ready(block=True)  # compile tnplan's exact-search kernel once, before any timing
+    # Before cotengra forks its worker pool, so that the workers inherit a handler that does not raise.
+    signal.signal(signal.SIGINT, _on_sigint)
     ctg_defaults = "n/a"
     if "ctg-default" in args.methods:
         planners.warm_up_cotengra()
@@ -423,12 +498,18 @@ def main(argv: list[str] | None = None) -> int:
                 key = (inst.name, method, budget, seed)
                 if key in store.done:
                     continue
+                if _STOP.is_set():
+                    raise KeyboardInterrupt
                 row = run_one(inst, method, budget, seed)
+                if _ABORT.is_set():
+                    raise KeyboardInterrupt  # this row may hold a truncated search: drop it
                 store.add(row)
                 print(_fmt_row(row), flush=True)
             md_path.write_text(report.render(store.data), encoding="utf-8")
+            if _STOP.is_set():
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
-        print("interrupted; rows so far are in planner.json (rerun with --resume)", file=sys.stderr)
+        print("stopped; rows so far are in planner.json (rerun the same command with --resume)", file=sys.stderr)
         md_path.write_text(report.render(store.data), encoding="utf-8")
         return 130
     md_path.write_text(report.render(store.data), encoding="utf-8")
