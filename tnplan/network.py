@@ -141,8 +141,11 @@ class Network:
         inputs = _as_tuple(inputs, "inputs")
         if not isinstance(size_dict, Mapping):
             raise NetworkError(f"size_dict must be a mapping from index to size, got {type(size_dict).__name__}")
-        return cls(tuple(_as_tuple(t, f"tensor {k}'s indices") for k, t in enumerate(inputs)),
-                   _as_tuple(output, "output"), dict(size_dict))
+        return cls(
+            tuple(_as_tuple(t, f"tensor {k}'s indices") for k, t in enumerate(inputs)),
+            _as_tuple(output, "output"),
+            dict(size_dict),
+        )
 
     @classmethod
     def from_json(cls, path: str | Path) -> Network:

@@ -348,8 +348,9 @@ def kernel_ready(block: bool = False) -> bool:
     if _compiler is None:
         code = "from tnplan.optimal import warm_up; warm_up()"
         try:
-            _compiler = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL)
+            _compiler = subprocess.Popen(
+                [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
         except OSError:
             warm_up()
             return True

@@ -10,6 +10,7 @@ otherwise). The KaHyPar configuration presets are the ones cotengra ships.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -64,7 +65,9 @@ class _Builder:
         sizes: Sequence[float],
         params: PartitionParams,
         seed: int,
+        deadline: float = math.inf,
     ) -> None:
+        self.deadline = deadline
         self.legs = [frozenset(t) for t in legs]
         self.output = output
         self.sizes = sizes
@@ -94,7 +97,7 @@ class _Builder:
         legs = [tuple(sorted(self.node_legs[v])) for v in nodes]
         out = self.open_legs(nodes)
         path = None
-        if len(nodes) <= EXACT_GROUP:
+        if len(nodes) <= EXACT_GROUP and time.perf_counter() < self.deadline:
             # Batch (open) hyperedges are not used to join groups here: that keeps the exact
             # search tractable on batched networks at a negligible loss of generality.
             path, _ = solve_legs(legs, out, self.sizes, "flops", max_work=self.params.exact_work, join_open=False)
@@ -156,7 +159,9 @@ class _Builder:
 
     def build(self, members: list[int], depth: int = 0) -> int:
         p = self.params
-        if len(members) <= p.cutoff:
+        if len(members) <= p.cutoff or time.perf_counter() >= self.deadline:
+            # Past the deadline the rest of the tree is finished greedily, so a trial never
+            # holds the search far beyond its budget.
             return self.order(members)
         parts = max(2, min(len(members) // 2, round(p.parts * (p.parts_decay**depth)) or 2))
         groups = self.split(members, parts)
@@ -174,8 +179,12 @@ def partition_ssa(
     sizes: Sequence[float],
     params: PartitionParams,
     seed: int,
+    deadline: float = math.inf,
 ) -> list[tuple[int, int]]:
-    """A complete SSA path built by recursive KaHyPar partitioning with ``params``."""
-    builder = _Builder(legs, output, sizes, params, seed)
+    """A complete SSA path built by recursive KaHyPar partitioning with ``params``.
+
+    After ``deadline`` no more partitioning or exact ordering happens; the tree is completed greedily.
+    """
+    builder = _Builder(legs, output, sizes, params, seed, deadline)
     builder.build(list(range(len(legs))))
     return builder.path

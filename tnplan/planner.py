@@ -139,6 +139,13 @@ def plan(
     output = network.int_output
     sizes = [float(s) for s in network.int_sizes]
     target = _size_target(network, memory_limit, max_size, itemsize)
+    if memory_limit is not None:
+        inputs = sum(math.prod(network.int_sizes[i] for i in t) for t in network.int_inputs)
+        if inputs * itemsize >= memory_limit:
+            raise PlanError(
+                f"memory_limit is {int(memory_limit)} bytes but the input tensors alone hold {inputs * itemsize} "
+                f"bytes of {np.dtype(dtype).name}; raise the limit (slicing only shrinks intermediates)"
+            )
     ssa, sliced, optimal, method, unsliced = _search(
         legs, output, sizes, minimize, search_deadline, repeats, seed, start, target
     )
@@ -228,14 +235,14 @@ def _search(
     greedy = greedy_ssa(legs, output, sizes)
     pool.offer(_evaluate(legs, output, sizes, minimize, greedy, "greedy", target, unsliced))
 
-    if _exact_feasible(legs):
+    if _exact_feasible(legs, deadline - start):
         # A short heuristic round first (past 16 tensors): the exact search's final cost cap is
         # the best cost known, and a tight cap is worth far more than the time it takes.
         pre = _Pool(minimize)
         pre.offer(_Candidate(cost(greedy), greedy, "greedy"))
         if n > 16:
             now = time.perf_counter()
-            stop = now + 0.15 * (deadline - now)
+            stop = now + min(0.15 * (deadline - now), 0.005 * n)
             _portfolio(legs, output, sizes, minimize, pre, cost, stop, max(1, repeats // 4), seed + 7919)
         exact = _try_exact(legs, output, sizes, minimize, pre.best.cost, deadline, start)
         if exact is not None:
@@ -318,10 +325,13 @@ def _enumerate(legs, output, sizes, minimize) -> list[tuple[int, int]]:
     return min(options, key=lambda p: legs_path_cost(legs, output, sizes, p, minimize))
 
 
-def _exact_feasible(legs) -> bool:
+def _exact_feasible(legs, budget: float) -> bool:
+    """Exact search up to 40 tensors; up to 64 only with a budget of 10 s or more, because past 40
+    tensors it rarely completes in less and the heuristics need the time."""
     from tnplan.optimal import MAX_TENSORS, _connected
 
-    return len(legs) <= min(EXACT_MAX_TENSORS, MAX_TENSORS) and _connected(legs)
+    limit = min(EXACT_MAX_TENSORS, MAX_TENSORS) if budget >= 10.0 else 40
+    return len(legs) <= limit and _connected(legs)
 
 
 def _try_exact(legs, output, sizes, minimize, upper, deadline, start) -> list[tuple[int, int]] | None:
@@ -330,9 +340,9 @@ def _try_exact(legs, output, sizes, minimize, upper, deadline, start) -> list[tu
 
     n = len(legs)
     # The work budget derives from the whole budget, not the time left, so that runs without an
-    # explicit max_time stay deterministic. Small networks get most of it; larger ones half,
+    # explicit max_time stay deterministic. Small networks get most of it; larger ones a quarter,
     # because when the exact search fails the heuristic search still needs time.
-    share = 0.8 if n <= 40 else 0.5
+    share = 0.8 if n <= 40 else 0.25
     max_work = int(max(deadline - start, 0.0) * share * PAIRS_PER_SECOND)
     if max_work <= 0:
         return None
@@ -383,7 +393,7 @@ def _portfolio(
     from tnplan.optimal import PAIRS_PER_SECOND
 
     # Exact ordering of partition groups may take up to ~10% of the budget per group.
-    exact_work = int(min(5e7, max(1e6, 0.1 * (deadline - start) * PAIRS_PER_SECOND)))
+    exact_work = int(min(2e7, max(5e5, 0.02 * (deadline - start) * PAIRS_PER_SECOND)))
     best_params: dict[str, object] | None = None
     best_cost = math.inf
     trial_time: dict[str, float] = {}
@@ -411,13 +421,16 @@ def _portfolio(
         t0 = time.perf_counter()
         params = None
         if kind == "kahypar":
-            params = _sample_params(rng, best_params if trial >= 8 else None)
+            # The first KaHyPar trial uses robust defaults: on big networks it may be the only one.
+            params = dict(_FIRST_PARAMS) if trial == 0 else _sample_params(rng, best_params if trial >= 8 else None)
             path = partition_ssa(
                 legs,
                 output,
                 sizes,
                 PartitionParams(**params, exact_work=exact_work),  # type: ignore[arg-type]
                 trial_seed,
+                # A trial may run a little past the search phase, never far past the budget.
+                deadline=max(search_deadline, time.perf_counter() + 0.05 * (deadline - start)),
             )
         elif kind == "eliminate":
             temperature = 0.0 if trial < len(cycle) else float(rng.choice([0.05, 0.2, 0.5, 1.0]))
@@ -465,6 +478,17 @@ def _evaluate(
         legs, output, sizes, list(path), target, minimize, passes=1, deadline=deadline
     )
     return _Candidate(s_cost, s_path, method, s_sliced)
+
+
+_FIRST_PARAMS = {
+    "parts": 2,
+    "imbalance": 0.1,
+    "mode": "recursive",
+    "objective": "cut",
+    "cutoff": 12,
+    "jitter": 0.1,
+    "parts_decay": 0.5,
+}
 
 
 def _sample_params(rng: np.random.Generator, around: dict[str, object] | None) -> dict[str, object]:

@@ -1,0 +1,153 @@
+"""Slicing benchmark: a closed MERA sliced 2 and 4 bits below its unsliced width.
+
+For each seed: plan the network unsliced (``max_time`` = budget), read its width ``w`` (log2 of the
+largest intermediate), then plan again with ``max_size = 2**(w - bits)`` and the same budget.
+The overhead is sliced flops / unsliced flops of that seed's unsliced plan. cotengra's default
+HyperOptimizer with ``slicing_reconf_opts={'target_size': ...}`` runs beside it at the same budget
+and target, scored by the same scorer.
+
+Usage: ``python benchmarks/planner/slicing.py [--network mera_closed_32_b4] [--budget 5] [--seeds 0,1,2]``
+Writes ``benchmarks/results/slicing.md`` and ``slicing.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import tnplan
+from tnplan.examples import FAMILIES
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGETS = {2: 1.10, 4: 1.30}
+
+
+def _cotengra(net: tnplan.Network, budget: float, target_size: int) -> tuple[tnplan.Plan, float]:
+    import cotengra as ctg
+
+    opt = ctg.HyperOptimizer(max_time=budget, slicing_reconf_opts={"target_size": target_size})
+    start = time.perf_counter()
+    tree = opt.search([list(t) for t in net.int_inputs], list(net.int_output), dict(enumerate(net.int_sizes)))
+    elapsed = time.perf_counter() - start
+    sliced = tuple(net.labels[i] for i in tree.sliced_inds)
+    return tnplan.from_path(net, [tuple(p) for p in tree.get_path()], sliced=sliced), elapsed
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--network", default="mera_closed_32_b4")
+    parser.add_argument("--budget", type=float, default=5.0)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args()
+    from tnplan.optimal import kernel_ready
+
+    kernel_ready(block=True)
+    net = FAMILIES[args.network]()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = []
+    for seed in seeds:
+        base = tnplan.plan(net, max_time=args.budget, seed=seed)
+        width = round(base.log2_size)
+        for bits in TARGETS:
+            target = 2 ** (width - bits)
+            ours = tnplan.plan(net, max_time=args.budget, seed=seed, max_size=target)
+            theirs, ctg_time = _cotengra(net, args.budget, target)
+            rows.append(
+                {
+                    "seed": seed,
+                    "bits": bits,
+                    "unsliced_log10_flops": base.log10_flops,
+                    "unsliced_log2_size": base.log2_size,
+                    "target_log2_size": width - bits,
+                    "tnplan": {
+                        "log10_flops": ours.log10_flops,
+                        "log2_size": ours.log2_size,
+                        "n_slices": ours.n_slices,
+                        "sliced": [str(x) for x in ours.sliced_indices],
+                        "overhead": ours.flops / base.flops,
+                        "overhead_own_tree": ours.slicing_overhead,
+                        "time_s": ours.planning_time,
+                    },
+                    "ctg-default": {
+                        "log10_flops": theirs.log10_flops,
+                        "log2_size": theirs.log2_size,
+                        "n_slices": theirs.n_slices,
+                        "overhead": theirs.flops / base.flops,
+                        "time_s": ctg_time,
+                    },
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "network": args.network,
+        "tensors": net.num_tensors,
+        "budget_s": args.budget,
+        "seeds": seeds,
+        "cpu": _cpu(),
+        "cores": __import__("os").cpu_count(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    (out / "slicing.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    lines = [
+        f"# Slicing benchmark: `{args.network}` ({net.num_tensors} tensors)",
+        "",
+        f"Machine: {meta['cpu']}, {meta['cores']} cores; Python {meta['python']}; {meta['date']}.",
+        f"Budget {args.budget:g} s per plan; seeds {args.seeds}; overhead = sliced flops / unsliced flops of the"
+        " same seed's unsliced tnplan plan (both scored by tnplan's cost model).",
+        "",
+        "| bits below width | target | method | median overhead | median log2 size | median slices | median time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for bits, limit in TARGETS.items():
+        sel = [r for r in rows if r["bits"] == bits]
+        for method in ("tnplan", "ctg-default"):
+            med = {
+                k: statistics.median(r[method][k] for r in sel) for k in ("overhead", "log2_size", "n_slices", "time_s")
+            }
+            lines.append(
+                f"| {bits} | <= {limit:.2f}x | {method} | {med['overhead']:.3f}x | {med['log2_size']:.1f} |"
+                f" {med['n_slices']:g} | {med['time_s']:.2f} |"
+            )
+    lines += [
+        "",
+        "Unsliced widths per seed: "
+        + ", ".join(
+            f"seed {r['seed']}: {r['unsliced_log2_size']:.1f} bits, log10 flops {r['unsliced_log10_flops']:.4f}"
+            for r in rows
+            if r["bits"] == 2
+        ),
+    ]
+    verdict = []
+    for bits, limit in TARGETS.items():
+        med = statistics.median(r["tnplan"]["overhead"] for r in rows if r["bits"] == bits)
+        verdict.append(
+            f"- {bits} bits: median overhead {med:.3f}x vs target {limit:.2f}x: "
+            f"{'PASS' if med <= limit and math.isfinite(med) else 'FAIL'}"
+        )
+    lines += ["", "## Target check", *verdict, ""]
+    (out / "slicing.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
