@@ -127,8 +127,9 @@ def plan(
         repeats = max_repeats if max_repeats is not None else 1 << 30
     deadline = start + budget
     slicing = memory_limit is not None or max_size is not None
-    # With a memory cap, the last 30% of the budget re-optimises the tree while slicing it.
-    search_deadline = start + (0.7 * budget if slicing else budget)
+    # With a memory cap the search slices as it goes; the last 10% is kept for a fallback slicing
+    # pass in case the memory limit (which also counts live inputs) is not met.
+    search_deadline = start + (0.9 * budget if slicing else budget)
 
     if max_time is None and network.num_tensors > 3:
         from tnplan.optimal import kernel_ready
@@ -279,15 +280,32 @@ def _sliced_search(
     network, so the tree is rebuilt around the cuts instead of merely sliced; any extra cuts the
     new trees need are added per trial.
     """
+    from tnplan.tree import Tree
+
     now = time.perf_counter()
-    first = now + 0.35 * (deadline - now)
-    _portfolio(legs, output, sizes, minimize, pool, cost, first, max(1, repeats // 3), seed, target, unsliced)
+    first = now + 0.4 * (deadline - now)
+    # Phase 1: the best unsliced tree (cuts cost least on a tree that is good to begin with).
+    for cand in pool.items:
+        unsliced.offer(_Candidate(cost(cand.ssa), cand.ssa, cand.method))
+    _portfolio(legs, output, sizes, minimize, unsliced, cost, first, max(1, repeats // 3), seed)
+    for cand in unsliced.items:
+        pool.offer(_evaluate(legs, output, sizes, minimize, cand.ssa, cand.method, target, None))
     cut_sets: list[tuple[int, ...]] = []
     seeds: list[_Candidate] = []
     for cand in pool.items:
         if cand.sliced and cand.sliced not in cut_sets:
             cut_sets.append(cand.sliced)
             seeds.append(cand)
+    if unsliced.items:
+        # Single cuts that cost the best unsliced tree least (S_c + d (T - S_c)) are also worth a
+        # search of their own: the greedy cut sequence above can miss them.
+        from tnplan.slicing import cheapest_cuts
+
+        base = unsliced.best
+        for c in cheapest_cuts(Tree(legs, output, sizes, base.ssa), target, 3):
+            if (c,) not in cut_sets:
+                cut_sets.append((c,))
+                seeds.append(base)
     for k, (cuts, seed_cand) in enumerate(zip(cut_sets, seeds, strict=True)):
         now = time.perf_counter()
         if now >= deadline:

@@ -55,6 +55,19 @@ def _choose(
     return scores[0][1]
 
 
+def cheapest_cuts(tree: Tree, target: float, k: int) -> list[int]:
+    """The ``k`` indices of over-cap intermediates whose single cut costs ``tree`` the least."""
+    nodes = tree.internal_nodes()
+    over = [v for v in nodes if tree.size[v] > target]
+    total = math.fsum(tree.flops[v] for v in nodes)
+    cands = sorted({i for v in over for i in tree.legs[v] if tree.sizes[i] > 1})
+    scored = []
+    for c in cands:
+        s_c = math.fsum(tree.flops[v] for v in nodes if c in _involved(tree, v))
+        scored.append((s_c + tree.sizes[c] * (total - s_c), c))
+    return [c for _, c in sorted(scored)[:k]]
+
+
 def slice_legs(
     legs: Sequence[Sequence[int]],
     output: frozenset[int],
