@@ -10,6 +10,7 @@ bucket is ordered exactly when small.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,8 +26,12 @@ def elimination_ssa(
     *,
     temperature: float = 0.0,
     seed: int | None = None,
+    deadline: float = math.inf,
 ) -> list[tuple[int, int]]:
-    """A complete SSA path from a greedy (optionally randomised) variable-elimination order."""
+    """A complete SSA path from a greedy (optionally randomised) variable-elimination order.
+
+    Past ``deadline`` the remaining tensors are contracted by the plain greedy driver.
+    """
     n = len(legs)
     rng = np.random.default_rng(seed)
     tensors: dict[int, frozenset[int]] = {k: frozenset(t) for k, t in enumerate(legs)}
@@ -45,7 +50,7 @@ def elimination_ssa(
             union |= tensors[k]
         return sum(logsize[j] for j in union if j != i)
 
-    while pending:
+    while pending and time.perf_counter() < deadline:
         scores = sorted((bucket_result(i) - temperature * (rng.gumbel() if temperature else 0.0), i) for i in pending)
         _, var = scores[0]
         pending.discard(var)
@@ -76,14 +81,12 @@ def elimination_ssa(
             path.append((x, y))
             ids.append(nxt)
             nxt += 1
-    # Whatever is left shares only open indices: join smallest first.
-    rest = sorted(tensors, key=lambda k: (sum(logsize.get(j, 0.0) for j in tensors[k]), k))
-    while len(rest) > 1:
-        a, b = rest.pop(0), rest.pop(0)
-        la, lb = tensors.pop(a), tensors.pop(b)
-        tensors[nxt] = la | lb
-        path.append((a, b))
-        rest.append(nxt)
-        rest.sort(key=lambda k: (sum(logsize.get(j, 0.0) for j in tensors[k]), k))
+    # Whatever is left (only open indices, or everything when the deadline cut the loop short)
+    # is finished by the greedy driver.
+    rest = sorted(tensors)
+    ids = list(rest)
+    for a, b in greedy_ssa([tuple(sorted(tensors[k])) for k in rest], output, sizes):
+        path.append((ids[a], ids[b]))
+        ids.append(nxt)
         nxt += 1
     return path

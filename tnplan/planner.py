@@ -452,7 +452,14 @@ def _portfolio(
             )
         elif kind == "eliminate":
             temperature = 0.0 if trial < len(cycle) else float(rng.choice([0.05, 0.2, 0.5, 1.0]))
-            path = elimination_ssa(legs, output, sizes, temperature=temperature, seed=trial_seed)
+            path = elimination_ssa(
+                legs,
+                output,
+                sizes,
+                temperature=temperature,
+                seed=trial_seed,
+                deadline=max(search_deadline, time.perf_counter() + 0.05 * (deadline - start)),
+            )
         else:
             costmod = float(rng.uniform(0.5, 2.0))
             temperature = float(rng.choice([0.0, 0.01, 0.05, 0.1, 0.3])) if trial > 3 else 0.01
