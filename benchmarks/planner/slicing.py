@@ -20,6 +20,8 @@ import statistics
 import time
 from pathlib import Path
 
+from run import _cpu_model  # the planner benchmark's machine header (same folder)
+
 import tnplan
 from tnplan.examples import FAMILIES
 
@@ -36,16 +38,6 @@ def _cotengra(net: tnplan.Network, budget: float, target_size: int) -> tuple[tnp
     elapsed = time.perf_counter() - start
     sliced = tuple(net.labels[i] for i in tree.sliced_inds)
     return tnplan.from_path(net, [tuple(p) for p in tree.get_path()], sliced=sliced), elapsed
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> int:
@@ -101,7 +93,7 @@ def main() -> int:
         "tensors": net.num_tensors,
         "budget_s": args.budget,
         "seeds": seeds,
-        "cpu": _cpu(),
+        "cpu": _cpu_model(),
         "cores": __import__("os").cpu_count(),
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
