@@ -31,7 +31,7 @@ def summary_lines(plan: Plan) -> list[str]:
 def step_rows(plan: Plan) -> list[tuple[str, ...]]:
     """One row per pairwise step: step, operands, contracted indices, result, scaling, flops, size."""
     labels = plan.network.labels
-    rows = []
+    rows: list[tuple[str, ...]] = []
     total = plan.costs.flops / plan.n_slices if plan.n_slices else 0
     for k, st in enumerate(plan.costs.steps):
         involved = set(st.legs_left) | set(st.legs_right)

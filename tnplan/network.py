@@ -25,13 +25,19 @@ FORMAT = "tnplan.network/1"
 
 
 def _check_size(label: Label, size: Any) -> int:
+    bad = f"index {label!r} has size {size!r}; sizes must be integers >= 1"
     if isinstance(size, bool) or not isinstance(size, numbers.Real):
-        raise NetworkError(f"index {label!r} has size {size!r}; sizes must be integers >= 1")
-    if not math.isfinite(size) or int(size) != size:
-        raise NetworkError(f"index {label!r} has size {size!r}; sizes must be integers >= 1")
-    if size < 1:
+        raise NetworkError(bad)
+    if isinstance(size, numbers.Integral):
+        value = int(size)
+    else:
+        real = float(size)
+        if not math.isfinite(real) or not real.is_integer():
+            raise NetworkError(bad)
+        value = int(real)
+    if value < 1:
         raise NetworkError(f"index {label!r} has size {size}; sizes must be >= 1")
-    return int(size)
+    return value
 
 
 def _as_tuple(value: Any, what: str) -> tuple:
@@ -110,7 +116,7 @@ class Network:
             NetworkError: On an unparseable equation, a rank mismatch or inconsistent sizes.
         """
         if len(shapes) == 1 and shapes[0] and all(isinstance(s, list | tuple) for s in shapes[0]):
-            shapes = tuple(shapes[0])  # type: ignore[assignment]
+            shapes = tuple(shapes[0])  # type: ignore[assignment,arg-type]
         terms, output = parse_einsum(equation)
         if len(terms) != len(shapes):
             raise NetworkError(
@@ -270,10 +276,9 @@ class Network:
     @cached_property
     def equation(self) -> str:
         """An einsum equation for this network, with labels mapped to letters when needed."""
-        symbols = {
-            lab: lab if isinstance(lab, str) and len(lab) == 1 and lab.isalpha() else None for lab in self.labels
-        }
-        if any(v is None for v in symbols.values()):
+        if all(isinstance(lab, str) and len(lab) == 1 and lab.isalpha() for lab in self.labels):
+            symbols = {lab: str(lab) for lab in self.labels}
+        else:
             symbols = {lab: _symbol(i) for i, lab in enumerate(self.labels)}
         terms = ",".join("".join(symbols[lab] for lab in t) for t in self.inputs)
         return terms + "->" + "".join(symbols[lab] for lab in self.output)

@@ -321,7 +321,7 @@ _compiler: subprocess.Popen | None = None
 
 def _cached_on_disk() -> bool:
     try:
-        return bool(_dp_kernel._cache._cache_file._load_index())
+        return bool(_dp_kernel._cache._cache_file._load_index())  # type: ignore[attr-defined]
     except Exception:  # numba internals moved: assume nothing is cached
         return False
 
