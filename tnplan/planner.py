@@ -3,15 +3,18 @@
 The search is a pipeline of small stages, each deterministic for a given seed:
 
 1. trivial networks (<= 3 tensors) are enumerated directly, without touching numba or kahypar;
-2. a greedy tree gives an upper bound;
-3. exact DP over connected sub-networks (:mod:`tnplan.optimal`) is tried whenever its estimated
-   work fits the budget; when it completes the plan is proven optimal;
+2. a greedy tree gives a first bound;
+3. for up to 40 tensors (64 with a budget of 10 s or more), a short heuristic round tightens the
+   bound and exact DP over connected sub-networks (:mod:`tnplan.optimal`) runs within a share of the
+   budget; when it completes the plan is proven optimal;
 4. otherwise a portfolio of trials — KaHyPar recursive partitioning with sampled parameters
-   (:mod:`tnplan.partition`) and randomised greedy (:mod:`tnplan.greedy`) — keeps the best few
-   trees; later trials sample around the best parameters found so far;
-5. local refinement re-solves subtrees exactly with growing subtree sizes (:mod:`tnplan.tree`);
-6. with a memory cap, indices are sliced while the tree is re-optimised under the cap
-   (:mod:`tnplan.slicing`).
+   (:mod:`tnplan.partition`), variable elimination (:mod:`tnplan.eliminate`) and randomised greedy
+   (:mod:`tnplan.greedy`), each quickly refined — keeps the best few trees; later KaHyPar trials
+   sample around the best parameters found so far;
+5. the best trees are refined by re-solving subtrees exactly with growing sizes (:mod:`tnplan.tree`);
+   time left over goes back to trials;
+6. with a memory cap every trial is scored sliced (:mod:`tnplan.slicing`), and the most promising
+   cuts are fixed while the search runs again around them.
 
 Every candidate is compared with the same float objective; the returned plan is scored by
 :func:`tnplan.cost.score_path`.
