@@ -19,7 +19,7 @@ number of slices, and ``peak_size`` is per slice.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence, Set
 from dataclasses import dataclass
 
 import numpy as np
@@ -172,6 +172,31 @@ def leaf_legs(network: Network) -> list[tuple[int, ...]]:
     return [tuple(i for i in term if counts[i] > 1 or i in out) for term in network.int_inputs]
 
 
+def _merge(
+    involved: Iterable[int],
+    la: Set[int],
+    lb: Set[int],
+    counts: MutableMapping[int, int] | list[int],
+    output: Set[int],
+) -> tuple[list[int], list[int]]:
+    """Split a step's indices into (kept, summed) and update how many live tensors carry each index.
+
+    An index survives when it is open or another live tensor still carries it; this is the one
+    place that rule lives, so hyperedges are handled the same everywhere.
+    """
+    keep: list[int] = []
+    summed: list[int] = []
+    for i in involved:
+        c = counts[i] - (i in la) - (i in lb)
+        if i in output or c > 0:
+            keep.append(i)
+            counts[i] = c + 1
+        else:
+            summed.append(i)
+            counts[i] = 0
+    return keep, summed
+
+
 def score_path(
     network: Network,
     ssa_path: Sequence[Sequence[int]],
@@ -215,18 +240,8 @@ def score_path(
         if a not in legs or b not in legs or a == b:
             raise NetworkError(f"path step {k} ({a}, {b}) uses a tensor that is unknown or already contracted")
         la, lb = legs.pop(a), legs.pop(b)
-        sb = set(lb)
         involved = la + tuple(i for i in lb if i not in set(la))
-        out_legs = []
-        summed = []
-        for i in involved:
-            c = counts[i] - (i in sb) - (i in la)
-            if i in output or c > 0:
-                out_legs.append(i)
-                counts[i] = c + 1
-            else:
-                summed.append(i)
-                counts[i] = 0
+        out_legs, summed = _merge(involved, set(la), set(lb), counts, output)
         c_step = size_of(involved)
         f_step = c_step * (2 if summed else 1)
         s_out = size_of(out_legs)
@@ -279,14 +294,7 @@ def legs_path_cost(
     for a, b in path:
         la, lb = cur[a], cur[b]
         involved = la | lb
-        keep = []
-        for i in involved:
-            c = where[i] - (i in la) - (i in lb)
-            if i in output or c > 0:
-                keep.append(i)
-                where[i] = c + 1
-            else:
-                where[i] = 0
+        keep, _ = _merge(involved, la, lb, where, output)
         p = math.prod(float(sizes[i]) for i in involved)
         size = math.prod(float(sizes[i]) for i in keep)
         flops = p * 2.0 if len(keep) < len(involved) else p
