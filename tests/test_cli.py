@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from spec import SUMMARY_KEYS
 
 import tnplan
 from tnplan import Network
@@ -17,19 +18,6 @@ from tnplan.cli import main
 # The repository and shared/ are siblings (locally /work/main and /work/shared; in CI a clone and its shared/).
 REPO = Path(__file__).resolve().parents[1]
 INSTANCES = REPO.parent / "shared" / "bench" / "instances"
-SUMMARY_KEYS = {
-    "path",
-    "flops",
-    "log10_flops",
-    "contraction_cost",
-    "peak_size",
-    "log2_size",
-    "write",
-    "sliced_indices",
-    "n_slices",
-    "optimal",
-    "planning_time_s",
-}
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import opt_einsum as oe
 import pytest
+from spec import SUMMARY_KEYS
 
 import tnplan
 from tnplan import Network, Plan, PlanError
@@ -15,19 +16,6 @@ from tnplan import Network, Plan, PlanError
 # Three tensors: planned by direct enumeration, so the test needs no compiled (numba) exact search.
 EQUATION = "ab,bc,cd->ad"
 SHAPES = [(2, 3), (3, 4), (4, 5)]
-SUMMARY_KEYS = {
-    "path",
-    "flops",
-    "log10_flops",
-    "contraction_cost",
-    "peak_size",
-    "log2_size",
-    "write",
-    "sliced_indices",
-    "n_slices",
-    "optimal",
-    "planning_time_s",
-}
 
 
 @pytest.fixture(scope="module")
