@@ -4,6 +4,12 @@ import torch
 torch.set_num_threads(1)  # project rule: tests pin torch to one thread
 
 
+@pytest.fixture(autouse=True)
+def _private_plan_cache(tmp_path, monkeypatch) -> None:
+    """Every test gets its own empty default plan cache, never the user's."""
+    monkeypatch.setenv("TNPLAN_CACHE_DIR", str(tmp_path / "tnplan-cache"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _compiled_exact_search() -> None:
     """Compile the numba exact-search kernel once, up front.

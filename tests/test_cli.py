@@ -9,25 +9,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from spec import SUMMARY_KEYS
+from spec import SUMMARY_KEYS, run_cli
 
 import tnplan
 from tnplan import Network
-from tnplan.cli import main
 
 # The repository and shared/ are siblings (locally /work/main and /work/shared; in CI a clone and its shared/).
 REPO = Path(__file__).resolve().parents[1]
 INSTANCES = REPO.parent / "shared" / "bench" / "instances"
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run the CLI in-process; argparse errors exit through SystemExit, the rest return a status."""
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def plan_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict:

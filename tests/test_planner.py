@@ -209,7 +209,7 @@ def _plan_in_subprocess(hashseed: str) -> dict:
         "import json, tnplan\n"
         "from tnplan.examples import random_regular\n"
         "net = random_regular(80, 3, 2, seed=11)\n"
-        "p = tnplan.plan(net, max_repeats=6, max_time=60, seed=5)\n"
+        "p = tnplan.plan(net, max_repeats=6, max_time=60, seed=5, cache=False)\n"
         "print(json.dumps({'path': p.path, 'flops': p.flops}))\n"
     )
     env = {**os.environ, "PYTHONHASHSEED": hashseed}
@@ -227,3 +227,28 @@ def test_different_seeds_explore_differently() -> None:
     net = random_regular(80, 3, 2, seed=11)
     paths = {tuple(tnplan.plan(net, max_repeats=4, max_time=60, seed=s).path) for s in range(3)}
     assert len(paths) > 1
+
+
+def test_workers_are_deterministic_for_a_seed_and_worker_count() -> None:
+    net = random_regular(80, 3, 2, seed=11)
+    runs = [tnplan.plan(net, max_repeats=6, max_time=60, seed=3, workers=2, cache=False) for _ in range(2)]
+    assert runs[0].path == runs[1].path
+    single = tnplan.plan(net, max_repeats=3, max_time=60, seed=3, cache=False)
+    # Worker 0 runs the single-process search with half the trials; the best of two is no worse.
+    assert runs[0].flops <= single.flops
+    with pytest.raises(tnplan.PlanError, match="workers"):
+        tnplan.plan(net, workers=0)
+
+
+def test_planning_on_a_real_dask_cluster_matches_local_workers() -> None:
+    distributed = pytest.importorskip("distributed")
+    net = random_regular(80, 3, 2, seed=11)
+    local = tnplan.plan(net, max_repeats=4, max_time=60, seed=1, workers=2, cache=False)
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+    ) as cluster:
+        host_port = cluster.scheduler_address.removeprefix("tcp://")
+        remote = tnplan.plan(
+            net, max_repeats=4, max_time=60, seed=1, workers=2, executor=f"dask://{host_port}", cache=False
+        )
+    assert remote.path == local.path and remote.flops == local.flops

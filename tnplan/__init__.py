@@ -11,6 +11,7 @@ Examples:
     (True, [(0, 1), (0, 1)])
 """
 
+from tnplan.cache import CacheWarning, PlanCache
 from tnplan.cost import Costs, score_linear_path, score_path
 from tnplan.errors import NetworkError, PlanError, TnplanError
 from tnplan.network import Network
@@ -18,10 +19,12 @@ from tnplan.plan import Plan, from_path
 from tnplan.planner import plan
 
 __all__ = [
+    "CacheWarning",
     "Costs",
     "Network",
     "NetworkError",
     "Plan",
+    "PlanCache",
     "PlanError",
     "TnplanError",
     "from_path",

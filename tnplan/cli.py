@@ -1,4 +1,4 @@
-"""The ``tnplan`` command line: ``tnplan plan`` and ``tnplan compare``.
+"""The ``tnplan`` command line: ``tnplan plan``, ``tnplan cache``, ``tnplan report`` and ``tnplan compare``.
 
 Bad input (a missing file, malformed JSON, an invalid network or option) prints one line to
 stderr and exits with status 2; no traceback.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,13 +74,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--save", help="also write the plan (with its network) to this JSON file")
+    p.add_argument("--workers", type=_positive_int, default=1, help="independent search processes (default 1)")
+    p.add_argument("--executor", help="where workers run: local (default) or dask://HOST:PORT")
+    _add_cache_arguments(p)
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the plan cache")
+    p.add_argument("--cache-only", action="store_true", help="never search: use the cached plan or fail")
+    p.add_argument("--refine", action="store_true", help="search again from the cached plan; keep the better")
 
     c = sub.add_parser("compare", help="plan networks with tnplan and anchor planners side by side")
     c.add_argument("paths", nargs="+", help="network JSON files or folders of them")
     c.add_argument("--methods", default="tnplan,oe-greedy,ctg-default", help="comma-separated method names")
     c.add_argument("--max-time", type=_positive_float, default=1.0, help="time budget per planner (default 1 s)")
     c.add_argument("--seed", type=int, default=0)
+
+    from tnplan import report
+
+    report.add_parser(sub)
+
+    k = sub.add_parser("cache", help="inspect and move the plan cache")
+    ks = k.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    for name, text in (("ls", "list stored plans"), ("stats", "file, plan and hit counts"), ("clear", "delete all")):
+        _add_cache_arguments(ks.add_parser(name, help=text))
+    show = ks.add_parser("show", help="describe one stored plan")
+    show.add_argument("key", help="a key, or a unique prefix of one, from `tnplan cache ls`")
+    _add_cache_arguments(show)
+    exp = ks.add_parser("export", help="write every stored plan to a JSON file")
+    exp.add_argument("file")
+    _add_cache_arguments(exp)
+    imp = ks.add_parser("import", help="merge plans from an export file (a better plan wins)")
+    imp.add_argument("file")
+    _add_cache_arguments(imp)
     return parser
+
+
+def _add_cache_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", metavar="FILE", help="plan cache file (default: $TNPLAN_CACHE_DIR/plans.sqlite)")
 
 
 def _load_network(args: argparse.Namespace) -> Network:
@@ -97,6 +127,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from tnplan.planner import plan
 
     network = _load_network(args)
+    if args.no_cache and (args.cache or args.cache_only or args.refine):
+        raise TnplanError("--no-cache cannot be combined with --cache, --cache-only or --refine")
     result = plan(
         network,
         minimize=args.minimize,
@@ -105,6 +137,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         max_time=args.max_time,
         seed=args.seed,
+        cache=False if args.no_cache else (args.cache or True),
+        cache_only=args.cache_only,
+        refine=args.refine,
+        workers=args.workers,
+        executor=args.executor,
     )
     if args.save:
         result.to_json(args.save)
@@ -161,12 +198,71 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from tnplan.cache import PlanCache
+    from tnplan.describe import render_table
+
+    cache = PlanCache(args.cache) if args.cache else PlanCache()
+    if args.action == "ls":
+        rows = [
+            (
+                e.key[:12],
+                str(e.tensors),
+                e.options,
+                f"{e.log10_flops:.4f}",
+                e.method + (" (optimal)" if e.optimal else ""),
+                f"{e.effort:g}",
+                str(e.hits),
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(e.updated)),
+            )
+            for e in cache.entries()
+        ]
+        header = ("key", "tensors", "options", "log10 flops", "method", "effort s", "hits", "updated")
+        print(render_table(header, rows))
+        print(f"{len(rows)} plan(s) in {cache.path}")
+    elif args.action == "show":
+        found = cache.find(args.key)
+        if not found:
+            raise TnplanError(f"no cached plan has a key starting with {args.key!r}; see `tnplan cache ls`")
+        if len({e.key for e in found}) > 1:
+            raise TnplanError(f"key prefix {args.key!r} is ambiguous ({len(found)} plans); give more characters")
+        for e in found:
+            print(f"key: {e.key}\noptions: {e.options}\neffort: {e.effort:g} s   hits: {e.hits}")
+            print(cache.load(e).describe())
+    elif args.action == "stats":
+        for name, value in cache.stats().items():
+            print(f"{name}: {value}")
+    elif args.action == "clear":
+        print(f"deleted {cache.clear()} plan(s) from {cache.path}")
+    elif args.action == "export":
+        print(f"exported {cache.export(args.file)} plan(s) to {args.file}")
+    else:
+        counts = cache.import_(args.file)
+        print(
+            f"imported {args.file} into {cache.path}: {counts['added']} added or improved, "
+            f"{counts['kept']} already as good, {counts['skipped']} skipped"
+        )
+    return 0
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"tnplan: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tnplan`` script."""
     args = build_parser().parse_args(argv)
+    # Cache repairs and similar notices: one line each, not a source excerpt.
+    previous, warnings.showwarning = warnings.showwarning, _one_line_warning
     try:
         if args.command == "plan":
             return _cmd_plan(args)
+        if args.command == "cache":
+            return _cmd_cache(args)
+        if args.command == "report":
+            from tnplan import report
+
+            return report.run(args)
         return _cmd_compare(args)
     except TnplanError as exc:
         print(f"tnplan: error: {exc}", file=sys.stderr)
@@ -174,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"tnplan: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":  # pragma: no cover

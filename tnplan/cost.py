@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, MutableMapping, Sequence, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -57,7 +58,12 @@ class Costs:
     write: int
     peak_elements: int
     n_slices: int
-    steps: tuple[Step, ...]
+    source: tuple = field(default=(), repr=False, compare=False)
+
+    @cached_property
+    def steps(self) -> tuple[Step, ...]:
+        """Per-step breakdown (per slice), computed on first use."""
+        return _steps(*self.source) if self.source else ()
 
     def peak_memory(self, dtype: str | np.dtype | type = "float64") -> int:
         """Bytes of all tensors alive at once while executing in order (inputs included)."""
@@ -204,15 +210,122 @@ def score_path(
 ) -> Costs:
     """Score a complete SSA path on ``network`` (integer index ids in ``sliced``).
 
+    The totals come from a lean pass over index bitmasks (it is on the plan cache's hit path);
+    the per-step breakdown :attr:`Costs.steps` is computed on first use.
+
     Raises:
         NetworkError: If the path is invalid or does not contract the network to one tensor.
     """
     n = network.num_tensors
-    sizes = list(network.int_sizes)
     sliced = tuple(sorted(set(sliced)))
+    sizes = list(network.int_sizes)
     n_slices = 1
     for i in sliced:
         n_slices *= sizes[i]
+        sizes[i] = 1
+    if len(ssa_path) != n - 1:
+        raise NetworkError(f"path has {len(ssa_path)} pairwise steps; {n} tensors need exactly {n - 1}")
+    leaf_masks, leaf_sizes, leaf_counts, out_mask, inputs_full, result_full = _prepared(network)
+    masks = dict(enumerate(leaf_masks))
+    counts = list(leaf_counts)
+    if sliced:
+        tensor_size = {}
+        for k, term in enumerate(leaf_legs(network)):
+            tensor_size[k] = math.prod(sizes[i] for i in term)
+    else:
+        tensor_size = dict(enumerate(leaf_sizes))
+    live = peak_live = cost = flops = write = peak = 0
+    nxt = n
+    for k, step in enumerate(ssa_path):
+        a, b = step
+        ma = masks.pop(a, None)
+        mb = masks.pop(b, None) if b != a else None
+        if ma is None or mb is None:
+            raise NetworkError(f"path step {k} ({a}, {b}) uses a tensor that is unknown or already contracted")
+        sa, sb = tensor_size[a], tensor_size[b]
+        shared = ma & mb
+        s_shared = 1
+        s_summed = 1
+        summed = 0
+        bits = shared
+        while bits:
+            low = bits & -bits
+            i = low.bit_length() - 1
+            bits ^= low
+            s_shared *= sizes[i]
+            # Rule of _merge: an index shared by both operands survives when open or still carried.
+            c = counts[i] - 2
+            if low & out_mask or c > 0:
+                counts[i] = c + 1
+            else:
+                counts[i] = 0
+                summed |= low
+                s_summed *= sizes[i]
+        c_step = sa * sb // s_shared
+        s_out = c_step // s_summed
+        cost += c_step
+        flops += c_step * 2 if summed else c_step
+        write += s_out
+        if s_out > peak:
+            peak = s_out
+        live += s_out
+        if live > peak_live:
+            peak_live = live
+        if a >= n:
+            live -= sa
+        if b >= n:
+            live -= sb
+        masks[nxt] = (ma | mb) & ~summed
+        tensor_size[nxt] = s_out
+        nxt += 1
+    accumulate = result_full if n_slices > 1 else 0
+    return Costs(
+        contraction_cost=cost * n_slices,
+        flops=flops * n_slices,
+        peak_size=peak,
+        write=write * n_slices,
+        peak_elements=inputs_full + peak_live + accumulate,
+        n_slices=n_slices,
+        source=(network, tuple(tuple(s) for s in ssa_path), sliced),
+    )
+
+
+def _prepared(network: Network) -> tuple[list[int], list[int], list[int], int, int, int]:
+    """Per-network inputs of the scorer (leaf bitmasks and sizes, leg counts, totals), cached on the network.
+
+    The network is immutable, so they are computed once; a plan-cache hit then scores a path in
+    one pass over its steps.
+    """
+    cached = network.__dict__.get("_score_prep")
+    if cached is not None:
+        return cached
+    sizes = network.int_sizes
+    counts = [0] * len(sizes)
+    masks: list[int] = []
+    leaf_sizes: list[int] = []
+    for term in leaf_legs(network):
+        m = 0
+        p = 1
+        for i in term:
+            m |= 1 << i
+            p *= sizes[i]
+            counts[i] += 1
+        masks.append(m)
+        leaf_sizes.append(p)
+    out_mask = 0
+    for i in network.int_output:
+        out_mask |= 1 << i
+    inputs_full = sum(math.prod(sizes[i] for i in t) for t in network.int_inputs)
+    result_full = math.prod(sizes[i] for i in network.int_output)
+    prep = (masks, leaf_sizes, counts, out_mask, inputs_full, result_full)
+    network.__dict__["_score_prep"] = prep
+    return prep
+
+
+def _steps(network: Network, ssa_path: Sequence[Sequence[int]], sliced: tuple[int, ...]) -> tuple[Step, ...]:
+    """The per-step breakdown of a path already validated by :func:`score_path`."""
+    sizes = list(network.int_sizes)
+    for i in sliced:
         sizes[i] = 1
     output = network.int_output
     legs = dict(enumerate(leaf_legs(network)))
@@ -227,48 +340,19 @@ def score_path(
             p *= sizes[i]
         return p
 
-    tensor_size = {k: size_of(t) for k, t in legs.items()}
-    inputs_full = sum(math.prod(network.int_sizes[i] for i in t) for t in network.int_inputs)
-    live_intermediates = 0
-    peak_live = 0
     steps: list[Step] = []
-    cost = flops = write = peak = 0
-    nxt = n
-    if len(ssa_path) != n - 1:
-        raise NetworkError(f"path has {len(ssa_path)} pairwise steps; {n} tensors need exactly {n - 1}")
-    for k, (a, b) in enumerate(ssa_path):
-        if a not in legs or b not in legs or a == b:
-            raise NetworkError(f"path step {k} ({a}, {b}) uses a tensor that is unknown or already contracted")
+    nxt = network.num_tensors
+    for a, b in ssa_path:
         la, lb = legs.pop(a), legs.pop(b)
         involved = la + tuple(i for i in lb if i not in set(la))
         out_legs, summed = _merge(involved, set(la), set(lb), counts, output)
         c_step = size_of(involved)
-        f_step = c_step * (2 if summed else 1)
         s_out = size_of(out_legs)
-        cost += c_step
-        flops += f_step
-        write += s_out
-        peak = max(peak, s_out)
-        live_intermediates += s_out
-        peak_live = max(peak_live, live_intermediates)
-        for x in (a, b):
-            if x >= n:
-                live_intermediates -= tensor_size[x]
-        tensor_size[nxt] = s_out
         legs[nxt] = tuple(out_legs)
+        f_step = c_step * (2 if summed else 1)
         steps.append(Step(a, b, nxt, la, lb, tuple(out_legs), tuple(summed), c_step, f_step, s_out))
         nxt += 1
-    result_full = math.prod(network.int_sizes[i] for i in network.int_output)
-    accumulate = result_full if n_slices > 1 else 0
-    return Costs(
-        contraction_cost=cost * n_slices,
-        flops=flops * n_slices,
-        peak_size=peak,
-        write=write * n_slices,
-        peak_elements=inputs_full + peak_live + accumulate,
-        n_slices=n_slices,
-        steps=tuple(steps),
-    )
+    return tuple(steps)
 
 
 def score_linear_path(network: Network, path: Sequence[Sequence[int]], sliced: Iterable[int] = ()) -> Costs:

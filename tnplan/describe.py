@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -50,13 +51,46 @@ def step_rows(plan: Plan) -> list[tuple[str, ...]]:
     return rows
 
 
-def render_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def render_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
     """Left-aligned fixed-width text table."""
     widths = [max(len(h), *(len(r[c]) for r in rows)) if rows else len(h) for c, h in enumerate(header)]
     line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
     out = [line, "-" * len(line)]
     out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(out)
+
+
+def _md_cell(text: str) -> str:
+    # A pipe would end the cell and a newline the row; Markdown has no other structural characters here.
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def render_markdown_table(
+    header: tuple[str, ...], rows: Sequence[tuple[str, ...]], align: tuple[str, ...] | None = None
+) -> str:
+    """A GitHub-flavoured Markdown table of the same header and rows :func:`render_table` takes.
+
+    Args:
+        header: Column titles.
+        rows: One tuple of cell strings per row, as long as ``header``.
+        align: Per column ``"l"``, ``"r"`` or ``"c"`` (default: all left).
+
+    Raises:
+        ValueError: If a row or ``align`` does not have one entry per column.
+    """
+    align = align or ("l",) * len(header)
+    rules = {"l": ":--", "r": "--:", "c": ":-:"}
+    if len(align) != len(header) or any(a not in rules for a in align):
+        raise ValueError(f"align needs one of 'l', 'r', 'c' per column ({len(header)}), got {align!r}")
+    lines = [
+        "| " + " | ".join(_md_cell(h) for h in header) + " |",
+        "| " + " | ".join(rules[a] for a in align) + " |",
+    ]
+    for k, row in enumerate(rows):
+        if len(row) != len(header):
+            raise ValueError(f"row {k} has {len(row)} cells for {len(header)} columns")
+        lines.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
+    return "\n".join(lines)
 
 
 def describe_plan(plan: Plan, max_steps: int = 60) -> str:

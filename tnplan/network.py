@@ -8,6 +8,7 @@ id in order of first appearance, which is what the cost model and the planners w
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import numbers
@@ -232,11 +233,7 @@ class Network:
     @cached_property
     def labels(self) -> tuple[Label, ...]:
         """Every index label, in order of first appearance (inputs first, then output)."""
-        order: dict[Label, None] = {}
-        for term in self.inputs:
-            for label in term:
-                order.setdefault(label, None)
-        return tuple(order)
+        return tuple(dict.fromkeys(itertools.chain.from_iterable(self.inputs)))
 
     @cached_property
     def label_ids(self) -> dict[Label, int]:
@@ -246,8 +243,13 @@ class Network:
     @cached_property
     def int_inputs(self) -> tuple[tuple[int, ...], ...]:
         """Tensors with integer index ids, repeated indices within a tensor collapsed."""
-        ids = self.label_ids
-        return tuple(tuple(dict.fromkeys(ids[lab] for lab in term)) for term in self.inputs)
+        get = self.label_ids.__getitem__
+        out = []
+        for term in self.inputs:
+            t = tuple(map(get, term))
+            # Traces are rare: dedupe (keeping first appearances) only when a label repeats.
+            out.append(t if len(set(t)) == len(t) else tuple(dict.fromkeys(t)))
+        return tuple(out)
 
     @cached_property
     def int_output(self) -> frozenset[int]:
@@ -293,7 +295,12 @@ class Network:
         return (self.inputs, self.output, dict(self.size_dict)) == (other.inputs, other.output, dict(other.size_dict))
 
     def __hash__(self) -> int:
-        return hash((self.inputs, self.output, tuple(self.size_dict.items())))
+        # Networks key the plan cache's in-process memo: hash once (the value is immutable).
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.inputs, self.output, tuple(self.size_dict.items())))
+            self.__dict__["_hash"] = h
+        return h
 
     def __repr__(self) -> str:
         return f"Network(tensors={self.num_tensors}, indices={self.num_indices}, open={len(self.output)})"

@@ -33,6 +33,9 @@ class Plan:
         planning_time: Seconds spent planning.
         method: Which search stage produced the tree.
         dtype: Element type used for memory figures.
+        unsliced_flops: Flops of the best unsliced tree found (the baseline of slicing_overhead).
+        cache_status: ``"hit"`` (loaded from the plan cache), ``"miss"`` (searched, then stored) or
+            ``"off"`` (no cache involved).
     """
 
     network: Network
@@ -45,6 +48,7 @@ class Plan:
     method: str = ""
     dtype: str = "float64"
     unsliced_flops: int | None = None
+    cache_status: str = "off"
 
     # ------------------------------------------------------------------ paths and costs
 
@@ -135,6 +139,7 @@ class Plan:
             "optimal": self.optimal,
             "method": self.method,
             "planning_time_s": round(self.planning_time, 6),
+            "cache": self.cache_status,
         }
 
     def __repr__(self) -> str:

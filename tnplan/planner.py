@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from os import PathLike
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tnplan.cache import CacheOptions, PlanCache
+from tnplan.cache import resolve as resolve_cache
 from tnplan.cost import OBJECTIVES, leaf_legs, score_path
 from tnplan.errors import PlanError
 from tnplan.network import Network
@@ -86,8 +89,19 @@ def plan(
     max_time: float | None = None,
     max_repeats: int | None = None,
     seed: int = 0,
+    cache: bool | str | PathLike | PlanCache | None = True,
+    cache_only: bool = False,
+    refine: bool = False,
+    workers: int = 1,
+    executor: str | None = None,
 ) -> Plan:
     """Find a cost-minimal contraction plan for ``network``.
+
+    Plans are looked up in and stored to the plan cache (:class:`~tnplan.cache.PlanCache`) by
+    default: a network that differs from a stored one only by tensor order, index order or index
+    names gets the stored plan mapped to its own numbering, verified, with
+    ``plan.cache_status == "hit"``. A stored plan is used when it came from at least ``max_time``
+    seconds of search; otherwise the search runs and the better of the two plans is kept.
 
     Args:
         network: The tensor network.
@@ -99,13 +113,24 @@ def plan(
         max_time: Seconds to search; the best plan found by then is returned. ``None`` runs a fixed,
             deterministic effort (``max_repeats`` trials) capped at :func:`default_time_cap`.
         max_repeats: Number of search trials; with ``max_time`` given the default is unlimited.
-        seed: Seed of every random choice; the same inputs and seed give the same plan.
+        seed: Seed of every random choice; the same inputs and seed give the same plan. The seed is
+            part of the cache key.
+        cache: ``True`` for the default cache file (``$TNPLAN_CACHE_DIR/plans.sqlite`` or the
+            platform cache directory), ``False`` for none, a path or a ``PlanCache`` for another.
+        cache_only: Never search: return the cached plan whatever its effort, or raise
+            :class:`~tnplan.errors.PlanError` on a miss (for machines without kahypar).
+        refine: Search again from the cached plan with this budget and keep the better plan.
+        workers: Independent search processes; the result is deterministic for a given seed and
+            worker count (without ``max_time``).
+        executor: ``None``/``"local"`` for processes on this machine, or ``"dask://HOST:PORT"`` to
+            run the searches on a Dask distributed cluster.
 
     Returns:
         The :class:`~tnplan.plan.Plan`.
 
     Raises:
-        PlanError: On an unknown objective, a non-positive budget or an unreachable memory limit.
+        PlanError: On an unknown objective, a non-positive budget, an unreachable memory limit, or
+            a cache miss with ``cache_only``.
     """
     start = time.perf_counter()
     if not isinstance(network, Network):
@@ -122,6 +147,33 @@ def plan(
     for name, value in (("memory_limit", memory_limit), ("max_size", max_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
             raise PlanError(f"{name} must be a positive number, got {value!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise PlanError(f"workers must be a positive integer, got {workers!r}")
+    store = resolve_cache(cache)
+    if (cache_only or refine) and store is None:
+        raise PlanError(f"{'cache_only' if cache_only else 'refine'}=True needs a plan cache; do not pass cache=False")
+    options = CacheOptions(
+        minimize=minimize,
+        memory_limit=None if memory_limit is None else int(memory_limit),
+        max_size=None if max_size is None else int(max_size),
+        itemsize=itemsize,
+        seed=int(seed),
+    )
+    dtype_name = str(np.dtype(dtype))
+    effort = 0.0 if max_time is None else float(max_time)
+    cached = None
+    if store is not None:
+        cached = store.get(network, options, min_effort=0.0 if (cache_only or refine) else effort)
+        if cached is not None and not refine:
+            return cached if cached.dtype == dtype_name else replace(cached, dtype=dtype_name)
+        if cache_only:
+            raise PlanError(
+                f"no cached plan for this {network.num_tensors}-tensor network with {options.text()} in "
+                f"{store.path}; plan it where kahypar is installed, then `tnplan cache export` / `tnplan cache import`"
+            )
+        if cached is None:
+            cached = store.get(network, options)  # any effort: the search starts from it
+
     if max_time is None:
         budget = default_time_cap(network.num_tensors)
         repeats = max_repeats if max_repeats is not None else DEFAULT_REPEATS
@@ -150,8 +202,11 @@ def plan(
                 f"memory_limit is {int(memory_limit)} bytes but the input tensors alone hold {inputs * itemsize} "
                 f"bytes of {np.dtype(dtype).name}; raise the limit (slicing only shrinks intermediates)"
             )
-    ssa, sliced, optimal, method, unsliced = _search(
-        legs, output, sizes, minimize, search_deadline, repeats, seed, start, target
+    seeds = [] if cached is None else [list(cached.ssa_path)]
+    ssa, sliced, optimal, method, unsliced = _search_workers(
+        (legs, output, sizes, minimize, search_deadline - time.perf_counter(), repeats, seed, target, seeds),
+        workers,
+        executor,
     )
 
     unsliced_flops = None
@@ -174,18 +229,64 @@ def plan(
         if sliced:
             optimal = False
     costs = score_path(network, ssa, sliced)
-    return Plan(
+    result = Plan(
         network=network,
         ssa_path=tuple(ssa),
-        sliced=sliced,
+        sliced=tuple(sliced),
         costs=costs,
         minimize=minimize,
         optimal=optimal,
         planning_time=time.perf_counter() - start,
         method=method,
-        dtype=str(np.dtype(dtype)),
+        dtype=dtype_name,
         unsliced_flops=unsliced_flops,
+        cache_status="off" if store is None else "miss",
     )
+    if store is None:
+        return result
+    if cached is not None and cached.costs.objective(minimize) <= costs.objective(minimize):
+        # The stored plan is at least as good: keep it (and record the longer search behind it).
+        result = replace(cached, dtype=dtype_name, cache_status="miss", planning_time=result.planning_time)
+    store.put(result, options, effort=effort)
+    return result
+
+
+def _search_workers(args: tuple, workers: int, executor: str | None):
+    """Run :func:`_search` in ``workers`` independent processes (or in this one) and keep the best.
+
+    Worker ``k`` searches with its own seed; only worker 0 tries the exact search (the others
+    would repeat it). Results are reduced in worker order, so ties resolve the same way every time.
+    """
+    if workers == 1 and executor in (None, "local"):
+        return _search_task((*args, True))[1]
+    from tnplan.parallel import run_tasks
+
+    legs, output, sizes, minimize, budget, repeats, seed, target, seeds = args
+    per_worker = repeats if repeats >= 1 << 30 else max(1, -(-repeats // workers))
+    tasks = [
+        (legs, output, sizes, minimize, budget, per_worker, seed if k == 0 else seed * 7919 + 104729 * k,
+         target, seeds, k == 0)
+        for k in range(workers)
+    ]  # fmt: skip
+    results = run_tasks(_search_task, tasks, workers=workers, executor=executor)
+    best = min(range(workers), key=lambda k: (results[k][0], k))
+    return results[best][1]
+
+
+def _search_task(task: tuple):
+    """One search (picklable, for worker processes): ``(cost, _search result)``.
+
+    The budget travels as seconds left, not as a deadline: clocks differ between machines.
+    """
+    legs, output, sizes, minimize, budget, repeats, seed, target, seeds, exact = task
+    start = time.perf_counter()
+    result = _search(legs, output, sizes, minimize, start + max(budget, 0.0), repeats, seed, start, target, seeds,
+                     exact)  # fmt: skip
+    ssa, sliced = result[0], result[1]
+    from tnplan.cost import legs_path_cost
+
+    cut = [1.0 if i in sliced else x for i, x in enumerate(sizes)]
+    return legs_path_cost(legs, output, cut, ssa, minimize) * _n_slices(sizes, tuple(sliced)), result
 
 
 def _size_target(network: Network, memory_limit: int | None, max_size: int | None, itemsize: int) -> float | None:
@@ -217,10 +318,14 @@ def _search(
     seed: int,
     start: float,
     target: float | None = None,
+    seeds: list[list[tuple[int, int]]] | None = None,
+    exact: bool = True,
 ) -> tuple[list[tuple[int, int]], tuple[int, ...], bool, str, list[tuple[int, int]]]:
     """(best tree, its sliced ids, proven optimal, method, best unsliced tree).
 
     With ``target`` every trial is scored as it will run: sliced to the cap and re-optimised under it.
+    ``seeds`` are trees to start from (a cached plan being refined); ``exact=False`` skips the exact
+    search (parallel workers other than the first).
     """
     n = len(legs)
     if n <= 3:
@@ -238,12 +343,16 @@ def _search(
     unsliced = _Pool(minimize)
     greedy = greedy_ssa(legs, output, sizes)
     pool.offer(_evaluate(legs, output, sizes, minimize, greedy, "greedy", target, unsliced))
+    for path in seeds or ():
+        pool.offer(_evaluate(legs, output, sizes, minimize, [tuple(p) for p in path], "cached", target, unsliced))
 
-    if _exact_feasible(legs, deadline - start):
+    if exact and _exact_feasible(legs, deadline - start):
         # A short heuristic round first (past 16 tensors): the exact search's final cost cap is
         # the best cost known, and a tight cap is worth far more than the time it takes.
         pre = _Pool(minimize)
         pre.offer(_Candidate(cost(greedy), greedy, "greedy"))
+        for path in seeds or ():
+            pre.offer(_Candidate(cost([tuple(p) for p in path]), [tuple(p) for p in path], "cached"))
         if n > 16:
             now = time.perf_counter()
             stop = now + min(0.15 * (deadline - now), 0.005 * n)

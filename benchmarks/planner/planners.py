@@ -96,7 +96,7 @@ def plan_tnplan(network: Network, budget: float, seed: int) -> Planned:
     if plan_fn is None:
         raise RuntimeError("tnplan.plan does not exist yet")
     t0 = time.perf_counter()
-    plan = plan_fn(network, minimize="flops", max_time=budget, seed=seed)
+    plan = plan_fn(network, minimize="flops", max_time=budget, seed=seed, cache=False)
     elapsed = time.perf_counter() - t0
     return Planned(
         path=[tuple(int(x) for x in step) for step in plan.path],

@@ -32,12 +32,13 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-for _p in (HERE, REPO):  # sibling modules, and tnplan from this checkout
+for _p in (HERE, HERE.parent, REPO):  # sibling modules, benchmarks/machine.py, tnplan from this checkout
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
 import planners  # noqa: E402
 import report  # noqa: E402
+from machine import cpu_model  # noqa: E402
 from planners import BUDGETED, CTG_OPTIMAL_MAX_TENSORS, HARD_TIMEOUT_S, METHODS, PlannerTimeoutError  # noqa: E402
 
 from tnplan.cost import score_linear_path  # noqa: E402
@@ -337,16 +338,6 @@ def _fmt_row(row: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- machine header
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _version(mod: str) -> str:
     try:
         from importlib.metadata import version
@@ -373,7 +364,7 @@ def machine_meta(args: argparse.Namespace, ctg_defaults: str) -> dict[str, Any]:
     return {
         "platform": platform.platform(),
         "processor": platform.processor(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "packages": {

@@ -54,11 +54,11 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = []
     for seed in seeds:
-        base = tnplan.plan(net, max_time=args.budget, seed=seed)
+        base = tnplan.plan(net, max_time=args.budget, seed=seed, cache=False)
         width = round(base.log2_size)
         for bits in TARGETS:
             target = 2 ** (width - bits)
-            ours = tnplan.plan(net, max_time=args.budget, seed=seed, max_size=target)
+            ours = tnplan.plan(net, max_time=args.budget, seed=seed, max_size=target, cache=False)
             theirs, ctg_time = _cotengra(net, args.budget, target)
             rows.append(
                 {

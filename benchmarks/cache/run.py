@@ -1,0 +1,211 @@
+"""Plan-cache latency: in-process hits, fresh-process hits and the canonical key.
+
+Targets (issue 3): a hit in the same process <= 50 us for networks of <= 200 tensors; a hit from a
+fresh process <= 2 ms including decode and verification; the canonical key <= 1 ms for 400 tensors.
+
+Usage::
+
+    python benchmarks/cache/run.py            # writes benchmarks/results/cache.{md,json}
+    python benchmarks/cache/run.py --quick    # fewer repetitions (a smoke run)
+
+Every figure is a median over repetitions. "Fresh process" is timed inside a new Python process,
+after ``import tnplan`` and loading the network from JSON, around the first ``tnplan.plan`` call:
+opening the SQLite file, the key, the query, decoding, mapping and re-scoring the plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import tnplan
+from tnplan.canonical import canonical
+from tnplan.examples import lattice_2d, mera, random_regular, ttn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from machine import describe  # benchmarks/machine.py: one machine description
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "bench" / "instances"
+RESULTS = ROOT / "benchmarks" / "results"
+
+HIT_TARGET_US = 50.0
+FRESH_TARGET_MS = 2.0
+KEY_TARGET_MS = 1.0
+
+
+def hit_networks() -> dict[str, tnplan.Network]:
+    nets = {
+        "ttn_16": ttn(16, 4),
+        "mera_closed_16": mera(16, 2),
+        "lattice_7x7": lattice_2d(7, 7, bond=2),
+        "rr_50": random_regular(50, 3, 2, seed=0),
+        "ttn_128": ttn(128, 2),
+        "rr_100": random_regular(100, 3, 2, seed=0),
+        "lattice_10x10": lattice_2d(10, 10, bond=2),
+        "rr_200": random_regular(200, 3, 2, seed=0),
+    }
+    for name in ("cotengra/mps_mpo_L100_chi64_D5.json", "einsum-benchmark/str_nw_mera_closed_120.json"):
+        path = SHARED / name
+        if path.exists():
+            nets[path.stem[:24]] = tnplan.Network.from_json(path)
+    return nets
+
+
+def key_networks() -> dict[str, tnplan.Network]:
+    nets = {"rr_400": random_regular(400, 3, 2, seed=0), "lattice_20x20": lattice_2d(20, 20, bond=2)}
+    for name in (
+        "einsum-benchmark/tensornetwork_permutation_light_415.json",
+        "cotengra/sycamore_n53_m20_s0_e0_pABCDCDAB.json",
+        "cotengra/cubic_6x6x10.json",
+    ):
+        path = SHARED / name
+        if path.exists():
+            nets[path.stem[:24]] = tnplan.Network.from_json(path)
+    return nets
+
+
+def copy(net: tnplan.Network) -> tnplan.Network:
+    """A new Network object with nothing cached on it (no key, no memo entry)."""
+    return tnplan.Network(net.inputs, net.output, dict(net.size_dict))
+
+
+def per_call_us(fn, calls: int, rounds: int) -> float:
+    samples = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter() - t) / calls * 1e6)
+    return statistics.median(samples)
+
+
+_FRESH = """
+import json, sys, time
+import tnplan
+net = tnplan.Network.from_json(sys.argv[1])
+t = time.perf_counter()
+p = tnplan.plan(net, cache=sys.argv[2])
+elapsed = time.perf_counter() - t
+print(json.dumps({"ms": elapsed * 1e3, "status": p.cache_status, "flops": p.flops,
+                  "searched": "tnplan.partition" in sys.modules}))
+"""
+
+
+def fresh_process_ms(net_file: Path, cache_file: Path, runs: int) -> tuple[float, list[float], str]:
+    times, status = [], ""
+    for _ in range(runs):
+        out = subprocess.run(
+            [sys.executable, "-c", _FRESH, str(net_file), str(cache_file)], capture_output=True, text=True, check=True
+        )
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        times.append(row["ms"])
+        status = row["status"] + (" (searched!)" if row["searched"] else "")
+    return statistics.median(times), times, status
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    runs = 3 if args.quick else 11
+    rounds = 5 if args.quick else 21
+    rows, key_rows = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_file = Path(tmp) / "bench.sqlite"
+        for name, net in hit_networks().items():
+            planned = tnplan.plan(net, cache=cache_file, max_time=0.5)
+            cache = tnplan.PlanCache(cache_file)
+            same = copy(net)
+            assert tnplan.plan(same, cache=cache).cache_status == "hit"
+            hit_us = per_call_us(lambda same=same, cache=cache: tnplan.plan(same, cache=cache), 200, rounds)
+            net_file = Path(tmp) / f"{name}.json"
+            net_file.write_text(net.to_json())
+            fresh_ms, samples, status = fresh_process_ms(net_file, cache_file, runs)
+            rows.append(
+                {
+                    "network": name,
+                    "tensors": net.num_tensors,
+                    "log10_flops": round(planned.log10_flops, 4),
+                    "same_process_hit_us": round(hit_us, 2),
+                    "fresh_process_hit_ms": round(fresh_ms, 3),
+                    "fresh_process_samples_ms": [round(x, 3) for x in samples],
+                    "fresh_status": status,
+                }
+            )
+            print(f"{name:26s} {net.num_tensors:4d}  same {hit_us:7.2f} us   fresh {fresh_ms:6.3f} ms  {status}")
+        for name, net in key_networks().items():
+            canonical(copy(net))  # warm numpy's code paths once
+            samples = []
+            for _ in range(rounds):
+                fresh = copy(net)
+                t = time.perf_counter()
+                canonical(fresh)
+                samples.append((time.perf_counter() - t) * 1e3)
+            ms = statistics.median(samples)
+            key_rows.append({"network": name, "tensors": net.num_tensors, "key_ms": round(ms, 3)})
+            print(f"key {name:26s} {net.num_tensors:4d}  {ms:6.3f} ms")
+    result = {
+        "machine": describe(),
+        "date": time.strftime("%Y-%m-%d"),
+        "targets": {
+            "same_process_hit_us": HIT_TARGET_US,
+            "fresh_process_hit_ms": FRESH_TARGET_MS,
+            "key_ms": KEY_TARGET_MS,
+        },
+        "hits": rows,
+        "keys": key_rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cache.json").write_text(json.dumps(result, indent=1))
+    (args.out / "cache.md").write_text(markdown(result))
+    print(f"wrote {args.out / 'cache.md'}")
+
+
+def markdown(result: dict) -> str:
+    def ok(value: float, target: float) -> str:
+        return "yes" if value <= target else "**no**"
+
+    lines = [
+        "# Plan-cache latency",
+        "",
+        f"Machine: {result['machine']}; {result['date']}. Medians; produced by `benchmarks/cache/run.py`.",
+        "",
+        f"## Hits (targets: same process <= {HIT_TARGET_US:g} us, fresh process <= {FRESH_TARGET_MS:g} ms)",
+        "",
+        "Same process: a new `Network` object equal to the planned one, `tnplan.plan(net, cache=cache)` in a loop "
+        "(in-process memo). Fresh process: the first `tnplan.plan` call in a new interpreter, after `import tnplan` "
+        "(open SQLite, key, query, decode, map, re-score).",
+        "",
+        "| network | tensors | same-process hit (us) | <= target | fresh-process hit (ms) | <= target |",
+        "|---|---:|---:|:---:|---:|:---:|",
+    ]
+    for r in result["hits"]:
+        lines.append(
+            f"| {r['network']} | {r['tensors']} | {r['same_process_hit_us']:.1f} | "
+            f"{ok(r['same_process_hit_us'], HIT_TARGET_US)} | {r['fresh_process_hit_ms']:.2f} | "
+            f"{ok(r['fresh_process_hit_ms'], FRESH_TARGET_MS)} |"
+        )
+    lines += [
+        "",
+        f"## Canonical key (target <= {KEY_TARGET_MS:g} ms at ~400 tensors)",
+        "",
+        "A new `Network` object each time (nothing cached on it); includes its label maps.",
+        "",
+        "| network | tensors | key (ms) | <= target |",
+        "|---|---:|---:|:---:|",
+    ]
+    for r in result["keys"]:
+        lines.append(f"| {r['network']} | {r['tensors']} | {r['key_ms']:.3f} | {ok(r['key_ms'], KEY_TARGET_MS)} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,409 @@
+"""The plan cache: keys, mapping back, verification, improvement, damage, concurrency, export/import."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tnplan
+from tnplan.cache import CacheOptions, CacheWarning, PlanCache
+from tnplan.canonical import canonical, match
+from tnplan.cli import main
+from tnplan.examples import lattice_2d, mera, random_regular, ttn
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def scrambled(net: tnplan.Network, seed: int) -> tnplan.Network:
+    """The same network with shuffled tensors, shuffled indices within tensors and new labels."""
+    rng = random.Random(seed)
+    order = list(range(net.num_tensors))
+    rng.shuffle(order)
+    names = list(range(net.num_indices))
+    rng.shuffle(names)
+    new = {lab: f"i{names[k]}" for k, lab in enumerate(net.labels)}
+    inputs = []
+    for t in order:
+        term = list(net.inputs[t])
+        rng.shuffle(term)
+        inputs.append(tuple(new[x] for x in term))
+    return tnplan.Network(
+        tuple(inputs), tuple(new[x] for x in net.output), {new[k]: v for k, v in net.size_dict.items()}
+    )
+
+
+def chain(order: str, sizes: dict[str, int]) -> tnplan.Network:
+    pairs = [tuple(order[k : k + 2]) for k in range(len(order) - 1)]
+    return tnplan.Network(tuple(pairs), (order[0], order[-1]), sizes)
+
+
+NETWORKS = {
+    "ttn": lambda: ttn(16, 3),
+    "mera": lambda: mera(8, 2),
+    "lattice": lambda: lattice_2d(3, 4, bond=3),
+    "regular": lambda: random_regular(24, 3, 2, seed=3),
+    "hyper": lambda: tnplan.Network.from_einsum(
+        "abx,bcx,cdx,dax,xe->e", (2, 3, 4), (3, 5, 4), (5, 2, 4), (2, 2, 4), (4, 6)
+    ),
+    "trace": lambda: tnplan.Network.from_einsum("aab,bc,cdd->ac", (3, 3, 4), (4, 5), (5, 2, 2)),
+}
+
+
+# ---------------------------------------------------------------------------- keys
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_key_is_invariant_to_order_and_names(name: str) -> None:
+    net = NETWORKS[name]()
+    for seed in range(3):
+        other = scrambled(net, seed)
+        assert canonical(other).key == canonical(net).key
+        found = match(net, other)
+        assert found is not None
+        tensor_map, index_map = found
+        # The map really is an isomorphism: every tensor's index multiset maps onto its image's.
+        ids_a, ids_b = net.label_ids, other.label_ids
+        for t, term in enumerate(net.inputs):
+            image = sorted(int(index_map[ids_a[x]]) for x in term)
+            assert image == sorted(ids_b[x] for x in other.inputs[int(tensor_map[t])])
+
+
+def test_key_sees_sizes_hyperedges_and_open_indices() -> None:
+    base = tnplan.Network.from_einsum("ab,bc,cd->ad", (2, 3), (3, 4), (4, 5))
+    keys = {
+        canonical(base).key,
+        canonical(tnplan.Network.from_einsum("ab,bc,cd->ad", (2, 3), (3, 4), (4, 6))).key,  # one size
+        canonical(tnplan.Network.from_einsum("ab,bc,cd->abd", (2, 3), (3, 4), (4, 5))).key,  # b open
+        canonical(tnplan.Network.from_einsum("ab,bc,cb->a", (2, 3), (3, 4), (4, 3))).key,  # b a hyperedge
+        canonical(tnplan.Network.from_einsum("ab,bc,cd->a", (2, 3), (3, 4), (4, 5))).key,  # d closed
+    }
+    assert len(keys) == 5
+
+
+def test_near_collision_chains_get_their_own_plans() -> None:
+    # The issue's pair: same shapes up to transposition, different best orders. They are mirror
+    # images (a<->d), so the second may reuse the first's plan -- but only mapped through that
+    # mirror, which reverses the order of the steps.
+    sizes = {"a": 2, "b": 100, "c": 3, "d": 2}
+    first, second = chain("abcd", sizes), chain("acbd", sizes)
+    p = tnplan.plan(first)
+    q = tnplan.plan(second)
+    fresh = tnplan.plan(second, cache=False)
+    assert p.cache_status == "miss" and q.flops == fresh.flops and q.optimal
+    assert p.path == [(0, 1), (0, 1)] and q.path == [(1, 2), (0, 1)]
+    # Same multiset of shapes, not mirror images: different keys, separate entries.
+    five = {"a": 2, "b": 100, "c": 3, "d": 5, "e": 2}
+    r = tnplan.plan(chain("abcde", five))
+    s = tnplan.plan(chain("acbde", five))
+    assert canonical(chain("abcde", five)).key != canonical(chain("acbde", five)).key
+    assert (r.cache_status, s.cache_status) == ("miss", "miss")
+    assert s.flops == tnplan.plan(chain("acbde", five), cache=False).flops
+    assert len(PlanCache().entries()) == 3
+
+
+def test_options_are_part_of_the_key() -> None:
+    net = random_regular(14, 3, 4, seed=1)
+    tnplan.plan(net)
+    assert tnplan.plan(net, minimize="size").cache_status == "miss"
+    assert tnplan.plan(net, seed=3).cache_status == "miss"
+    assert tnplan.plan(net, max_size=64).cache_status == "miss"
+    assert tnplan.plan(net, dtype="float32").cache_status == "hit"  # dtype only matters with a memory limit
+    assert len(PlanCache().entries()) == 4
+
+
+# ---------------------------------------------------------------------------- hits
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_hit_is_mapped_back_to_the_callers_numbering(name: str) -> None:
+    net = NETWORKS[name]()
+    stored = tnplan.plan(net)
+    other = scrambled(net, 7)
+    hit = tnplan.plan(other)
+    assert hit.cache_status == "hit" and hit.network is other
+    assert hit.flops == stored.flops and hit.peak_size == stored.peak_size
+    rng = np.random.default_rng(0)
+    arrays = [rng.random(s) for s in other.shapes]
+    reference = tnplan.plan(other, cache=False).contract(*arrays)  # an independent search
+    np.testing.assert_allclose(hit.contract(*arrays), reference, rtol=1e-10)
+
+
+def test_sliced_plan_maps_its_sliced_indices() -> None:
+    net = lattice_2d(4, 4, bond=4)
+    stored = tnplan.plan(net, max_size=4**3)
+    assert stored.sliced
+    other = scrambled(net, 2)
+    hit = tnplan.plan(other, max_size=4**3)
+    assert hit.cache_status == "hit" and hit.n_slices == stored.n_slices and hit.flops == stored.flops
+    assert all(lab in other.size_dict for lab in hit.sliced_indices)
+    rng = np.random.default_rng(1)
+    arrays = [rng.random(s) for s in other.shapes]
+    reference = tnplan.plan(other, cache=False).contract(*arrays)
+    np.testing.assert_allclose(hit.contract(*arrays), reference, rtol=1e-9)
+
+
+def test_fresh_cache_object_reads_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    net = mera(8, 2)
+    p = tnplan.plan(net, cache=path)
+    reader = PlanCache(path)  # new object: no in-process memo
+    q = tnplan.plan(scrambled(net, 1), cache=reader)
+    assert q.cache_status == "hit" and q.flops == p.flops
+    reader.close()  # hit counts are written on close (or at exit), never on the hit itself
+    assert PlanCache(path).stats()["hits"] == 1
+
+
+def test_cache_off_and_json_field(capsys: pytest.CaptureFixture[str]) -> None:
+    net = ttn(8, 2)
+    assert tnplan.plan(net, cache=False).cache_status == "off"
+    assert not PlanCache().path.exists()
+    for expected in ("miss", "hit"):
+        assert main(["plan", "--eq", "ab,bc,cd,de->ae", "--shapes", "2x9,9x9,9x9,9x2", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["cache"] == expected
+    assert main(["plan", "--eq", "ab,bc,cd,de->ae", "--shapes", "2x9,9x9,9x9,9x2", "--json", "--no-cache"]) == 0
+    assert json.loads(capsys.readouterr().out)["cache"] == "off"
+
+
+# ---------------------------------------------------------------------------- never a wrong plan
+
+
+def _tamper(path: Path, sql: str, *args: object) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute(sql, args)
+    conn.commit()
+    conn.close()
+
+
+def test_tampered_cost_is_caught_dropped_and_replanned(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    net = random_regular(16, 3, 3, seed=2)
+    good = tnplan.plan(net, cache=path)
+    _tamper(path, "UPDATE plans SET flops = '12345'")
+    with pytest.warns(CacheWarning, match="failed verification"):
+        again = tnplan.plan(net, cache=PlanCache(path))
+    assert again.cache_status == "miss" and again.flops == good.flops
+
+
+def test_tampered_path_is_caught(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    net = random_regular(16, 3, 3, seed=2)
+    good = tnplan.plan(net, cache=path)
+    row = sqlite3.connect(path).execute("SELECT plan FROM plans").fetchone()[0]
+    data = json.loads(row)
+    # A valid but different tree (contract in input order): same length, other cost.
+    n = net.num_tensors
+    data["ssa_path"] = [[0, 1]] + [[n + k, k + 2] for k in range(n - 2)]
+    _tamper(path, "UPDATE plans SET plan = ?", json.dumps(data))
+    with pytest.warns(CacheWarning, match="failed verification"):
+        again = tnplan.plan(net, cache=PlanCache(path))
+    assert again.flops == good.flops
+
+
+def test_undecodable_row_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    net = ttn(8, 2)
+    tnplan.plan(net, cache=path)
+    _tamper(path, "UPDATE plans SET plan = '{not json'")
+    with pytest.warns(CacheWarning, match="cannot be decoded"):
+        again = tnplan.plan(net, cache=PlanCache(path))
+    assert again.cache_status == "miss"
+    assert len(PlanCache(path).entries()) == 1  # re-planned and stored again
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_damaged_file_is_moved_aside_and_rebuilt(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "c.sqlite"
+    nets = [random_regular(12, 3, 2, seed=s) for s in range(6)]
+    for net in nets:
+        tnplan.plan(net, cache=path)
+    PlanCache(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    raw = path.read_bytes()
+    path.write_bytes(os.urandom(4096) if damage == "garbage" else raw[: len(raw) // 2])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plans = [tnplan.plan(net, cache=PlanCache(path)) for net in nets]
+    fresh = [tnplan.plan(net, cache=False) for net in nets]
+    assert [p.flops for p in plans] == [p.flops for p in fresh]  # never a wrong plan
+    if damage == "garbage":
+        assert any(issubclass(w.category, CacheWarning) for w in caught)
+        assert list(tmp_path.glob("c.sqlite.corrupt-*"))  # kept for inspection, not deleted
+    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_other_schema_version_starts_over(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    tnplan.plan(ttn(8, 2), cache=path)
+    _tamper(path, "UPDATE meta SET value = 'tnplan.cache.v0'")
+    assert tnplan.plan(ttn(8, 2), cache=PlanCache(path)).cache_status == "miss"
+
+
+# ---------------------------------------------------------------------------- improvement and effort
+
+
+def test_better_plan_replaces_worse_never_the_reverse(tmp_path: Path) -> None:
+    cache = PlanCache(tmp_path / "c.sqlite")
+    net = random_regular(20, 3, 4, seed=5)
+    best = tnplan.plan(net, cache=False)
+    n = net.num_tensors
+    worse = tnplan.from_path(net, [(0, 1)] * (n - 1))
+    assert worse.flops > best.flops
+    options = CacheOptions()
+    assert cache.put(worse, options)
+    assert cache.put(best, options)
+    assert not cache.put(worse, options)
+    assert PlanCache(cache.path).get(net, options).flops == best.flops
+
+
+def test_effort_and_refine(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    net = random_regular(50, 3, 2, seed=9)
+    short = tnplan.plan(net, max_time=0.3, cache=path)
+    assert tnplan.plan(net, max_time=0.2, cache=path).cache_status == "hit"  # less effort asked
+    longer = tnplan.plan(net, max_time=1.0, cache=path)
+    assert longer.cache_status == "miss" and longer.flops <= short.flops
+    refined = tnplan.plan(net, max_time=0.5, cache=path, refine=True)
+    assert refined.cache_status == "miss" and refined.flops <= longer.flops
+    assert tnplan.plan(net, max_time=1.0, cache=path).cache_status == "hit"
+    assert PlanCache(path).entries()[0].effort == 1.0
+
+
+# ---------------------------------------------------------------------------- export, import, cache_only
+
+
+def test_export_import_and_cache_only_in_a_fresh_process(tmp_path: Path) -> None:
+    source = PlanCache(tmp_path / "a.sqlite")
+    nets = {"mera": mera(8, 2), "lattice": lattice_2d(3, 3, bond=2)}
+    plans = {k: tnplan.plan(v, cache=source) for k, v in nets.items()}
+    exported = tmp_path / "plans.json"
+    assert main(["cache", "export", str(exported), "--cache", str(source.path)]) == 0
+    target = tmp_path / "b.sqlite"
+    assert main(["cache", "import", str(exported), "--cache", str(target)]) == 0
+    for k, net in nets.items():
+        (tmp_path / f"{k}.json").write_text(scrambled(net, 4).to_json())
+    code = (
+        "import json, sys, tnplan\n"
+        "out = {}\n"
+        "for name in ('mera', 'lattice'):\n"
+        f"    net = tnplan.Network.from_json({str(tmp_path)!r} + '/' + name + '.json')\n"
+        f"    p = tnplan.plan(net, cache={str(target)!r}, cache_only=True)\n"
+        "    out[name] = [p.flops, p.cache_status]\n"
+        "out['searched'] = [m for m in ('kahypar', 'tnplan.partition', 'tnplan.optimal') if m in sys.modules]\n"
+        "print(json.dumps(out))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["searched"] == []  # a hit needs neither kahypar nor the search code
+    for k, p in plans.items():
+        assert out[k] == [p.flops, "hit"]
+
+
+def test_cache_only_miss_is_a_clear_error() -> None:
+    with pytest.raises(tnplan.PlanError, match=r"no cached plan.*tnplan cache export"):
+        tnplan.plan(ttn(8, 2), cache_only=True)
+    with pytest.raises(tnplan.PlanError, match="needs a plan cache"):
+        tnplan.plan(ttn(8, 2), cache=False, cache_only=True)
+    with pytest.raises(tnplan.PlanError, match="cache must be"):
+        tnplan.plan(ttn(8, 2), cache=3)  # type: ignore[arg-type]
+
+
+def test_import_rejects_bad_files_and_skips_bad_entries(tmp_path: Path) -> None:
+    source = PlanCache(tmp_path / "a.sqlite")
+    tnplan.plan(ttn(8, 2), cache=source)
+    tnplan.plan(mera(8, 2), cache=source)
+    exported = tmp_path / "plans.json"
+    source.export(exported)
+    data = json.loads(exported.read_text())
+    data["entries"][0]["flops"] = "7"
+    exported.write_text(json.dumps(data))
+    target = PlanCache(tmp_path / "b.sqlite")
+    with pytest.warns(CacheWarning, match="entry 0 skipped"):
+        counts = target.import_(exported)
+    assert counts == {"added": 1, "kept": 0, "skipped": 1}
+    (tmp_path / "junk.json").write_text("hello")
+    with pytest.raises(tnplan.PlanError, match="not a tnplan cache export"):
+        target.import_(tmp_path / "junk.json")
+    assert main(["cache", "import", str(tmp_path / "missing.json"), "--cache", str(target.path)]) == 2
+
+
+def test_cache_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.sqlite"
+    tnplan.plan(mera(8, 2), cache=path)
+    assert main(["cache", "ls", "--cache", str(path)]) == 0
+    out = capsys.readouterr().out
+    key = PlanCache(path).entries()[0].key
+    assert key[:12] in out and "1 plan(s)" in out
+    assert main(["cache", "show", key[:8], "--cache", str(path)]) == 0
+    assert "Contraction plan" in capsys.readouterr().out
+    assert main(["cache", "show", "zzzz", "--cache", str(path)]) == 2
+    assert "no cached plan" in capsys.readouterr().err
+    assert main(["cache", "stats", "--cache", str(path)]) == 0
+    assert "plans: 1" in capsys.readouterr().out
+    assert main(["cache", "clear", "--cache", str(path)]) == 0
+    assert PlanCache(path).entries() == []
+
+
+# ---------------------------------------------------------------------------- concurrency
+
+_HAMMER = """
+import json, sys, tnplan
+from tnplan.examples import random_regular, ttn
+worker, path = int(sys.argv[1]), sys.argv[2]
+flops = {}
+for round_ in range(3):
+    for s in range(6):
+        # Networks 0-2 are shared by every worker, 3-5 are this worker's own.
+        seed = s if s < 3 else 100 * (worker + 1) + s
+        net = random_regular(12, 3, 3, seed=seed)
+        p = tnplan.plan(net, cache=tnplan.PlanCache(path), max_repeats=2 + round_)
+        flops[seed] = p.flops
+print(json.dumps(flops))
+"""
+
+
+def test_many_processes_share_one_cache(tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _HAMMER, str(w), str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        for w in range(5)
+    ]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        assert "Warning" not in err, err
+        results.append({int(k): v for k, v in json.loads(out.strip().splitlines()[-1]).items()})
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    cache = PlanCache(path)
+    seeds = sorted({s for r in results for s in r})
+    assert len(seeds) == 3 + 5 * 3
+    # Small cubic graphs repeat: isomorphic networks share one entry, so count classes.
+    classes: list[tnplan.Network] = []
+    for s in seeds:
+        net = random_regular(12, 3, 3, seed=s)
+        if not any(match(c, net) is not None for c in classes):
+            classes.append(net)
+    assert len(cache.entries()) == len(classes)  # no plan lost, no duplicate rows
+    for s in seeds:
+        stored = cache.get(random_regular(12, 3, 3, seed=s), CacheOptions())
+        assert stored is not None
+        assert stored.flops == min(r[s] for r in results if s in r)  # the best plan any worker saw

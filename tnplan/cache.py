@@ -1,0 +1,696 @@
+"""``tnplan.PlanCache``: plans stored once, found again for any relabelling or reordering.
+
+Plans live in one SQLite file (``$TNPLAN_CACHE_DIR/plans.sqlite``, else the platform cache
+directory). A row is keyed by the network's canonical key (:mod:`tnplan.canonical`) and every
+option that changes the plan; it holds the network renumbered canonically and the plan in that
+numbering, so any isomorphic caller can have it mapped back to its own tensor order and labels.
+
+Rules that make it safe to share between processes and machines:
+
+* never a wrong plan — every hit is mapped, re-scored on the caller's network and compared with
+  the stored flops and contraction cost; a mismatch warns, drops the row and plans again;
+* never a lost plan — writes are short ``BEGIN IMMEDIATE`` transactions, and a better plan
+  replaces a worse one but never the reverse;
+* never a crash on damage — an unreadable file is moved aside (``*.corrupt-<time>``) and rebuilt,
+  an undecodable row is dropped, each with a :class:`CacheWarning`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import sys
+import threading
+import time
+import warnings
+import weakref
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tnplan.canonical import KEY_VERSION, canonical, match
+from tnplan.cost import score_path
+from tnplan.errors import PlanError, TnplanError
+from tnplan.network import Network
+
+# Bump when the stored row layout or the cost model changes: old rows then simply never match.
+FORMAT_VERSION = 1
+EXPORT_FORMAT = "tnplan.cache/1"
+_SCHEMA = f"tnplan.cache.v{FORMAT_VERSION}.k{KEY_VERSION}"
+
+
+class CacheWarning(UserWarning):
+    """A cache file or row was damaged or stale and has been repaired; planning goes on."""
+
+
+def default_cache_path() -> Path:
+    """``$TNPLAN_CACHE_DIR/plans.sqlite``, else the platform's user cache directory."""
+    env = os.environ.get("TNPLAN_CACHE_DIR")
+    if env:
+        return Path(env).expanduser() / "plans.sqlite"
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+        return base / "tnplan" / "Cache" / "plans.sqlite"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "tnplan" / "plans.sqlite"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tnplan" / "plans.sqlite"
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """The planning options that change which plan is right (part of every key)."""
+
+    minimize: str = "flops"
+    memory_limit: int | None = None
+    max_size: int | None = None
+    itemsize: int = 8
+    seed: int = 0
+
+    def text(self) -> str:
+        # The element size only matters through the memory limit.
+        item = self.itemsize if self.memory_limit is not None else 0
+        return f"{self.minimize}|mem={self.memory_limit}|item={item}|max_size={self.max_size}|seed={self.seed}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stored plan, as listed by :meth:`PlanCache.entries`."""
+
+    key: str
+    form: str
+    options: str
+    tensors: int
+    flops: int
+    contraction_cost: int
+    cost: float
+    method: str
+    optimal: bool
+    effort: float
+    hits: int
+    created: float
+    updated: float
+
+    @property
+    def log10_flops(self) -> float:
+        return math.log10(self.flops) if self.flops > 0 else 0.0
+
+
+_COLUMNS = "key, form, options, tensors, flops, contraction_cost, cost, method, optimal, effort, hits, created, updated"
+
+
+def _entry(row: tuple) -> Entry:
+    k, form, options, tensors, flops, ccost, cost, method, optimal, effort, hits, created, updated = row
+    return Entry(
+        k, form, options, int(tensors), int(flops), int(ccost), float(cost), method, bool(optimal),
+        float(effort), int(hits), float(created), float(updated),
+    )  # fmt: skip
+
+
+class PlanCache:
+    """A persistent, process-safe store of plans in one SQLite file.
+
+    Args:
+        path: The database file; ``None`` uses :func:`default_cache_path` (read when first used,
+            so ``TNPLAN_CACHE_DIR`` may be set after import).
+
+    Examples:
+        >>> cache = PlanCache("/tmp/plans.sqlite")  # doctest: +SKIP
+        >>> p = tnplan.plan(net, cache=cache)  # doctest: +SKIP
+        >>> p.cache_status  # doctest: +SKIP
+        'miss'
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self._given = None if path is None else Path(path).expanduser()
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._conn_path: Path | None = None
+        self._conn_pid = -1
+        # In-process memo: exact network -> plan, and key -> decoded rows (canonical memo).
+        self._memo: dict[tuple[Network, str], Any] = {}
+        self._rows: dict[str, list[_Row]] = {}
+        self._hits: dict[tuple[str, str], int] = {}
+        _OPEN.add(self)
+
+    @property
+    def path(self) -> Path:
+        return self._given if self._given is not None else default_cache_path()
+
+    def __repr__(self) -> str:
+        return f"PlanCache({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ connection and repair
+
+    def _connect(self) -> sqlite3.Connection:
+        path = self.path
+        if self._conn is not None and self._conn_path == path and self._conn_pid == os.getpid():
+            return self._conn
+        # A connection must not cross a fork, and the default path may have moved (env var).
+        self._conn = None
+        self._memo.clear()
+        self._rows.clear()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PlanError(f"cannot create the plan cache folder {path.parent}: {exc.strerror or exc}") from None
+        for attempt in range(2):
+            try:
+                conn = sqlite3.connect(str(path), timeout=60.0, isolation_level=None, check_same_thread=False)
+                self._init(conn)
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    raise PlanError(f"plan cache {path} stayed locked for 60 s: {exc}") from None
+                if attempt or not self._quarantine(path, exc):
+                    raise PlanError(f"cannot open the plan cache {path}: {exc}") from None
+            except sqlite3.DatabaseError as exc:
+                if attempt or not self._quarantine(path, exc):
+                    raise PlanError(f"cannot open the plan cache {path}: {exc}") from None
+        self._conn, self._conn_path, self._conn_pid = conn, path, os.getpid()
+        return conn
+
+    @staticmethod
+    def _init(conn: sqlite3.Connection) -> None:
+        conn.execute("PRAGMA busy_timeout = 60000")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+        except sqlite3.OperationalError:
+            row = None  # a new file: no tables yet
+        if row is not None and row[0] == _SCHEMA:
+            return  # the common case: an existing cache of this version, read without writing
+        # A rollback journal, not WAL: a reader's first query then costs ~0.25 ms instead of ~0.8 ms
+        # (no -shm mapping), which is most of a fresh process's hit; writes are short either way.
+        mode = conn.execute("PRAGMA journal_mode = DELETE").fetchone()
+        if mode is None:
+            raise sqlite3.DatabaseError("journal mode query returned nothing")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS plans ("
+                " key TEXT NOT NULL, form TEXT NOT NULL, options TEXT NOT NULL, tensors INTEGER NOT NULL,"
+                " flops TEXT NOT NULL, contraction_cost TEXT NOT NULL, cost REAL NOT NULL, method TEXT NOT NULL,"
+                " optimal INTEGER NOT NULL, effort REAL NOT NULL, hits INTEGER NOT NULL DEFAULT 0,"
+                " created REAL NOT NULL, updated REAL NOT NULL, network TEXT NOT NULL, plan TEXT NOT NULL,"
+                " PRIMARY KEY (key, form))"
+            )
+            row = conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA,))
+            elif row[0] != _SCHEMA:
+                # A file from another format version: its keys can never match ours, so start over.
+                conn.execute("DELETE FROM plans")
+                conn.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (_SCHEMA,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _quarantine(self, path: Path, exc: Exception) -> bool:
+        """Move a damaged database aside (kept for inspection, never deleted) and start afresh."""
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        try:
+            if path.exists():
+                path.replace(aside)
+            for suffix in ("-wal", "-shm"):
+                side = path.with_name(path.name + suffix)
+                if side.exists():
+                    side.replace(aside.with_name(aside.name + suffix))
+        except OSError:
+            return False
+        warnings.warn(
+            f"plan cache {path} is unreadable ({exc}); moved it to {aside.name} and started a new one",
+            CacheWarning,
+            stacklevel=4,
+        )
+        self._memo.clear()
+        self._rows.clear()
+        return True
+
+    def _run(self, fn, *args):
+        """Run ``fn(conn, *args)``; damage found mid-use quarantines the file once and retries."""
+        with self._lock:
+            for attempt in range(2):
+                conn = self._connect()
+                try:
+                    return fn(conn, *args)
+                except sqlite3.OperationalError as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    if "locked" in str(exc) or "busy" in str(exc):
+                        raise PlanError(f"plan cache {self.path} stayed locked for 60 s: {exc}") from None
+                    raise PlanError(f"plan cache {self.path}: {exc}") from None
+                except sqlite3.DatabaseError as exc:
+                    self._conn = None
+                    if attempt or not self._quarantine(self.path, exc):
+                        raise PlanError(f"plan cache {self.path} is damaged and cannot be rebuilt: {exc}") from None
+        raise PlanError(f"plan cache {self.path} could not be repaired")
+
+    def close(self) -> None:
+        """Write pending hit counts and close the connection (it reopens on next use)."""
+        self.flush()
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
+
+    # ------------------------------------------------------------------ lookup
+
+    def get(self, network: Network, options: CacheOptions, *, min_effort: float = 0.0) -> Any:
+        """The stored plan for ``network`` mapped to its tensor order and labels, or None.
+
+        Plans found with less search effort than ``min_effort`` seconds are not returned (the
+        caller searches longer and offers the result back). Every plan returned has been verified
+        against ``network``.
+        """
+        opt = options.text()
+        memo = self._memo.get((network, opt))
+        if memo is not None and memo[1] >= min_effort:
+            return memo[0]
+        key = self._key(network, opt)
+        rows = self._rows.get(key)
+        if rows is None:
+            rows = self._run(self._fetch, key)
+            self._rows[key] = rows
+        if not rows:
+            return None
+        canon = canonical(network)
+        # Same canonical form first (no search), then an explicit isomorphism per candidate.
+        for row in sorted(rows, key=lambda r: r.form != canon.form):
+            data = row.data
+            if data["effort"] < min_effort or row.tensors != network.num_tensors:
+                continue
+            if row.form == canon.form:
+                tensor_map = canon.tensor_order
+                index_of = {j: int(canon.index_order[j]) for j in data["sliced"] if 0 <= j < len(canon.index_order)}
+            else:
+                stored_net = self._stored_network(key, row)
+                found = None if stored_net is None else match(stored_net, network)
+                if found is None:
+                    continue
+                tensor_map = found[0]
+                sid = stored_net.label_ids
+                index_of = {j: int(found[1][sid[j]]) for j in data["sliced"] if j in sid}
+            plan = self._mapped(network, options, key, row.form, data, tensor_map, index_of)
+            if plan is not None:
+                self._memo[(network, opt)] = (plan, data["effort"])
+                self._hits[(key, row.form)] = self._hits.get((key, row.form), 0) + 1
+                return plan
+        return None
+
+    def _key(self, network: Network, opt: str) -> str:
+        return hashlib.blake2b(f"{canonical(network).key}|{opt}|f{FORMAT_VERSION}".encode(), digest_size=16).hexdigest()
+
+    def _fetch(self, conn: sqlite3.Connection, key: str) -> list[_Row]:
+        out = []
+        for form, tensors, net_text, plan_text, flops, ccost, effort, cost in conn.execute(
+            "SELECT form, tensors, network, plan, flops, contraction_cost, effort, cost FROM plans WHERE key = ?",
+            (key,),
+        ).fetchall():
+            try:
+                data = json.loads(plan_text)
+                data.update(flops=int(flops), contraction_cost=int(ccost), effort=float(effort), cost=float(cost))
+                _check_plan_data(data, int(tensors))
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                warnings.warn(f"plan cache row {key[:12]} cannot be decoded ({exc}); dropped it", CacheWarning, 3)
+                conn.execute("DELETE FROM plans WHERE key = ? AND form = ?", (key, form))
+                continue
+            out.append(_Row(form, int(tensors), net_text, data))
+        return out
+
+    def _stored_network(self, key: str, row: _Row) -> Network | None:
+        """The row's canonical network, decoded on first need (only an isomorphism search needs it)."""
+        if row.network is None:
+            try:
+                row.network = _decode_network(row.net_text)
+            except (ValueError, TypeError, KeyError, TnplanError) as exc:
+                warnings.warn(f"plan cache row {key[:12]} cannot be decoded ({exc}); dropped it", CacheWarning, 4)
+                self._drop(key, row.form)
+                return None
+        return row.network
+
+    def flush(self) -> None:
+        """Write pending hit counts (kept in memory so that a hit never waits for a write)."""
+        pending, self._hits = self._hits, {}
+        if not pending:
+            return
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE plans SET hits = hits + ? WHERE key = ? AND form = ?",
+                [(n, k, f) for (k, f), n in pending.items()],
+            )
+
+        with contextlib.suppress(PlanError, sqlite3.Error):  # a hit counter is not worth failing for
+            self._run(run)
+
+    def _mapped(self, network, options, key, form, data, tensor_map, index_of) -> Any:
+        """The stored plan in the caller's numbering, verified; None (row dropped) on mismatch."""
+        from tnplan.plan import Plan
+
+        n = network.num_tensors
+        try:
+            ssa = tuple(
+                (int(tensor_map[a]) if a < n else a, int(tensor_map[b]) if b < n else b) for a, b in data["ssa_path"]
+            )
+            sliced = tuple(sorted(index_of[j] for j in data["sliced"]))
+            costs = score_path(network, ssa, sliced)
+            ok = costs.flops == data["flops"] and costs.contraction_cost == data["contraction_cost"]
+            reason = "" if ok else f"re-scores to {costs.flops} flops, stored {data['flops']}"
+        except (TnplanError, KeyError, IndexError, TypeError, ValueError) as exc:
+            ok, reason = False, str(exc)
+        if not ok:
+            warnings.warn(
+                f"cached plan {key[:12]} failed verification on this network ({reason}); dropped it and re-planning",
+                CacheWarning,
+                stacklevel=4,
+            )
+            self._drop(key, form)
+            return None
+        return Plan(
+            network=network,
+            ssa_path=ssa,
+            sliced=sliced,
+            costs=costs,
+            minimize=options.minimize,
+            optimal=bool(data["optimal"]),
+            planning_time=float(data["planning_time"]),
+            method=str(data["method"]),
+            dtype=str(data.get("dtype", "float64")) if options.memory_limit is not None else "float64",
+            unsliced_flops=data.get("unsliced_flops"),
+            cache_status="hit",
+        )
+
+    def _drop(self, key: str, form: str) -> None:
+        self._rows.pop(key, None)
+        self._memo.clear()
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM plans WHERE key = ? AND form = ?", (key, form))
+
+        self._run(run)
+
+    # ------------------------------------------------------------------ storing
+
+    def put(self, plan: Any, options: CacheOptions, *, effort: float = 0.0) -> bool:
+        """Offer ``plan`` for its network; returns True when it was stored (new or better).
+
+        A stored plan is only replaced by a strictly cheaper one (on the options' objective);
+        the effort recorded is the largest search budget seen for that network.
+        """
+        network = plan.network
+        opt = options.text()
+        key = self._key(network, opt)
+        canon = canonical(network)
+        t_rank = np.empty(network.num_tensors, dtype=np.int64)
+        t_rank[canon.tensor_order] = np.arange(network.num_tensors)
+        i_rank = np.empty(network.num_indices, dtype=np.int64)
+        i_rank[canon.index_order] = np.arange(network.num_indices)
+        n = network.num_tensors
+        data = {
+            "ssa_path": [[int(t_rank[a]) if a < n else a, int(t_rank[b]) if b < n else b] for a, b in plan.ssa_path],
+            "sliced": sorted(int(i_rank[i]) for i in plan.sliced),
+            "optimal": bool(plan.optimal),
+            "planning_time": float(plan.planning_time),
+            "method": plan.method,
+            "dtype": plan.dtype,
+            "unsliced_flops": plan.unsliced_flops,
+        }
+        net_text = _encode_network(network, canon.tensor_order, i_rank)
+        cost = plan.costs.objective(options.minimize)
+        stored = self._run(self._store, key, canon.form, network, opt, net_text, data, plan, cost, effort)
+        self._rows.pop(key, None)
+        if stored:
+            self._memo[(network, opt)] = (replace(plan, cache_status="hit"), effort)
+        return stored
+
+    def _store(self, conn, key, form, network, opt, net_text, data, plan, cost, effort) -> bool:
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            same = None
+            for row_form, row_net, row_cost, row_effort in conn.execute(
+                "SELECT form, network, cost, effort FROM plans WHERE key = ?", (key,)
+            ).fetchall():
+                if row_form == form:
+                    same = (row_form, row_cost, row_effort)
+                    break
+                try:
+                    if match(_decode_network(row_net), network) is not None:
+                        same = (row_form, row_cost, row_effort)
+                        break
+                except (ValueError, TypeError, KeyError, TnplanError):
+                    continue
+            if same is not None and not cost < same[1]:
+                if effort > same[2]:
+                    conn.execute("UPDATE plans SET effort = ? WHERE key = ? AND form = ?", (effort, key, same[0]))
+                conn.execute("COMMIT")
+                return False
+            if same is not None:
+                conn.execute("DELETE FROM plans WHERE key = ? AND form = ?", (key, same[0]))
+                effort = max(effort, same[2])
+            conn.execute(
+                f"INSERT INTO plans ({_COLUMNS}, network, plan) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    key, form, opt, network.num_tensors, str(plan.flops), str(plan.contraction_cost), cost,
+                    plan.method, int(plan.optimal), effort, 0, now, now, net_text, json.dumps(data),
+                ),
+            )  # fmt: skip
+            conn.execute("COMMIT")
+            return True
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # ------------------------------------------------------------------ management
+
+    def entries(self) -> list[Entry]:
+        """Every stored plan, most recently updated first."""
+        return self._run(
+            lambda conn: [_entry(r) for r in conn.execute(f"SELECT {_COLUMNS} FROM plans ORDER BY updated DESC")]
+        )
+
+    def find(self, prefix: str) -> list[Entry]:
+        """Entries whose key starts with ``prefix``."""
+        return [e for e in self.entries() if e.key.startswith(prefix)]
+
+    def load(self, entry: Entry) -> Any:
+        """The stored plan of ``entry`` on its canonical network (labels are canonical index numbers)."""
+        from tnplan.plan import Plan
+
+        def run(conn: sqlite3.Connection):
+            return conn.execute(
+                "SELECT network, plan FROM plans WHERE key = ? AND form = ?", (entry.key, entry.form)
+            ).fetchone()
+
+        row = self._run(run)
+        if row is None:
+            raise PlanError(f"no cached plan with key {entry.key}")
+        net = _decode_network(row[0])
+        data = json.loads(row[1])
+        ids = net.label_ids
+        ssa = tuple((int(a), int(b)) for a, b in data["ssa_path"])
+        sliced = tuple(sorted(ids[j] for j in data["sliced"]))
+        return Plan(
+            network=net, ssa_path=ssa, sliced=sliced, costs=score_path(net, ssa, sliced),
+            minimize=entry.options.split("|", 1)[0], optimal=entry.optimal, planning_time=data["planning_time"],
+            method=entry.method, dtype=data.get("dtype", "float64"), unsliced_flops=data.get("unsliced_flops"),
+            cache_status="hit",
+        )  # fmt: skip
+
+    def stats(self) -> dict[str, Any]:
+        """Path, file size, number of plans and total hits."""
+        self.flush()
+
+        def run(conn: sqlite3.Connection) -> tuple[int, int, int]:
+            n, hits = conn.execute("SELECT COUNT(*), COALESCE(SUM(hits), 0) FROM plans").fetchone()
+            keys = conn.execute("SELECT COUNT(DISTINCT key) FROM plans").fetchone()[0]
+            return int(n), int(hits), int(keys)
+
+        n, hits, keys = self._run(run)
+        size = sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if "corrupt" not in p.name)
+        return {"path": str(self.path), "plans": n, "keys": keys, "hits": hits, "bytes": size}
+
+    def clear(self) -> int:
+        """Delete every stored plan; returns how many there were."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM plans").rowcount
+
+        n = self._run(run)
+        self._memo.clear()
+        self._rows.clear()
+        return int(n)
+
+    def export(self, file: str | Path) -> int:
+        """Write every stored plan to a JSON file (for a machine without kahypar); returns the count."""
+
+        def run(conn: sqlite3.Connection) -> list[tuple]:
+            return conn.execute(f"SELECT {_COLUMNS}, network, plan FROM plans ORDER BY key, form").fetchall()
+
+        rows = self._run(run)
+        names = [c.strip() for c in _COLUMNS.split(",")] + ["network", "plan"]
+        entries = [dict(zip(names, r, strict=True)) for r in rows]
+        text = json.dumps({"format": EXPORT_FORMAT, "schema": _SCHEMA, "entries": entries}, ensure_ascii=False)
+        target = Path(file)
+        tmp = target.with_name(target.name + ".tmp")
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(target)  # never leave a half-written export behind
+        except OSError as exc:
+            raise PlanError(f"cannot write {target}: {exc.strerror or exc}") from None
+        return len(entries)
+
+    def import_(self, file: str | Path) -> dict[str, int]:
+        """Merge plans from an :meth:`export` file; a better plan wins, bad entries are skipped.
+
+        Returns:
+            Counts ``{"added": ..., "kept": ..., "skipped": ...}`` (kept: the stored plan was as good).
+        """
+        try:
+            data = json.loads(Path(file).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise PlanError(f"cannot read {file}: {exc.strerror or exc}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PlanError(f"{file} is not a tnplan cache export (not JSON: {exc})") from None
+        if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+            raise PlanError(f"{file} is not a tnplan cache export (expected format {EXPORT_FORMAT!r})")
+        if data.get("schema") != _SCHEMA:
+            raise PlanError(
+                f"{file} was exported by another cache version ({data.get('schema')!r}, this is {_SCHEMA!r}); "
+                "re-export it with this version of tnplan"
+            )
+        counts = {"added": 0, "kept": 0, "skipped": 0}
+        for k, item in enumerate(data.get("entries", [])):
+            try:
+                plan, options, effort = _plan_from_export(item)
+            except (ValueError, TypeError, KeyError, TnplanError) as exc:
+                warnings.warn(f"{file}: entry {k} skipped ({exc})", CacheWarning, stacklevel=2)
+                counts["skipped"] += 1
+                continue
+            counts["added" if self.put(plan, options, effort=effort) else "kept"] += 1
+        return counts
+
+
+@dataclass
+class _Row:
+    """A stored plan as fetched: its canonical network stays text until an isomorphism search needs it."""
+
+    form: str
+    tensors: int
+    net_text: str
+    data: dict[str, Any]
+    network: Network | None = None
+
+
+# Caches with hit counts to write when the process ends.
+_OPEN: weakref.WeakSet[PlanCache] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all() -> None:
+    for cache in list(_OPEN):
+        cache.flush()
+
+
+def _encode_network(network: Network, tensor_order: np.ndarray, i_rank: np.ndarray) -> str:
+    ids = network.label_ids
+    sizes = network.int_sizes
+    inputs = [[int(i_rank[ids[lab]]) for lab in network.inputs[t]] for t in tensor_order]
+    canon_sizes = [0] * network.num_indices
+    for i, s in enumerate(sizes):
+        canon_sizes[int(i_rank[i])] = s
+    out = sorted(int(i_rank[i]) for i in network.int_output)
+    return json.dumps({"inputs": inputs, "output": out, "sizes": canon_sizes}, separators=(",", ":"))
+
+
+def _decode_network(text: str) -> Network:
+    d = json.loads(text)
+    sizes = d["sizes"]
+    return Network(tuple(tuple(t) for t in d["inputs"]), tuple(d["output"]), dict(enumerate(sizes)))
+
+
+def _check_plan_data(data: dict[str, Any], tensors: int) -> None:
+    if len(data["ssa_path"]) != tensors - 1:
+        raise ValueError(f"path has {len(data['ssa_path'])} steps for {tensors} tensors")
+    if not all(isinstance(j, int) and j >= 0 for j in data["sliced"]):
+        raise ValueError("sliced indices must be canonical index numbers")
+    for name in ("optimal", "planning_time", "method"):
+        if name not in data:
+            raise KeyError(name)
+
+
+def _plan_from_export(item: dict[str, Any]) -> tuple[Any, CacheOptions, float]:
+    from tnplan.plan import Plan
+
+    net = _decode_network(item["network"])
+    data = json.loads(item["plan"])
+    _check_plan_data(data, net.num_tensors)
+    ids = net.label_ids
+    ssa = tuple((int(a), int(b)) for a, b in data["ssa_path"])
+    sliced = tuple(sorted(ids[j] for j in data["sliced"]))
+    costs = score_path(net, ssa, sliced)
+    if costs.flops != int(item["flops"]):
+        raise ValueError(f"re-scores to {costs.flops} flops, export says {item['flops']}")
+    options = _parse_options(item["options"])
+    plan = Plan(
+        network=net, ssa_path=ssa, sliced=sliced, costs=costs, minimize=options.minimize,
+        optimal=bool(data["optimal"]), planning_time=float(data["planning_time"]), method=str(data["method"]),
+        dtype=str(data.get("dtype", "float64")), unsliced_flops=data.get("unsliced_flops"),
+    )  # fmt: skip
+    return plan, options, float(item.get("effort", 0.0))
+
+
+def _parse_options(text: str) -> CacheOptions:
+    minimize, *rest = text.split("|")
+    fields = dict(part.split("=", 1) for part in rest)
+
+    def opt_int(v: str) -> int | None:
+        return None if v == "None" else int(v)
+
+    return CacheOptions(
+        minimize=minimize,
+        memory_limit=opt_int(fields["mem"]),
+        max_size=opt_int(fields["max_size"]),
+        itemsize=int(fields["item"]) or 8,
+        seed=int(fields["seed"]),
+    )
+
+
+_DEFAULT: PlanCache | None = None
+
+
+def default_cache() -> PlanCache:
+    """The process-wide cache at :func:`default_cache_path` (follows ``TNPLAN_CACHE_DIR``)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = PlanCache()
+    return _DEFAULT
+
+
+def resolve(cache: Any) -> PlanCache | None:
+    """``plan(cache=...)`` argument to a cache: True/None -> default, False -> off, path -> that file.
+
+    Raises:
+        PlanError: On any other value.
+    """
+    if cache is True or cache is None:
+        return default_cache()
+    if cache is False:
+        return None
+    if isinstance(cache, PlanCache):
+        return cache
+    if isinstance(cache, str | os.PathLike):
+        return PlanCache(cache)
+    raise PlanError(f"cache must be True, False, a path or a tnplan.PlanCache, got {type(cache).__name__}")
+
+
+__all__ = ["CacheOptions", "CacheWarning", "Entry", "PlanCache", "default_cache", "default_cache_path", "resolve"]
