@@ -178,8 +178,7 @@ class PlanCache:
 
     @staticmethod
     def _init(conn: sqlite3.Connection) -> None:
-        conn.execute("PRAGMA busy_timeout = 60000")
-        conn.execute("PRAGMA synchronous = NORMAL")
+        # connect(timeout=60) already installs the busy handler; nothing else to set for a reader.
         try:
             row = conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
         except sqlite3.OperationalError:

@@ -75,7 +75,7 @@ def structure(network: Network) -> Structure:
     owner = np.repeat(np.arange(network.num_tensors, dtype=np.int64), lengths)
     pairs = owner * network.num_indices + flat
     ordered = np.sort(pairs)
-    if not np.any(ordered[1:] == ordered[:-1]):
+    if not np.count_nonzero(ordered[1:] == ordered[:-1]):
         tensor, index, mult = owner, flat, np.ones(flat.size, dtype=np.uint64)
     else:
         # Repeated labels on one tensor (traces): one incidence per pair, with its multiplicity.
@@ -192,10 +192,11 @@ def _form_digest(st: Structure, tensor_order: np.ndarray, index_order: np.ndarra
     t_rank[tensor_order] = np.arange(st.num_tensors)
     i_rank = np.empty(st.num_indices, dtype=np.int64)
     i_rank[index_order] = np.arange(st.num_indices)
-    rows = np.stack([t_rank[st.tensor], i_rank[st.index], st.mult.view(np.int64)], axis=1)
-    rows = rows[np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0]))]
+    t, i, m = t_rank[st.tensor], i_rank[st.index], st.mult
+    order = np.lexsort((m, i, t))
     h = hashlib.blake2b(digest_size=20)
-    h.update(rows.tobytes())
+    for column in (t[order], i[order], m[order]):
+        h.update(column.tobytes())
     h.update(st.index_seed[index_order].tobytes())
     return h.hexdigest()
 

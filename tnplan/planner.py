@@ -111,7 +111,9 @@ def plan(
         max_size: Largest intermediate allowed per slice, in elements (cotengra's ``target_size``).
         dtype: Element type used to convert ``memory_limit`` to elements.
         max_time: Seconds to search; the best plan found by then is returned. ``None`` runs a fixed,
-            deterministic effort (``max_repeats`` trials) capped at :func:`default_time_cap`.
+            deterministic effort (``max_repeats`` trials) capped at :func:`default_time_cap`. The
+            first search in a process also loads numba's compiled kernel (~0.7 s) before the
+            budget starts; ``plan.planning_time`` includes it.
         max_repeats: Number of search trials; with ``max_time`` given the default is unlimited.
         seed: Seed of every random choice; the same inputs and seed give the same plan. The seed is
             part of the cache key.
@@ -174,6 +176,14 @@ def plan(
         if cached is None:
             cached = store.get(network, options)  # any effort: the search starts from it
 
+    if network.num_tensors > 3:
+        from tnplan.optimal import kernel_ready
+
+        # Loading numba and the compiled exact-search kernel (~0.7 s, once per process) is not
+        # search: it happens before the budget starts. Without a budget, results must not depend
+        # on whether numba had compiled yet, so that case waits for a compilation too.
+        kernel_ready(block=max_time is None)
+    begin, start = start, time.perf_counter()
     if max_time is None:
         budget = default_time_cap(network.num_tensors)
         repeats = max_repeats if max_repeats is not None else DEFAULT_REPEATS
@@ -186,11 +196,6 @@ def plan(
     # pass in case the memory limit (which also counts live inputs) is not met.
     search_deadline = start + (0.9 * budget if slicing else budget)
 
-    if max_time is None and network.num_tensors > 3:
-        from tnplan.optimal import kernel_ready
-
-        # Without a time budget, results must not depend on whether numba had compiled yet.
-        kernel_ready(block=True)
     legs = leaf_legs(network)
     output = network.int_output
     sizes = [float(s) for s in network.int_sizes]
@@ -203,10 +208,9 @@ def plan(
                 f"bytes of {np.dtype(dtype).name}; raise the limit (slicing only shrinks intermediates)"
             )
     seeds = [] if cached is None else [list(cached.ssa_path)]
+    budgets = (search_deadline - start, search_deadline - time.perf_counter())  # (nominal, left)
     ssa, sliced, optimal, method, unsliced = _search_workers(
-        (legs, output, sizes, minimize, search_deadline - time.perf_counter(), repeats, seed, target, seeds),
-        workers,
-        executor,
+        (legs, output, sizes, minimize, budgets, repeats, seed, target, seeds), workers, executor
     )
 
     unsliced_flops = None
@@ -236,7 +240,7 @@ def plan(
         costs=costs,
         minimize=minimize,
         optimal=optimal,
-        planning_time=time.perf_counter() - start,
+        planning_time=time.perf_counter() - begin,
         method=method,
         dtype=dtype_name,
         unsliced_flops=unsliced_flops,
@@ -276,12 +280,13 @@ def _search_workers(args: tuple, workers: int, executor: str | None):
 def _search_task(task: tuple):
     """One search (picklable, for worker processes): ``(cost, _search result)``.
 
-    The budget travels as seconds left, not as a deadline: clocks differ between machines.
+    The budget travels as ``(nominal, left)`` seconds, not as a deadline: clocks differ between
+    machines. The exact search sizes its work from the nominal budget, so that runs without
+    ``max_time`` do not depend on how long the set-up took.
     """
-    legs, output, sizes, minimize, budget, repeats, seed, target, seeds, exact = task
-    start = time.perf_counter()
-    result = _search(legs, output, sizes, minimize, start + max(budget, 0.0), repeats, seed, start, target, seeds,
-                     exact)  # fmt: skip
+    legs, output, sizes, minimize, (nominal, left), repeats, seed, target, seeds, exact = task
+    deadline = time.perf_counter() + max(left, 0.0)
+    result = _search(legs, output, sizes, minimize, deadline, repeats, seed, deadline - nominal, target, seeds, exact)
     ssa, sliced = result[0], result[1]
     from tnplan.cost import legs_path_cost
 
