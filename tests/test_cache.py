@@ -407,3 +407,40 @@ def test_many_processes_share_one_cache(tmp_path: Path) -> None:
         stored = cache.get(random_regular(12, 3, 3, seed=s), CacheOptions())
         assert stored is not None
         assert stored.flops == min(r[s] for r in results if s in r)  # the best plan any worker saw
+
+
+def test_repeat_presentation_hits_without_the_canonical_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.sqlite"
+    net = random_regular(20, 3, 2, seed=4)
+    stored = tnplan.plan(net, cache=path)
+    net.to_json(tmp_path / "net.json")
+    same = tnplan.Network.from_json(tmp_path / "net.json")  # a new object, as another process would build it
+
+    def no_key(_network: object) -> None:
+        raise AssertionError("the canonical key was computed")
+
+    monkeypatch.setattr("tnplan.cache.canonical", no_key)
+    hit = tnplan.plan(same, cache=PlanCache(path))
+    assert hit.cache_status == "hit" and hit.path == stored.path
+
+
+def test_scrambled_caller_is_remembered_and_a_bad_alias_is_caught(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    net = lattice_2d(3, 4, bond=3)
+    tnplan.plan(net, cache=path)
+    other = scrambled(net, 5)
+    assert tnplan.plan(other, cache=PlanCache(path)).cache_status == "hit"
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT COUNT(*) FROM aliases").fetchone()[0] == 2  # both presentations known
+    # Corrupt one presentation's tensor map (a valid permutation, the wrong one).
+    exact, tensors = conn.execute("SELECT exact, tensors FROM aliases").fetchall()[-1]
+    perm = json.loads(tensors)
+    conn.execute("UPDATE aliases SET tensors = ? WHERE exact = ?", (json.dumps(perm[1:] + perm[:1]), exact))
+    conn.commit()
+    conn.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = [tnplan.plan(n, cache=PlanCache(path)) for n in (net, other)]
+    fresh = tnplan.plan(net, cache=False)
+    assert [p.flops for p in again] == [fresh.flops, fresh.flops]  # never a wrong plan
+    assert any("failed verification" in str(w.message) for w in caught)

@@ -41,7 +41,7 @@ from tnplan.errors import PlanError, TnplanError
 from tnplan.network import Network
 
 # Bump when the stored row layout or the cost model changes: old rows then simply never match.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 EXPORT_FORMAT = "tnplan.cache/1"
 _SCHEMA = f"tnplan.cache.v{FORMAT_VERSION}.k{KEY_VERSION}"
 
@@ -157,7 +157,8 @@ class PlanCache:
         self._memo.clear()
         self._rows.clear()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.parent.is_dir():
+                path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise PlanError(f"cannot create the plan cache folder {path.parent}: {exc.strerror or exc}") from None
         for attempt in range(2):
@@ -201,12 +202,20 @@ class PlanCache:
                 " created REAL NOT NULL, updated REAL NOT NULL, network TEXT NOT NULL, plan TEXT NOT NULL,"
                 " PRIMARY KEY (key, form))"
             )
+            # A presentation (the network exactly as some caller wrote it) -> the row and the map
+            # from the row's canonical numbering to that caller's numbering: a repeat caller's
+            # hit needs no canonical key and no numpy at all.
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS aliases (exact TEXT PRIMARY KEY, key TEXT NOT NULL, form TEXT NOT NULL,"
+                " tensors TEXT NOT NULL, indices TEXT NOT NULL)"
+            )
             row = conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
             if row is None:
                 conn.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA,))
             elif row[0] != _SCHEMA:
                 # A file from another format version: its keys can never match ours, so start over.
                 conn.execute("DELETE FROM plans")
+                conn.execute("DELETE FROM aliases")
                 conn.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (_SCHEMA,))
             conn.execute("COMMIT")
         except BaseException:
@@ -274,6 +283,17 @@ class PlanCache:
         memo = self._memo.get((network, opt))
         if memo is not None and memo[1] >= min_effort:
             return memo[0]
+        exact = _presentation(network, opt)
+        alias = self._run(self._fetch_alias, exact)
+        if alias is not None:
+            key, row, tensors, indices = alias
+            if row.data["effort"] >= min_effort and len(tensors) == network.num_tensors:
+                index_of = {j: indices[j] for j in row.data["sliced"] if 0 <= j < len(indices)}
+                plan = self._mapped(network, options, key, row.form, row.data, tensors, index_of)
+                if plan is not None:
+                    self._memo[(network, opt)] = (plan, row.data["effort"])
+                    self._hits[(key, row.form)] = self._hits.get((key, row.form), 0) + 1
+                    return plan
         key = self._key(network, opt)
         rows = self._rows.get(key)
         if rows is None:
@@ -289,31 +309,73 @@ class PlanCache:
                 continue
             if row.form == canon.form:
                 tensor_map = canon.tensor_order
-                index_of = {j: int(canon.index_order[j]) for j in data["sliced"] if 0 <= j < len(canon.index_order)}
+                index_map = canon.index_order
             else:
                 stored_net = self._stored_network(key, row)
                 found = None if stored_net is None else match(stored_net, network)
                 if found is None:
                     continue
                 tensor_map = found[0]
-                sid = stored_net.label_ids
-                index_of = {j: int(found[1][sid[j]]) for j in data["sliced"] if j in sid}
+                index_map = found[1][[stored_net.label_ids[j] for j in range(stored_net.num_indices)]]
+            index_of = {j: int(index_map[j]) for j in data["sliced"] if 0 <= j < len(index_map)}
             plan = self._mapped(network, options, key, row.form, data, tensor_map, index_of)
             if plan is not None:
                 self._memo[(network, opt)] = (plan, data["effort"])
                 self._hits[(key, row.form)] = self._hits.get((key, row.form), 0) + 1
+                self._remember(exact, key, row.form, tensor_map, index_map)
                 return plan
         return None
+
+    def _fetch_alias(self, conn: sqlite3.Connection, exact: str) -> tuple[str, _Row, list[int], list[int]] | None:
+        try:
+            found = conn.execute(
+                "SELECT p.key, p.form, p.tensors, p.network, p.plan, p.flops, p.contraction_cost, p.effort, p.cost,"
+                " a.tensors, a.indices FROM aliases a JOIN plans p ON p.key = a.key AND p.form = a.form"
+                " WHERE a.exact = ?",
+                (exact,),
+            ).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None  # a cache nobody has written to yet
+            raise
+        if found is None:
+            return None
+        key, form, tensors, net_text, plan_text, flops, ccost, effort, cost, t_map, i_map = found
+        try:
+            data = json.loads(plan_text)
+            data.update(flops=int(flops), contraction_cost=int(ccost), effort=float(effort), cost=float(cost))
+            _check_plan_data(data, int(tensors))
+            return key, _Row(form, int(tensors), net_text, data), json.loads(t_map), json.loads(i_map)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            # A damaged alias or row: forget the alias; the canonical path decides about the row.
+            conn.execute("DELETE FROM aliases WHERE exact = ?", (exact,))
+            return None
+
+    def _remember(self, exact: str, key: str, form: str, tensor_map, index_map) -> None:
+        """Record a new presentation of a stored network (best effort: it only speeds up later hits)."""
+        values = (exact, key, form, json.dumps([int(x) for x in tensor_map]), json.dumps([int(x) for x in index_map]))
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO aliases VALUES (?,?,?,?,?)", values)
+
+        with contextlib.suppress(PlanError, sqlite3.Error):
+            self._run(run)
 
     def _key(self, network: Network, opt: str) -> str:
         return hashlib.blake2b(f"{canonical(network).key}|{opt}|f{FORMAT_VERSION}".encode(), digest_size=16).hexdigest()
 
     def _fetch(self, conn: sqlite3.Connection, key: str) -> list[_Row]:
         out = []
-        for form, tensors, net_text, plan_text, flops, ccost, effort, cost in conn.execute(
-            "SELECT form, tensors, network, plan, flops, contraction_cost, effort, cost FROM plans WHERE key = ?",
-            (key,),
-        ).fetchall():
+        try:
+            found = conn.execute(
+                "SELECT form, tensors, network, plan, flops, contraction_cost, effort, cost FROM plans WHERE key = ?",
+                (key,),
+            ).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return out
+            raise
+        for form, tensors, net_text, plan_text, flops, ccost, effort, cost in found:
             try:
                 data = json.loads(plan_text)
                 data.update(flops=int(flops), contraction_cost=int(ccost), effort=float(effort), cost=float(cost))
@@ -394,6 +456,7 @@ class PlanCache:
 
         def run(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM plans WHERE key = ? AND form = ?", (key, form))
+            conn.execute("DELETE FROM aliases WHERE key = ? AND form = ?", (key, form))
 
         self._run(run)
 
@@ -425,13 +488,18 @@ class PlanCache:
         }
         net_text = _encode_network(network, canon.tensor_order, i_rank)
         cost = plan.costs.objective(options.minimize)
-        stored = self._run(self._store, key, canon.form, network, opt, net_text, data, plan, cost, effort)
+        alias = (
+            _presentation(network, opt),
+            json.dumps(canon.tensor_order.tolist()),
+            json.dumps(canon.index_order.tolist()),
+        )
+        stored = self._run(self._store, key, canon.form, network, opt, net_text, data, plan, cost, effort, alias)
         self._rows.pop(key, None)
         if stored:
             self._memo[(network, opt)] = (replace(plan, cache_status="hit"), effort)
         return stored
 
-    def _store(self, conn, key, form, network, opt, net_text, data, plan, cost, effort) -> bool:
+    def _store(self, conn, key, form, network, opt, net_text, data, plan, cost, effort, alias) -> bool:
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -454,7 +522,9 @@ class PlanCache:
                 conn.execute("COMMIT")
                 return False
             if same is not None:
+                # The old row's numbering goes with it, so do the presentations that map into it.
                 conn.execute("DELETE FROM plans WHERE key = ? AND form = ?", (key, same[0]))
+                conn.execute("DELETE FROM aliases WHERE key = ? AND form = ?", (key, same[0]))
                 effort = max(effort, same[2])
             conn.execute(
                 f"INSERT INTO plans ({_COLUMNS}, network, plan) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -463,6 +533,7 @@ class PlanCache:
                     plan.method, int(plan.optimal), effort, 0, now, now, net_text, json.dumps(data),
                 ),
             )  # fmt: skip
+            conn.execute("INSERT OR REPLACE INTO aliases VALUES (?,?,?,?,?)", (alias[0], key, form, *alias[1:]))
             conn.execute("COMMIT")
             return True
         except BaseException:
@@ -522,6 +593,7 @@ class PlanCache:
         """Delete every stored plan; returns how many there were."""
 
         def run(conn: sqlite3.Connection) -> int:
+            conn.execute("DELETE FROM aliases")
             return conn.execute("DELETE FROM plans").rowcount
 
         n = self._run(run)
@@ -598,6 +670,21 @@ _OPEN: weakref.WeakSet[PlanCache] = weakref.WeakSet()
 def _flush_all() -> None:
     for cache in list(_OPEN):
         cache.flush()
+
+
+def _presentation(network: Network, opt: str) -> str:
+    """Digest of the network exactly as given (tensor order, labels, sizes) plus the options.
+
+    Labels enter through ``repr``; one without a stable repr (an object's address) just never
+    matches in another process, and the lookup falls back to the canonical key.
+    """
+    text = network.__dict__.get("_presentation")
+    if text is None:
+        sizes = tuple(network.size_dict[lab] for lab in network.labels)
+        text = repr((network.inputs, network.output, sizes))
+        network.__dict__["_presentation"] = text
+    tag = f"|{opt}|f{FORMAT_VERSION}|k{KEY_VERSION}"
+    return hashlib.blake2b((text + tag).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 def _encode_network(network: Network, tensor_order: np.ndarray, i_rank: np.ndarray) -> str:

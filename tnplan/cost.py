@@ -300,23 +300,34 @@ def _prepared(network: Network) -> tuple[list[int], list[int], list[int], int, i
     if cached is not None:
         return cached
     sizes = network.int_sizes
+    inputs = network.int_inputs
+    output = network.int_output
     counts = [0] * len(sizes)
+    for term in inputs:
+        for i in term:
+            counts[i] += 1
+    # One pass builds what leaf_legs would give (legs on one tensor only are summed inside it).
     masks: list[int] = []
     leaf_sizes: list[int] = []
-    for term in leaf_legs(network):
+    inputs_full = 0
+    for term in inputs:
         m = 0
         p = 1
+        full = 1
         for i in term:
-            m |= 1 << i
-            p *= sizes[i]
-            counts[i] += 1
+            s = sizes[i]
+            full *= s
+            if counts[i] > 1 or i in output:
+                m |= 1 << i
+                p *= s
         masks.append(m)
         leaf_sizes.append(p)
+        inputs_full += full
+    counts = [c if c > 1 or i in output else 0 for i, c in enumerate(counts)]
     out_mask = 0
-    for i in network.int_output:
+    for i in output:
         out_mask |= 1 << i
-    inputs_full = sum(math.prod(sizes[i] for i in t) for t in network.int_inputs)
-    result_full = math.prod(sizes[i] for i in network.int_output)
+    result_full = math.prod(sizes[i] for i in output)
     prep = (masks, leaf_sizes, counts, out_mask, inputs_full, result_full)
     network.__dict__["_score_prep"] = prep
     return prep

@@ -238,7 +238,7 @@ class Network:
     @cached_property
     def label_ids(self) -> dict[Label, int]:
         """Dense integer id of every label."""
-        return {lab: i for i, lab in enumerate(self.labels)}
+        return dict(zip(self.labels, range(len(self.labels)), strict=True))
 
     @cached_property
     def int_inputs(self) -> tuple[tuple[int, ...], ...]:
@@ -260,7 +260,7 @@ class Network:
     @cached_property
     def int_sizes(self) -> tuple[int, ...]:
         """Size of each integer index id."""
-        return tuple(self.size_dict[lab] for lab in self.labels)
+        return tuple(map(self.size_dict.__getitem__, self.labels))
 
     @property
     def num_tensors(self) -> int:
