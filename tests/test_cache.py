@@ -171,6 +171,8 @@ def test_cache_off_and_json_field(capsys: pytest.CaptureFixture[str]) -> None:
         assert json.loads(capsys.readouterr().out)["cache"] == expected
     assert main(["plan", "--eq", "ab,bc,cd,de->ae", "--shapes", "2x9,9x9,9x9,9x2", "--json", "--no-cache"]) == 0
     assert json.loads(capsys.readouterr().out)["cache"] == "off"
+    assert main(["plan", "--eq", "ab,bc,cd,de->ae", "--shapes", "2x9,9x9,9x9,9x2"]) == 0
+    assert "plan cache: hit" in capsys.readouterr().out  # the table says it too
 
 
 # ---------------------------------------------------------------------------- never a wrong plan

@@ -21,6 +21,7 @@ import atexit
 import contextlib
 import hashlib
 import json
+import marshal
 import math
 import os
 import sqlite3
@@ -675,16 +676,22 @@ def _flush_all() -> None:
 def _presentation(network: Network, opt: str) -> str:
     """Digest of the network exactly as given (tensor order, labels, sizes) plus the options.
 
-    Labels enter through ``repr``; one without a stable repr (an object's address) just never
-    matches in another process, and the lookup falls back to the canonical key.
+    Serialised with ``marshal`` format 2 (C speed, and no back-references, so equal values give
+    equal bytes however their objects are shared); labels marshal cannot write go through ``repr``,
+    and one without a stable repr (an object's address) just never matches in another process: the
+    lookup then falls back to the canonical key.
     """
-    text = network.__dict__.get("_presentation")
-    if text is None:
-        sizes = tuple(network.size_dict[lab] for lab in network.labels)
-        text = repr((network.inputs, network.output, sizes))
-        network.__dict__["_presentation"] = text
-    tag = f"|{opt}|f{FORMAT_VERSION}|k{KEY_VERSION}"
-    return hashlib.blake2b((text + tag).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    blob = network.__dict__.get("_presentation")
+    if blob is None:
+        sizes = tuple(map(network.size_dict.__getitem__, network.labels))
+        value = (network.inputs, network.output, sizes)
+        try:
+            blob = b"m" + marshal.dumps(value, 2)
+        except ValueError:
+            blob = b"r" + repr(value).encode("utf-8", "surrogatepass")
+        network.__dict__["_presentation"] = blob
+    tag = f"|{opt}|f{FORMAT_VERSION}|k{KEY_VERSION}".encode()
+    return hashlib.blake2b(blob + tag, digest_size=16).hexdigest()
 
 
 def _encode_network(network: Network, tensor_order: np.ndarray, i_rank: np.ndarray) -> str:

@@ -25,7 +25,7 @@ def summary_lines(plan: Plan) -> list[str]:
         f"  largest intermediate: {plan.peak_size:.4e} elements (log2 {plan.log2_size:.2f})   write: {plan.write:.4e}",
         f"  peak memory: {plan.peak_memory() / 2**20:.3f} MiB ({plan.dtype})",
         f"  sliced: {sliced}   slices: {plan.n_slices}   overhead: {plan.slicing_overhead:.3f}x",
-        f"  planning time: {plan.planning_time:.4f} s",
+        f"  planning time: {plan.planning_time:.4f} s   plan cache: {plan.cache_status}",
     ]
 
 
