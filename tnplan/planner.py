@@ -100,7 +100,8 @@ def plan(
     Plans are looked up in and stored to the plan cache (:class:`~tnplan.cache.PlanCache`) by
     default: a network that differs from a stored one only by tensor order, index order or index
     names gets the stored plan mapped to its own numbering, verified, with
-    ``plan.cache_status == "hit"``. A stored plan is used when it came from at least ``max_time``
+    ``plan.cache_status == "hit"``. Networks of up to 3 tensors bypass the cache (``"off"``): they
+    are enumerated exactly faster than a lookup. A stored plan is used when it came from at least ``max_time``
     seconds of search; otherwise the search runs and the better of the two plans is kept.
 
     Args:
@@ -154,6 +155,9 @@ def plan(
     store = resolve_cache(cache)
     if (cache_only or refine) and store is None:
         raise PlanError(f"{'cache_only' if cache_only else 'refine'}=True needs a plan cache; do not pass cache=False")
+    if network.num_tensors <= 3:
+        # Enumerated exactly in microseconds, with no search code: a cache lookup would cost more.
+        store = None
     options = CacheOptions(
         minimize=minimize,
         memory_limit=None if memory_limit is None else int(memory_limit),
