@@ -130,6 +130,7 @@ class PlanCache:
 
     def __init__(self, path: str | Path | None = None) -> None:
         self._given = None if path is None else Path(path).expanduser()
+        self._default: tuple[str | None, Path] | None = None
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._conn_path: Path | None = None
@@ -142,7 +143,13 @@ class PlanCache:
 
     @property
     def path(self) -> Path:
-        return self._given if self._given is not None else default_cache_path()
+        if self._given is not None:
+            return self._given
+        # Resolving the default costs ~0.1 ms of Path work; redo it only when the variable changes.
+        env = os.environ.get("TNPLAN_CACHE_DIR")
+        if self._default is None or self._default[0] != env:
+            self._default = (env, default_cache_path())
+        return self._default[1]
 
     def __repr__(self) -> str:
         return f"PlanCache({str(self.path)!r})"
@@ -157,11 +164,6 @@ class PlanCache:
         self._conn = None
         self._memo.clear()
         self._rows.clear()
-        try:
-            if not path.parent.is_dir():
-                path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PlanError(f"cannot create the plan cache folder {path.parent}: {exc.strerror or exc}") from None
         for attempt in range(2):
             try:
                 conn = sqlite3.connect(str(path), timeout=60.0, isolation_level=None, check_same_thread=False)
@@ -170,6 +172,19 @@ class PlanCache:
             except sqlite3.OperationalError as exc:
                 if "locked" in str(exc) or "busy" in str(exc):
                     raise PlanError(f"plan cache {path} stayed locked for 60 s: {exc}") from None
+                if "unable to open" in str(exc):
+                    # Usually a folder that does not exist yet (checked only now: a stat per open costs).
+                    if attempt == 0 and not path.parent.is_dir():
+                        try:
+                            path.parent.mkdir(parents=True, exist_ok=True)
+                        except OSError as err:
+                            raise PlanError(
+                                f"cannot create the plan cache folder {path.parent}: {err.strerror or err}"
+                            ) from None
+                        continue
+                    raise PlanError(
+                        f"cannot open the plan cache {path}: {exc}; check its permissions or set TNPLAN_CACHE_DIR"
+                    ) from None
                 if attempt or not self._quarantine(path, exc):
                     raise PlanError(f"cannot open the plan cache {path}: {exc}") from None
             except sqlite3.DatabaseError as exc:

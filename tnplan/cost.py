@@ -300,12 +300,25 @@ def _prepared(network: Network) -> tuple[list[int], list[int], list[int], int, i
     if cached is not None:
         return cached
     sizes = network.int_sizes
-    inputs = network.int_inputs
     output = network.int_output
     counts = [0] * len(sizes)
-    for term in inputs:
-        for i in term:
-            counts[i] += 1
+    if "int_inputs" in network.__dict__:
+        inputs = network.int_inputs
+        for term in inputs:
+            for i in term:
+                counts[i] += 1
+    else:
+        # Straight from the labels, counting on the way (a plan-cache hit in a fresh process has
+        # nothing cached yet); a repeated label (a trace) is a single leg, as in int_inputs.
+        get = network.label_ids.__getitem__
+        inputs = []
+        for term in network.inputs:
+            t = tuple(map(get, term))
+            if len(set(t)) != len(t):
+                t = tuple(dict.fromkeys(t))
+            for i in t:
+                counts[i] += 1
+            inputs.append(t)
     # One pass builds what leaf_legs would give (legs on one tensor only are summed inside it).
     masks: list[int] = []
     leaf_sizes: list[int] = []
