@@ -454,3 +454,21 @@ def test_scrambled_caller_is_remembered_and_a_bad_alias_is_caught(tmp_path: Path
     fresh = tnplan.plan(net, cache=False)
     assert [p.flops for p in again] == [fresh.flops, fresh.flops]  # never a wrong plan
     assert any("failed verification" in str(w.message) for w in caught)
+
+
+INSTANCES = REPO.parent / "shared" / "bench" / "instances"
+
+
+@pytest.mark.parametrize("file", sorted(INSTANCES.glob("*/*.json")), ids=lambda p: p.stem[:28])
+def test_every_public_instance_is_matched_when_scrambled(file: Path) -> None:
+    # Includes qucirc_rrzz (every tensor rank 2, every index on 3 tensors: refinement alone splits
+    # nothing) and random regular graphs, where the isomorphism needs individualisation.
+    net = tnplan.Network.from_json(file)
+    other = scrambled(net, 11)
+    found = match(net, other)
+    assert found is not None
+    tensor_map, index_map = found
+    ids_a, ids_b = net.label_ids, other.label_ids
+    for t, term in enumerate(net.inputs):
+        image = sorted(int(index_map[ids_a[x]]) for x in term)
+        assert image == sorted(ids_b[x] for x in other.inputs[int(tensor_map[t])])

@@ -118,18 +118,33 @@ def _round(st: Structure, tc: np.ndarray, ic: np.ndarray) -> tuple[np.ndarray, n
     return _mix(tc * _M1 + to_tensor), _mix(ic * _M2 + to_index + _INDEX_SALT)
 
 
-def refine(st: Structure, tc: np.ndarray, ic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def refine(
+    st: Structure, tc: np.ndarray, ic: np.ndarray, trace: list[bytes] | None = None, follow: list[bytes] | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Refine tensor colours ``tc`` and index colours ``ic`` until the partition is stable.
 
     The number of rounds depends only on the coloured graph, so inputs equal up to isomorphism
-    give equal outputs.
+    give equal outputs, round by round. ``trace`` (a list) receives a fingerprint of every round's
+    colour multiset; with ``follow`` (another refinement's trace) the refinement stops and returns
+    None at the first round whose fingerprint differs: that graph cannot be isomorphic to the other,
+    and a wrong candidate is usually told apart after a round or two instead of a full refinement.
     """
     classes = _count(tc) + _count(ic)
+    k = 0
     while True:
         new_tc, new_ic = _round(st, tc, ic)
+        if trace is not None or follow is not None:
+            fingerprint = np.sort(new_tc).tobytes()
+            if follow is not None and (k >= len(follow) or follow[k] != fingerprint):
+                return None
+            if trace is not None:
+                trace.append(fingerprint)
+            k += 1
         new_classes = _count(new_tc) + _count(new_ic)
         if new_classes == classes:
             # Stable: one more round would split nothing. The new colours carry the same partition.
+            if follow is not None and k != len(follow):
+                return None
             return new_tc, new_ic
         tc, ic, classes = new_tc, new_ic, new_classes
 
@@ -206,15 +221,17 @@ def match(a: Network, b: Network, max_branches: int = 256) -> tuple[np.ndarray, 
 
     ``tensor_map[t]`` is the tensor of ``b`` that plays tensor ``t`` of ``a`` (likewise for
     indices). Tied colours are resolved by individualising one tensor of ``a`` against each
-    candidate of ``b`` in turn and refining both; the search gives up (returns None) after
-    ``max_branches`` refinements, which the cache treats as a miss.
+    candidate of ``b`` in turn and refining both (a candidate is dropped at the first refinement
+    round that differs); the search gives up (returns None) after ``max_branches`` candidates (at
+    least two per tensor), which the cache treats as a miss.
     """
     if canonical(a).key != canonical(b).key:
         return None
     sa, sb = structure(a), structure(b)
-    tca, ica = refine(sa, sa.tensor_seed, sa.index_seed)
-    tcb, icb = refine(sb, sb.tensor_seed, sb.index_seed)
-    return _search(sa, sb, tca, ica, tcb, icb, [max_branches])
+    ra = refine(sa, sa.tensor_seed, sa.index_seed)
+    rb = refine(sb, sb.tensor_seed, sb.index_seed)
+    assert ra is not None and rb is not None  # without `follow`, refine always returns colours
+    return _search(sa, sb, ra[0], ra[1], rb[0], rb[1], [max(max_branches, 2 * sa.num_tensors)])
 
 
 def _search(sa, sb, tca, ica, tcb, icb, budget: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -231,14 +248,18 @@ def _search(sa, sb, tca, ica, tcb, icb, budget: list[int]) -> tuple[np.ndarray, 
     v = int(np.flatnonzero(tca == cls)[0])
     ta = tca.copy()
     ta[v] = _mix(ta[v : v + 1] ^ _INDIVIDUAL)[0]
-    ra = refine(sa, ta, ica)  # one side is individualised once; only the other side's choice varies
+    trace: list[bytes] = []
+    ra = refine(sa, ta, ica, trace=trace)  # one side is individualised once; only the other side varies
+    assert ra is not None  # without `follow`, refine always returns colours
     for u in np.flatnonzero(tcb == cls):
         if budget[0] <= 0:
             return None
         budget[0] -= 1
         tb = tcb.copy()
         tb[u] = ta[v]
-        rb = refine(sb, tb, icb)
+        rb = refine(sb, tb, icb, follow=trace)
+        if rb is None:
+            continue
         found = _search(sa, sb, ra[0], ra[1], rb[0], rb[1], budget)
         if found is not None:
             return found
