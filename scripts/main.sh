@@ -25,8 +25,9 @@ import sys
 from pathlib import Path
 import tnplan
 files = sorted(Path(sys.argv[1]).glob("*/*.json"))
-hits = [tnplan.plan(tnplan.Network.from_json(f), max_time=1, cache_only=True).cache_status for f in files]
-print(f"reloaded {hits.count('hit')} of {len(files)} plans from the export without searching")
+status = [tnplan.plan(tnplan.Network.from_json(f), max_time=1, cache_only=True).cache_status for f in files]
+print(f"reloaded {status.count('hit')} of {len(files)} plans from the export without searching "
+      f"({status.count('off')} networks of <= 3 tensors are enumerated, never cached)")
 PY
 tnplan report "$instances" --max-time 1 --methods tnplan,cotengra,opt_einsum-greedy,opt_einsum-auto-hq \
   --out "$out/report" "$@"
