@@ -226,22 +226,20 @@ def score_path(
     if len(ssa_path) != n - 1:
         raise NetworkError(f"path has {len(ssa_path)} pairwise steps; {n} tensors need exactly {n - 1}")
     leaf_masks, leaf_sizes, leaf_counts, out_mask, inputs_full, result_full = _prepared(network)
-    masks = dict(enumerate(leaf_masks))
+    # Lists indexed by SSA id (None once consumed): cheaper than dicts on this hot path.
+    masks: list[int | None] = [*leaf_masks, *([None] * max(n - 1, 0))]
     counts = list(leaf_counts)
-    if sliced:
-        tensor_size = {}
-        for k, term in enumerate(leaf_legs(network)):
-            tensor_size[k] = math.prod(sizes[i] for i in term)
-    else:
-        tensor_size = dict(enumerate(leaf_sizes))
+    leaves = [math.prod(sizes[i] for i in term) for term in leaf_legs(network)] if sliced else leaf_sizes
+    tensor_size = [*leaves, *([0] * max(n - 1, 0))]
     live = peak_live = cost = flops = write = peak = 0
     nxt = n
-    for k, step in enumerate(ssa_path):
-        a, b = step
-        ma = masks.pop(a, None)
-        mb = masks.pop(b, None) if b != a else None
+    for k, (a, b) in enumerate(ssa_path):
+        if not (0 <= a < nxt and 0 <= b < nxt) or a == b:
+            raise NetworkError(f"path step {k} ({a}, {b}) uses a tensor that is unknown or already contracted")
+        ma, mb = masks[a], masks[b]
         if ma is None or mb is None:
             raise NetworkError(f"path step {k} ({a}, {b}) uses a tensor that is unknown or already contracted")
+        masks[a] = masks[b] = None
         sa, sb = tensor_size[a], tensor_size[b]
         shared = ma & mb
         s_shared = 1
@@ -286,7 +284,7 @@ def score_path(
         write=write * n_slices,
         peak_elements=inputs_full + peak_live + accumulate,
         n_slices=n_slices,
-        source=(network, tuple(tuple(s) for s in ssa_path), sliced),
+        source=(network, ssa_path if isinstance(ssa_path, tuple) else tuple(map(tuple, ssa_path)), sliced),
     )
 
 
