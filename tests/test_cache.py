@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import sqlite3
 import subprocess
 import sys
@@ -18,27 +17,19 @@ import tnplan
 from tnplan.cache import CacheOptions, CacheWarning, PlanCache
 from tnplan.canonical import canonical, match
 from tnplan.cli import main
-from tnplan.examples import lattice_2d, mera, random_regular, ttn
+from tnplan.examples import lattice_2d, mera, random_regular, scrambled, ttn
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def scrambled(net: tnplan.Network, seed: int) -> tnplan.Network:
-    """The same network with shuffled tensors, shuffled indices within tensors and new labels."""
-    rng = random.Random(seed)
-    order = list(range(net.num_tensors))
-    rng.shuffle(order)
-    names = list(range(net.num_indices))
-    rng.shuffle(names)
-    new = {lab: f"i{names[k]}" for k, lab in enumerate(net.labels)}
-    inputs = []
-    for t in order:
-        term = list(net.inputs[t])
-        rng.shuffle(term)
-        inputs.append(tuple(new[x] for x in term))
-    return tnplan.Network(
-        tuple(inputs), tuple(new[x] for x in net.output), {new[k]: v for k, v in net.size_dict.items()}
-    )
+def assert_isomorphism(a: tnplan.Network, b: tnplan.Network, found: tuple | None) -> None:
+    """``found`` from ``match(a, b)`` really maps every tensor's index multiset onto its image's."""
+    assert found is not None
+    tensor_map, index_map = found
+    ids_a, ids_b = a.label_ids, b.label_ids
+    for t, term in enumerate(a.inputs):
+        image = sorted(int(index_map[ids_a[x]]) for x in term)
+        assert image == sorted(ids_b[x] for x in b.inputs[int(tensor_map[t])])
 
 
 def chain(order: str, sizes: dict[str, int]) -> tnplan.Network:
@@ -67,14 +58,7 @@ def test_key_is_invariant_to_order_and_names(name: str) -> None:
     for seed in range(3):
         other = scrambled(net, seed)
         assert canonical(other).key == canonical(net).key
-        found = match(net, other)
-        assert found is not None
-        tensor_map, index_map = found
-        # The map really is an isomorphism: every tensor's index multiset maps onto its image's.
-        ids_a, ids_b = net.label_ids, other.label_ids
-        for t, term in enumerate(net.inputs):
-            image = sorted(int(index_map[ids_a[x]]) for x in term)
-            assert image == sorted(ids_b[x] for x in other.inputs[int(tensor_map[t])])
+        assert_isomorphism(net, other, match(net, other))
 
 
 def test_key_sees_sizes_hyperedges_and_open_indices() -> None:
@@ -465,10 +449,4 @@ def test_every_public_instance_is_matched_when_scrambled(file: Path) -> None:
     # nothing) and random regular graphs, where the isomorphism needs individualisation.
     net = tnplan.Network.from_json(file)
     other = scrambled(net, 11)
-    found = match(net, other)
-    assert found is not None
-    tensor_map, index_map = found
-    ids_a, ids_b = net.label_ids, other.label_ids
-    for t, term in enumerate(net.inputs):
-        image = sorted(int(index_map[ids_a[x]]) for x in term)
-        assert image == sorted(ids_b[x] for x in other.inputs[int(tensor_map[t])])
+    assert_isomorphism(net, other, match(net, other))

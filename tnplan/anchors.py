@@ -8,13 +8,13 @@ path, so all numbers come from :func:`tnplan.cost.score_path`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from tnplan.cost import itemsize
 from tnplan.errors import PlanError
 from tnplan.network import Network
 from tnplan.plan import Plan, from_path
@@ -128,13 +128,6 @@ def canonical_method(name: str) -> str:
     raise PlanError(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES)} (aliases: {aliases})")
 
 
-def _itemsize(dtype: str) -> int:
-    try:
-        return np.dtype(dtype).itemsize
-    except TypeError:
-        raise PlanError(f"unknown dtype {dtype!r}; use a numpy dtype name such as 'float32'") from None
-
-
 def cotengra_target_size(network: Network, memory_limit: int, dtype: str = "float64") -> int:
     """The ``target_size`` (elements per intermediate) cotengra is asked to slice to for a memory limit.
 
@@ -145,14 +138,9 @@ def cotengra_target_size(network: Network, memory_limit: int, dtype: str = "floa
     Raises:
         PlanError: If the input tensors alone do not fit in ``memory_limit`` (no slicing can help).
     """
-    itemsize = _itemsize(dtype)
-    inputs = sum(math.prod(network.int_sizes[i] for i in t) for t in network.int_inputs)
-    if inputs * itemsize >= memory_limit:
-        raise PlanError(
-            f"memory_limit is {int(memory_limit)} bytes but the input tensors alone hold {inputs * itemsize} "
-            f"bytes of {np.dtype(dtype).name}; raise the limit (slicing only shrinks intermediates)"
-        )
-    return max(1, (int(memory_limit) // itemsize - inputs) // 3)
+    from tnplan.planner import size_target
+
+    return max(1, int(size_target(network, memory_limit, None, dtype) or 1))
 
 
 def run_method(
@@ -186,7 +174,7 @@ def run_method(
 
         # A comparison must search: a cached plan would make the timing meaningless.
         return plan(network, max_time=max_time, seed=seed, memory_limit=memory_limit, dtype=dtype, cache=False)
-    _itemsize(dtype)  # an unknown dtype fails here, before any search
+    itemsize(dtype)  # an unknown dtype fails here, before any search
     dtype = str(np.dtype(dtype))
     start = time.perf_counter()
     if name == "cotengra":

@@ -295,21 +295,28 @@ class PlanCache:
         caller searches longer and offers the result back). Every plan returned has been verified
         against ``network``.
         """
+        found = self.lookup(network, options, min_effort=min_effort)
+        return found[0] if found is not None and found[1] else None
+
+    def lookup(self, network: Network, options: CacheOptions, *, min_effort: float = 0.0) -> tuple[Any, bool] | None:
+        """``(plan, enough)``: the stored plan whatever its effort, and whether it has ``min_effort``.
+
+        One lookup serves both a caller that wants a good-enough plan and one that searches on
+        from the stored tree. None when nothing is stored for ``network``.
+        """
         opt = options.text()
         memo = self._memo.get((network, opt))
         if memo is not None and memo[1] >= min_effort:
-            return memo[0]
+            return memo[0], True
         exact = _presentation(network, opt)
         alias = self._run(self._fetch_alias, exact)
         if alias is not None:
             key, row, tensors, indices = alias
-            if row.data["effort"] >= min_effort and len(tensors) == network.num_tensors:
+            if len(tensors) == network.num_tensors:
                 index_of = {j: indices[j] for j in row.data["sliced"] if 0 <= j < len(indices)}
                 plan = self._mapped(network, options, key, row.form, row.data, tensors, index_of)
                 if plan is not None:
-                    self._memo[(network, opt)] = (plan, row.data["effort"])
-                    self._hits[(key, row.form)] = self._hits.get((key, row.form), 0) + 1
-                    return plan
+                    return self._found(network, opt, key, row, plan, min_effort)
         key = self._key(network, opt)
         rows = self._rows.get(key)
         if rows is None:
@@ -321,7 +328,7 @@ class PlanCache:
         # Same canonical form first (no search), then an explicit isomorphism per candidate.
         for row in sorted(rows, key=lambda r: r.form != canon.form):
             data = row.data
-            if data["effort"] < min_effort or row.tensors != network.num_tensors:
+            if row.tensors != network.num_tensors:
                 continue
             if row.form == canon.form:
                 tensor_map = canon.tensor_order
@@ -336,11 +343,15 @@ class PlanCache:
             index_of = {j: int(index_map[j]) for j in data["sliced"] if 0 <= j < len(index_map)}
             plan = self._mapped(network, options, key, row.form, data, tensor_map, index_of)
             if plan is not None:
-                self._memo[(network, opt)] = (plan, data["effort"])
-                self._hits[(key, row.form)] = self._hits.get((key, row.form), 0) + 1
                 self._remember(exact, key, row.form, tensor_map, index_map)
-                return plan
+                return self._found(network, opt, key, row, plan, min_effort)
         return None
+
+    def _found(self, network: Network, opt: str, key: str, row: _Row, plan: Any, min_effort: float):
+        effort = row.data["effort"]
+        self._memo[(network, opt)] = (plan, effort)
+        self._hits[(key, row.form)] = self._hits.get((key, row.form), 0) + 1
+        return plan, effort >= min_effort
 
     def _fetch_alias(self, conn: sqlite3.Connection, exact: str) -> tuple[str, _Row, list[int], list[int]] | None:
         try:
@@ -358,9 +369,7 @@ class PlanCache:
             return None
         key, form, tensors, net_text, plan_text, flops, ccost, effort, cost, t_map, i_map = found
         try:
-            data = json.loads(plan_text)
-            data.update(flops=int(flops), contraction_cost=int(ccost), effort=float(effort), cost=float(cost))
-            _check_plan_data(data, int(tensors))
+            data = _row_data(plan_text, tensors, flops, ccost, effort, cost)
             return key, _Row(form, int(tensors), net_text, data), json.loads(t_map), json.loads(i_map)
         except (ValueError, TypeError, KeyError, AttributeError):
             # A damaged alias or row: forget the alias; the canonical path decides about the row.
@@ -393,9 +402,7 @@ class PlanCache:
             raise
         for form, tensors, net_text, plan_text, flops, ccost, effort, cost in found:
             try:
-                data = json.loads(plan_text)
-                data.update(flops=int(flops), contraction_cost=int(ccost), effort=float(effort), cost=float(cost))
-                _check_plan_data(data, int(tensors))
+                data = _row_data(plan_text, tensors, flops, ccost, effort, cost)
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 warnings.warn(f"plan cache row {key[:12]} cannot be decoded ({exc}); dropped it", CacheWarning, 3)
                 conn.execute("DELETE FROM plans WHERE key = ? AND form = ?", (key, form))
@@ -431,7 +438,6 @@ class PlanCache:
 
     def _mapped(self, network, options, key, form, data, tensor_map, index_of) -> Any:
         """The stored plan in the caller's numbering, verified; None (row dropped) on mismatch."""
-        from tnplan.plan import Plan
 
         n = network.num_tensors
         try:
@@ -452,19 +458,9 @@ class PlanCache:
             )
             self._drop(key, form)
             return None
-        return Plan(
-            network=network,
-            ssa_path=ssa,
-            sliced=sliced,
-            costs=costs,
-            minimize=options.minimize,
-            optimal=bool(data["optimal"]),
-            planning_time=float(data["planning_time"]),
-            method=str(data["method"]),
-            dtype=str(data.get("dtype", "float64")) if options.memory_limit is not None else "float64",
-            unsliced_flops=data.get("unsliced_flops"),
-            cache_status="hit",
-        )
+        # The element type only shaped the plan through a memory limit; plan() sets the caller's.
+        dtype = str(data.get("dtype", "float64")) if options.memory_limit is not None else "float64"
+        return _plan_from_data(network, ssa, sliced, costs, options.minimize, data, dtype=dtype, cache_status="hit")
 
     def _drop(self, key: str, form: str) -> None:
         self._rows.pop(key, None)
@@ -488,10 +484,7 @@ class PlanCache:
         opt = options.text()
         key = self._key(network, opt)
         canon = canonical(network)
-        t_rank = np.empty(network.num_tensors, dtype=np.int64)
-        t_rank[canon.tensor_order] = np.arange(network.num_tensors)
-        i_rank = np.empty(network.num_indices, dtype=np.int64)
-        i_rank[canon.index_order] = np.arange(network.num_indices)
+        t_rank, i_rank = canon.tensor_rank, canon.index_rank
         n = network.num_tensors
         data = {
             "ssa_path": [[int(t_rank[a]) if a < n else a, int(t_rank[b]) if b < n else b] for a, b in plan.ssa_path],
@@ -570,7 +563,6 @@ class PlanCache:
 
     def load(self, entry: Entry) -> Any:
         """The stored plan of ``entry`` on its canonical network (labels are canonical index numbers)."""
-        from tnplan.plan import Plan
 
         def run(conn: sqlite3.Connection):
             return conn.execute(
@@ -580,17 +572,7 @@ class PlanCache:
         row = self._run(run)
         if row is None:
             raise PlanError(f"no cached plan with key {entry.key}")
-        net = _decode_network(row[0])
-        data = json.loads(row[1])
-        ids = net.label_ids
-        ssa = tuple((int(a), int(b)) for a, b in data["ssa_path"])
-        sliced = tuple(sorted(ids[j] for j in data["sliced"]))
-        return Plan(
-            network=net, ssa_path=ssa, sliced=sliced, costs=score_path(net, ssa, sliced),
-            minimize=entry.options.split("|", 1)[0], optimal=entry.optimal, planning_time=data["planning_time"],
-            method=entry.method, dtype=data.get("dtype", "float64"), unsliced_flops=data.get("unsliced_flops"),
-            cache_status="hit",
-        )  # fmt: skip
+        return _stored_plan(row[0], row[1], _parse_options(entry.options).minimize, cache_status="hit")
 
     def stats(self) -> dict[str, Any]:
         """Path, file size, number of plans and total hits."""
@@ -736,24 +718,44 @@ def _check_plan_data(data: dict[str, Any], tensors: int) -> None:
             raise KeyError(name)
 
 
-def _plan_from_export(item: dict[str, Any]) -> tuple[Any, CacheOptions, float]:
+def _row_data(plan_text: str, tensors: Any, flops: Any, ccost: Any, effort: Any, cost: Any) -> dict[str, Any]:
+    """A row's plan JSON with its indexed columns folded in, checked against its tensor count."""
+    data = json.loads(plan_text)
+    data.update(flops=int(flops), contraction_cost=int(ccost), effort=float(effort), cost=float(cost))
+    _check_plan_data(data, int(tensors))
+    return data
+
+
+def _plan_from_data(
+    network: Network, ssa, sliced, costs, minimize: str, data: dict[str, Any], *, dtype: str | None = None,
+    cache_status: str = "off",
+) -> Any:  # fmt: skip
     from tnplan.plan import Plan
 
-    net = _decode_network(item["network"])
-    data = json.loads(item["plan"])
+    return Plan(
+        network=network, ssa_path=ssa, sliced=sliced, costs=costs, minimize=minimize,
+        optimal=bool(data["optimal"]), planning_time=float(data["planning_time"]), method=str(data["method"]),
+        dtype=dtype or str(data.get("dtype", "float64")), unsliced_flops=data.get("unsliced_flops"),
+        cache_status=cache_status,
+    )  # fmt: skip
+
+
+def _stored_plan(net_text: str, plan_text: str, minimize: str, cache_status: str = "off") -> Any:
+    """A stored plan on its own canonical network (labels are canonical index numbers), re-scored."""
+    net = _decode_network(net_text)
+    data = json.loads(plan_text)
     _check_plan_data(data, net.num_tensors)
     ids = net.label_ids
     ssa = tuple((int(a), int(b)) for a, b in data["ssa_path"])
     sliced = tuple(sorted(ids[j] for j in data["sliced"]))
-    costs = score_path(net, ssa, sliced)
-    if costs.flops != int(item["flops"]):
-        raise ValueError(f"re-scores to {costs.flops} flops, export says {item['flops']}")
+    return _plan_from_data(net, ssa, sliced, score_path(net, ssa, sliced), minimize, data, cache_status=cache_status)
+
+
+def _plan_from_export(item: dict[str, Any]) -> tuple[Any, CacheOptions, float]:
     options = _parse_options(item["options"])
-    plan = Plan(
-        network=net, ssa_path=ssa, sliced=sliced, costs=costs, minimize=options.minimize,
-        optimal=bool(data["optimal"]), planning_time=float(data["planning_time"]), method=str(data["method"]),
-        dtype=str(data.get("dtype", "float64")), unsliced_flops=data.get("unsliced_flops"),
-    )  # fmt: skip
+    plan = _stored_plan(item["network"], item["plan"], options.minimize)
+    if plan.flops != int(item["flops"]):
+        raise ValueError(f"re-scores to {plan.flops} flops, export says {item['flops']}")
     return plan, options, float(item.get("effort", 0.0))
 
 

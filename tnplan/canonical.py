@@ -178,8 +178,18 @@ class Canonical:
         return np.argsort(self.index_colors, kind="stable")
 
     @cached_property
+    def tensor_rank(self) -> np.ndarray:
+        """Canonical position of every caller tensor (the inverse of :attr:`tensor_order`)."""
+        return _inverse(self.tensor_order)
+
+    @cached_property
+    def index_rank(self) -> np.ndarray:
+        """Canonical number of every caller index (the inverse of :attr:`index_order`)."""
+        return _inverse(self.index_order)
+
+    @cached_property
     def form(self) -> str:
-        return _form_digest(self.structure, self.tensor_order, self.index_order)
+        return _form_digest(self.structure, self.tensor_rank, self.index_rank, self.index_order)
 
 
 def canonical(network: Network) -> Canonical:
@@ -202,11 +212,13 @@ def canonical(network: Network) -> Canonical:
     return result
 
 
-def _form_digest(st: Structure, tensor_order: np.ndarray, index_order: np.ndarray) -> str:
-    t_rank = np.empty(st.num_tensors, dtype=np.int64)
-    t_rank[tensor_order] = np.arange(st.num_tensors)
-    i_rank = np.empty(st.num_indices, dtype=np.int64)
-    i_rank[index_order] = np.arange(st.num_indices)
+def _inverse(order: np.ndarray) -> np.ndarray:
+    rank = np.empty(order.size, dtype=np.int64)
+    rank[order] = np.arange(order.size)
+    return rank
+
+
+def _form_digest(st: Structure, t_rank: np.ndarray, i_rank: np.ndarray, index_order: np.ndarray) -> str:
     t, i, m = t_rank[st.tensor], i_rank[st.index], st.mult
     order = np.lexsort((m, i, t))
     h = hashlib.blake2b(digest_size=20)

@@ -25,7 +25,7 @@ from functools import cached_property
 
 import numpy as np
 
-from tnplan.errors import NetworkError
+from tnplan.errors import NetworkError, PlanError
 from tnplan.network import Network
 
 COMBO_FACTOR = 64
@@ -92,6 +92,18 @@ class Costs:
         if minimize == "combo":
             return float(self.combo)
         raise NetworkError(f"unknown objective {minimize!r}; choose one of {', '.join(OBJECTIVES)}")
+
+
+def itemsize(dtype: str | np.dtype | type) -> int:
+    """Bytes per element of ``dtype``.
+
+    Raises:
+        PlanError: On a name numpy does not know.
+    """
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:
+        raise PlanError(f"unknown dtype {dtype!r}; use a numpy dtype name such as 'float32'") from None
 
 
 def linear_to_ssa(path: Sequence[Sequence[int]], num_tensors: int) -> list[tuple[int, int]]:

@@ -18,6 +18,7 @@ Examples:
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
@@ -26,7 +27,7 @@ import networkx as nx
 from tnplan.errors import NetworkError
 from tnplan.network import Label, Network
 
-__all__ = ["FAMILIES", "lattice_2d", "mera", "random_regular", "ttn"]
+__all__ = ["FAMILIES", "lattice_2d", "mera", "random_regular", "scrambled", "ttn"]
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -288,6 +289,27 @@ def lattice_2d(rows: int, cols: int, bond: int = 2, *, open_legs: bool = False, 
                 output.append(leg)
             inputs.append(tuple(term))
     return _build(inputs, output, size_dict)
+
+
+def scrambled(network: Network, seed: int = 0) -> Network:
+    """The same network with its tensors shuffled, indices shuffled within tensors and all renamed.
+
+    The plan cache must treat it as ``network`` (same key, plan mapped back); tests and the cache
+    benchmark use it as "another caller's presentation".
+    """
+    rng = random.Random(seed)
+    order = list(range(network.num_tensors))
+    rng.shuffle(order)
+    names = list(range(network.num_indices))
+    rng.shuffle(names)
+    new = {lab: f"i{names[k]}" for k, lab in enumerate(network.labels)}
+    inputs = []
+    for t in order:
+        term = list(network.inputs[t])
+        rng.shuffle(term)
+        inputs.append(tuple(new[x] for x in term))
+    sizes = {new[k]: v for k, v in network.size_dict.items()}
+    return Network(tuple(inputs), tuple(new[x] for x in network.output), sizes)
 
 
 def _families() -> dict[str, Callable[[], Network]]:

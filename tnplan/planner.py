@@ -32,7 +32,7 @@ import numpy as np
 
 from tnplan.cache import CacheOptions, PlanCache
 from tnplan.cache import resolve as resolve_cache
-from tnplan.cost import OBJECTIVES, leaf_legs, score_path
+from tnplan.cost import OBJECTIVES, itemsize, leaf_legs, score_path
 from tnplan.errors import PlanError
 from tnplan.network import Network
 from tnplan.plan import Plan
@@ -146,7 +146,7 @@ def plan(
         raise PlanError(f"max_time must be > 0 seconds, got {max_time!r}")
     if max_repeats is not None and max_repeats < 1:
         raise PlanError(f"max_repeats must be >= 1, got {max_repeats!r}")
-    itemsize = _itemsize(dtype)
+    item_bytes = itemsize(dtype)
     for name, value in (("memory_limit", memory_limit), ("max_size", max_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
             raise PlanError(f"{name} must be a positive number, got {value!r}")
@@ -162,23 +162,23 @@ def plan(
         minimize=minimize,
         memory_limit=None if memory_limit is None else int(memory_limit),
         max_size=None if max_size is None else int(max_size),
-        itemsize=itemsize,
+        itemsize=item_bytes,
         seed=int(seed),
     )
     dtype_name = str(np.dtype(dtype))
     effort = 0.0 if max_time is None else float(max_time)
     cached = None
     if store is not None:
-        cached = store.get(network, options, min_effort=0.0 if (cache_only or refine) else effort)
-        if cached is not None and not refine:
-            return cached if cached.dtype == dtype_name else replace(cached, dtype=dtype_name)
-        if cache_only:
+        found = store.lookup(network, options, min_effort=effort)
+        if found is not None:
+            cached, enough = found  # a plan short of the effort asked for still seeds the search
+            if (enough or cache_only) and not refine:
+                return cached if cached.dtype == dtype_name else replace(cached, dtype=dtype_name)
+        elif cache_only:
             raise PlanError(
                 f"no cached plan for this {network.num_tensors}-tensor network with {options.text()} in "
                 f"{store.path}; plan it where kahypar is installed, then `tnplan cache export` / `tnplan cache import`"
             )
-        if cached is None:
-            cached = store.get(network, options)  # any effort: the search starts from it
 
     if network.num_tensors > 3:
         from tnplan.optimal import kernel_ready
@@ -203,14 +203,7 @@ def plan(
     legs = leaf_legs(network)
     output = network.int_output
     sizes = [float(s) for s in network.int_sizes]
-    target = _size_target(network, memory_limit, max_size, itemsize)
-    if memory_limit is not None:
-        inputs = sum(math.prod(network.int_sizes[i] for i in t) for t in network.int_inputs)
-        if inputs * itemsize >= memory_limit:
-            raise PlanError(
-                f"memory_limit is {int(memory_limit)} bytes but the input tensors alone hold {inputs * itemsize} "
-                f"bytes of {np.dtype(dtype).name}; raise the limit (slicing only shrinks intermediates)"
-            )
+    target = size_target(network, memory_limit, max_size, dtype)
     seeds = [] if cached is None else [list(cached.ssa_path)]
     budgets = (search_deadline - start, search_deadline - time.perf_counter())  # (nominal, left)
     ssa, sliced, optimal, method, unsliced = _search_workers(
@@ -222,7 +215,7 @@ def plan(
         from tnplan.slicing import fits, slice_tree
 
         unsliced_flops = score_path(network, unsliced).flops
-        limit = None if memory_limit is None else int(memory_limit) // itemsize
+        limit = None if memory_limit is None else int(memory_limit) // item_bytes
         if not fits(network, ssa, sliced, memory_limit=limit, max_size=max_size):
             ssa, sliced = slice_tree(
                 network,
@@ -298,23 +291,28 @@ def _search_task(task: tuple):
     return legs_path_cost(legs, output, cut, ssa, minimize) * _n_slices(sizes, tuple(sliced)), result
 
 
-def _size_target(network: Network, memory_limit: int | None, max_size: int | None, itemsize: int) -> float | None:
-    """Largest intermediate the search should aim for under the caps (None when uncapped)."""
+def size_target(network: Network, memory_limit: int | None, max_size: int | None, dtype: str) -> float | None:
+    """Largest intermediate (elements) a search should aim for under the caps; None when uncapped.
+
+    Shared with the cotengra anchor, so that both planners aim at the same size under a memory limit.
+
+    Raises:
+        PlanError: If the input tensors alone do not fit in ``memory_limit`` (no slicing can help).
+    """
     if memory_limit is None and max_size is None:
         return None
     target = float(max_size) if max_size is not None else math.inf
     if memory_limit is not None:
+        item_bytes = itemsize(dtype)
         inputs = sum(math.prod(network.int_sizes[i] for i in t) for t in network.int_inputs)
+        if inputs * item_bytes >= memory_limit:
+            raise PlanError(
+                f"memory_limit is {int(memory_limit)} bytes but the input tensors alone hold {inputs * item_bytes} "
+                f"bytes of {np.dtype(dtype).name}; raise the limit (slicing only shrinks intermediates)"
+            )
         # A few intermediates are alive at once next to the inputs; aim at a third of what is left.
-        target = min(target, max(1.0, (memory_limit // itemsize - inputs) / 3.0))
+        target = min(target, max(1.0, (memory_limit // item_bytes - inputs) / 3.0))
     return target
-
-
-def _itemsize(dtype: str) -> int:
-    try:
-        return np.dtype(dtype).itemsize
-    except TypeError:
-        raise PlanError(f"unknown dtype {dtype!r}; use a numpy dtype name such as 'float32'") from None
 
 
 def _search(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import random
 import shutil
 import statistics
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import tnplan
 from tnplan.canonical import canonical
-from tnplan.examples import lattice_2d, mera, random_regular, ttn
+from tnplan.examples import lattice_2d, mera, random_regular, scrambled, ttn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import describe  # benchmarks/machine.py: one machine description
@@ -117,21 +116,6 @@ def fresh_process_ms(
         times.append(row["ms"])
         status = row["status"] + (" (searched!)" if row["searched"] else "")
     return statistics.median(times), times, status
-
-
-def scrambled(net: tnplan.Network, seed: int = 0) -> tnplan.Network:
-    """The same network with its tensors shuffled, indices shuffled within tensors and renamed."""
-    rng = random.Random(seed)
-    order = list(range(net.num_tensors))
-    rng.shuffle(order)
-    names = {lab: f"x{k}" for k, lab in enumerate(rng.sample(list(net.labels), len(net.labels)))}
-    inputs = []
-    for t in order:
-        term = list(net.inputs[t])
-        rng.shuffle(term)
-        inputs.append(tuple(names[x] for x in term))
-    sizes = {names[k]: v for k, v in net.size_dict.items()}
-    return tnplan.Network(tuple(inputs), tuple(names[x] for x in net.output), sizes)
 
 
 def main() -> None:
