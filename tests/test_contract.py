@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -98,3 +100,33 @@ def test_contract_rejects_wrong_arrays() -> None:
         p.contract(np.ones((2, 3)))
     with pytest.raises(tnplan.PlanError, match=r"array 1 has shape \(4, 3\)"):
         p.contract(np.ones((2, 3)), np.ones((4, 3)))
+
+
+def test_compiled_program_matches_einsum_and_fuses_legs_that_travel_together():
+    net = tnplan.Network.from_einsum("abcx,defx->adbecf", (2, 3, 4, 5), (6, 7, 8, 5))
+    prog = tnplan.plan(net).compile()
+    (step,) = prog.steps
+    assert step[2] == "ab,cb->ac"  # (a, b, c) and (d, e, f) each become one axis
+    rng = np.random.default_rng(0)
+    xs = [rng.random(s) for s in net.shapes]
+    np.testing.assert_allclose(prog(*xs), np.einsum("abcx,defx->adbecf", *xs))
+    again = pickle.loads(pickle.dumps(prog))
+    np.testing.assert_allclose(again(*xs), prog(*xs))
+
+
+def test_compiled_program_with_a_free_batch_axis_runs_any_batch_size():
+    net = tnplan.Network.from_einsum("bij,jk,kl->bil", (4, 3, 5), (5, 6), (6, 2))
+    prog = tnplan.plan(net).compile(free="b")
+    rng = np.random.default_rng(1)
+    for rows in (1, 4, 9):
+        xs = [rng.random((rows, 3, 5)), rng.random((5, 6)), rng.random((6, 2))]
+        np.testing.assert_allclose(prog(*xs), np.einsum("bij,jk,kl->bil", *xs))
+    with pytest.raises(tnplan.PlanError, match="free index 'z' is not in the network"):
+        tnplan.plan(net).compile(free="z")
+
+
+def test_a_sliced_plan_does_not_compile():
+    net = tnplan.Network.from_einsum("ab,bc,cd->ad", (8, 8), (8, 8), (8, 8))
+    sliced = tnplan.from_path(net, [(0, 1), (0, 1)], sliced=("b",))
+    with pytest.raises(tnplan.PlanError, match="sliced plan cannot be compiled"):
+        sliced.compile()

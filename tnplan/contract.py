@@ -9,7 +9,9 @@ are summed. Torch autograd differentiates through the whole loop.
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,6 +20,7 @@ from tnplan.cost import leaf_legs
 from tnplan.errors import PlanError
 
 if TYPE_CHECKING:
+    from tnplan.network import Label
     from tnplan.plan import Plan
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -42,7 +45,108 @@ def _einsum(eq: str, *ops: Any) -> Any:
 
 
 def _is_torch(x: Any) -> bool:
-    return type(x).__module__.startswith("torch")
+    # torch is never imported here: if the caller passes tensors, it is already loaded.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+@dataclass(frozen=True)
+class Program:
+    """An unsliced plan compiled to plain einsum equations, for calling again and again.
+
+    Holding only strings and integers, it pickles, and ``torch.compile`` / ``torch.export`` trace
+    it as a fixed sequence of reshapes and pairwise einsums. Within each step, legs that sit next
+    to each other in the same order on every operand and the result are fused into one (a free
+    reshape), so einsum permutes a few large axes instead of many small ones: a 16.7M-entry weight
+    built from two 4-leg halves is then a 4-d transpose, not an 8-d one.
+
+    Attributes:
+        shapes: The input shapes it expects, in order.
+        prepare: Per input, the equation reducing it to the legs the steps see, or ``None``.
+        steps: ``(left, right, equation, left_shape, right_shape, result_shape)`` per pairwise
+            step: positions in SSA numbering, the fused equation, the fused operand shapes and the
+            unfused result shape.
+        finish: ``(equation, fused input shape, output shape)`` putting the last intermediate into
+            output order.
+    """
+
+    shapes: tuple[tuple[int, ...], ...]
+    prepare: tuple[str | None, ...]
+    steps: tuple[tuple[int, int, str, tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...]
+    finish: tuple[str, tuple[int, ...], tuple[int, ...]]
+
+    def __call__(self, *arrays: Any) -> Any:
+        """Contract ``arrays`` (numpy or torch; autograd flows through)."""
+        if len(arrays) != len(self.shapes):
+            raise PlanError(f"program contracts {len(self.shapes)} tensor(s) but {len(arrays)} were given")
+        live = [a if eq is None else _einsum(eq, a) for a, eq in zip(arrays, self.prepare, strict=True)]
+        for a, b, eq, sa, sb, out in self.steps:
+            live.append(_einsum(eq, live[a].reshape(sa), live[b].reshape(sb)).reshape(out))
+        eq, shape, out = self.finish
+        return _einsum(eq, live[-1].reshape(shape)).reshape(out)
+
+
+def _fused(
+    terms: Sequence[Sequence[int]], out: Sequence[int], sizes: Sequence[int], free: int | None = None
+) -> tuple[str, list[tuple[int, ...]]]:
+    """The einsum equation over fused legs, and the fused shape of every term (output last).
+
+    Leg ``y`` joins the run of the leg ``x`` before it when every term holding either holds both,
+    with ``y`` right after ``x``. A fused axis holding the ``free`` leg gets size ``-1``.
+    """
+    all_terms = [tuple(t) for t in terms] + [tuple(out)]
+    holders: dict[int, set[int]] = {}
+    for k, t in enumerate(all_terms):
+        for i in t:
+            holders.setdefault(i, set()).add(k)
+    joins: set[int] = set()  # legs fused onto their predecessor
+    for i, ks in holders.items():
+        prev = {all_terms[k][all_terms[k].index(i) - 1] if all_terms[k].index(i) > 0 else None for k in ks}
+        if len(prev) == 1:
+            (p,) = prev
+            if p is not None and holders[p] == ks:
+                joins.add(i)
+    fused_terms, shapes = [], []
+    for t in all_terms:
+        heads = [i for i in t if i not in joins]
+        dims: list[int] = []
+        for i in t:
+            size = -(10**18) if i == free else sizes[i]  # any free axis product is negative
+            if i in joins:
+                dims[-1] *= size
+            else:
+                dims.append(size)
+        fused_terms.append(heads)
+        shapes.append(tuple(-1 if d < 0 else d for d in dims))
+    return _equation(fused_terms[:-1], fused_terms[-1]), shapes
+
+
+def compile_plan(plan: Plan, free: Label | None = None) -> Program:
+    """Compile an unsliced plan to a :class:`Program`; see :meth:`tnplan.plan.Plan.compile`."""
+    if plan.sliced:
+        raise PlanError("a sliced plan cannot be compiled to one einsum sequence; use plan.contract instead")
+    net = plan.network
+    ids = net.label_ids
+    if free is not None and free not in ids:
+        raise PlanError(f"free index {free!r} is not in the network")
+    fid = None if free is None else ids[free]
+    sizes = net.int_sizes
+
+    def shape(legs: Sequence[int]) -> tuple[int, ...]:
+        return tuple(-1 if i == fid else sizes[i] for i in legs)
+
+    full_terms = [[ids[lab] for lab in term] for term in net.inputs]
+    legs = leaf_legs(net)
+    prepare = tuple(None if list(t) == list(lg) else _equation([t], lg) for t, lg in zip(full_terms, legs, strict=True))
+    steps = []
+    for (a, b), st in zip(plan.ssa_path, plan.costs.steps, strict=True):
+        eq, (sa, sb, _) = _fused([st.legs_left, st.legs_right], st.legs_out, sizes, fid)
+        steps.append((a, b, eq, sa, sb, shape(st.legs_out)))
+    final = plan.costs.steps[-1].legs_out if steps else legs[0]
+    out = [ids[lab] for lab in net.output]
+    eq, (fused, _) = _fused([final], out, sizes, fid)
+    finish = (eq, fused, shape(out))
+    return Program(shapes=tuple(shape(t) for t in full_terms), prepare=prepare, steps=tuple(steps), finish=finish)
 
 
 def contract_plan(plan: Plan, arrays: Sequence[Any]) -> Any:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tnplan.cost import Costs, score_path, ssa_to_linear
 from tnplan.errors import NetworkError, PlanError
 from tnplan.network import Label, Network
+
+if TYPE_CHECKING:
+    from tnplan.contract import Program
 
 FORMAT = "tnplan.plan/1"
 
@@ -236,6 +239,21 @@ class Plan:
         from tnplan.contract import contract_plan
 
         return contract_plan(self, arrays)
+
+    def compile(self, free: Label | None = None) -> Program:
+        """This (unsliced) plan as a :class:`~tnplan.contract.Program` of einsum equations, the
+        form layers hold: picklable and traceable by ``torch.compile``.
+
+        Args:
+            free: An index whose size may differ at call time (a batch axis); the path stays the
+                one planned for the network's size.
+
+        Raises:
+            PlanError: If the plan is sliced or ``free`` is not an index of the network.
+        """
+        from tnplan.contract import compile_plan
+
+        return compile_plan(self, free)
 
 
 def from_path(

@@ -1,0 +1,389 @@
+"""``Generator``: the torch module that turns a :class:`~adntn.graph.Graph` into a weight.
+
+Segments of identical structure at one level form a *group* that runs as one batched contraction:
+their cores are stacked into one ``nn.Parameter`` with a leading member axis, and the group's
+network carries that axis as a hyperedge on every operand. Every group network (and the streaming
+network of the last segment) is planned once, at construction, through the tnplan plan cache; the
+module keeps only the compiled einsum programs, so ``forward`` never plans and ``state_dict``,
+``.to()``, pickling, ``torch.compile`` and ``torch.export`` see plain parameters and constants.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+import tnplan
+from adntn import activations
+from adntn.errors import AdntnError
+from adntn.graph import Graph, Node
+from tnplan.contract import Program
+
+BATCH = "_n"  # the member axis of a batched group
+ROWS = "_b"  # the batch axis of a streamed input
+STREAM_BUCKETS = (1, 8, 64, 512, 4096)  # batch sizes the streaming network is planned for
+
+
+@dataclass(frozen=True)
+class Operand:
+    """Where one operand of a group comes from.
+
+    Attributes:
+        kind: ``"core"`` (a parameter of this group) or ``"node"`` (an earlier group's output).
+        key: The parameter name, or the source group's index.
+        index: For a node operand: ``None`` (the source's whole output, shared by all members),
+            an ``int`` (one member of the source), a ``slice`` or a tuple of member indices.
+        batched: Whether the operand carries the member axis.
+    """
+
+    kind: str
+    key: str | int
+    index: Any = None
+    batched: bool = False
+
+
+@dataclass(frozen=True)
+class Group:
+    """Segments of identical structure run as one contraction, then one activation.
+
+    Attributes:
+        name: Readable name (role and level of the members).
+        members: Names of the segment nodes, in member order.
+        operands: One :class:`Operand` per network tensor.
+        network: The planned network (member axis ``_n`` when more than one member).
+        program: The compiled contraction.
+        activation: Applied to the result.
+        out_shape: Shape of one member's result (without the member axis).
+        labels: Labels of the template member's operands, then its output (for adjoints and streaming).
+        cache: The plan cache status when it was planned.
+        flops: The plan's flops.
+    """
+
+    name: str
+    members: tuple[str, ...]
+    operands: tuple[Operand, ...]
+    network: tnplan.Network
+    program: Program
+    activation: str | Callable
+    out_shape: tuple[int, ...]
+    labels: tuple[tuple[str, ...], ...]
+    cache: str
+    flops: int
+
+    @property
+    def size(self) -> int:
+        """Number of members."""
+        return len(self.members)
+
+
+class Generator(nn.Module):
+    """Produces a weight from small trainable cores through a planned nonlinear tensor network.
+
+    Subclasses (:class:`~adntn.generators.TTNGenerator`, ...) build the :class:`Graph`; this class
+    groups, plans, initialises and runs it.
+
+    Args:
+        graph: The architecture.
+        out_features: Rows of the weight (the generated rows beyond it are padding, trimmed).
+        in_features: Columns of the weight.
+        fan_in: Fan-in for the init scale (``in_features`` for a linear layer, ``in * kh * kw`` for a conv).
+        cache: The plan cache (``True`` for the default file, a path, a ``PlanCache`` or ``False``).
+        cache_only: Never search: load every plan from the cache or raise.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        out_features: int,
+        in_features: int,
+        *,
+        fan_in: int | None = None,
+        cache: Any = True,
+        cache_only: bool = False,
+    ) -> None:
+        super().__init__()
+        graph.check()
+        self.out_features = out_features
+        self.in_features = in_features
+        self.out_padded = math.prod(graph.sizes[x] for x in graph.out_legs)
+        self.in_padded = math.prod(graph.sizes[x] for x in graph.in_legs)
+        self.out_legs = graph.out_legs
+        self.in_legs = graph.in_legs
+        self.sizes = dict(graph.sizes)
+        self.cores = nn.ParameterDict()
+        self._plan_kwargs = {"cache": cache, "cache_only": cache_only}
+        self.groups: tuple[Group, ...] = tuple(self._build_groups(graph))
+        self.stream_programs: dict[int, Program] = {}
+        self.stream_flops: dict[int, int] = {}
+        self.stream_cache: dict[int, str] = {}
+        self._stream_paths: dict[int, tuple] = {}
+        if self.streamable:
+            for rows in STREAM_BUCKETS:
+                self._plan_stream(rows)
+        self.fan_in = fan_in or in_features
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ structure
+
+    def _build_groups(self, graph: Graph) -> list[Group]:
+        segments = graph.segments()
+        seg_of = {s.name: s for s in segments}
+        height: dict[str, int] = {}
+        provisional: dict[str, int] = {}  # segment -> its signature's number, in order of appearance
+        numbers: dict[tuple, int] = {}
+        members: list[list[Node]] = []
+        for s in segments:
+            height[s.name] = 1 + max((height[o] for o in s.operands if o in seg_of), default=0)
+            sig = self._signature(graph, s, height[s.name], provisional, seg_of)
+            if sig not in numbers:
+                numbers[sig] = len(numbers)
+                members.append([])
+            provisional[s.name] = numbers[sig]
+            members[numbers[sig]].append(s)
+        # Members of one group never depend on each other (their sources sit lower), so running the
+        # groups by height, then by first appearance, respects every dependency.
+        order = sorted(range(len(members)), key=lambda k: (height[members[k][0].name], k))
+        where: dict[str, tuple[int, int]] = {}
+        groups: list[Group] = []
+        for gi, k in enumerate(order):
+            for m, s in enumerate(members[k]):
+                where[s.name] = (gi, m)
+            groups.append(self._make_group(graph, gi, members[k], where, seg_of))
+        return groups
+
+    @staticmethod
+    def _signature(graph: Graph, s: Node, h: int, provisional: dict[str, int], seg_of: dict) -> tuple:
+        """Structure up to relabelling: segments with equal signatures run as one batched group."""
+        rename: dict[str, int] = {}
+        parts = []
+        for op in s.operands:
+            labels = graph.labels_of(op)
+            norm = tuple(rename.setdefault(x, len(rename)) for x in labels)
+            shape = tuple(graph.sizes[x] for x in labels)
+            source = ("node", provisional[op]) if op in seg_of else ("core", graph.cores[op].role)
+            parts.append((source, norm, shape))
+        out = tuple(rename.setdefault(x, len(rename)) for x in s.labels)
+        act = s.activation if isinstance(s.activation, str) else id(s.activation)
+        return (h, act, s.level, tuple(parts), out, tuple(graph.sizes[x] for x in s.labels))
+
+    def _make_group(self, graph: Graph, gi: int, members: list[Node], where: dict, seg_of: dict) -> Group:
+        n = len(members)
+        template = members[0]
+        rename: dict[str, str] = {}
+
+        def norm(labels: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(rename.setdefault(x, f"x{len(rename)}") for x in labels)
+
+        inputs: list[tuple[str, ...]] = []
+        operands: list[Operand] = []
+        labels: list[tuple[str, ...]] = []
+        roles: list[str] = []
+        for j, op in enumerate(template.operands):
+            lab = norm(graph.labels_of(op))
+            labels.append(graph.labels_of(op))
+            if op in seg_of:
+                src = [where[m.operands[j]] for m in members]
+                groups = {g for g, _ in src}
+                if len(groups) != 1:
+                    raise AdntnError(f"internal: group {template.name} takes operand {j} from several groups")
+                sg = src[0][0]
+                idx = [k for _, k in src]
+                if n == 1 or len(set(idx)) == 1:
+                    operands.append(Operand("node", sg, idx[0], False))
+                    inputs.append(lab)
+                else:
+                    step = idx[1] - idx[0]
+                    if step > 0 and all(b - a == step for a, b in itertools.pairwise(idx)):
+                        index: Any = slice(idx[0], idx[-1] + 1, step)
+                    else:
+                        index = tuple(idx)
+                    operands.append(Operand("node", sg, index, True))
+                    inputs.append((BATCH, *lab))
+            else:
+                core = graph.cores[op]
+                key = f"g{gi}_{core.role}{j}"
+                shape = tuple(graph.sizes[x] for x in core.labels)
+                self.cores[key] = nn.Parameter(torch.empty((n, *shape) if n > 1 else shape))
+                operands.append(Operand("core", key, None, n > 1))
+                inputs.append((BATCH, *lab) if n > 1 else lab)
+                roles.append(core.role)
+        out_labels = norm(template.labels)
+        output = (BATCH, *out_labels) if n > 1 else out_labels
+        sizes = {f"x{i}": 0 for i in range(len(rename))}
+        for orig, new in rename.items():
+            sizes[new] = graph.sizes[orig]
+        sizes[BATCH] = n
+        net = tnplan.Network(inputs, output, sizes)
+        plan = tnplan.plan(net, **self._plan_kwargs)
+        out_shape = tuple(graph.sizes[x] for x in template.labels)
+        name = "+".join(sorted(set(roles))) + f"@{template.level}" + (f" x{n}" if n > 1 else "")
+        return Group(
+            name=name,
+            members=tuple(m.name for m in members),
+            operands=tuple(operands),
+            network=net,
+            program=plan.compile(),
+            activation=template.activation,
+            out_shape=out_shape,
+            labels=(*labels, tuple(template.labels)),
+            cache=plan.cache_status,
+            flops=plan.flops,
+        )
+
+    @property
+    def streamable(self) -> bool:
+        """Whether ``x @ W.T`` can be contracted through the last segment (no activation after it)."""
+        last = self.groups[-1]
+        return last.size == 1 and activations.is_identity(last.activation)
+
+    def _stream_network(self, rows: int) -> tnplan.Network:
+        last = self.groups[-1]
+        base = last.network
+        ids = dict(zip(last.labels[-1], base.output, strict=True))
+        x_labels = (ROWS, *(ids[leg] for leg in self.in_legs))
+        output = (ROWS, *(ids[leg] for leg in self.out_legs))
+        sizes = dict(base.size_dict)
+        sizes[ROWS] = rows
+        return tnplan.Network([*base.inputs, x_labels], output, sizes)
+
+    def _plan_stream(self, rows: int) -> None:
+        plan = tnplan.plan(self._stream_network(rows), **self._plan_kwargs)
+        self.stream_programs[rows] = plan.compile(free=ROWS)
+        self.stream_flops[rows] = plan.flops
+        self._stream_paths[rows] = plan.ssa_path
+        self.stream_cache[rows] = plan.cache_status
+
+    # ------------------------------------------------------------------ execution
+
+    def _operand(self, op: Operand, outputs: list[torch.Tensor]) -> torch.Tensor:
+        if op.kind == "core":
+            return self.cores[op.key]
+        src = outputs[op.key]
+        if self.groups[op.key].size == 1:
+            return src
+        if isinstance(op.index, tuple):
+            return torch.stack([src[i] for i in op.index])
+        return src[op.index]
+
+    def run_groups(self, upto: int | None = None, *, keep_preactivations: bool = False) -> list[Any]:
+        """Run groups ``0..upto-1`` (all by default); returns their activated outputs (and pre-activations)."""
+        outputs: list[torch.Tensor] = []
+        pre: list[torch.Tensor] = []
+        end = len(self.groups) if upto is None else upto
+        for g in self.groups[:end]:
+            z = g.program(*(self._operand(op, outputs) for op in g.operands))
+            pre.append(z)
+            outputs.append(activations.apply(g.activation, z))
+        return [outputs, pre] if keep_preactivations else outputs
+
+    def forward(self) -> torch.Tensor:
+        """The weight, ``(out_features, in_features)`` (padding trimmed)."""
+        w = self.run_groups()[-1].reshape(self.out_padded, self.in_padded)
+        if w.shape != (self.out_features, self.in_features):
+            w = w[: self.out_features, : self.in_features]
+        return w
+
+    def stream(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ W.T`` for ``x`` of shape ``(rows, in_features)``, without building ``W``."""
+        if not self.streamable:
+            raise AdntnError(
+                "this generator's last segment ends in an activation, so it cannot stream; use materialize"
+            )
+        rows = x.shape[0]
+        bucket = self.stream_bucket(rows)
+        if self.in_padded != self.in_features:
+            x = torch.nn.functional.pad(x, (0, self.in_padded - self.in_features))
+        xs = x.reshape(rows, *(self.sizes[leg] for leg in self.in_legs))
+        last = self.groups[-1]
+        outputs = self.run_groups(len(self.groups) - 1)
+        ops = [self._operand(op, outputs) for op in last.operands]
+        y = self.stream_programs[bucket](*ops, xs).reshape(rows, self.out_padded)
+        return y[:, : self.out_features] if self.out_padded != self.out_features else y
+
+    @staticmethod
+    def stream_bucket(rows: int) -> int:
+        """The planned batch size closest to ``rows`` on a log scale (the path is valid for any)."""
+        return min(STREAM_BUCKETS, key=lambda b: (abs(math.log(max(rows, 1) / b)), b))
+
+    # ------------------------------------------------------------------ costs
+
+    def materialize_flops(self, rows: int) -> int:
+        """Flops of building ``W`` and multiplying ``rows`` inputs by it (tnplan's convention)."""
+        sizes = {"b": rows, "i": self.in_padded, "o": self.out_padded}
+        mm = tnplan.Network([("b", "i"), ("o", "i")], ("b", "o"), sizes)
+        return sum(g.flops for g in self.groups) + tnplan.score_path(mm, [(0, 1)]).flops
+
+    def stream_flops_at(self, rows: int) -> int:
+        """Flops of streaming ``rows`` inputs: every group but the last, then the streaming network
+        along the path planned for the nearest bucket."""
+        path = self._stream_paths[self.stream_bucket(rows)]
+        streamed = tnplan.score_path(self._stream_network(rows), list(path)).flops
+        return sum(g.flops for g in self.groups[:-1]) + streamed
+
+    # ------------------------------------------------------------------ init and reporting
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Random cores, rescaled member by member so every pre-activation has unit spread and the
+        weight has the standard deviation of ``nn.Linear``'s Kaiming-uniform init.
+
+        The generator has no data dependence, so the scale of each node can be measured exactly at
+        init instead of assumed; deep nonlinear trees then neither vanish nor explode. Each node's
+        sign is also chosen so that most of its pre-activations are positive: a small node whose
+        entries all fall below zero would make a ReLU output zero, and a product with a zero child
+        is zero, so one dead node would zero the whole weight.
+        """
+        for p in self.cores.values():
+            p.normal_()
+        target = 1.0 / math.sqrt(3.0 * self.fan_in)
+        outputs: list[torch.Tensor] = []
+        for gi, g in enumerate(self.groups):
+            z = g.program(*(self._operand(op, outputs) for op in g.operands))
+            key = next(op.key for op in g.operands if op.kind == "core")
+            if gi == len(self.groups) - 1:
+                w = z.reshape(self.out_padded, self.in_padded)[: self.out_features, : self.in_features]
+                scale = target / _spread(w)
+                self.cores[key].mul_(scale)
+                z = z * scale
+            else:
+                per = z.reshape(g.size, -1)  # one row per member
+                sign = torch.where((per > 0).to(per.dtype).mean(1) < 0.5, -1.0, 1.0).to(per.dtype)
+                scale = sign / torch.stack([_spread(row) for row in per])
+                shape = (g.size,) + (1,) * (self.cores[key].dim() - 1)
+                self.cores[key].mul_(scale.reshape(shape) if g.size > 1 else scale[0])
+                z = z * (scale.reshape((g.size,) + (1,) * (z.dim() - 1)) if g.size > 1 else scale[0])
+            outputs.append(activations.apply(g.activation, z))
+
+    def num_parameters(self) -> int:
+        """Trainable numbers in the cores."""
+        return sum(p.numel() for p in self.cores.values())
+
+    def plan_report(self) -> list[dict[str, Any]]:
+        """One row per planned network: group, members, tensors, flops, cache status."""
+        rows = [
+            {"network": g.name, "members": g.size, "tensors": g.network.num_tensors, "flops": g.flops, "cache": g.cache}
+            for g in self.groups
+        ]
+        for b in sorted(self.stream_programs):
+            rows.append(
+                {
+                    "network": f"stream@rows={b}",
+                    "members": 1,
+                    "tensors": self.groups[-1].network.num_tensors + 1,
+                    "flops": self.stream_flops[b],
+                    "cache": self.stream_cache[b],
+                }
+            )
+        return rows
+
+
+def _spread(t: torch.Tensor) -> torch.Tensor:
+    """Standard deviation (the magnitude for a single entry), never zero or non-finite."""
+    s = t.std() if t.numel() > 1 else t.abs().reshape(())
+    return torch.where(torch.isfinite(s) & (s > 0), s, torch.ones_like(s))

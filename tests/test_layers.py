@@ -1,0 +1,210 @@
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional
+
+import adntn
+import tnplan
+from adntn import AdntnError, TNConv2d, TNLinear, compress
+from adntn.generator import STREAM_BUCKETS
+
+STREAMABLE = [
+    ("ttn", {"bond_dim": 3, "n_factors": 3}),
+    ("attn", {"bond_dim": 3, "n_factors": 4, "disentangle_legs": "both"}),
+    ("mera", {"bond_dim": 3, "n_factors": 4, "activation": "tanh"}),
+]
+
+
+@pytest.mark.parametrize(("arch", "kwargs"), STREAMABLE)
+def test_stream_and_materialize_agree_on_outputs_and_gradients(arch, kwargs):
+    torch.manual_seed(0)
+    layer = TNLinear(30, 20, arch, mode="materialize", **kwargs).double()  # 30 and 20 pad to the factors
+    x = torch.randn(7, 30, dtype=torch.float64, requires_grad=True)
+    results = []
+    for mode in ("materialize", "stream"):
+        layer.mode = mode
+        layer.zero_grad()
+        x.grad = None
+        y = layer(x)
+        (y * torch.arange(y.numel(), dtype=y.dtype).reshape(y.shape).cos()).sum().backward()
+        results.append((y.detach(), x.grad.clone(), {k: p.grad.clone() for k, p in layer.named_parameters()}))
+    (y0, gx0, gp0), (y1, gx1, gp1) = results
+    torch.testing.assert_close(y0, y1, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(gx0, gx1, rtol=1e-10, atol=1e-12)
+    for k in gp0:
+        torch.testing.assert_close(gp0[k], gp1[k], rtol=1e-10, atol=1e-12)
+
+
+def test_leading_dimensions_are_kept_like_nn_linear():
+    layer = TNLinear(16, 12, bond_dim=2, n_factors=2, mode="stream")
+    x = torch.randn(2, 3, 16)
+    assert layer(x).shape == (2, 3, 12)
+    torch.testing.assert_close(layer(x), functional.linear(x, layer.generate_weight(), layer.bias))
+
+
+def test_auto_mode_follows_the_planned_costs():
+    layer = TNLinear(4096, 4096, "ttn", bond_dim=8)
+    gen = layer.generator
+    for b in STREAM_BUCKETS:
+        assert layer.uses_stream(b) == (gen.stream_flops_at(b) < gen.materialize_flops(b))
+    assert layer.uses_stream(1)  # one sample through the root segment beats building 16.7M weights
+    assert layer.compression_ratio() >= 2000
+
+
+def test_auto_mode_materialises_when_the_last_segment_is_not_linear():
+    layer = TNLinear(16, 16, "ttn", bond_dim=2, n_factors=2, root_activation="tanh")
+    assert not layer.generator.streamable and not layer.uses_stream(1)
+    with pytest.raises(AdntnError, match="mode='stream' needs a linear last segment"):
+        TNLinear(16, 16, "ttn", bond_dim=2, n_factors=2, root_activation="tanh", mode="stream")
+
+
+def test_forward_and_backward_never_call_the_planner(monkeypatch):
+    layer = TNLinear(64, 64, "attn", bond_dim=2, n_factors=3)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("planner called during forward")
+
+    monkeypatch.setattr(tnplan, "plan", forbidden)
+    monkeypatch.setattr(tnplan.planner, "plan", forbidden)
+    for mode in ("materialize", "stream"):
+        layer.mode = mode
+        layer(torch.randn(5, 64)).sum().backward()
+
+
+def test_segments_are_planned_once_per_shape_then_hit_the_cache(tmp_path):
+    cache = tnplan.PlanCache(tmp_path / "plans.sqlite")
+    first = TNLinear(64, 64, "mera", bond_dim=2, n_factors=4, cache=cache)
+    second = TNLinear(64, 64, "mera", bond_dim=2, n_factors=4, cache=cache)
+    before = [r["cache"] for r in first.generator.plan_report()]
+    after = [r["cache"] for r in second.generator.plan_report()]
+    assert "miss" in before
+    assert all(s in ("hit", "off") for s in after)
+    assert [s == "off" for s in before] == [s == "off" for s in after]
+
+
+def test_cache_only_refuses_to_plan(tmp_path):
+    with pytest.raises(tnplan.PlanError, match="cache_only"):
+        TNLinear(
+            64, 64, "mera", bond_dim=2, n_factors=4, cache=tnplan.PlanCache(tmp_path / "empty.sqlite"), cache_only=True
+        )
+
+
+def test_state_dict_pickle_and_dtype_round_trips():
+    torch.manual_seed(2)
+    layer = TNLinear(32, 24, "attn", bond_dim=2)
+    x = torch.randn(4, 32)
+    other = TNLinear(32, 24, "attn", bond_dim=2)
+    other.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(other(x), layer(x))
+    clone = pickle.loads(pickle.dumps(layer))
+    torch.testing.assert_close(clone(x), layer(x))
+    buf = io.BytesIO()
+    torch.save(layer, buf)
+    buf.seek(0)
+    torch.testing.assert_close(torch.load(buf, weights_only=False)(x), layer(x))
+    double = copy.deepcopy(layer).double()
+    assert all(p.dtype == torch.float64 for p in double.parameters())
+    torch.testing.assert_close(double(x.double()).float(), layer(x), rtol=1e-5, atol=1e-6)
+    moved = copy.deepcopy(layer).to("cpu", torch.float64)
+    assert moved.generator.cores[next(iter(moved.generator.cores))].dtype == torch.float64
+
+
+@pytest.mark.parametrize("mode", ["materialize", "stream"])
+def test_torch_compile_and_export(mode):
+    torch.manual_seed(3)
+    layer = TNLinear(32, 24, "ttn", bond_dim=2, mode=mode)
+    x = torch.randn(4, 32)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), layer(x))
+    exported = torch.export.export(layer, (x,))
+    torch.testing.assert_close(exported.module()(x), layer(x))
+
+
+def test_conv_is_a_drop_in_for_nn_conv2d():
+    torch.manual_seed(4)
+    conv = TNConv2d(3, 8, 3, stride=2, padding=1, dilation=1, arch="ttn", bond_dim=2)
+    ref = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+    x = torch.randn(2, 3, 9, 9)
+    assert conv(x).shape == ref(x).shape
+    assert conv.generate_weight().shape == ref.weight.shape
+    torch.testing.assert_close(conv(x), functional.conv2d(x, conv.generate_weight(), conv.bias, 2, 1))
+    assert conv.compression_ratio() == pytest.approx(8 * 27 / conv.generator.num_parameters())
+    with pytest.raises(AdntnError, match="always builds its kernel"):
+        TNConv2d(3, 8, 3, mode="stream")
+    with pytest.raises(AdntnError, match=r"expects \(N, 3, H, W\)"):
+        conv(torch.randn(2, 4, 9, 9))
+
+
+def test_from_linear_fits_a_representable_weight_and_reports_the_error():
+    torch.manual_seed(5)
+    teacher = TNLinear(16, 16, "ttn", bond_dim=2, n_factors=2, bias=True)
+    dense = nn.Linear(16, 16)
+    with torch.no_grad():
+        dense.weight.copy_(teacher.generate_weight())
+    fitted = TNLinear.from_linear(dense, "ttn", bond_dim=2, n_factors=2, steps=400, lr=0.05)
+    w = fitted.generate_weight().detach()
+    actual = float((w - dense.weight.detach()).norm() / dense.weight.detach().norm())
+    assert fitted.fit_error == pytest.approx(actual, rel=1e-5)
+    assert fitted.fit_error < 0.05
+    torch.testing.assert_close(fitted.bias, dense.bias)
+    again = TNLinear.from_linear(dense, "ttn", bond_dim=2, n_factors=2, steps=400, lr=0.05)
+    assert again.fit_error == fitted.fit_error  # deterministic for a seed
+
+
+def test_from_conv_copies_geometry_and_bias():
+    dense = nn.Conv2d(2, 4, (3, 2), stride=(1, 2), padding=(1, 0))
+    fitted = TNConv2d.from_conv(dense, "ttn", bond_dim=2, steps=50)
+    assert (fitted.stride, fitted.padding, fitted.kernel_size) == ((1, 2), (1, 0), (3, 2))
+    torch.testing.assert_close(fitted.bias, dense.bias)
+    assert 0 < fitted.fit_error < 1.5
+
+
+def test_compress_replaces_named_layers_and_reports_ratios():
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10), nn.Conv2d(3, 8, 3))
+    report = compress(model, {"0": "ttn:bond=2", "2": {"arch": "mera", "bond_dim": 2}, "3": "attn:bond=2"})
+    assert isinstance(model[0], TNLinear) and isinstance(model[2], TNLinear) and isinstance(model[3], TNConv2d)
+    assert [r["layer"] for r in report.rows] == ["0", "2", "3"]
+    for r, idx in zip(report.rows, (0, 2, 3), strict=True):
+        assert r["dense_params"] == model[idx].dense_weight_numel()
+        assert r["compression"] == pytest.approx(r["dense_params"] / r["generator_params"])
+    assert "| 0 | linear | ttn |" in report.to_markdown()
+    assert model[:3](torch.randn(3, 64)).shape == (3, 10)
+
+
+def test_compress_with_globs_and_fit():
+    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16), nn.ReLU())
+    report = compress(model, {"*": "ttn:bond=2:steps=20"}, fit=True)
+    assert len(report.rows) == 2 and all(r["fit_error"] is not None for r in report.rows)
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ({"fc9": "ttn"}, "rule 'fc9' matches no layer; layers that can be compressed: 0, 2"),
+        ({"1": "ttn"}, "layer '1' is a ReLU"),
+        ({"0": "ttn:bond"}, "bad option 'bond'"),
+        ({"0": "ttn:bond=x"}, "must be an integer"),
+        ({"0": "cp:bond=2"}, "unknown architecture 'cp'"),
+    ],
+)
+def test_compress_rejects_bad_rules(rules, message):
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    with pytest.raises(AdntnError, match=message):
+        compress(model, rules)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"mode": "fast"}, "unknown mode 'fast'"), ({"bond_dim": -1}, "bond_dim must be a positive integer")],
+)
+def test_bad_layer_configuration(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TNLinear(16, 16, **kwargs)
+    with pytest.raises(AdntnError, match="last dimension 16"):
+        TNLinear(16, 16, bond_dim=2)(torch.randn(2, 15))
+    assert adntn.TNLinear is TNLinear
