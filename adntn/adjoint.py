@@ -89,7 +89,8 @@ def core_gradients(generator: Generator, grad_weight: torch.Tensor) -> dict[str,
 def _scatter(adj_out: list[Any], generator: Generator, op: Any, env: torch.Tensor) -> None:
     src = op.key
     if adj_out[src] is None:
-        adj_out[src] = torch.zeros((generator.groups[src].size, *generator.groups[src].out_shape), dtype=env.dtype)
+        shape = (generator.groups[src].size, *generator.groups[src].out_shape)
+        adj_out[src] = torch.zeros(shape, dtype=env.dtype, device=env.device)
         if generator.groups[src].size == 1:
             adj_out[src] = adj_out[src][0]
     if generator.groups[src].size == 1:

@@ -335,7 +335,7 @@ class Generator(nn.Module):
 
         The generator has no data dependence, so the scale of each node can be measured exactly at
         init instead of assumed; deep nonlinear trees then neither vanish nor explode. Each node's
-        sign is also chosen so that most of its pre-activations are positive: a small node whose
+        sign is also chosen so that it has more positive than negative pre-activations: a small node whose
         entries all fall below zero would make a ReLU output zero, and a product with a zero child
         is zero, so one dead node would zero the whole weight.
         """
@@ -345,19 +345,25 @@ class Generator(nn.Module):
         outputs: list[torch.Tensor] = []
         for gi, g in enumerate(self.groups):
             z = g.program(*(self._operand(op, outputs) for op in g.operands))
-            key = next(op.key for op in g.operands if op.kind == "core")
+            keys = [op.key for op in g.operands if op.kind == "core"]
             if gi == len(self.groups) - 1:
                 w = z.reshape(self.out_padded, self.in_padded)[: self.out_features, : self.in_features]
-                scale = target / _spread(w)
-                self.cores[key].mul_(scale)
-                z = z * scale
+                scale = (target / _spread(w)).reshape(1)
+                sign = torch.ones_like(scale)
             else:
                 per = z.reshape(g.size, -1)  # one row per member
-                sign = torch.where((per > 0).to(per.dtype).mean(1) < 0.5, -1.0, 1.0).to(per.dtype)
-                scale = sign / torch.stack([_spread(row) for row in per])
-                shape = (g.size,) + (1,) * (self.cores[key].dim() - 1)
-                self.cores[key].mul_(scale.reshape(shape) if g.size > 1 else scale[0])
-                z = z * (scale.reshape((g.size,) + (1,) * (z.dim() - 1)) if g.size > 1 else scale[0])
+                flip = (per > 0).sum(1) < (per < 0).sum(1)  # ReLU children give exact zeros: count both signs
+                sign = torch.where(flip, -1.0, 1.0).to(per.dtype)
+                scale = 1.0 / torch.stack([_spread(row) for row in per])
+            # The segment is linear in each core: share the rescale evenly among them, so no single
+            # core ends up orders of magnitude smaller than the rest (and takes huge gradient steps).
+            share = scale ** (1.0 / len(keys))
+            for k, key in enumerate(keys):
+                f = share * sign if k == 0 else share
+                p = self.cores[key]
+                p.mul_(f.reshape((g.size,) + (1,) * (p.dim() - 1)) if g.size > 1 else f[0])
+            total = scale * sign
+            z = z * (total.reshape((g.size,) + (1,) * (z.dim() - 1)) if g.size > 1 else total[0])
             outputs.append(activations.apply(g.activation, z))
 
     def num_parameters(self) -> int:

@@ -1,5 +1,11 @@
 """The architectures: TTN, augmented TTN (aTTN) and MERA weight generators.
 
+The default activation is ``tanh``. With ReLU or GELU every child tensor is mostly positive, so the
+generated weight is dominated by the product of the children's means: a near-constant, low-rank
+matrix that maps every input to almost the same output. An AlexNet on the digits with ReLU
+generators in fc6/fc7 stays at chance for 60 Adam steps while the same model with tanh generators
+reaches a loss of 0.05 (measured when this default was chosen); ReLU remains available.
+
 Each builder describes its architecture as a :class:`~adntn.graph.Graph`; :class:`Generator` plans
 and runs it. ``docs/generators.md`` gives the forward contraction and the adjoints of each.
 """
@@ -19,6 +25,7 @@ from adntn.tensorize import Tensorization, tensorize
 
 PerLevel = activations.Activation | Sequence[activations.Activation]
 DISENTANGLE_LEGS = ("out", "in", "both")
+MIN_LEGS = 4
 
 
 def _positive(name: str, value: Any) -> int:
@@ -117,7 +124,7 @@ def ttn_graph(
     bond_dim: int,
     *,
     arity: int = 2,
-    activation: PerLevel = "relu",
+    activation: PerLevel = "tanh",
     root_activation: activations.Activation = "identity",
     lateral: bool = False,
     disentangle: Sequence[int | str] = (),
@@ -207,7 +214,7 @@ def mera_graph(
     t: Tensorization,
     bond_dim: int,
     *,
-    activation: PerLevel = "relu",
+    activation: PerLevel = "tanh",
     activation_every: int = 1,
     lateral: bool = False,
 ) -> Graph:
@@ -266,16 +273,12 @@ def _tensorization(
 ) -> Tensorization:
     _positive("out_features", out_features)
     _positive("in_features", in_features)
-    if (
-        power_of_two
-        and tens.get("n_factors") is None
-        and tens.get("out_factors") is None
-        and tens.get("in_factors") is None
-    ):
-        t = tensorize(out_features, in_features, grouping=tens.get("grouping", "pair"))
-        k = len(t.out_factors)
-        if k & (k - 1):  # the MERA doubles its legs per layer: take the nearest power of two
-            tens = {**tens, "n_factors": 1 << round(math.log2(k))}
+    if all(tens.get(k) is None for k in ("n_factors", "out_factors", "in_factors")):
+        # At least 4 legs per dimension, so even a small layer gets a nonlinear level.
+        k = max(MIN_LEGS, len(tensorize(out_features, in_features).out_factors))
+        if power_of_two and k & (k - 1):  # the MERA doubles its legs per layer: take the nearest power of two
+            k = 1 << round(math.log2(k))
+        tens = {**tens, "n_factors": k}
     return tensorize(out_features, in_features, **tens)
 
 
@@ -310,7 +313,7 @@ class TTNGenerator(_Configured):
         *,
         bond_dim: int = 8,
         arity: int = 2,
-        activation: PerLevel = "relu",
+        activation: PerLevel = "tanh",
         root_activation: activations.Activation = "identity",
         lateral: bool = False,
         n_factors: int | None = None,
@@ -400,7 +403,7 @@ class MERAGenerator(_Configured):
         in_features: int,
         *,
         bond_dim: int = 4,
-        activation: PerLevel = "relu",
+        activation: PerLevel = "tanh",
         activation_every: int = 1,
         lateral: bool = False,
         n_factors: int | None = None,

@@ -1,0 +1,234 @@
+"""Data sets for the training workflow: IDX (MNIST, Fashion-MNIST), CIFAR-10 pickles, 8x8 digits.
+
+Every loader returns a :class:`Split` of float images ``(N, C, H, W)`` scaled to ``[0, 1]`` and int64
+labels. Files are looked up in the directory given, then in the system location (the Debian package
+``dataset-fashion-mnist`` installs ``/usr/share/datasets/fashion-mnist/``), then downloaded from the
+data set's official source when the machine is online; otherwise the error says how to get them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+import tarfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adntn.errors import AdntnError
+
+DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10")
+SYSTEM_DIRS = {
+    "fashion-mnist": Path("/usr/share/datasets/fashion-mnist"),
+    "mnist": Path("/usr/share/datasets/mnist"),
+    "cifar10": Path("/usr/share/datasets/cifar10"),
+}
+SOURCES = {
+    "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+}
+HOW_TO_GET = {
+    "fashion-mnist": (
+        "install it with `apt-get install dataset-fashion-mnist` or put the four *-idx?-ubyte(.gz) files in DIR"
+    ),
+    "mnist": "put the four MNIST *-idx?-ubyte(.gz) files (train-images-idx3-ubyte, ...) in DIR",
+    "cifar10": "unpack cifar-10-python.tar.gz so that DIR/cifar-10-batches-py/data_batch_1 exists",
+}
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IDX_TYPES = {0x08: np.uint8}
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a data set.
+
+    Attributes:
+        images: ``(N, C, H, W)`` float32 in ``[0, 1]``.
+        labels: ``(N,)`` int64.
+        classes: Number of classes.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped) into an array.
+
+    Raises:
+        AdntnError: If the file is not a well-formed unsigned-byte IDX file.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as exc:
+        raise AdntnError(f"cannot read IDX file {path}: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise AdntnError(f"{path} is not an IDX file (bad magic number)")
+    kind, ndim = raw[2], raw[3]
+    if kind not in _IDX_TYPES:
+        raise AdntnError(f"{path}: IDX element type 0x{kind:02x} is not supported (only unsigned bytes)")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise AdntnError(f"{path} is truncated inside its header")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = int(np.prod(dims)) if dims else 1
+    if len(raw) - header != expected:
+        raise AdntnError(
+            f"{path} holds {len(raw) - header} data bytes but its header promises {expected} for shape {dims}"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def load_idx_split(directory: str | Path, split: str) -> Split:
+    """A train or test split from the four IDX files in ``directory``.
+
+    Raises:
+        AdntnError: On missing, corrupt or mismatched files.
+    """
+    directory = Path(directory)
+    img_stem, lab_stem = IDX_FILES[split]
+    img_path, lab_path = _find_idx(directory, img_stem), _find_idx(directory, lab_stem)
+    if img_path is None or lab_path is None:
+        missing = img_stem if img_path is None else lab_stem
+        raise AdntnError(f"{directory} has no {missing}(.gz)")
+    images, labels = read_idx(img_path), read_idx(lab_path)
+    if images.ndim != 3 or labels.ndim != 1:
+        raise AdntnError(f"{img_path} must hold (N, H, W) images and {lab_path} (N,) labels")
+    if len(images) != len(labels):
+        raise AdntnError(f"{img_path} has {len(images)} images but {lab_path} has {len(labels)} labels")
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    return Split(x, torch.from_numpy(labels.astype(np.int64)), 10)
+
+
+def load_cifar10_split(directory: str | Path, split: str) -> Split:
+    """A CIFAR-10 split from the python pickle batches (``cifar-10-batches-py``).
+
+    Raises:
+        AdntnError: On missing or malformed batches.
+    """
+    directory = Path(directory)
+    root = directory / "cifar-10-batches-py" if (directory / "cifar-10-batches-py").is_dir() else directory
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    xs, ys = [], []
+    for name in names:
+        path = root / name
+        if not path.is_file():
+            raise AdntnError(f"{root} has no CIFAR-10 batch {name}")
+        try:
+            with open(path, "rb") as fh:
+                batch = pickle.load(fh, encoding="bytes")
+            data = np.asarray(batch[b"data"], dtype=np.uint8)
+            labels = np.asarray(batch[b"labels"], dtype=np.int64)
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
+            raise AdntnError(f"{path} is not a CIFAR-10 batch: {exc!r}") from None
+        if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+            raise AdntnError(f"{path}: expected (N, 3072) data and N labels, got {data.shape} and {labels.shape}")
+        xs.append(data.reshape(-1, 3, 32, 32))
+        ys.append(labels)
+    x = torch.from_numpy(np.concatenate(xs).astype(np.float32) / 255.0)
+    return Split(x, torch.from_numpy(np.concatenate(ys)), 10)
+
+
+def load_digits_split(split: str, *, test_fraction: float = 0.2, seed: int = 0) -> Split:
+    """scikit-learn's bundled 8x8 digits (1,797 images), split deterministically."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
+    y = torch.from_numpy(bunch.target.astype(np.int64))
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    cut = round(len(y) * (1 - test_fraction))
+    idx = order[:cut] if split == "train" else order[cut:]
+    return Split(x[idx], y[idx], 10)
+
+
+def _download(name: str, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    if name == "cifar10":
+        archive = target / "cifar-10-python.tar.gz"
+        urllib.request.urlretrieve(SOURCES[name], archive)
+        with tarfile.open(archive) as tar:
+            tar.extractall(target, filter="data")
+        return
+    for stems in IDX_FILES.values():
+        for stem in stems:
+            urllib.request.urlretrieve(SOURCES[name] + stem + ".gz", target / (stem + ".gz"))
+
+
+def load_dataset(name: str, split: str, root: str | Path | None = None, *, download: bool = True) -> Split:
+    """One split (``"train"`` / ``"test"``) of ``name`` (see :data:`DATASETS`).
+
+    Args:
+        name: The data set.
+        split: ``"train"`` or ``"test"``.
+        root: Directory holding the files; default: the system location, then
+            ``$ADNTN_DATA/<name>`` (``~/.cache/adntn/data/<name>``) where downloads go.
+        download: Try the official source when the files are nowhere (needs the network).
+
+    Raises:
+        AdntnError: On an unknown name or split, or when the files cannot be found or fetched (the
+            message says how to get them).
+    """
+    if name not in DATASETS:
+        raise AdntnError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if split not in ("train", "test"):
+        raise AdntnError(f"split must be 'train' or 'test', got {split!r}")
+    if name == "digits":
+        return load_digits_split(split)
+    load = load_cifar10_split if name == "cifar10" else load_idx_split
+    if root is not None:
+        if not Path(root).is_dir():
+            raise AdntnError(f"data directory {root} does not exist; {HOW_TO_GET[name].replace('DIR', str(root))}")
+        return load(root, split)
+    cache = Path(os.environ.get("ADNTN_DATA", Path.home() / ".cache" / "adntn" / "data")) / name
+    for candidate in (SYSTEM_DIRS[name], cache):
+        if candidate.is_dir():
+            try:
+                return load(candidate, split)
+            except AdntnError:
+                pass  # incomplete or damaged: try the next place, then a fresh download
+    if download:
+        try:
+            _download(name, cache)
+            return load(cache, split)
+        except OSError as exc:
+            reason = f"download from {SOURCES[name]} failed ({exc.__class__.__name__})"
+    else:
+        reason = "downloads are off"
+    how = HOW_TO_GET[name].replace("DIR", str(cache))
+    raise AdntnError(f"{name} not found in {SYSTEM_DIRS[name]} or {cache} and {reason}; {how}")
+
+
+def pad_to(images: torch.Tensor, size: int = 32) -> torch.Tensor:
+    """Centre-pad images to ``size x size`` (28x28 -> 32x32); 8x8 digits are upsampled x4 first."""
+    h, w = images.shape[-2:]
+    if h * 4 <= size and w * 4 <= size:
+        images = images.repeat_interleave(4, dim=-2).repeat_interleave(4, dim=-1)
+        h, w = h * 4, w * 4
+    if h > size or w > size:
+        raise AdntnError(f"images of {h}x{w} do not fit in {size}x{size}")
+    top, left = (size - h) // 2, (size - w) // 2
+    return torch.nn.functional.pad(images, (left, size - w - left, top, size - h - top))

@@ -1,0 +1,400 @@
+"""The training workflow: build (and compress) a model with cached plans, train it with atomic
+per-epoch checkpoints that resume exactly, and write ``metrics.jsonl`` and ``summary.json``.
+
+The data order of epoch ``e`` is a permutation drawn from ``(seed, e)`` alone, so a resumed run sees
+exactly the batches an uninterrupted one would, and a ``torchrun`` job (each rank taking its share
+of every batch) matches the single-process run on the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adntn.compress import CompressionReport, compress
+from adntn.data import load_dataset, pad_to
+from adntn.errors import AdntnError
+from adntn.layers import _TNLayer
+from adntn.models import build_model
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; a run directory stores it as ``config.json``.
+
+    Attributes:
+        model: ``alexnet`` or ``vgg16``.
+        dataset: ``digits``, ``fashion-mnist``, ``mnist`` or ``cifar10``.
+        compress: Layer name -> spec (``"ttn:bond=8"``); empty for the dense model.
+        epochs: Training epochs.
+        batch_size: Global batch size (split across ``torchrun`` ranks).
+        lr: Peak learning rate (one-cycle schedule).
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        seed: Seeds the init, the data order and dropout.
+        device: ``cpu`` or ``cuda``.
+        width: Channel multiplier of the convolutions.
+        fc_dim: Width of fc6/fc7.
+        dropout: Dropout before fc6 and fc7.
+        batch_norm: Batch norm after every convolution.
+        data_dir: Where the data set files are (default lookup otherwise).
+        train_limit: Use only the first N training images (0 = all).
+        cache: Plan cache file (default: tnplan's).
+        cache_only: Refuse to plan: every segment must be in the cache.
+        threads: torch CPU threads.
+    """
+
+    model: str = "alexnet"
+    dataset: str = "digits"
+    compress: dict[str, str] = field(default_factory=dict)
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    device: str = "cpu"
+    width: float = 1.0
+    fc_dim: int = 4096
+    dropout: float = 0.5
+    batch_norm: bool = True
+    data_dir: str | None = None
+    train_limit: int = 0
+    cache: str | None = None
+    cache_only: bool = False
+    threads: int = 1
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Read a ``.toml`` or ``.json`` config; ``overrides`` (not ``None``) win.
+
+        Raises:
+            AdntnError: On an unreadable file or unknown keys.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text()
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (OSError, ValueError) as exc:
+            raise AdntnError(f"cannot read config {path}: {exc}") from None
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a mapping, rejecting unknown keys."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise AdntnError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        cfg = cls(**data)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        """Validate values (one clear error)."""
+        for name in ("epochs", "batch_size", "fc_dim", "threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise AdntnError(f"{name} must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise AdntnError(f"lr must be > 0, got {self.lr!r}")
+        if self.device not in ("cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise AdntnError(f"device must be cpu or cuda, got {self.device!r}")
+
+
+def parse_compress(text: str | None) -> dict[str, str]:
+    """``"fc6=ttn:bond=8,fc7=mera:bond=4"`` -> ``{"fc6": "ttn:bond=8", "fc7": "mera:bond=4"}``."""
+    rules: dict[str, str] = {}
+    if not text:
+        return rules
+    for part in text.split(","):
+        name, sep, spec = part.partition("=")
+        if not sep or not name or not spec:
+            raise AdntnError(f"bad --compress entry {part!r}; write LAYER=ARCH[:key=value...], e.g. fc6=ttn:bond=8")
+        rules[name.strip()] = spec.strip()
+    return rules
+
+
+def build(cfg: TrainConfig, in_channels: int, classes: int) -> tuple[nn.Module, CompressionReport, list[dict]]:
+    """The model with its layers compressed (every segment planned or loaded from the cache).
+
+    Returns:
+        The model, the compression table and one log row per planned network.
+    """
+    torch.manual_seed(cfg.seed)
+    model = build_model(
+        cfg.model,
+        in_channels,
+        classes,
+        width=cfg.width,
+        fc_dim=cfg.fc_dim,
+        dropout=cfg.dropout,
+        batch_norm=cfg.batch_norm,
+    )
+    rules = {name: _with_cache(spec, cfg) for name, spec in cfg.compress.items()}
+    report = compress(model, rules)
+    log = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, _TNLayer):
+            for row in mod.generator.plan_report():
+                log.append({"layer": name, **row})
+    return model, report, log
+
+
+def _with_cache(spec: str | dict, cfg: TrainConfig) -> dict[str, Any]:
+    from adntn.compress import parse_spec
+
+    opts = parse_spec(spec)
+    if cfg.cache is not None:
+        opts["cache"] = cfg.cache
+    if cfg.cache_only:
+        opts["cache_only"] = True
+    return opts
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write(text: str, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def _dist(device: str) -> tuple[int, int]:
+    """(rank, world size); joins the process group when launched by ``torchrun``."""
+    dist = torch.distributed
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if str(device).startswith("cuda") else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _sum_across(values: list[float], world: int) -> list[float]:
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 512) -> float:
+    """Top-1 accuracy in percent."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(labels), batch):
+        out = model(images[start : start + batch])
+        correct += int((out.argmax(1) == labels[start : start + batch]).sum())
+    return 100.0 * correct / max(1, len(labels))
+
+
+def train(
+    cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True, stop_after: int | None = None
+) -> dict[str, Any]:
+    """Train ``cfg`` into run directory ``out``; returns the summary.
+
+    Args:
+        cfg: The configuration.
+        out: The run directory.
+        resume: Continue from ``out``'s checkpoint (same configuration required).
+        progress: Show the plan log, a progress bar and per-epoch lines.
+        stop_after: Stop (checkpointed, resumable) after this many epochs in this call, e.g. to fit
+            a time-limited job; ``summary.json`` then describes the epochs done so far.
+
+    Raises:
+        AdntnError: If ``out`` holds another run's files and ``resume`` is off, or on bad config.
+    """
+    out = Path(out)
+    rank, world = _dist(cfg.device)
+    torch.set_num_threads(cfg.threads)
+    start_time = time.perf_counter()
+    ckpt_path = out / CHECKPOINT
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise AdntnError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and not ckpt_path.exists() and out.exists() and (out / "summary.json").exists():
+        raise AdntnError(f"{out} finished without a checkpoint to resume")
+    _barrier(world)  # every rank checks the directory before rank 0 writes to it
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+
+    train_split = load_dataset(cfg.dataset, "train", cfg.data_dir)
+    test_split = load_dataset(cfg.dataset, "test", cfg.data_dir)
+    x_train, y_train = pad_to(train_split.images), train_split.labels
+    if cfg.train_limit:
+        x_train, y_train = x_train[: cfg.train_limit], y_train[: cfg.train_limit]
+    x_test, y_test = pad_to(test_split.images), test_split.labels
+    device = torch.device(cfg.device)
+    x_train, y_train, x_test, y_test = (t.to(device) for t in (x_train, y_train, x_test, y_test))
+
+    t0 = time.perf_counter()
+    model, report, plan_log = build(cfg, x_train.shape[1], train_split.classes)
+    build_time = time.perf_counter() - t0
+    model.to(device)
+    searches = sum(r["cache"] == "miss" for r in plan_log)
+    if rank == 0 and progress:
+        for r in plan_log:
+            print(f"plan {r['layer']:>8} {r['network']:<28} tensors={r['tensors']:<3} cache={r['cache']}")
+        print(f"planned networks: {len(plan_log)}, searches: {searches}, build {build_time:.2f} s")
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model)
+
+    steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+    metrics: list[dict[str, Any]] = []
+    first_epoch = 0
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state["config"] != asdict(cfg):
+            raise AdntnError(f"{ckpt_path} was written by a different configuration; resume with the same one")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        metrics = state["metrics"]
+        first_epoch = state["epoch"] + 1
+        torch.set_rng_state(state["rng"])
+    if rank == 0:
+        # metrics.jsonl always equals the checkpointed history: nothing lost, nothing repeated.
+        _atomic_write("".join(json.dumps(m) + "\n" for m in metrics), out / "metrics.jsonl")
+        _atomic_write(json.dumps(asdict(cfg), indent=2), out / "config.json")
+
+    loss_fn = nn.CrossEntropyLoss()
+    last = cfg.epochs if stop_after is None else min(cfg.epochs, first_epoch + stop_after)
+    for epoch in range(first_epoch, last):
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + rank)  # dropout stream per epoch and rank
+        order = _epoch_order(len(y_train), cfg.seed, epoch).to(device)
+        net.train()
+        seen, correct, loss_sum, t_epoch = 0, 0, 0.0, time.perf_counter()
+        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
+        for step in range(steps_per_epoch):
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            idx = idx[rank::world]  # each rank its share of the global batch
+            xb, yb = x_train[idx], y_train[idx]
+            opt.zero_grad(set_to_none=True)
+            logits = net(xb)
+            loss = loss_fn(logits, yb)
+            loss.backward()
+            opt.step()
+            sched.step()
+            seen += len(yb)
+            correct += int((logits.argmax(1) == yb).sum())
+            loss_sum += float(loss.detach()) * len(yb)
+            if bar is not None:
+                rate = seen * world / (time.perf_counter() - t_epoch)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}", img_s=f"{rate:.0f}")
+                bar.update()
+        if bar is not None:
+            bar.close()
+        seen, correct, loss_sum = _sum_across([seen, correct, loss_sum], world)
+        test_acc = evaluate(model, x_test, y_test)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(seen, 1),
+            "train_acc": 100.0 * correct / max(seen, 1),
+            "test_acc": test_acc,
+            "epoch_time_s": time.perf_counter() - t_epoch,
+        }
+        metrics.append(row)
+        if rank == 0:
+            state = {
+                "epoch": epoch,
+                "config": asdict(cfg),
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "metrics": metrics,
+                "rng": torch.get_rng_state(),
+            }
+            _atomic_save(state, ckpt_path)
+            with open(out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            if progress:
+                print(
+                    f"epoch {epoch + 1}: loss {row['train_loss']:.4f} "
+                    f"train {row['train_acc']:.2f}% test {test_acc:.2f}%"
+                )
+
+    summary = _summary(cfg, model, report, plan_log, metrics, time.perf_counter() - start_time, world)
+    if rank == 0:
+        _atomic_write(json.dumps(summary, indent=2), out / "summary.json")
+    _barrier(world)
+    return summary
+
+
+def _summary(
+    cfg: TrainConfig,
+    model: nn.Module,
+    report: CompressionReport,
+    plan_log: list[dict],
+    metrics: list[dict],
+    wall: float,
+    world: int,
+) -> dict[str, Any]:
+    layers = []
+    by_name = {r["layer"]: r for r in report.rows}
+    for name, mod in model.named_children():
+        weight = getattr(mod, "weight", None)
+        if name in by_name:
+            r = by_name[name]
+            layers.append({**r, "params": mod.num_parameters()})
+        elif isinstance(mod, (nn.Linear, nn.Conv2d)) and isinstance(weight, torch.Tensor):
+            layers.append(
+                {
+                    "layer": name,
+                    "kind": type(mod).__name__,
+                    "arch": "dense",
+                    "dense_params": weight.numel(),
+                    "generator_params": weight.numel(),
+                    "compression": 1.0,
+                    "fit_error": None,
+                    "params": sum(p.numel() for p in mod.parameters()),
+                }
+            )
+    return {
+        "config": asdict(cfg),
+        "layers": layers,
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "test_acc": metrics[-1]["test_acc"] if metrics else None,
+        "best_test_acc": max((m["test_acc"] for m in metrics), default=None),
+        "epochs_done": len(metrics),
+        "wall_time_s": wall,
+        "world_size": world,
+        "planned_networks": len(plan_log),
+        "plan_searches": sum(r["cache"] == "miss" for r in plan_log),
+        "plan_cache": plan_log,
+    }
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
