@@ -63,6 +63,7 @@ class Group:
         labels: Labels of the template member's operands, then its output (for adjoints and streaming).
         cache: The plan cache status when it was planned.
         flops: The plan's flops.
+        ssa_path: The planned contraction order (executors other than torch rebuild their steps from it).
     """
 
     name: str
@@ -75,6 +76,7 @@ class Group:
     labels: tuple[tuple[str, ...], ...]
     cache: str
     flops: int
+    ssa_path: tuple[tuple[int, int], ...] = ()
 
     @property
     def size(self) -> int:
@@ -95,6 +97,9 @@ class Generator(nn.Module):
         fan_in: Fan-in for the init scale (``in_features`` for a linear layer, ``in * kh * kw`` for a conv).
         cache: The plan cache (``True`` for the default file, a path, a ``PlanCache`` or ``False``).
         cache_only: Never search: load every plan from the cache or raise.
+        executor: ``"torch"`` (einsum programs), ``"numba"`` (fused CPU kernels, :mod:`kernels`) or
+            ``"auto"``: numba for CPU parameters when every segment has a fused kernel, torch
+            otherwise and always while ``torch.compile`` / ``torch.export`` trace the module.
     """
 
     def __init__(
@@ -106,9 +111,13 @@ class Generator(nn.Module):
         fan_in: int | None = None,
         cache: Any = True,
         cache_only: bool = False,
+        executor: str = "auto",
     ) -> None:
         super().__init__()
+        from kernels import get_executor
+
         graph.check()
+        self.executor = get_executor(executor)
         self.out_features = out_features
         self.in_features = in_features
         self.out_padded = math.prod(graph.sizes[x] for x in graph.out_legs)
@@ -127,6 +136,10 @@ class Generator(nn.Module):
             for rows in STREAM_BUCKETS:
                 self._plan_stream(rows)
         self.fan_in = fan_in or in_features
+        if self.executor == "numba":
+            from kernels.executor import compiled_steps
+
+            compiled_steps(self)  # a segment without a fused kernel fails here, not in forward
         self.reset_parameters()
 
     # ------------------------------------------------------------------ structure
@@ -234,6 +247,7 @@ class Generator(nn.Module):
             labels=(*labels, tuple(template.labels)),
             cache=plan.cache_status,
             flops=plan.flops,
+            ssa_path=tuple(plan.ssa_path),
         )
 
     @property
@@ -282,9 +296,36 @@ class Generator(nn.Module):
             outputs.append(activations.apply(g.activation, z))
         return [outputs, pre] if keep_preactivations else outputs
 
+    def uses_numba(self) -> bool:
+        """Whether ``forward`` builds the weight with the numba kernels right now."""
+        if self.executor == "torch" or torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return False
+        p = next(iter(self.cores.values()))
+        if p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64):
+            if self.executor == "numba":
+                raise AdntnError("executor='numba' needs float32/float64 parameters on the CPU; use 'torch' or 'auto'")
+            return False
+        if "_numba_ok" not in self.__dict__:
+            from kernels import KernelsError
+            from kernels.executor import compiled_steps
+
+            try:
+                compiled_steps(self)
+                self.__dict__["_numba_ok"] = True
+            except KernelsError:
+                if self.executor == "numba":
+                    raise
+                self.__dict__["_numba_ok"] = False
+        return self.__dict__["_numba_ok"]
+
     def forward(self) -> torch.Tensor:
         """The weight, ``(out_features, in_features)`` (padding trimmed)."""
-        w = self.run_groups()[-1].reshape(self.out_padded, self.in_padded)
+        if self.uses_numba():
+            from kernels import numba_weight
+
+            w = numba_weight(self)
+        else:
+            w = self.run_groups()[-1].reshape(self.out_padded, self.in_padded)
         if w.shape != (self.out_features, self.in_features):
             w = w[: self.out_features, : self.in_features]
         return w
@@ -309,7 +350,12 @@ class Generator(nn.Module):
     @staticmethod
     def stream_bucket(rows: int) -> int:
         """The planned batch size closest to ``rows`` on a log scale (the path is valid for any)."""
-        return min(STREAM_BUCKETS, key=lambda b: (abs(math.log(max(rows, 1) / b)), b))
+        # A plain loop (not min with a key), so torch.compile traces it.
+        best = STREAM_BUCKETS[0]
+        for b in STREAM_BUCKETS[1:]:
+            if abs(math.log(max(rows, 1) / b)) < abs(math.log(max(rows, 1) / best)):
+                best = b
+        return best
 
     # ------------------------------------------------------------------ costs
 

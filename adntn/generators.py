@@ -304,6 +304,7 @@ class TTNGenerator(_Configured):
         fan_in: Fan-in for the init scale (default ``in_features``).
         cache: Plan cache for the segment plans.
         cache_only: Refuse to search: every plan must come from the cache.
+        executor: ``"auto"``, ``"torch"`` or ``"numba"``; see :class:`~adntn.generator.Generator`.
     """
 
     def __init__(
@@ -323,6 +324,7 @@ class TTNGenerator(_Configured):
         fan_in: int | None = None,
         cache: Any = True,
         cache_only: bool = False,
+        executor: str = "auto",
         **extra: Any,
     ) -> None:
         tens = {"n_factors": n_factors, "out_factors": out_factors, "in_factors": in_factors, "grouping": grouping}
@@ -330,7 +332,9 @@ class TTNGenerator(_Configured):
         graph = ttn_graph(
             t, bond_dim, arity=arity, activation=activation, root_activation=root_activation, lateral=lateral, **extra
         )
-        super().__init__(graph, out_features, in_features, fan_in=fan_in, cache=cache, cache_only=cache_only)
+        super().__init__(
+            graph, out_features, in_features, fan_in=fan_in, cache=cache, cache_only=cache_only, executor=executor
+        )
         self.tensorization = t
         self.config = {
             "bond_dim": bond_dim,
@@ -395,6 +399,7 @@ class MERAGenerator(_Configured):
         fan_in: Fan-in for the init scale.
         cache: Plan cache for the segment plans.
         cache_only: Refuse to search.
+        executor: ``"auto"``, ``"torch"`` or ``"numba"``; see :class:`~adntn.generator.Generator`.
     """
 
     def __init__(
@@ -413,11 +418,14 @@ class MERAGenerator(_Configured):
         fan_in: int | None = None,
         cache: Any = True,
         cache_only: bool = False,
+        executor: str = "auto",
     ) -> None:
         tens = {"n_factors": n_factors, "out_factors": out_factors, "in_factors": in_factors, "grouping": grouping}
         t = _tensorization(out_features, in_features, tens, power_of_two=True)
         graph = mera_graph(t, bond_dim, activation=activation, activation_every=activation_every, lateral=lateral)
-        super().__init__(graph, out_features, in_features, fan_in=fan_in, cache=cache, cache_only=cache_only)
+        super().__init__(
+            graph, out_features, in_features, fan_in=fan_in, cache=cache, cache_only=cache_only, executor=executor
+        )
         self.tensorization = t
         self.config = {"bond_dim": bond_dim, "activation": activation, "factors": (t.out_factors, t.in_factors)}
         if activation_every != 1:

@@ -8,6 +8,7 @@ torch.set_num_threads(1)  # project rule: tests pin torch to one thread
 def _private_plan_cache(tmp_path, monkeypatch) -> None:
     """Every test gets its own empty default plan cache, never the user's."""
     monkeypatch.setenv("TNPLAN_CACHE_DIR", str(tmp_path / "tnplan-cache"))
+    monkeypatch.setenv("ADNTN_CACHE_DIR", str(tmp_path / "adntn-cache"))
 
 
 @pytest.fixture(scope="session", autouse=True)

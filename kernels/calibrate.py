@@ -1,0 +1,113 @@
+"""The executors' cost model, calibrated on this machine once and cached.
+
+A step of ``flops`` multiply-adds with summed extent ``K`` costs ``flops * c(K)`` seconds, forward
+plus backward, in the fused numba loop, and ``flops * b(K) + copies * e`` through BLAS (the canonical
+copies of the operands and the scatter of the result). ``c``, ``b`` and ``e`` are measured on two
+synthetic steps (K = 8 and K = 64) and interpolated in ``log K``; the result is stored as JSON in
+``$ADNTN_CACHE_DIR`` (default ``~/.cache/adntn``) and reused by every later process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+VERSION = 1
+_POINTS = (8, 64)
+
+
+def cache_file() -> Path:
+    """Where the calibration is stored."""
+    root = os.environ.get("ADNTN_CACHE_DIR") or str(Path.home() / ".cache" / "adntn")
+    return Path(root) / "kernels-calibration.json"
+
+
+def _best(fn: Any, reps: int = 3) -> float:
+    fn()
+    best = math.inf
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _time_point(k: int, m: int = 2048, n: int = 256) -> tuple[float, float]:
+    """Seconds per multiply-add, forward+backward, of ``X[m, k] ⊗ Y[k, n]``: fused loop and BLAS."""
+    import torch
+
+    from kernels.numba_cpu import IDENTITY, backward_step, forward_step, gather_rows, scatter_rows
+    from kernels.steps import make_step
+
+    rng = np.random.default_rng(0)
+    st = make_step(0, 1, (0, 1), (1, 2), (0, 2), [m, k, n])  # index ids: 0 = m, 1 = k, 2 = n
+    x, y = rng.standard_normal(m * k), rng.standard_normal(k * n)
+    z = np.empty(m * n)
+    empty = np.empty(0)
+    xb, xm, xk = st.x_tables
+    zb, zm, zn = st.z_tables
+    xt, yt = torch.from_numpy(x.reshape(m, k)), torch.from_numpy(y.reshape(k, n))
+
+    def fused() -> None:
+        forward_step(x, y, z, empty, xb, xm, xk, k, n, zb, zm, zn, st.run, IDENTITY)
+        backward_step(
+            x, y, z, z, empty, IDENTITY, np.zeros(m * k), np.zeros(k * n), xb, xm, xk, k, n, zb, zm, zn, st.run
+        )
+
+    def blas() -> None:
+        c = torch.matmul(xt, yt).numpy()
+        scatter_rows(c.reshape(-1), z, empty, zb, zm, zn, st.run, IDENTITY)
+        g = torch.from_numpy(gather_rows(z, z, empty, IDENTITY, zb, zm, zn, st.run).reshape(m, n))
+        torch.matmul(g, yt.T), torch.matmul(xt.T, g)
+
+    return _best(fused) / st.flops, _best(blas) / st.flops
+
+
+def measure() -> dict[str, Any]:
+    """Time the fused loop and the BLAS path on two synthetic steps (about a second)."""
+    out: dict[str, Any] = {"version": VERSION, "machine": platform.machine(), "numba": {}, "blas": {}}
+    for k in _POINTS:
+        out["numba"][str(k)], out["blas"][str(k)] = _time_point(k)
+    return out
+
+
+_MEMO: dict[str, Any] = {}
+
+
+def calibration() -> dict[str, Any]:
+    """The cached calibration, measured now if there is none for this version."""
+    if "cal" in _MEMO:
+        return _MEMO["cal"]
+    path = cache_file()
+    try:
+        cal = json.loads(path.read_text())
+        if cal.get("version") != VERSION:
+            raise ValueError("old version")
+    except (OSError, ValueError):
+        cal = measure()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cal, indent=2))
+        os.replace(tmp, path)
+    _MEMO["cal"] = cal
+    return cal
+
+
+def _interp(table: dict[str, float], k: int) -> float:
+    lo, hi = _POINTS
+    t = (math.log(max(k, 1)) - math.log(lo)) / (math.log(hi) - math.log(lo))
+    t = min(max(t, 0.0), 1.0)
+    return math.exp((1 - t) * math.log(table[str(lo)]) + t * math.log(table[str(hi)]))
+
+
+def step_seconds(flops: int, k: int, *, blas: bool) -> float:
+    """Predicted forward+backward seconds of one step on this machine."""
+    cal = calibration()
+    return flops * _interp(cal["blas" if blas else "numba"], k)

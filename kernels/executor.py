@@ -1,0 +1,295 @@
+"""Executors: run a generator's planned groups forward and backward.
+
+``torch`` runs each group's compiled einsum program (the reference). ``numba`` runs every pairwise
+step as one fused CPU kernel (:mod:`kernels.numba_cpu`) inside a ``torch.autograd.Function`` whose
+backward is the adjoint of each step (the environment contractions of ``docs/generators.md``
+evaluated along the same plan). ``auto`` picks by a calibrated cost model
+(:mod:`kernels.calibrate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from kernels.calibrate import step_seconds
+from kernels.errors import KernelsError
+from kernels.steps import Step, make_step
+
+if TYPE_CHECKING:
+    from adntn.generator import Generator
+
+EXECUTORS = ("torch", "numba", "cuda", "auto")
+
+
+@dataclass(frozen=True)
+class GroupSteps:
+    """A group's pairwise steps as offset tables.
+
+    Attributes:
+        n_inputs: Operands of the group network.
+        input_sizes: Elements of each operand.
+        steps: The steps in order; the last writes the output in the network's output order.
+        code: The activation code (:data:`kernels.numba_cpu.CODES`).
+        keep_pre: Whether the pre-activation must be kept for the backward (GELU).
+    """
+
+    n_inputs: int
+    input_sizes: tuple[int, ...]
+    steps: tuple[Step, ...]
+    code: int
+    keep_pre: bool
+
+
+def group_steps(group: Any, blas: bool | None = None) -> GroupSteps:
+    """Offset-table steps for one generator group.
+
+    ``blas`` forces every step onto BLAS (``True``) or the fused loop (``False``); ``None`` lets
+    the calibrated cost model choose per step.
+
+    Raises:
+        KernelsError: If the group cannot run in these kernels (a callable activation, a diagonal,
+            or a single operand).
+    """
+    from kernels.numba_cpu import CODES, GELU
+    from tnplan.cost import leaf_legs, score_path
+
+    act = group.activation
+    if not isinstance(act, str) or act not in CODES:
+        raise KernelsError(f"activation {act!r} has no fused kernel; use executor='torch'")
+    net = group.network
+    if [tuple(t) for t in leaf_legs(net)] != [tuple(t) for t in net.int_inputs]:
+        raise KernelsError("a group with repeated or dangling indices needs executor='torch'")
+    if net.num_tensors < 2:
+        raise KernelsError("a single-operand group needs executor='torch'")
+    sizes = net.int_sizes
+    legs: dict[int, tuple[int, ...]] = {k: tuple(t) for k, t in enumerate(net.int_inputs)}
+    final = tuple(net.label_ids[lab] for lab in net.output)  # int_output is a set: take the order here
+    costs = score_path(net, list(group.ssa_path))
+    steps = []
+    for k, ((a, b), st) in enumerate(zip(group.ssa_path, costs.steps, strict=True)):
+        last = k == len(costs.steps) - 1
+        out = final if last else tuple(st.legs_out)
+        # Either operand may be the one read in place: take the form with the longest contiguous
+        # output runs, then the longest inner loops.
+        forms = [make_step(a, b, legs[a], legs[b], out, sizes), make_step(b, a, legs[b], legs[a], out, sizes)]
+        step = max(forms, key=lambda s: (s.run, s.bkn[2], -s.bkn[1]))
+        # A GEMM-shaped step (long summed extent) belongs to BLAS; the calibrated model decides.
+        use = blas
+        if use is None:
+            use = step_seconds(step.flops, step.bkn[1], blas=True) < step_seconds(step.flops, step.bkn[1], blas=False)
+        if use:
+            step = replace(step, blas=True)
+        steps.append(step)
+        legs[st.result] = out
+    input_sizes = tuple(int(np.prod([sizes[i] for i in t])) for t in net.int_inputs)
+    return GroupSteps(net.num_tensors, input_sizes, tuple(steps), CODES[act], CODES[act] == GELU)
+
+
+def compiled_steps(generator: Generator, blas: bool | None = None) -> list[GroupSteps]:
+    """The generator's groups as offset-table steps, built once per ``blas`` mode and kept on the generator."""
+    memo = generator.__dict__.setdefault("_kernel_steps", {})
+    if blas not in memo:
+        memo[blas] = [group_steps(g, blas) for g in generator.groups]
+    return memo[blas]
+
+
+def _gather(src: torch.Tensor, op: Any, size: int) -> torch.Tensor:
+    if size == 1:
+        return src
+    if isinstance(op.index, tuple):
+        return src[list(op.index)]
+    return src[op.index]
+
+
+def _scatter(dst: torch.Tensor, op: Any, size: int, value: torch.Tensor, out_shape: tuple[int, ...]) -> None:
+    """Add an operand's adjoint back into its source group's output adjoint."""
+    if size == 1:
+        dst += value.reshape(out_shape)
+    elif isinstance(op.index, tuple):
+        value = value.reshape(-1, *out_shape)
+        for k, i in enumerate(op.index):
+            dst[i] += value[k]
+    elif isinstance(op.index, slice):
+        dst[op.index] += value.reshape(-1, *out_shape)
+    else:
+        dst[op.index] += value.reshape(out_shape)
+
+
+def _canonical(y: torch.Tensor, st: Step) -> torch.Tensor:
+    return y.reshape(st.y_in_shape).permute(*st.y_axes).contiguous().reshape(-1)
+
+
+class _CPU:
+    """Steps on the CPU: the fused numba loops, or BLAS (torch's, honouring its thread count)."""
+
+    @staticmethod
+    def forward_step(st: Step, x: torch.Tensor, yc: torch.Tensor, code: int, keep_pre: bool) -> tuple:
+        from kernels.numba_cpu import forward_step, scatter_rows
+
+        z = torch.empty(st.out_size, dtype=x.dtype)
+        pre = torch.empty(st.out_size if keep_pre else 0, dtype=x.dtype)
+        bb, kk, nn = st.bkn
+        if st.blas:
+            xc = x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(bb, -1, kk)
+            c = torch.matmul(xc, yc.reshape(bb, kk, nn)).reshape(-1).contiguous()
+            scatter_rows(c.numpy(), z.numpy(), pre.numpy(), *st.z_tables, st.run, code)
+        else:
+            forward_step(
+                x.numpy(), yc.numpy(), z.numpy(), pre.numpy(), *st.x_tables, kk, nn, *st.z_tables, st.run, code
+            )
+        return z, pre
+
+    @staticmethod
+    def backward_step(
+        st: Step, x: torch.Tensor, yc: torch.Tensor, g: torch.Tensor, out: torch.Tensor, pre: torch.Tensor, code: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from kernels.numba_cpu import backward_step, gather_rows
+
+        bb, kk, nn = st.bkn
+        if st.blas:
+            c = torch.from_numpy(gather_rows(g.numpy(), out.numpy(), pre.numpy(), code, *st.z_tables, st.run))
+            cm = c.reshape(bb, -1, nn)
+            xc_bar = torch.matmul(cm, yc.reshape(bb, kk, nn).transpose(1, 2))
+            inverse = tuple(int(a) for a in np.argsort(st.x_axes))
+            x_bar = xc_bar.reshape(st.x_shape).permute(*inverse).reshape(-1)
+            xc = x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(bb, -1, kk)
+            return x_bar, torch.matmul(xc.transpose(1, 2), cm).reshape(-1)
+        x_bar = torch.zeros(x.numel(), dtype=g.dtype)
+        yc_bar = torch.zeros(yc.numel(), dtype=g.dtype)
+        backward_step(
+            x.numpy(), yc.numpy(), g.numpy(), out.numpy(), pre.numpy(), code, x_bar.numpy(), yc_bar.numpy(),
+            *st.x_tables, kk, nn, *st.z_tables, st.run,
+        )  # fmt: skip
+        return x_bar, yc_bar
+
+
+def _backend(device: torch.device) -> Any:
+    if device.type == "cpu":
+        from numba import config
+
+        if not config.ENABLE_CUDASIM:
+            return _CPU
+    from kernels import cuda as cuda_backend
+
+    return cuda_backend
+
+
+def _forward(generator: Generator, params: dict[str, torch.Tensor], backend: Any, blas: bool | None) -> tuple:
+    """Run every group; returns the outputs and, per group, what the backward needs."""
+    from kernels.numba_cpu import IDENTITY
+
+    plans = compiled_steps(generator, blas)
+    outputs: list[torch.Tensor] = []
+    saved: list[tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]] = []
+    for g, gs in zip(generator.groups, plans, strict=True):
+        flat = []
+        for op in g.operands:
+            if op.kind == "core":
+                flat.append(params[op.key].reshape(-1))
+            else:
+                src = _gather(outputs[op.key], op, generator.groups[op.key].size)
+                flat.append(src.contiguous().reshape(-1))
+        canon = []
+        pre = flat[0][:0]
+        for k, st in enumerate(gs.steps):
+            last = k == len(gs.steps) - 1
+            yc = _canonical(flat[st.right], st)
+            z, p = backend.forward_step(st, flat[st.left], yc, gs.code if last else IDENTITY, last and gs.keep_pre)
+            if last:
+                pre = p
+            canon.append(yc)
+            flat.append(z)
+        shape = (g.size, *g.out_shape) if g.size > 1 else g.out_shape
+        outputs.append(flat[-1].reshape(shape))
+        saved.append((flat, canon, pre))
+    return outputs, saved
+
+
+def _backward(
+    generator: Generator, saved: list, grad_out: torch.Tensor, params: dict, backend: Any, blas: bool | None
+) -> dict[str, torch.Tensor]:
+    from kernels.numba_cpu import IDENTITY
+
+    plans = compiled_steps(generator, blas)
+    groups = generator.groups
+    adj_out: list[torch.Tensor | None] = [None] * len(groups)
+    adj_out[-1] = grad_out.contiguous().reshape(-1)
+    grads = {k: torch.zeros_like(p).reshape(-1) for k, p in params.items()}
+    for gi in range(len(groups) - 1, -1, -1):
+        g, gs = groups[gi], plans[gi]
+        if adj_out[gi] is None:
+            continue
+        flat, canon, pre = saved[gi]
+        adj: dict[int, torch.Tensor] = {len(flat) - 1: adj_out[gi].contiguous().reshape(-1)}
+        for k in range(len(gs.steps) - 1, -1, -1):
+            st = gs.steps[k]
+            last = k == len(gs.steps) - 1
+            z_bar = adj.pop(gs.n_inputs + k)
+            out, pre_k = (flat[-1], pre) if last else (z_bar, pre[:0])
+            x_bar, yc_bar = backend.backward_step(
+                st, flat[st.left], canon[k], z_bar, out, pre_k, gs.code if last else IDENTITY
+            )
+            inverse = tuple(int(a) for a in np.argsort(st.y_axes))
+            y_bar = yc_bar.reshape(st.y_shape).permute(*inverse).reshape(-1)
+            for side, value in ((st.left, x_bar), (st.right, y_bar)):
+                adj[side] = adj[side] + value if side in adj else value.contiguous()
+        for j, op in enumerate(g.operands):
+            if j not in adj:
+                continue
+            if op.kind == "core":
+                grads[op.key] += adj[j]
+            else:
+                src = groups[op.key]
+                if adj_out[op.key] is None:
+                    shape = (src.size, *src.out_shape) if src.size > 1 else src.out_shape
+                    adj_out[op.key] = torch.zeros(shape, dtype=adj[j].dtype, device=adj[j].device)
+                _scatter(adj_out[op.key], op, src.size, adj[j], src.out_shape)
+    return grads
+
+
+class _KernelGenerator(torch.autograd.Function):
+    """The whole generator as one autograd node: fused kernels forward, step adjoints backward."""
+
+    @staticmethod
+    def forward(ctx: Any, generator: Generator, blas: bool | None, *params: torch.Tensor) -> torch.Tensor:
+        keys = list(generator.cores.keys())
+        tensors = {k: p.detach().contiguous() for k, p in zip(keys, params, strict=True)}
+        backend = _backend(params[0].device)
+        outputs, saved = _forward(generator, tensors, backend, blas)
+        ctx.generator, ctx.saved, ctx.tensors, ctx.keys, ctx.blas, ctx.backend = (
+            generator, saved, tensors, keys, blas, backend,
+        )  # fmt: skip
+        return outputs[-1].reshape(generator.out_padded, generator.in_padded)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        g = ctx.generator
+        grads = _backward(g, ctx.saved, grad.detach(), ctx.tensors, ctx.backend, ctx.blas)
+        return (None, None, *(grads[k].reshape(ctx.tensors[k].shape) for k in ctx.keys))
+
+
+def numba_weight(generator: Generator, blas: bool | None = None) -> torch.Tensor:
+    """The padded weight ``(out_padded, in_padded)`` computed by the kernels (differentiable).
+
+    CPU parameters run the numba CPU kernels, CUDA parameters the CUDA kernels. ``blas`` forces
+    BLAS (``True``) or the fused loops (``False``) for every CPU step; by default the calibrated
+    cost model chooses per step.
+    """
+    return _KernelGenerator.apply(generator, blas, *generator.cores.values())
+
+
+def get_executor(name: str) -> str:
+    """Validate an executor name (``torch``, ``numba``, ``cuda`` or ``auto``).
+
+    Raises:
+        KernelsError: On an unknown name, or an executor this machine cannot run.
+    """
+    if name not in EXECUTORS:
+        raise KernelsError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise KernelsError("executor='cuda' needs a CUDA device; use 'numba' or 'torch' on this machine")
+    return name

@@ -1,0 +1,148 @@
+"""Executors: the numba kernels agree with the torch reference, forward and gradients."""
+
+import json
+import threading
+
+import pytest
+import torch
+
+import adntn
+import kernels
+from kernels import KernelsError, get_executor, numba_weight
+from kernels.calibrate import cache_file, calibration
+
+ARCHS = [
+    ("ttn", {"bond_dim": 3, "n_factors": 4}),
+    ("ttn", {"bond_dim": 2, "n_factors": 3, "arity": 3, "activation": "gelu", "lateral": True}),
+    ("attn", {"bond_dim": 3, "n_factors": 4, "disentangle": ("root", 1), "disentangle_legs": "both"}),
+    ("mera", {"bond_dim": 3, "n_factors": 4, "activation": "leaky_relu"}),
+    ("mera", {"bond_dim": 2, "n_factors": 8, "activation_every": 2, "lateral": True, "activation": "relu"}),
+]
+
+
+def _reference(g, grad):
+    g.zero_grad()
+    w = g.run_groups()[-1].reshape(g.out_padded, g.in_padded)
+    (w * grad).sum().backward()
+    return w.detach(), {k: p.grad.clone() for k, p in g.cores.items()}
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("blas", [None, True, False])
+@pytest.mark.parametrize(("arch", "kwargs"), ARCHS)
+def test_numba_matches_torch_forward_and_gradients(arch, kwargs, blas, dtype, tol):
+    torch.manual_seed(0)
+    g = adntn.make_generator(arch, 20, 30, executor="torch", **kwargs).to(dtype)
+    grad = torch.randn(g.out_padded, g.in_padded, dtype=dtype)
+    w_ref, g_ref = _reference(g, grad)
+    g.zero_grad()
+    w = numba_weight(g, blas)
+    (w * grad).sum().backward()
+    scale = float(w_ref.abs().max())
+    torch.testing.assert_close(w.detach(), w_ref, rtol=tol, atol=tol * scale)
+    for key, p in g.cores.items():
+        torch.testing.assert_close(p.grad, g_ref[key], rtol=tol, atol=tol * float(g_ref[key].abs().max()))
+
+
+def test_layers_pick_numba_on_the_cpu_and_torch_under_compile():
+    torch.manual_seed(1)
+    layer = adntn.TNLinear(32, 24, "ttn", bond_dim=2, mode="materialize")
+    assert layer.generator.executor == "auto" and layer.generator.uses_numba()
+    reference = adntn.TNLinear(32, 24, "ttn", bond_dim=2, mode="materialize", executor="torch")
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(5, 32)
+    torch.testing.assert_close(layer(x), reference(x), rtol=1e-5, atol=1e-6)
+    layer(x).square().sum().backward()
+    reference(x).square().sum().backward()
+    for (name, a), (_, b) in zip(layer.named_parameters(), reference.named_parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+def test_executor_names_and_unsupported_segments_fail_clearly():
+    assert get_executor("numba") == "numba" and set(kernels.EXECUTORS) == {"torch", "numba", "cuda", "auto"}
+    with pytest.raises(KernelsError, match="unknown executor 'fast'"):
+        get_executor("fast")
+    if not torch.cuda.is_available():
+        with pytest.raises(KernelsError, match="needs a CUDA device"):
+            get_executor("cuda")
+    with pytest.raises(KernelsError, match="has no fused kernel"):
+        adntn.TTNGenerator(16, 16, bond_dim=2, activation=torch.sin, executor="numba")
+    auto = adntn.TTNGenerator(16, 16, bond_dim=2, activation=torch.sin)
+    assert not auto.uses_numba()  # falls back to torch
+    assert issubclass(KernelsError, ValueError)
+
+
+def test_kernels_release_the_gil_and_run_from_threads():
+    from kernels.numba_cpu import backward_step, forward_step
+
+    assert forward_step.targetoptions["nogil"] and backward_step.targetoptions["nogil"]
+    g = adntn.TTNGenerator(64, 64, bond_dim=4)
+    with torch.no_grad():
+        expected = numba_weight(g)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(numba_weight(g).detach())) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 3 and all(torch.equal(r, expected) for r in results)
+
+
+def test_calibration_is_measured_once_and_survives_a_damaged_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADNTN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr("kernels.calibrate._MEMO", {})
+    cal = calibration()
+    assert cache_file().parent == tmp_path and json.loads(cache_file().read_text()) == cal
+    assert all(v > 0 for table in ("numba", "blas") for v in cal[table].values())
+    monkeypatch.setattr("kernels.calibrate._MEMO", {})
+    cache_file().write_text("{not json")
+    again = calibration()
+    assert set(again["numba"]) == set(cal["numba"]) and json.loads(cache_file().read_text()) == again
+
+
+_SIMULATED = """
+import sys
+import torch
+import adntn
+import kernels.cuda
+from kernels import numba_weight
+from kernels.executor import _backend
+
+assert _backend(torch.device("cpu")) is kernels.cuda  # the simulator stands in for the GPU
+kernels.cuda.BLAS_MIN_K = int(sys.argv[1])
+cases = [
+    ("ttn", {"bond_dim": 2, "n_factors": 2}),
+    ("attn", {"bond_dim": 2, "n_factors": 2, "disentangle_legs": "both", "activation": "gelu"}),
+    ("mera", {"bond_dim": 2, "n_factors": 4, "activation": "relu"}),
+]
+worst = 0.0
+for arch, kw in cases:
+    torch.manual_seed(0)
+    g = adntn.make_generator(arch, 6, 8, executor="torch", **kw).double()
+    grad = torch.randn(g.out_padded, g.in_padded, dtype=torch.float64)
+    w = g.run_groups()[-1].reshape(g.out_padded, g.in_padded)
+    (w * grad).sum().backward()
+    ref = {k: p.grad.clone() for k, p in g.cores.items()}
+    g.zero_grad()
+    w2 = numba_weight(g)
+    (w2 * grad).sum().backward()
+    worst = max(worst, float((w2 - w).detach().abs().max()))
+    worst = max(worst, *(float((p.grad - ref[k]).abs().max() / ref[k].abs().max()) for k, p in g.cores.items()))
+print(worst)
+"""
+
+
+@pytest.mark.parametrize("blas_min_k", [1000, 1])  # fused kernels only, then every product through matmul
+def test_cuda_kernels_agree_with_torch_under_the_simulator(tmp_path, blas_min_k):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "TNPLAN_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", _SIMULATED, str(blas_min_k)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) < 1e-10
