@@ -291,7 +291,10 @@ def train(
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + rank)  # dropout stream per epoch and rank
         order = _epoch_order(len(y_train), cfg.seed, epoch).to(device)
         net.train()
-        seen, correct, loss_sum, t_epoch = 0, 0, 0.0, time.perf_counter()
+        seen, t_epoch = 0, time.perf_counter()
+        # Running sums stay on the device; reading them back every step would stall a GPU.
+        correct_t = torch.zeros((), dtype=torch.int64, device=device)
+        loss_t = torch.zeros((), dtype=torch.float64, device=device)
         bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
         for step in range(steps_per_epoch):
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
@@ -304,15 +307,17 @@ def train(
             opt.step()
             sched.step()
             seen += len(yb)
-            correct += int((logits.argmax(1) == yb).sum())
-            loss_sum += float(loss.detach()) * len(yb)
+            correct_t += (logits.argmax(1) == yb).sum()
+            loss_t += loss.detach().double() * len(yb)
             if bar is not None:
-                rate = seen * world / (time.perf_counter() - t_epoch)
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}", img_s=f"{rate:.0f}")
+                if step % 10 == 9 or step == steps_per_epoch - 1:
+                    rate = seen * world / (time.perf_counter() - t_epoch)
+                    loss_now, acc_now = float(loss_t) / seen, 100 * int(correct_t) / seen
+                    bar.set_postfix(loss=f"{loss_now:.3f}", acc=f"{acc_now:.1f}", img_s=f"{rate:.0f}")
                 bar.update()
         if bar is not None:
             bar.close()
-        seen, correct, loss_sum = _sum_across([seen, correct, loss_sum], world)
+        seen, correct, loss_sum = _sum_across([seen, int(correct_t), float(loss_t)], world)
         test_acc = evaluate(model, x_test, y_test)
         row = {
             "epoch": epoch + 1,
@@ -348,6 +353,23 @@ def train(
     return summary
 
 
+def layer_rows(model: nn.Module, report: CompressionReport) -> list[dict[str, Any]]:
+    """One row per Linear/Conv2d child: the compression table's row, or a dense row (ratio 1)."""
+    by_name = {r["layer"]: r for r in report.rows}
+    rows = []
+    for name, mod in model.named_children():
+        if name in by_name:
+            rows.append({**by_name[name], "params": mod.num_parameters()})
+        elif isinstance(mod, (nn.Linear, nn.Conv2d)):
+            n = mod.weight.numel()
+            rows.append(
+                {"layer": name, "kind": type(mod).__name__, "arch": "dense", "dense_params": n,
+                 "generator_params": n, "compression": 1.0, "fit_error": None,
+                 "params": sum(p.numel() for p in mod.parameters())}
+            )  # fmt: skip
+    return rows
+
+
 def _summary(
     cfg: TrainConfig,
     model: nn.Module,
@@ -357,26 +379,7 @@ def _summary(
     wall: float,
     world: int,
 ) -> dict[str, Any]:
-    layers = []
-    by_name = {r["layer"]: r for r in report.rows}
-    for name, mod in model.named_children():
-        weight = getattr(mod, "weight", None)
-        if name in by_name:
-            r = by_name[name]
-            layers.append({**r, "params": mod.num_parameters()})
-        elif isinstance(mod, (nn.Linear, nn.Conv2d)) and isinstance(weight, torch.Tensor):
-            layers.append(
-                {
-                    "layer": name,
-                    "kind": type(mod).__name__,
-                    "arch": "dense",
-                    "dense_params": weight.numel(),
-                    "generator_params": weight.numel(),
-                    "compression": 1.0,
-                    "fit_error": None,
-                    "params": sum(p.numel() for p in mod.parameters()),
-                }
-            )
+    layers = layer_rows(model, report)
     return {
         "config": asdict(cfg),
         "layers": layers,
