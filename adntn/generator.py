@@ -98,8 +98,9 @@ class Generator(nn.Module):
         cache: The plan cache (``True`` for the default file, a path, a ``PlanCache`` or ``False``).
         cache_only: Never search: load every plan from the cache or raise.
         executor: ``"torch"`` (einsum programs), ``"numba"`` (fused CPU kernels, :mod:`kernels`) or
-            ``"auto"``: numba for CPU parameters when every segment has a fused kernel, torch
-            otherwise and always while ``torch.compile`` / ``torch.export`` trace the module.
+            ``"auto"``: numba for CPU parameters when every segment has a fused kernel, torch runs
+            on one thread and the calibrated model keeps most of the work in the fused loops; torch
+            otherwise, and always while ``torch.compile`` / ``torch.export`` trace the module.
     """
 
     def __init__(
@@ -310,8 +311,13 @@ class Generator(nn.Module):
             from kernels.executor import compiled_steps
 
             try:
-                compiled_steps(self)
-                self.__dict__["_numba_ok"] = True
+                steps = [st for gs in compiled_steps(self) for st in gs.steps]
+                # Measured (benchmarks/results/kernels-cpu.md): the fused loops win where they do
+                # most of the work on one thread; where the cost model sends most of it to BLAS, or
+                # torch has several threads (the loops are single-threaded), torch is as fast or faster.
+                blas = sum(st.flops for st in steps if st.blas)
+                fused_bound = 2 * blas <= sum(st.flops for st in steps) and torch.get_num_threads() == 1
+                self.__dict__["_numba_ok"] = self.executor == "numba" or fused_bound
             except KernelsError:
                 if self.executor == "numba":
                     raise

@@ -19,17 +19,20 @@ from typing import Any
 
 import numpy as np
 
-VERSION = 1
+VERSION = 3
+LARGE_Y = 1 << 18  # Yc elements beyond which the fused loop streams Yc from memory once per row
 _POINTS = (8, 64)
 
 
 def cache_file() -> Path:
-    """Where the calibration is stored."""
+    """Where the calibration for torch's current thread count is stored."""
+    import torch
+
     root = os.environ.get("ADNTN_CACHE_DIR") or str(Path.home() / ".cache" / "adntn")
-    return Path(root) / "kernels-calibration.json"
+    return Path(root) / f"kernels-calibration-{torch.get_num_threads()}t.json"
 
 
-def _best(fn: Any, reps: int = 3) -> float:
+def _best(fn: Any, reps: int = 5) -> float:
     fn()
     best = math.inf
     for _ in range(reps):
@@ -39,7 +42,7 @@ def _best(fn: Any, reps: int = 3) -> float:
     return best
 
 
-def _time_point(k: int, m: int = 2048, n: int = 256) -> tuple[float, float]:
+def _time_point(k: int, m: int = 2048, n: int = 1024) -> tuple[float, float]:
     """Seconds per multiply-add, forward+backward, of ``X[m, k] ⊗ Y[k, n]``: fused loop and BLAS."""
     import torch
 
@@ -71,32 +74,45 @@ def _time_point(k: int, m: int = 2048, n: int = 256) -> tuple[float, float]:
 
 
 def measure() -> dict[str, Any]:
-    """Time the fused loop and the BLAS path on two synthetic steps (about a second)."""
-    out: dict[str, Any] = {"version": VERSION, "machine": platform.machine(), "numba": {}, "blas": {}}
+    """Time the fused loop and the BLAS path on two synthetic steps (a few seconds).
+
+    The steps write 2M outputs, more than any cache holds, as the big steps of real generators do;
+    BLAS runs at torch's current thread count, which is part of the cache key.
+    """
+    import torch
+
+    out: dict[str, Any] = {
+        "version": VERSION, "machine": platform.machine(), "threads": torch.get_num_threads(), "numba": {}, "blas": {},
+    }  # fmt: skip
     for k in _POINTS:
         out["numba"][str(k)], out["blas"][str(k)] = _time_point(k)
+    # Few rows against a right operand far larger than any cache: the fused loop re-reads it per row.
+    out["numba"]["large"], out["blas"]["large"] = _time_point(64, m=32, n=1 << 15)
     return out
 
 
-_MEMO: dict[str, Any] = {}
+_MEMO: dict[int, Any] = {}
 
 
 def calibration() -> dict[str, Any]:
-    """The cached calibration, measured now if there is none for this version."""
-    if "cal" in _MEMO:
-        return _MEMO["cal"]
+    """The cached calibration for torch's current thread count, measured now if there is none."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if threads in _MEMO:
+        return _MEMO[threads]
     path = cache_file()
     try:
         cal = json.loads(path.read_text())
-        if cal.get("version") != VERSION:
-            raise ValueError("old version")
+        if cal.get("version") != VERSION or cal.get("threads") != threads:
+            raise ValueError("another version or thread count")
     except (OSError, ValueError):
         cal = measure()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(cal, indent=2))
         os.replace(tmp, path)
-    _MEMO["cal"] = cal
+    _MEMO[threads] = cal
     return cal
 
 
@@ -107,7 +123,11 @@ def _interp(table: dict[str, float], k: int) -> float:
     return math.exp((1 - t) * math.log(table[str(lo)]) + t * math.log(table[str(hi)]))
 
 
-def step_seconds(flops: int, k: int, *, blas: bool) -> float:
-    """Predicted forward+backward seconds of one step on this machine."""
+def step_seconds(flops: int, k: int, *, blas: bool, y_size: int = 0) -> float:
+    """Predicted forward+backward seconds of one step on this machine (``y_size``: elements of the
+    canonical right operand, which decides whether it stays in cache)."""
     cal = calibration()
-    return flops * _interp(cal["blas" if blas else "numba"], k)
+    table = cal["blas" if blas else "numba"]
+    if y_size > LARGE_Y:
+        return flops * table["large"]
+    return flops * _interp(table, k)

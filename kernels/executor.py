@@ -80,7 +80,11 @@ def group_steps(group: Any, blas: bool | None = None) -> GroupSteps:
         # A GEMM-shaped step (long summed extent) belongs to BLAS; the calibrated model decides.
         use = blas
         if use is None:
-            use = step_seconds(step.flops, step.bkn[1], blas=True) < step_seconds(step.flops, step.bkn[1], blas=False)
+            _, kk, nn = step.bkn
+            y_size = step.bkn[0] * kk * nn
+            use = step_seconds(step.flops, kk, blas=True, y_size=y_size) < step_seconds(
+                step.flops, kk, blas=False, y_size=y_size
+            )
         if use:
             step = replace(step, blas=True)
         steps.append(step)

@@ -95,6 +95,7 @@ def test_calibration_is_measured_once_and_survives_a_damaged_file(tmp_path, monk
     monkeypatch.setattr("kernels.calibrate._MEMO", {})
     cal = calibration()
     assert cache_file().parent == tmp_path and json.loads(cache_file().read_text()) == cal
+    assert cal["threads"] == torch.get_num_threads() and cache_file().name.endswith("-1t.json")
     assert all(v > 0 for table in ("numba", "blas") for v in cal[table].values())
     monkeypatch.setattr("kernels.calibrate._MEMO", {})
     cache_file().write_text("{not json")
