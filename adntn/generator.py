@@ -39,13 +39,28 @@ class Operand:
         key: The parameter name, or the source group's index.
         index: For a node operand: ``None`` (the source's whole output, shared by all members),
             an ``int`` (one member of the source), a ``slice`` or a tuple of member indices.
-        batched: Whether the operand carries the member axis.
     """
 
     kind: str
     key: str | int
     index: Any = None
-    batched: bool = False
+
+
+@dataclass(frozen=True)
+class Stream:
+    """The last segment with the input batch contracted in, planned for one batch-size bucket.
+
+    Attributes:
+        program: The compiled contraction (the batch axis is free, so any batch size runs).
+        flops: Planned flops at the bucket's batch size.
+        ssa_path: The planned order (re-scored at the actual batch size for mode decisions).
+        cache: The plan cache status when it was planned.
+    """
+
+    program: Program
+    flops: int
+    ssa_path: tuple[tuple[int, int], ...]
+    cache: str
 
 
 @dataclass(frozen=True)
@@ -129,10 +144,7 @@ class Generator(nn.Module):
         self.cores = nn.ParameterDict()
         self._plan_kwargs = {"cache": cache, "cache_only": cache_only}
         self.groups: tuple[Group, ...] = tuple(self._build_groups(graph))
-        self.stream_programs: dict[int, Program] = {}
-        self.stream_flops: dict[int, int] = {}
-        self.stream_cache: dict[int, str] = {}
-        self._stream_paths: dict[int, tuple] = {}
+        self.streams: dict[int, Stream] = {}
         if self.streamable:
             for rows in STREAM_BUCKETS:
                 self._plan_stream(rows)
@@ -209,7 +221,7 @@ class Generator(nn.Module):
                 sg = src[0][0]
                 idx = [k for _, k in src]
                 if n == 1 or len(set(idx)) == 1:
-                    operands.append(Operand("node", sg, idx[0], False))
+                    operands.append(Operand("node", sg, idx[0]))
                     inputs.append(lab)
                 else:
                     step = idx[1] - idx[0]
@@ -217,14 +229,14 @@ class Generator(nn.Module):
                         index: Any = slice(idx[0], idx[-1] + 1, step)
                     else:
                         index = tuple(idx)
-                    operands.append(Operand("node", sg, index, True))
+                    operands.append(Operand("node", sg, index))
                     inputs.append((BATCH, *lab))
             else:
                 core = graph.cores[op]
                 key = f"g{gi}_{core.role}{j}"
                 shape = tuple(graph.sizes[x] for x in core.labels)
                 self.cores[key] = nn.Parameter(torch.empty((n, *shape) if n > 1 else shape))
-                operands.append(Operand("core", key, None, n > 1))
+                operands.append(Operand("core", key))
                 inputs.append((BATCH, *lab) if n > 1 else lab)
                 roles.append(core.role)
         out_labels = norm(template.labels)
@@ -269,10 +281,7 @@ class Generator(nn.Module):
 
     def _plan_stream(self, rows: int) -> None:
         plan = tnplan.plan(self._stream_network(rows), **self._plan_kwargs)
-        self.stream_programs[rows] = plan.compile(free=ROWS)
-        self.stream_flops[rows] = plan.flops
-        self._stream_paths[rows] = plan.ssa_path
-        self.stream_cache[rows] = plan.cache_status
+        self.streams[rows] = Stream(plan.compile(free=ROWS), plan.flops, tuple(plan.ssa_path), plan.cache_status)
 
     # ------------------------------------------------------------------ execution
 
@@ -350,7 +359,7 @@ class Generator(nn.Module):
         last = self.groups[-1]
         outputs = self.run_groups(len(self.groups) - 1)
         ops = [self._operand(op, outputs) for op in last.operands]
-        y = self.stream_programs[bucket](*ops, xs).reshape(rows, self.out_padded)
+        y = self.streams[bucket].program(*ops, xs).reshape(rows, self.out_padded)
         return y[:, : self.out_features] if self.out_padded != self.out_features else y
 
     @staticmethod
@@ -374,7 +383,7 @@ class Generator(nn.Module):
     def stream_flops_at(self, rows: int) -> int:
         """Flops of streaming ``rows`` inputs: every group but the last, then the streaming network
         along the path planned for the nearest bucket."""
-        path = self._stream_paths[self.stream_bucket(rows)]
+        path = self.streams[self.stream_bucket(rows)].ssa_path
         streamed = tnplan.score_path(self._stream_network(rows), list(path)).flops
         return sum(g.flops for g in self.groups[:-1]) + streamed
 
@@ -428,14 +437,14 @@ class Generator(nn.Module):
             {"network": g.name, "members": g.size, "tensors": g.network.num_tensors, "flops": g.flops, "cache": g.cache}
             for g in self.groups
         ]
-        for b in sorted(self.stream_programs):
+        for b, st in sorted(self.streams.items()):
             rows.append(
                 {
                     "network": f"stream@rows={b}",
                     "members": 1,
                     "tensors": self.groups[-1].network.num_tensors + 1,
-                    "flops": self.stream_flops[b],
-                    "cache": self.stream_cache[b],
+                    "flops": st.flops,
+                    "cache": st.cache,
                 }
             )
         return rows

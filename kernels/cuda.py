@@ -123,8 +123,16 @@ def device_view(t: torch.Tensor) -> Any:
     return cuda.as_cuda_array(t.detach())
 
 
+_TABLES: dict[tuple[int, str], tuple[np.ndarray, torch.Tensor]] = {}
+
+
 def _table(t: np.ndarray, device: torch.device) -> Any:
-    return device_view(torch.from_numpy(t).to(device))
+    """An offset table on the device, copied there once (steps are built once and kept)."""
+    key = (id(t), str(device))
+    hit = _TABLES.get(key)
+    if hit is None or hit[0] is not t:
+        hit = _TABLES[key] = (t, torch.from_numpy(t).to(device))
+    return device_view(hit[1])
 
 
 def forward_step(st: Any, x: torch.Tensor, yc: torch.Tensor, code: int, keep_pre: bool) -> tuple:

@@ -52,6 +52,36 @@ _act = numba.njit(cache=True, inline="always")(activation)
 _dact = numba.njit(cache=True, inline="always")(derivative)
 
 
+@numba.njit(cache=True, inline="always")
+def _put_row(src, so, Z, Zpre, zo, zn, run, code):
+    """Write one output row ``src[so:so+N]`` through ``Z``'s offsets, activated (pre-activation kept
+    in ``Zpre`` when it is non-empty)."""
+    keep = Zpre.size > 0
+    for no in range(zn.size):
+        base = zo + zn[no]
+        bo = so + no * run
+        for r in range(run):
+            v = src[bo + r]
+            if keep:
+                Zpre[base + r] = v
+            Z[base + r] = _act(v, code)
+
+
+@numba.njit(cache=True, inline="always")
+def _take_row(G, OUT, PRE, code, zo, zn, run, dst, do):
+    """Read one output-adjoint row through ``Z``'s offsets into ``dst[do:do+N]``, times ``σ'``."""
+    keep = PRE.size > 0
+    for no in range(zn.size):
+        base = zo + zn[no]
+        bo = do + no * run
+        for r in range(run):
+            g = G[base + r]
+            if code != IDENTITY:
+                z = PRE[base + r] if keep else 0.0
+                g *= _dact(z, OUT[base + r], code)
+            dst[bo + r] = g
+
+
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def forward_step(X, Yc, Z, Zpre, xb, xm, xk, K, N, zb, zm, zn, run, code):
     """``Z = act(X ⊗ Yc)`` for one step; ``Zpre`` (when non-empty) receives the pre-activation.
@@ -59,7 +89,6 @@ def forward_step(X, Yc, Z, Zpre, xb, xm, xk, K, N, zb, zm, zn, run, code):
     Per output row ``(b, m)`` the row is accumulated in a buffer by contiguous AXPYs over ``Yc``,
     then written through ``Z``'s offsets in runs, with the activation applied on the way out.
     """
-    keep = Zpre.size > 0
     buf = np.empty(N, dtype=Z.dtype)
     for b in range(xb.size):
         for m in range(xm.size):
@@ -70,15 +99,7 @@ def forward_step(X, Yc, Z, Zpre, xb, xm, xk, K, N, zb, zm, zn, run, code):
                 yo = (b * K + k) * N
                 for n in range(N):
                     buf[n] += a * Yc[yo + n]
-            zo = zb[b] + zm[m]
-            for no in range(zn.size):
-                base = zo + zn[no]
-                bo = no * run
-                for r in range(run):
-                    v = buf[bo + r]
-                    if keep:
-                        Zpre[base + r] = v
-                    Z[base + r] = _act(v, code)
+            _put_row(buf, 0, Z, Zpre, zb[b] + zm[m], zn, run, code)
     return Z
 
 
@@ -90,22 +111,12 @@ def backward_step(X, Yc, G, OUT, PRE, code, Xbar, Ycbar, xb, xm, xk, K, N, zb, z
     when ``code`` is not the identity. Then ``X̄ += Ḡ ⊗ Yc`` (dot products) and ``Ȳc += X ⊗ Ḡ``
     (AXPYs); an empty ``Xbar`` or ``Ycbar`` skips that adjoint.
     """
-    keep = PRE.size > 0
     need_x = Xbar.size > 0
     need_y = Ycbar.size > 0
     buf = np.empty(N, dtype=G.dtype)
     for b in range(xb.size):
         for m in range(xm.size):
-            zo = zb[b] + zm[m]
-            for no in range(zn.size):
-                base = zo + zn[no]
-                bo = no * run
-                for r in range(run):
-                    g = G[base + r]
-                    if code != IDENTITY:
-                        z = PRE[base + r] if keep else 0.0
-                        g *= _dact(z, OUT[base + r], code)
-                    buf[bo + r] = g
+            _take_row(G, OUT, PRE, code, zb[b] + zm[m], zn, run, buf, 0)
             xo = xb[b] + xm[m]
             for k in range(K):
                 yo = (b * K + k) * N
@@ -123,40 +134,19 @@ def backward_step(X, Yc, G, OUT, PRE, code, Xbar, Ycbar, xb, xm, xk, K, N, zb, z
 @numba.njit(cache=True, nogil=True)
 def scatter_rows(C, Z, Zpre, zb, zm, zn, run, code):
     """Write a canonical ``C[b, m, n]`` (from a BLAS product) into ``Z``'s layout with the activation."""
-    keep = Zpre.size > 0
-    nb, nm, nn = zb.size, zm.size, zn.size * run
-    for b in range(nb):
+    nm, nn = zm.size, zn.size * run
+    for b in range(zb.size):
         for m in range(nm):
-            co = (b * nm + m) * nn
-            zo = zb[b] + zm[m]
-            for no in range(zn.size):
-                base = zo + zn[no]
-                bo = co + no * run
-                for r in range(run):
-                    v = C[bo + r]
-                    if keep:
-                        Zpre[base + r] = v
-                    Z[base + r] = _act(v, code)
+            _put_row(C, (b * nm + m) * nn, Z, Zpre, zb[b] + zm[m], zn, run, code)
     return Z
 
 
 @numba.njit(cache=True, nogil=True)
 def gather_rows(G, OUT, PRE, code, zb, zm, zn, run):
     """``Ḡ ⊙ σ'`` gathered from ``Z``'s layout into a canonical ``(b, m, n)`` array."""
-    keep = PRE.size > 0
-    nb, nm, nn = zb.size, zm.size, zn.size * run
-    C = np.empty(nb * nm * nn, dtype=G.dtype)
-    for b in range(nb):
+    nm, nn = zm.size, zn.size * run
+    C = np.empty(zb.size * nm * nn, dtype=G.dtype)
+    for b in range(zb.size):
         for m in range(nm):
-            co = (b * nm + m) * nn
-            zo = zb[b] + zm[m]
-            for no in range(zn.size):
-                base = zo + zn[no]
-                bo = co + no * run
-                for r in range(run):
-                    g = G[base + r]
-                    if code != IDENTITY:
-                        z = PRE[base + r] if keep else 0.0
-                        g *= _dact(z, OUT[base + r], code)
-                    C[bo + r] = g
+            _take_row(G, OUT, PRE, code, zb[b] + zm[m], zn, run, C, (b * nm + m) * nn)
     return C
