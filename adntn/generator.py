@@ -322,10 +322,9 @@ class Generator(nn.Module):
             try:
                 steps = [st for gs in compiled_steps(self) for st in gs.steps]
                 # Measured (benchmarks/results/kernels-cpu.md): the fused loops win where they do
-                # most of the work on one thread; where the cost model sends most of it to BLAS, or
-                # torch has several threads (the loops are single-threaded), torch is as fast or faster.
+                # most of the work; where the cost model sends most of it to BLAS, torch is as fast.
                 blas = sum(st.flops for st in steps if st.blas)
-                fused_bound = 2 * blas <= sum(st.flops for st in steps) and torch.get_num_threads() == 1
+                fused_bound = 2 * blas <= sum(st.flops for st in steps)
                 self.__dict__["_numba_ok"] = self.executor == "numba" or fused_bound
             except KernelsError:
                 if self.executor == "numba":

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-VERSION = 3
+VERSION = 4
 LARGE_Y = 1 << 18  # Yc elements beyond which the fused loop streams Yc from memory once per row
 _POINTS = (8, 64)
 
@@ -46,7 +46,7 @@ def _time_point(k: int, m: int = 2048, n: int = 1024) -> tuple[float, float]:
     """Seconds per multiply-add, forward+backward, of ``X[m, k] ⊗ Y[k, n]``: fused loop and BLAS."""
     import torch
 
-    from kernels.numba_cpu import IDENTITY, backward_step, forward_step, gather_rows, scatter_rows
+    from kernels.numba_cpu import IDENTITY, run_backward, run_forward, run_gather, run_scatter
     from kernels.steps import make_step
 
     rng = np.random.default_rng(0)
@@ -59,15 +59,14 @@ def _time_point(k: int, m: int = 2048, n: int = 1024) -> tuple[float, float]:
     xt, yt = torch.from_numpy(x.reshape(m, k)), torch.from_numpy(y.reshape(k, n))
 
     def fused() -> None:
-        forward_step(x, y, z, empty, xb, xm, xk, k, n, zb, zm, zn, st.run, IDENTITY)
-        backward_step(
-            x, y, z, z, empty, IDENTITY, np.zeros(m * k), np.zeros(k * n), xb, xm, xk, k, n, zb, zm, zn, st.run
-        )
+        run_forward(x, y, z, empty, xb, xm, xk, k, n, zb, zm, zn, st.run, IDENTITY, st.flops)
+        zeros = np.zeros(m * k), np.zeros(k * n)
+        run_backward(x, y, z, z, empty, IDENTITY, *zeros, xb, xm, xk, k, n, zb, zm, zn, st.run, st.flops)
 
     def blas() -> None:
         c = torch.matmul(xt, yt).numpy()
-        scatter_rows(c.reshape(-1), z, empty, zb, zm, zn, st.run, IDENTITY)
-        g = torch.from_numpy(gather_rows(z, z, empty, IDENTITY, zb, zm, zn, st.run).reshape(m, n))
+        run_scatter(c.reshape(-1), z, empty, zb, zm, zn, st.run, IDENTITY)
+        g = torch.from_numpy(run_gather(z, z, empty, IDENTITY, zb, zm, zn, st.run).reshape(m, n))
         torch.matmul(g, yt.T), torch.matmul(xt.T, g)
 
     return _best(fused) / st.flops, _best(blas) / st.flops
@@ -77,7 +76,7 @@ def measure() -> dict[str, Any]:
     """Time the fused loop and the BLAS path on two synthetic steps (a few seconds).
 
     The steps write 2M outputs, more than any cache holds, as the big steps of real generators do;
-    BLAS runs at torch's current thread count, which is part of the cache key.
+    both paths run at torch's current thread count, which is part of the cache key.
     """
     import torch
 

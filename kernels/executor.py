@@ -132,7 +132,7 @@ class _CPU:
 
     @staticmethod
     def forward_step(st: Step, x: torch.Tensor, yc: torch.Tensor, code: int, keep_pre: bool) -> tuple:
-        from kernels.numba_cpu import forward_step, scatter_rows
+        from kernels.numba_cpu import run_forward, run_scatter
 
         z = torch.empty(st.out_size, dtype=x.dtype)
         pre = torch.empty(st.out_size if keep_pre else 0, dtype=x.dtype)
@@ -140,10 +140,20 @@ class _CPU:
         if st.blas:
             xc = x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(bb, -1, kk)
             c = torch.matmul(xc, yc.reshape(bb, kk, nn)).reshape(-1).contiguous()
-            scatter_rows(c.numpy(), z.numpy(), pre.numpy(), *st.z_tables, st.run, code)
+            run_scatter(c.numpy(), z.numpy(), pre.numpy(), *st.z_tables, st.run, code)
         else:
-            forward_step(
-                x.numpy(), yc.numpy(), z.numpy(), pre.numpy(), *st.x_tables, kk, nn, *st.z_tables, st.run, code
+            run_forward(
+                x.numpy(),
+                yc.numpy(),
+                z.numpy(),
+                pre.numpy(),
+                *st.x_tables,
+                kk,
+                nn,
+                *st.z_tables,
+                st.run,
+                code,
+                st.flops,
             )
         return z, pre
 
@@ -151,11 +161,11 @@ class _CPU:
     def backward_step(
         st: Step, x: torch.Tensor, yc: torch.Tensor, g: torch.Tensor, out: torch.Tensor, pre: torch.Tensor, code: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        from kernels.numba_cpu import backward_step, gather_rows
+        from kernels.numba_cpu import run_backward, run_gather
 
         bb, kk, nn = st.bkn
         if st.blas:
-            c = torch.from_numpy(gather_rows(g.numpy(), out.numpy(), pre.numpy(), code, *st.z_tables, st.run))
+            c = torch.from_numpy(run_gather(g.numpy(), out.numpy(), pre.numpy(), code, *st.z_tables, st.run))
             cm = c.reshape(bb, -1, nn)
             xc_bar = torch.matmul(cm, yc.reshape(bb, kk, nn).transpose(1, 2))
             inverse = tuple(int(a) for a in np.argsort(st.x_axes))
@@ -164,9 +174,9 @@ class _CPU:
             return x_bar, torch.matmul(xc.transpose(1, 2), cm).reshape(-1)
         x_bar = torch.zeros(x.numel(), dtype=g.dtype)
         yc_bar = torch.zeros(yc.numel(), dtype=g.dtype)
-        backward_step(
+        run_backward(
             x.numpy(), yc.numpy(), g.numpy(), out.numpy(), pre.numpy(), code, x_bar.numpy(), yc_bar.numpy(),
-            *st.x_tables, kk, nn, *st.z_tables, st.run,
+            *st.x_tables, kk, nn, *st.z_tables, st.run, st.flops,
         )  # fmt: skip
         return x_bar, yc_bar
 

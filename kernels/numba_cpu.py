@@ -1,10 +1,12 @@
 """numba CPU kernels: one pass per pairwise step, with the output permutation and activation fused.
 
-``pairwise`` runs the offset-table contraction of :mod:`kernels.steps` and applies the activation
-on the way out; ``pairwise_grad`` first multiplies the incoming adjoint by the activation's
-derivative (computed from the stored output or pre-activation). Both release the GIL. Where the
-innermost summed offsets are contiguous on both operands the dot product runs on plain slices, which
-LLVM vectorises.
+``forward_step`` runs the offset-table contraction of :mod:`kernels.steps` and applies the activation
+on the way out; ``backward_step`` first multiplies the incoming adjoint by the activation's
+derivative (computed from the stored output or pre-activation), then forms both operand adjoints in
+the same pass. Both release the GIL, and their inner loops run over contiguous memory, which LLVM
+vectorises. When torch runs several threads, big steps split their output rows over numba's threads
+(``*_parallel``, chosen by :func:`run_forward` / :func:`run_backward`); the right operand's adjoint is
+then summed per block of rows and the blocks are added in order.
 """
 
 from __future__ import annotations
@@ -60,11 +62,18 @@ def _put_row(src, so, Z, Zpre, zo, zn, run, code):
     for no in range(zn.size):
         base = zo + zn[no]
         bo = so + no * run
+        out = Z[base : base + run]
+        row = src[bo : bo + run]
+        if code == IDENTITY and not keep:
+            # The common case (a linear root writing the weight) is a plain copy, which vectorises.
+            for r in range(run):
+                out[r] = row[r]
+            continue
         for r in range(run):
-            v = src[bo + r]
+            v = row[r]
             if keep:
                 Zpre[base + r] = v
-            Z[base + r] = _act(v, code)
+            out[r] = _act(v, code)
 
 
 @numba.njit(cache=True, inline="always")
@@ -74,12 +83,103 @@ def _take_row(G, OUT, PRE, code, zo, zn, run, dst, do):
     for no in range(zn.size):
         base = zo + zn[no]
         bo = do + no * run
+        row = dst[bo : bo + run]
+        g = G[base : base + run]
+        if code == IDENTITY:
+            for r in range(run):
+                row[r] = g[r]
+            continue
+        y = OUT[base : base + run]
         for r in range(run):
-            g = G[base + r]
-            if code != IDENTITY:
-                z = PRE[base + r] if keep else 0.0
-                g *= _dact(z, OUT[base + r], code)
-            dst[bo + r] = g
+            z = PRE[base + r] if keep else 0.0
+            row[r] = g[r] * _dact(z, y[r], code)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _forward_rows(X, Yc, Z, Zpre, xb, xm, xk, K, N, zb, zm, zn, run, code, lo, hi):
+    """Output rows ``lo..hi`` (flattened ``(b, m)``) of one forward step."""
+    # A local buffer (LLVM then knows it aliases nothing) and row views rather than computed
+    # indices (offsets LLVM can see are non-negative): both are needed for the loops to vectorise.
+    buf = np.empty(N, dtype=Z.dtype)
+    nm = xm.size
+    for row in range(lo, hi):
+        b = row // nm
+        m = row - b * nm
+        buf[:] = 0.0
+        xo = xb[b] + xm[m]
+        k = 0
+        # Four rows of Yc per pass over the buffer: a quarter of the buffer traffic (~30% faster).
+        while k + 4 <= K:
+            a0, a1, a2, a3 = X[xo + xk[k]], X[xo + xk[k + 1]], X[xo + xk[k + 2]], X[xo + xk[k + 3]]
+            y = Yc[(b * K + k) * N : (b * K + k + 4) * N]
+            y0, y1, y2, y3 = y[:N], y[N : 2 * N], y[2 * N : 3 * N], y[3 * N :]
+            for n in range(N):
+                buf[n] += a0 * y0[n] + a1 * y1[n] + a2 * y2[n] + a3 * y3[n]
+            k += 4
+        while k < K:
+            a = X[xo + xk[k]]
+            y = Yc[(b * K + k) * N : (b * K + k + 1) * N]
+            for n in range(N):
+                buf[n] += a * y[n]
+            k += 1
+        _put_row(buf, 0, Z, Zpre, zb[b] + zm[m], zn, run, code)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _backward_rows(X, Yc, G, OUT, PRE, code, Xbar, Ycbar, xb, xm, xk, K, N, zb, zm, zn, run, lo, hi):
+    """Adjoint contributions of output rows ``lo..hi``: ``X̄`` rows are written (each row owns its
+    ``X̄`` entries), ``Ȳc`` is accumulated into the given array."""
+    buf = np.empty(N, dtype=G.dtype)
+    need_x = Xbar.size > 0
+    need_y = Ycbar.size > 0
+    nm = xm.size
+    for row in range(lo, hi):
+        b = row // nm
+        m = row - b * nm
+        _take_row(G, OUT, PRE, code, zb[b] + zm[m], zn, run, buf, 0)
+        xo = xb[b] + xm[m]
+        k = 0
+        # Four rows of Yc (and of Ȳc) per pass over the buffer, as in the forward.
+        while need_x and k + 4 <= K:
+            y = Yc[(b * K + k) * N : (b * K + k + 4) * N]
+            y0, y1, y2, y3 = y[:N], y[N : 2 * N], y[2 * N : 3 * N], y[3 * N :]
+            s0 = s1 = s2 = s3 = 0.0
+            for n in range(N):
+                g = buf[n]
+                s0 += g * y0[n]
+                s1 += g * y1[n]
+                s2 += g * y2[n]
+                s3 += g * y3[n]
+            Xbar[xo + xk[k]] += s0
+            Xbar[xo + xk[k + 1]] += s1
+            Xbar[xo + xk[k + 2]] += s2
+            Xbar[xo + xk[k + 3]] += s3
+            k += 4
+        while need_x and k < K:
+            y = Yc[(b * K + k) * N : (b * K + k + 1) * N]
+            s = 0.0
+            for n in range(N):
+                s += buf[n] * y[n]
+            Xbar[xo + xk[k]] += s
+            k += 1
+        k = 0
+        while need_y and k + 4 <= K:
+            a0, a1, a2, a3 = X[xo + xk[k]], X[xo + xk[k + 1]], X[xo + xk[k + 2]], X[xo + xk[k + 3]]
+            ybar = Ycbar[(b * K + k) * N : (b * K + k + 4) * N]
+            v0, v1, v2, v3 = ybar[:N], ybar[N : 2 * N], ybar[2 * N : 3 * N], ybar[3 * N :]
+            for n in range(N):
+                g = buf[n]
+                v0[n] += a0 * g
+                v1[n] += a1 * g
+                v2[n] += a2 * g
+                v3[n] += a3 * g
+            k += 4
+        while need_y and k < K:
+            a = X[xo + xk[k]]
+            ybar = Ycbar[(b * K + k) * N : (b * K + k + 1) * N]
+            for n in range(N):
+                ybar[n] += a * buf[n]
+            k += 1
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
@@ -89,17 +189,18 @@ def forward_step(X, Yc, Z, Zpre, xb, xm, xk, K, N, zb, zm, zn, run, code):
     Per output row ``(b, m)`` the row is accumulated in a buffer by contiguous AXPYs over ``Yc``,
     then written through ``Z``'s offsets in runs, with the activation applied on the way out.
     """
-    buf = np.empty(N, dtype=Z.dtype)
-    for b in range(xb.size):
-        for m in range(xm.size):
-            buf[:] = 0.0
-            xo = xb[b] + xm[m]
-            for k in range(K):
-                a = X[xo + xk[k]]
-                yo = (b * K + k) * N
-                for n in range(N):
-                    buf[n] += a * Yc[yo + n]
-            _put_row(buf, 0, Z, Zpre, zb[b] + zm[m], zn, run, code)
+    _forward_rows(X, Yc, Z, Zpre, xb, xm, xk, K, N, zb, zm, zn, run, code, 0, xb.size * xm.size)
+    return Z
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)
+def forward_step_parallel(X, Yc, Z, Zpre, xb, xm, xk, K, N, zb, zm, zn, run, code, chunks):
+    """:func:`forward_step` over ``chunks`` contiguous blocks of output rows on numba's threads
+    (rows write disjoint parts of ``Z``)."""
+    rows = xb.size * xm.size
+    per = (rows + chunks - 1) // chunks
+    for c in numba.prange(chunks):
+        _forward_rows(X, Yc, Z, Zpre, xb, xm, xk, K, N, zb, zm, zn, run, code, c * per, min(rows, (c + 1) * per))
     return Z
 
 
@@ -111,42 +212,123 @@ def backward_step(X, Yc, G, OUT, PRE, code, Xbar, Ycbar, xb, xm, xk, K, N, zb, z
     when ``code`` is not the identity. Then ``X̄ += Ḡ ⊗ Yc`` (dot products) and ``Ȳc += X ⊗ Ḡ``
     (AXPYs); an empty ``Xbar`` or ``Ycbar`` skips that adjoint.
     """
-    need_x = Xbar.size > 0
-    need_y = Ycbar.size > 0
-    buf = np.empty(N, dtype=G.dtype)
-    for b in range(xb.size):
-        for m in range(xm.size):
-            _take_row(G, OUT, PRE, code, zb[b] + zm[m], zn, run, buf, 0)
-            xo = xb[b] + xm[m]
-            for k in range(K):
-                yo = (b * K + k) * N
-                if need_x:
-                    s = 0.0
-                    for n in range(N):
-                        s += buf[n] * Yc[yo + n]
-                    Xbar[xo + xk[k]] += s
-                if need_y:
-                    a = X[xo + xk[k]]
-                    for n in range(N):
-                        Ycbar[yo + n] += a * buf[n]
+    rows = xb.size * xm.size
+    _backward_rows(X, Yc, G, OUT, PRE, code, Xbar, Ycbar, xb, xm, xk, K, N, zb, zm, zn, run, 0, rows)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)
+def backward_step_parallel(X, Yc, G, OUT, PRE, code, Xbar, Ycbar, xb, xm, xk, K, N, zb, zm, zn, run, chunks):
+    """:func:`backward_step` over ``chunks`` blocks of rows on numba's threads. ``X̄`` entries belong
+    to one row each; ``Ȳc`` is summed by every row, so each block accumulates its own copy and the
+    copies are added in block order (the same result for the same ``chunks``)."""
+    rows = xb.size * xm.size
+    per = (rows + chunks - 1) // chunks
+    width = Ycbar.size
+    parts = np.zeros((chunks, width), dtype=Ycbar.dtype)
+    for c in numba.prange(chunks):
+        lo, hi = c * per, min(rows, (c + 1) * per)
+        _backward_rows(X, Yc, G, OUT, PRE, code, Xbar, parts[c], xb, xm, xk, K, N, zb, zm, zn, run, lo, hi)
+    for i in numba.prange(width):
+        s = Ycbar[i]
+        for c in range(chunks):
+            s += parts[c, i]
+        Ycbar[i] = s
+
+
+@numba.njit(cache=True, inline="always")
+def _scatter_rows(C, Z, Zpre, zb, zm, zn, run, code, row):
+    nm, nn = zm.size, zn.size * run
+    b = row // nm
+    _put_row(C, row * nn, Z, Zpre, zb[b] + zm[row - b * nm], zn, run, code)
+
+
+@numba.njit(cache=True, inline="always")
+def _gather_rows(G, OUT, PRE, code, zb, zm, zn, run, C, row):
+    nm, nn = zm.size, zn.size * run
+    b = row // nm
+    _take_row(G, OUT, PRE, code, zb[b] + zm[row - b * nm], zn, run, C, row * nn)
 
 
 @numba.njit(cache=True, nogil=True)
 def scatter_rows(C, Z, Zpre, zb, zm, zn, run, code):
     """Write a canonical ``C[b, m, n]`` (from a BLAS product) into ``Z``'s layout with the activation."""
-    nm, nn = zm.size, zn.size * run
-    for b in range(zb.size):
-        for m in range(nm):
-            _put_row(C, (b * nm + m) * nn, Z, Zpre, zb[b] + zm[m], zn, run, code)
+    for row in range(zb.size * zm.size):
+        _scatter_rows(C, Z, Zpre, zb, zm, zn, run, code, row)
+    return Z
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def scatter_rows_parallel(C, Z, Zpre, zb, zm, zn, run, code):
+    """:func:`scatter_rows` with the rows spread over numba's threads."""
+    for row in numba.prange(zb.size * zm.size):
+        _scatter_rows(C, Z, Zpre, zb, zm, zn, run, code, row)
     return Z
 
 
 @numba.njit(cache=True, nogil=True)
 def gather_rows(G, OUT, PRE, code, zb, zm, zn, run):
     """``Ḡ ⊙ σ'`` gathered from ``Z``'s layout into a canonical ``(b, m, n)`` array."""
-    nm, nn = zm.size, zn.size * run
-    C = np.empty(zb.size * nm * nn, dtype=G.dtype)
-    for b in range(zb.size):
-        for m in range(nm):
-            _take_row(G, OUT, PRE, code, zb[b] + zm[m], zn, run, C, (b * nm + m) * nn)
+    C = np.empty(zb.size * zm.size * zn.size * run, dtype=G.dtype)
+    for row in range(zb.size * zm.size):
+        _gather_rows(G, OUT, PRE, code, zb, zm, zn, run, C, row)
     return C
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def gather_rows_parallel(G, OUT, PRE, code, zb, zm, zn, run):
+    """:func:`gather_rows` with the rows spread over numba's threads."""
+    C = np.empty(zb.size * zm.size * zn.size * run, dtype=G.dtype)
+    for row in numba.prange(zb.size * zm.size):
+        _gather_rows(G, OUT, PRE, code, zb, zm, zn, run, C, row)
+    return C
+
+
+# Below this many multiply-adds plus outputs a step runs serially: a parallel launch costs ~10 us.
+PARALLEL_MIN_WORK = 1 << 16
+
+
+def threads() -> int:
+    """Threads the CPU kernels may use: torch's count (within numba's pool), applied to numba.
+
+    numba's OpenMP layer shares the OpenMP runtime with torch, so a parallel launch at another
+    count would change torch's thread count too; every launch therefore runs at torch's count.
+    """
+    import torch
+
+    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    # One thread runs only the serial kernels: numba's thread pool is then never started.
+    if n > 1 and numba.get_num_threads() != n:
+        numba.set_num_threads(n)
+    return n
+
+
+def run_forward(X, Yc, Z, Zpre, xb, xm, xk, K, N, zb, zm, zn, run, code, flops):
+    """:func:`forward_step`, or its parallel form when torch allows several threads and the step is big."""
+    n = threads()
+    rows = xb.size * xm.size
+    if n > 1 and rows >= 2 * n and flops + Z.size >= PARALLEL_MIN_WORK:
+        return forward_step_parallel(X, Yc, Z, Zpre, xb, xm, xk, K, N, zb, zm, zn, run, code, n)
+    return forward_step(X, Yc, Z, Zpre, xb, xm, xk, K, N, zb, zm, zn, run, code)
+
+
+def run_backward(X, Yc, G, OUT, PRE, code, Xbar, Ycbar, xb, xm, xk, K, N, zb, zm, zn, run, flops):
+    """:func:`backward_step`, or its parallel form when torch allows several threads and the step is big."""
+    n = threads()
+    rows = xb.size * xm.size
+    if n > 1 and rows >= 2 * n and flops + G.size >= PARALLEL_MIN_WORK:
+        return backward_step_parallel(X, Yc, G, OUT, PRE, code, Xbar, Ycbar, xb, xm, xk, K, N, zb, zm, zn, run, n)
+    return backward_step(X, Yc, G, OUT, PRE, code, Xbar, Ycbar, xb, xm, xk, K, N, zb, zm, zn, run)
+
+
+def run_scatter(C, Z, Zpre, zb, zm, zn, run, code):
+    """:func:`scatter_rows`, in parallel when torch allows several threads and the step is big."""
+    if threads() > 1 and Z.size >= PARALLEL_MIN_WORK:
+        return scatter_rows_parallel(C, Z, Zpre, zb, zm, zn, run, code)
+    return scatter_rows(C, Z, Zpre, zb, zm, zn, run, code)
+
+
+def run_gather(G, OUT, PRE, code, zb, zm, zn, run):
+    """:func:`gather_rows`, in parallel when torch allows several threads and the step is big."""
+    if threads() > 1 and G.size >= PARALLEL_MIN_WORK:
+        return gather_rows_parallel(G, OUT, PRE, code, zb, zm, zn, run)
+    return gather_rows(G, OUT, PRE, code, zb, zm, zn, run)

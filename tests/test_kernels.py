@@ -44,6 +44,47 @@ def test_numba_matches_torch_forward_and_gradients(arch, kwargs, blas, dtype, to
         torch.testing.assert_close(p.grad, g_ref[key], rtol=tol, atol=tol * float(g_ref[key].abs().max()))
 
 
+@pytest.mark.parametrize(("arch", "kwargs"), [ARCHS[1], ARCHS[2], ARCHS[4]])
+def test_parallel_kernels_match_torch_with_two_threads(arch, kwargs, monkeypatch):
+    import kernels.numba_cpu as cpu
+
+    calls = {"forward": 0, "backward": 0}
+    forward, backward = cpu.forward_step_parallel, cpu.backward_step_parallel
+
+    def count(name, fn):
+        def wrapped(*args):
+            calls[name] += 1
+            return fn(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(cpu, "forward_step_parallel", count("forward", forward))
+    monkeypatch.setattr(cpu, "backward_step_parallel", count("backward", backward))
+    monkeypatch.setattr(cpu, "PARALLEL_MIN_WORK", 0)  # the test shapes are small: force the parallel form
+    torch.manual_seed(3)
+    g = adntn.make_generator(arch, 40, 60, executor="torch", **kwargs).to(torch.float64)
+    grad = torch.randn(g.out_padded, g.in_padded, dtype=torch.float64)
+    w_ref, g_ref = _reference(g, grad)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = []
+        for _ in range(2):
+            g.zero_grad()
+            w = numba_weight(g, False)
+            (w * grad).sum().backward()
+            results.append((w.detach(), {k: p.grad.clone() for k, p in g.cores.items()}))
+    finally:
+        torch.set_num_threads(before)
+    assert calls["forward"] > 0 and calls["backward"] > 0
+    w, grads = results[0]
+    torch.testing.assert_close(w, w_ref, rtol=1e-10, atol=1e-10 * float(w_ref.abs().max()))
+    for key in g.cores:
+        torch.testing.assert_close(grads[key], g_ref[key], rtol=1e-10, atol=1e-10 * float(g_ref[key].abs().max()))
+    # Same thread count, same blocks: bit-identical results.
+    assert torch.equal(results[1][0], w) and all(torch.equal(results[1][1][k], grads[k]) for k in grads)
+
+
 def test_layers_pick_numba_on_the_cpu_and_torch_under_compile():
     torch.manual_seed(1)
     layer = adntn.TNLinear(32, 24, "ttn", bond_dim=2, mode="materialize")

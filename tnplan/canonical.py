@@ -71,7 +71,9 @@ def structure(network: Network) -> Structure:
     if cached is not None:
         return cached
     lengths = list(map(len, network.inputs))
-    flat = np.array(list(map(network.label_ids.__getitem__, itertools.chain.from_iterable(network.inputs))), np.int64)
+    flat = np.fromiter(
+        map(network.label_ids.__getitem__, itertools.chain.from_iterable(network.inputs)), np.int64, count=sum(lengths)
+    )
     owner = np.repeat(np.arange(network.num_tensors, dtype=np.int64), lengths)
     pairs = owner * network.num_indices + flat
     ordered = np.sort(pairs)

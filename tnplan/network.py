@@ -260,7 +260,8 @@ class Network:
     @cached_property
     def int_sizes(self) -> tuple[int, ...]:
         """Size of each integer index id."""
-        return tuple(map(self.size_dict.__getitem__, self.labels))
+        # __post_init__ rebuilds size_dict in label order, so its values are already the id order.
+        return tuple(self.size_dict.values())
 
     @property
     def num_tensors(self) -> int:
