@@ -20,6 +20,7 @@ def _config(args: argparse.Namespace):
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "lr": args.lr,
+        "clip_grad": args.clip_grad,
         "seed": args.seed,
         "device": args.device,
         "width": args.width,
@@ -43,6 +44,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--clip-grad", type=float, help="largest global gradient norm (default: no clipping)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device")
     p.add_argument("--width", type=float, help="channel multiplier of the convolutions")

@@ -42,6 +42,10 @@ class TrainConfig:
         lr: Peak learning rate (one-cycle schedule).
         momentum: SGD momentum.
         weight_decay: SGD weight decay.
+        clip_grad: Largest global gradient norm (``torch.nn.utils.clip_grad_norm_``), or ``None``
+            for no clipping. Generated layers trained by SGD at dense learning rates need it: a step
+            moves every core of a product at once, and without a cap fc6/fc7 TTN heads at 77,000x
+            diverged to NaN within three steps at lr 0.05 (``benchmarks/compression``).
         seed: Seeds the init, the data order and dropout.
         device: ``cpu`` or ``cuda``.
         width: Channel multiplier of the convolutions.
@@ -63,6 +67,7 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    clip_grad: float | None = None
     seed: int = 0
     device: str = "cpu"
     width: float = 1.0
@@ -110,6 +115,8 @@ class TrainConfig:
                 raise AdntnError(f"{name} must be a positive integer, got {value!r}")
         if not self.lr > 0:
             raise AdntnError(f"lr must be > 0, got {self.lr!r}")
+        if self.clip_grad is not None and not (isinstance(self.clip_grad, int | float) and self.clip_grad > 0):
+            raise AdntnError(f"clip_grad must be a positive gradient norm or omitted, got {self.clip_grad!r}")
         if self.device not in ("cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise AdntnError(f"device must be cpu or cuda, got {self.device!r}")
 
@@ -304,6 +311,8 @@ def train(
             logits = net(xb)
             loss = loss_fn(logits, yb)
             loss.backward()
+            if cfg.clip_grad is not None:
+                nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad)
             opt.step()
             sched.step()
             seen += len(yb)

@@ -13,7 +13,7 @@ from adntn import AdntnError
 from adntn.cli import main as adntn_main
 from adntn.data import load_dataset, load_idx_split, pad_to, read_idx
 from adntn.models import alexnet, build_model, vgg16
-from adntn.train import TrainConfig, parse_compress, train
+from adntn.train import TrainConfig, build, parse_compress, train
 
 
 def _write_idx(path, array, *, gz=False, magic=None):
@@ -251,3 +251,18 @@ def test_torchrun_two_process_job_matches_the_single_process_run(tmp_path):
     dm = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     for s, d in zip(sm, dm, strict=True):
         assert abs(s["train_loss"] - d["train_loss"]) < 1e-4 and abs(s["test_acc"] - d["test_acc"]) < 1.0
+
+
+def test_clip_grad_caps_every_update(tmp_path):
+    with pytest.raises(AdntnError, match="clip_grad must be a positive"):
+        _config(clip_grad=0)
+    moved = {}
+    for clip in (None, 1e-9):
+        cfg = _config(epochs=1, clip_grad=clip, weight_decay=0.0, cache=str(tmp_path / "plans.sqlite"))
+        model = build(cfg, 1, 10)[0]  # build seeds itself: the same init train() starts from
+        start = {name: p.detach().clone() for name, p in model.named_parameters()}
+        train(cfg, tmp_path / f"run-{clip}", progress=False)
+        end = torch.load(tmp_path / f"run-{clip}" / "checkpoint.pt", weights_only=False)["model"]
+        moved[clip] = max(float((end[name] - p).abs().max()) for name, p in start.items())
+    # An epoch of SGD at lr 0.05 moves the weights; with every gradient scaled to norm 1e-9 they stay put.
+    assert moved[None] > 1e-2 and moved[1e-9] < 1e-6

@@ -229,6 +229,7 @@ def base_config(args: argparse.Namespace, model: str, variant: str, seed: int) -
         "lr": args.lr,
         "momentum": args.momentum,
         "weight_decay": args.weight_decay,
+        "clip_grad": args.clip_grad,
         "seed": seed,
         "device": args.device,
         "width": args.width,
@@ -249,7 +250,8 @@ _PORTABLE = ("device", "data_dir", "cache", "cache_only", "threads")
 
 def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
     def strip(d: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in d.items() if k not in _PORTABLE}
+        # A field left at None equals a field the run's config predates (None is every such default).
+        return {k: v for k, v in d.items() if k not in _PORTABLE and v is not None}
 
     return strip(a) == strip(b)
 
@@ -563,6 +565,8 @@ def train_head(job: dict[str, Any], progress: bool) -> dict[str, Any]:
             logits = head(xb)
             loss = loss_fn(logits, yb)
             loss.backward()
+            if cfg.clip_grad is not None:
+                nn.utils.clip_grad_norm_(head.parameters(), cfg.clip_grad)
             opt.step()
             sched.step()
             seen += len(yb)
@@ -813,7 +817,8 @@ def cpu_feature_jobs(args: argparse.Namespace) -> list[list[dict[str, Any]]]:
     """Three stages: trunks, features, heads (each stage waits for the one before)."""
     trunks, feats, heads = [], [], []
     for model in args.model_list:
-        trunk_cfg = {**base_config(args, model, "dense", 0), "epochs": args.trunk_epochs}
+        # The dense trunk is stable without clipping; the heads, where generated layers train, clip.
+        trunk_cfg = {**base_config(args, model, "dense", 0), "epochs": args.trunk_epochs, "clip_grad": None}
         tdir = _trunk_dir(args.out, model)
         meta = {"protocol": "cpu-features", "model": model, "variant": "trunk", "seed": 0}
         meta.update(augment=args.augment, amp=args.amp, smoke=args.smoke, keep_checkpoints=True)
@@ -916,6 +921,8 @@ def _protocol_text(protocol: str, runs: list[dict[str, Any]]) -> tuple[str, str]
     dense_drop = next((d for v, d in drop if v == "dense" or v.startswith("conv-")), None)
     tn_drop = next((d for v, d in drop if v != "dense" and not v.startswith("conv-")), None)
     size = f"width {c['width']}, fc_dim {c['fc_dim']}"
+    clip = c.get("clip_grad")
+    clip_text = f", gradients clipped to global norm {clip}" if clip else ", no gradient clipping"
     limit = f", first {c['train_limit']:,} training images" if c["train_limit"] else ", all 60,000 training images"
     if protocol == "e2e":
         aug = "random crop (pad 4) + horizontal flip" if m.get("augment") == "crop-flip" else "no augmentation"
@@ -925,7 +932,7 @@ def _protocol_text(protocol: str, runs: list[dict[str, Any]]) -> tuple[str, str]
         full = (
             f"End to end: every model trained from scratch with `adntn.train.train` ({size}, batch norm{limit}), "
             f"{c['epochs']} epoch(s), SGD (momentum {c['momentum']}, weight decay {c['weight_decay']}) with a "
-            f"one-cycle schedule peaking at lr {c['lr']}, batch {c['batch_size']}, {amp}, {aug}; dropout "
+            f"one-cycle schedule peaking at lr {c['lr']}{clip_text}, batch {c['batch_size']}, {amp}, {aug}; dropout "
             f"{dense_drop} before fc6/fc7 when they are dense, {tn_drop} when they are generated. Test accuracy = "
             "the last epoch's on the 10,000 test images (no selection on the test set)."
         )
@@ -934,13 +941,15 @@ def _protocol_text(protocol: str, runs: list[dict[str, Any]]) -> tuple[str, str]
         short = f"CPU features: trunk {te} ep, head {c['epochs']} ep"
         full = (
             f"CPU protocol (no GPU): the dense model ({size}, batch norm{limit}) trained end to end for {te} "
-            "epoch(s) (seed 0, SGD one-cycle, crop+flip augmentation); its convolutional features (the input of "
+            "epoch(s) (seed 0, SGD one-cycle, crop+flip augmentation, no clipping); its convolutional features "
+            "(the input of "
             "`avgpool`, stored as float16; `avgpool` is parameter-free and runs again in every head, so the heads "
             f"see exactly the fc6 input) cached for the train and test images; then the classifier head "
             f"avgpool -> fc6 -> relu -> fc7 -> relu -> fc8 (dropout {dense_drop} dense / {tn_drop} generated before "
             f"fc6 and fc7), dense or with generated fc6/fc7 built by the same `adntn` code, trained from a fresh "
             f"init on the same cached features: {c['epochs']} epoch(s), SGD (momentum {c['momentum']}, weight decay "
-            f"{c['weight_decay']}) one-cycle to lr {c['lr']}, batch {c['batch_size']}, no augmentation. The dense "
+            f"{c['weight_decay']}) one-cycle to lr {c['lr']}{clip_text}, batch {c['batch_size']}, no augmentation. "
+            "The dense "
             "baseline is the dense head. Convolution layers cannot be replaced under this protocol (the features "
             "are computed by the dense convolutions), so the conv target is not tested."
         )
@@ -1247,6 +1256,9 @@ def parser() -> argparse.ArgumentParser:
     grid.add_argument("--lr", type=float, default=0.05, help="peak one-cycle learning rate")
     grid.add_argument("--momentum", type=float, default=0.9)
     grid.add_argument("--weight-decay", type=float, default=5e-4)
+    grid.add_argument(
+        "--clip-grad", type=float, default=1.0, help="largest global gradient norm, every run (trunks: none)"
+    )
     grid.add_argument("--dropout", type=float, default=0.5, help="dropout before dense fc6/fc7")
     grid.add_argument("--tn-dropout", type=float, default=0.0, help="dropout before generated fc6/fc7")
     grid.add_argument("--train-limit", type=int, help="first N training images (default all; smoke 2000)")
