@@ -112,10 +112,11 @@ class Generator(nn.Module):
         fan_in: Fan-in for the init scale (``in_features`` for a linear layer, ``in * kh * kw`` for a conv).
         cache: The plan cache (``True`` for the default file, a path, a ``PlanCache`` or ``False``).
         cache_only: Never search: load every plan from the cache or raise.
-        executor: ``"torch"`` (einsum programs), ``"numba"`` (fused CPU kernels, :mod:`kernels`) or
-            ``"auto"``: numba for CPU parameters when every segment has a fused kernel, torch runs
-            on one thread and the calibrated model keeps most of the work in the fused loops; torch
-            otherwise, and always while ``torch.compile`` / ``torch.export`` trace the module.
+        executor: ``"torch"`` (einsum programs), ``"numba"`` (fused CPU kernels, :mod:`kernels`),
+            ``"cuda"`` (the same kernels on the GPU, for CUDA parameters) or ``"auto"``: numba for
+            CPU parameters when every segment has a fused kernel and the calibrated model keeps
+            most of the work in the fused loops; torch otherwise (and on GPUs for now), and always
+            while ``torch.compile`` / ``torch.export`` trace the module.
     """
 
     def __init__(
@@ -149,10 +150,11 @@ class Generator(nn.Module):
             for rows in STREAM_BUCKETS:
                 self._plan_stream(rows)
         self.fan_in = fan_in or in_features
-        if self.executor == "numba":
+        if self.executor in ("numba", "cuda"):
             from kernels.executor import compiled_steps
 
-            compiled_steps(self)  # a segment without a fused kernel fails here, not in forward
+            # A segment without a fused kernel fails here, not in forward.
+            compiled_steps(self, None if self.executor == "numba" else False)
         self.reset_parameters()
 
     # ------------------------------------------------------------------ structure
@@ -307,13 +309,22 @@ class Generator(nn.Module):
         return [outputs, pre] if keep_preactivations else outputs
 
     def uses_numba(self) -> bool:
-        """Whether ``forward`` builds the weight with the numba kernels right now."""
+        """Whether ``forward`` builds the weight with the kernels (numba CPU or CUDA) right now."""
         if self.executor == "torch" or torch.compiler.is_compiling() or torch.jit.is_tracing():
             return False
         p = next(iter(self.cores.values()))
-        if p.device.type != "cpu" or p.dtype not in (torch.float32, torch.float64):
+        floating = p.dtype in (torch.float32, torch.float64)
+        if self.executor == "cuda":
+            if p.device.type != "cuda" or not floating:
+                raise AdntnError(
+                    "executor='cuda' needs float32/float64 parameters on a CUDA device; move the module with "
+                    ".to('cuda') or use 'auto'"
+                )
+            return True
+        if p.device.type != "cpu" or not floating:
             if self.executor == "numba":
                 raise AdntnError("executor='numba' needs float32/float64 parameters on the CPU; use 'torch' or 'auto'")
+            # auto on a GPU: torch until the CUDA kernels are measured to win there (kernels-gpu.md).
             return False
         if "_numba_ok" not in self.__dict__:
             from kernels import KernelsError

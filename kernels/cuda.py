@@ -7,7 +7,8 @@ thread per ``X`` element, a dot product over ``n``) and ``Ȳc`` (one thread per 
 sum over ``m``). A GEMM-shaped step (long summed extent) runs its products through cuBLAS
 (``torch.matmul``) instead, with the scatter and gather kernels around it.
 
-Tensors reach the kernels through ``__cuda_array_interface__`` without host copies. Under numba's
+Tensors reach the kernels through ``__cuda_array_interface__`` without host copies, and every launch
+goes to torch's current stream. Under numba's
 simulator (``NUMBA_ENABLE_CUDASIM=1``, how CI checks these kernels without a GPU) CPU tensors are
 passed as numpy arrays instead.
 """
@@ -114,6 +115,23 @@ def _blocks(total: int) -> int:
     return max(1, (total + _THREADS - 1) // _THREADS)
 
 
+_STREAMS: dict[int, Any] = {}
+
+
+def _stream() -> Any:
+    """torch's current stream as a numba stream: launches then order with torch's own work on that
+    stream (not numba's default stream), which is also what lets a CUDA graph capture them."""
+    from numba import config
+
+    if config.ENABLE_CUDASIM:
+        return 0
+    handle = torch.cuda.current_stream().cuda_stream
+    stream = _STREAMS.get(handle)
+    if stream is None:
+        stream = _STREAMS[handle] = cuda.external_stream(handle)
+    return stream
+
+
 def device_view(t: torch.Tensor) -> Any:
     """A kernel argument for a contiguous tensor: a CUDA array view, or numpy under the simulator."""
     from numba import config
@@ -147,11 +165,11 @@ def forward_step(st: Any, x: torch.Tensor, yc: torch.Tensor, code: int, keep_pre
     if kk >= BLAS_MIN_K:
         xc = x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(bb, -1, kk)
         c = torch.matmul(xc, yc.reshape(bb, kk, nn)).reshape(-1).contiguous()
-        _scatter[_blocks(total), _THREADS](
+        _scatter[_blocks(total), _THREADS, _stream()](
             device_view(c), device_view(z), device_view(pre), keep_pre, zb, zm, zn, st.run, nn, code
         )
     else:
-        _forward[_blocks(total), _THREADS](
+        _forward[_blocks(total), _THREADS, _stream()](
             device_view(x), device_view(yc), device_view(z), device_view(pre), keep_pre, xb, xm, xk, kk, nn, zb, zm, zn,
             st.run, code,
         )  # fmt: skip
@@ -168,7 +186,7 @@ def backward_step(
     xb, xm, xk = (_table(t, dev) for t in st.x_tables)
     zb, zm, zn = (_table(t, dev) for t in st.z_tables)
     c = torch.empty(bb * nm * nn, dtype=g.dtype, device=dev)
-    _gather[_blocks(c.numel()), _THREADS](
+    _gather[_blocks(c.numel()), _THREADS, _stream()](
         device_view(g),
         device_view(out),
         device_view(pre),
@@ -191,10 +209,10 @@ def backward_step(
         yc_bar = torch.matmul(xc.transpose(1, 2), cm).reshape(-1).contiguous()
     else:
         yc_bar = torch.zeros(yc.numel(), dtype=g.dtype, device=dev)
-        _x_adjoint[_blocks(bb * nm * kk), _THREADS](
+        _x_adjoint[_blocks(bb * nm * kk), _THREADS, _stream()](
             device_view(c), device_view(yc), device_view(x_bar), xb, xm, xk, kk, nn
         )
-        _y_adjoint[_blocks(bb * kk * nn), _THREADS](
+        _y_adjoint[_blocks(bb * kk * nn), _THREADS, _stream()](
             device_view(x), device_view(c), device_view(yc_bar), xb, xm, xk, kk, nn
         )
     return x_bar, yc_bar

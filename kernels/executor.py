@@ -273,6 +273,8 @@ class _KernelGenerator(torch.autograd.Function):
         keys = list(generator.cores.keys())
         tensors = {k: p.detach().contiguous() for k, p in zip(keys, params, strict=True)}
         backend = _backend(params[0].device)
+        if backend is not _CPU:
+            blas = False  # the CUDA backend picks cuBLAS by summed extent; the CPU calibration is not needed
         outputs, saved = _forward(generator, tensors, backend, blas)
         ctx.generator, ctx.saved, ctx.tensors, ctx.keys, ctx.blas, ctx.backend = (
             generator, saved, tensors, keys, blas, backend,

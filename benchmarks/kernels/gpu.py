@@ -1,0 +1,455 @@
+"""GPU executors: generator forward+backward and a full layer training step on one CUDA device.
+
+Issue 5's GPU targets: a 4096x4096 TTN generator (bond 16) forward+backward in <= 1.0 ms, a full
+ADNTN layer training step at batch 8192 no slower than the dense TF32 layer in the same run, and no
+planner call and no host-device synchronisation inside a training step.
+
+The GPU machine has no kahypar or cotengra, so this is the product's offline-planning workflow:
+
+    .venv/bin/python benchmarks/kernels/gpu.py plan                 # here: plan, export out/kernels-gpu/plans.json
+    python3 benchmarks/kernels/gpu.py run --plans out/kernels-gpu/plans.json --results $OUT   # on the GPU
+
+``run`` imports the export into a private SQLite cache and builds every generator with
+``cache_only=True`` (a missing plan is an error, never a search). Per configuration it times, with CUDA
+events (median of ``--reps`` after ``--warmup``), ``W = generator(); W.backward(G)`` for:
+
+- ``torch-eager``: the planned einsum programs (``executor="torch"``);
+- ``cuda``: the numba-cuda kernels (``kernels.numba_weight``: fused steps, cuBLAS for long summed extents);
+- ``torch-graph`` / ``cuda-graph``: the same step captured once in a CUDA graph and replayed
+  (static parameters and output adjoint; what a training loop with fixed shapes can do);
+- ``compile-default`` / ``compile-reduce-overhead``: ``torch.compile`` of the einsum programs.
+
+Then a layer training step at ``--batch`` rows, ``zero_grad(); y = layer(x); y.backward(dy)``: dense
+``nn.Linear`` in TF32 against ``TNLinear`` materialised (torch and cuda executors, eager and graphed)
+and streamed. Each TN step also runs once under ``torch.cuda.set_sync_debug_mode("error")`` with
+``tnplan.plan`` replaced by a counter, which records host-device synchronisations and planner calls.
+A sweep of ``kernels.cuda.BLAS_MIN_K`` on the first configuration says where cuBLAS should take over.
+
+Without a GPU (``--device cpu``, e.g. ``--smoke`` here) the same script runs with the numba CPU
+kernels in the ``cuda`` rows, no graphs and wall-clock timing: a test of the script, not a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+for _p in (HERE.parent, REPO):  # benchmarks/machine.py, adntn/tnplan/kernels from this checkout
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+DEFAULT_PLANS = REPO / "out" / "kernels-gpu" / "plans.json"
+# (arch, bond, in, out): the issue's 4096x4096 TTN at bond 16 first, then the CPU benchmark's configurations.
+CONFIGS = [
+    ("ttn", 16, 4096, 4096),
+    ("ttn", 2, 4096, 4096),
+    ("ttn", 13, 4096, 4096),
+    ("attn", 2, 4096, 4096),
+    ("attn", 9, 4096, 4096),
+    ("mera", 2, 4096, 4096),
+    ("mera", 8, 4096, 4096),
+    ("ttn", 24, 25088, 4096),
+]
+SMOKE_CONFIGS = [("ttn", 3, 64, 64), ("mera", 2, 64, 64)]
+GEN_METHODS = ("torch-eager", "cuda", "torch-graph", "cuda-graph", "compile-default", "compile-reduce-overhead")
+TARGET_MS = 1.0
+
+
+def _configs(args: argparse.Namespace) -> list[tuple[str, int, int, int]]:
+    return SMOKE_CONFIGS if args.smoke else CONFIGS
+
+
+def build_generator(arch: str, bond: int, n_in: int, n_out: int, cache: Any, cache_only: bool) -> Any:
+    import adntn
+
+    return adntn.make_generator(arch, n_out, n_in, bond_dim=bond, executor="torch", cache=cache, cache_only=cache_only)
+
+
+def build_layer(arch: str, bond: int, n_in: int, n_out: int, cache: Any, cache_only: bool, mode: str) -> Any:
+    import adntn
+
+    return adntn.TNLinear(n_in, n_out, arch, bond, mode=mode, executor="torch", cache=cache, cache_only=cache_only)
+
+
+# ------------------------------------------------------------------------------------------------ plan
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Build every configuration (generators and layers) into a fresh cache and export it."""
+    from tnplan.cache import PlanCache
+
+    args.plans.parent.mkdir(parents=True, exist_ok=True)
+    cache_file = args.plans.with_suffix(".sqlite")
+    cache_file.unlink(missing_ok=True)
+    cache = PlanCache(cache_file)
+    for arch, bond, n_in, n_out in _configs(args):
+        t = time.perf_counter()
+        g = build_generator(arch, bond, n_in, n_out, cache, False)
+        for mode in ("materialize", "stream"):
+            build_layer(arch, bond, n_in, n_out, cache, False, mode)
+        print(f"{arch} bond {bond} {n_in}x{n_out}: {g.num_parameters():,} params, {time.perf_counter() - t:.1f} s")
+    n = cache.export(args.plans)
+    print(f"exported {n} plans to {args.plans}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- run
+
+
+class Timer:
+    """Median milliseconds of a callable: CUDA events on a GPU, the wall clock on the CPU."""
+
+    def __init__(self, device: Any, warmup: int, reps: int) -> None:
+        self.device, self.warmup, self.reps = device, warmup, reps
+
+    def __call__(self, fn: Callable[[], Any]) -> dict[str, float]:
+        import torch
+
+        for _ in range(self.warmup):
+            fn()
+        samples = []
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            for _ in range(self.reps):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                samples.append(start.elapsed_time(end))
+        else:
+            for _ in range(self.reps):
+                t = time.perf_counter()
+                fn()
+                samples.append((time.perf_counter() - t) * 1e3)
+        return {"median_ms": statistics.median(samples), "min_ms": min(samples)}
+
+
+def _graphed(step: Callable[[], Any], device: Any) -> Callable[[], Any]:
+    """``step`` captured once in a CUDA graph (after warm-up on a side stream); the replay runs it."""
+    import torch
+
+    if device.type != "cuda":
+        raise RuntimeError("CUDA graphs need a CUDA device")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def generator_rows(g: Any, device: Any, timer: Timer) -> dict[str, Any]:
+    import torch
+
+    from kernels import numba_weight
+
+    params = list(g.cores.values())
+    grad_w = torch.randn(g.out_padded, g.in_padded, device=device, generator=None)
+
+    def torch_step() -> Any:
+        w = g.run_groups()[-1].reshape(g.out_padded, g.in_padded)
+        return torch.autograd.grad(w, params, grad_w)
+
+    def cuda_step() -> Any:
+        return torch.autograd.grad(numba_weight(g), params, grad_w)
+
+    def compiled(mode: str) -> Callable[[], Any]:
+        torch._dynamo.reset()
+        weight = torch.compile(lambda: g.run_groups()[-1].reshape(g.out_padded, g.in_padded), mode=mode)
+        return lambda: torch.autograd.grad(weight(), params, grad_w)
+
+    ref = torch_step()
+    makers: dict[str, Callable[[], Callable[[], Any]]] = {
+        "torch-eager": lambda: torch_step,
+        "cuda": lambda: cuda_step,
+        "torch-graph": lambda: _graphed(torch_step, device),
+        "cuda-graph": lambda: _graphed(cuda_step, device),
+        "compile-default": lambda: compiled("default"),
+        "compile-reduce-overhead": lambda: compiled("reduce-overhead"),
+    }
+    rows: dict[str, Any] = {}
+    for name, make in makers.items():
+        try:
+            fn = make()
+            if not name.endswith("graph"):  # a graph's outputs live in its pool; compare the direct calls
+                got = fn()
+                err = max(float((a - b).abs().max() / (b.abs().max() + 1e-30)) for a, b in zip(got, ref, strict=True))
+                if err > 1e-3:
+                    raise RuntimeError(f"gradients differ from torch eager by {err:.2e} (relative)")
+            rows[name] = timer(fn)
+        except Exception as exc:  # a method that cannot run here is reported, the others still run
+            rows[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    return rows
+
+
+def sync_and_planner_check(step: Callable[[], Any], device: Any) -> dict[str, Any]:
+    """Run ``step`` once with synchronisations made errors and ``tnplan.plan`` counted."""
+    import torch
+
+    import tnplan
+    import tnplan.planner
+
+    calls = {"plan": 0}
+    original = tnplan.planner.plan
+
+    def counted(*a: Any, **k: Any) -> Any:
+        calls["plan"] += 1
+        return original(*a, **k)
+
+    tnplan.planner.plan, tnplan.plan = counted, counted
+    out: dict[str, Any] = {}
+    try:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            step()
+            out["host_syncs"] = 0 if device.type == "cuda" else None
+        except RuntimeError as exc:
+            out["host_syncs"] = ">= 1"
+            out["sync_error"] = str(exc).splitlines()[0][:200]
+        finally:
+            if device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+    finally:
+        tnplan.planner.plan, tnplan.plan = original, original
+    out["planner_calls"] = calls["plan"]
+    return out
+
+
+def layer_rows(spec: tuple, device: Any, timer: Timer, batch: int, cache: Any) -> dict[str, Any]:
+    import torch
+    from torch import nn
+
+    arch, bond, n_in, n_out = spec
+    x = torch.randn(batch, n_in, device=device)
+    dy = torch.randn(batch, n_out, device=device)
+    rows: dict[str, Any] = {}
+
+    def step_of(layer: nn.Module) -> Callable[[], Any]:
+        def step() -> Any:
+            layer.zero_grad(set_to_none=False)
+            layer(x).backward(dy)
+
+        return step
+
+    dense = nn.Linear(n_in, n_out).to(device)
+    rows["dense-tf32"] = timer(step_of(dense))
+    variants = {
+        "materialize-torch": ("materialize", "torch", False),
+        "materialize-cuda": ("materialize", "cuda", False),
+        "materialize-torch-graph": ("materialize", "torch", True),
+        "materialize-cuda-graph": ("materialize", "cuda", True),
+        "stream-torch": ("stream", "torch", False),
+        "stream-torch-graph": ("stream", "torch", True),
+    }
+    for name, (mode, executor, graphed) in variants.items():
+        try:
+            layer = build_layer(arch, bond, n_in, n_out, cache, True, mode).to(device)
+            if executor == "cuda":
+                if device.type != "cuda":
+                    layer.generator.executor = "numba"  # the CPU stand-in for a script test
+                else:
+                    layer.generator.executor = "cuda"
+            for p in layer.parameters():  # graphs need the .grad buffers to exist before capture
+                p.grad = torch.zeros_like(p)
+            step = step_of(layer)
+            row: dict[str, Any] = {}
+            if not graphed:
+                step()  # warm: offset tables on the device, kernels compiled
+                row.update(sync_and_planner_check(step, device))
+                row.update(timer(step))
+            else:
+                row.update(timer(_graphed(step, device)))
+            rows[name] = row
+        except Exception as exc:
+            rows[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    return rows
+
+
+def blas_sweep(g: Any, device: Any, timer: Timer) -> dict[str, Any]:
+    import torch
+
+    import kernels.cuda as cuda_backend
+    from kernels import numba_weight
+
+    if device.type != "cuda":
+        return {}
+    params = list(g.cores.values())
+    grad_w = torch.randn(g.out_padded, g.in_padded, device=device)
+    kept = cuda_backend.BLAS_MIN_K
+    out = {}
+    try:
+        for k in (4, 8, 16, 32, 64, 1 << 30):
+            cuda_backend.BLAS_MIN_K = k
+            out["never" if k == 1 << 30 else str(k)] = timer(
+                lambda: torch.autograd.grad(numba_weight(g), params, grad_w)
+            )["median_ms"]
+    finally:
+        cuda_backend.BLAS_MIN_K = kept
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import torch
+    from machine import describe
+
+    from tnplan.cache import PlanCache
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda but torch sees no CUDA device; use --device cpu for a script test")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    tmp = tempfile.TemporaryDirectory()
+    cache = PlanCache(Path(tmp.name) / "plans.sqlite")
+    if not args.plans.exists():
+        raise SystemExit(f"no plan export at {args.plans}; run `gpu.py plan` where kahypar is installed first")
+    cache.import_(args.plans)
+    timer = Timer(device, args.warmup, args.reps)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else describe()
+    result: dict[str, Any] = {
+        "device": name,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "batch": args.batch,
+        "reps": args.reps,
+        "configs": [],
+    }
+    print(f"device: {name}", flush=True)
+    for spec in _configs(args):
+        arch, bond, n_in, n_out = spec
+        row: dict[str, Any] = {"arch": arch, "bond": bond, "shape": [n_in, n_out]}
+        try:
+            g = build_generator(arch, bond, n_in, n_out, cache, True).to(device)
+            row["params"] = g.num_parameters()
+            row["compression"] = n_in * n_out / g.num_parameters()
+            row["generator"] = generator_rows(g, device, timer)
+            if spec == _configs(args)[0]:
+                row["blas_min_k_ms"] = blas_sweep(g, device, timer)
+            row["layer"] = layer_rows(spec, device, timer, args.batch, cache)
+        except Exception:
+            row["error"] = traceback.format_exc(limit=3)
+        result["configs"].append(row)
+        print(json.dumps(row), flush=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "kernels-gpu.json").write_text(json.dumps(result, indent=1))
+    (args.results / "kernels-gpu.md").write_text(markdown(result))
+    print(f"wrote {args.results / 'kernels-gpu.md'}")
+    return 0
+
+
+def _cell(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return "—"
+    if "error" in entry:
+        return "error"
+    return f"{entry['median_ms']:.3f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# Generator executors on the GPU",
+        "",
+        f"Device: {result['device']}; torch {result['torch']}; {result['date']}. Produced by "
+        f"`benchmarks/kernels/gpu.py run` (plans from the CPU machine's export, `cache_only`). Medians of "
+        f"{result['reps']} timed calls (CUDA events). Target: 4096x4096 TTN bond 16 forward+backward <= "
+        f"{TARGET_MS} ms; layer step at batch {result['batch']} no slower than dense TF32.",
+        "",
+        "## Generator forward+backward (median ms)",
+        "",
+        "| config | params | compression | " + " | ".join(GEN_METHODS) + " |",
+        "|---|---:|---:|" + "---:|" * len(GEN_METHODS),
+    ]
+    for c in result["configs"]:
+        label = f"{c['arch']} χ={c['bond']} {c['shape'][0]}x{c['shape'][1]}"
+        if "error" in c and "generator" not in c:
+            lines.append(f"| {label} | error: {c['error'].splitlines()[-1][:80]} |")
+            continue
+        cells = [_cell(c["generator"].get(m)) for m in GEN_METHODS]
+        lines.append(f"| {label} | {c['params']:,} | {c['compression']:,.0f}x | " + " | ".join(cells) + " |")
+    layer_names = sorted(
+        {k for c in result["configs"] for k in c.get("layer", {})}, key=lambda k: (k != "dense-tf32", k)
+    )
+    lines += [
+        "",
+        f"## Layer training step at batch {result['batch']} (median ms; syncs / planner calls in one step)",
+        "",
+        "| config | " + " | ".join(layer_names) + " |",
+        "|---|" + "---:|" * len(layer_names),
+    ]
+    for c in result["configs"]:
+        if "layer" not in c:
+            continue
+        cells = []
+        for k in layer_names:
+            e = c["layer"].get(k)
+            cell = _cell(e)
+            if e and "planner_calls" in e:
+                cell += f" ({e.get('host_syncs')} / {e['planner_calls']})"
+            cells.append(cell)
+        lines.append(f"| {c['arch']} χ={c['bond']} | " + " | ".join(cells) + " |")
+    errors = [
+        f"- {c['arch']} χ={c['bond']} {where}/{name}: {e['error']}"
+        for c in result["configs"]
+        for where in ("generator", "layer")
+        for name, e in c.get(where, {}).items()
+        if isinstance(e, dict) and "error" in e
+    ]
+    if errors:
+        lines += ["", "## Errors", "", *errors]
+    sweep = next((c.get("blas_min_k_ms") for c in result["configs"] if c.get("blas_min_k_ms")), None)
+    if sweep:
+        lines += ["", "## cuBLAS threshold (first config, cuda executor, ms by BLAS_MIN_K)", ""]
+        lines += [
+            "| " + " | ".join(sweep) + " |",
+            "|" + "---:|" * len(sweep),
+            "| " + " | ".join(f"{v:.3f}" for v in sweep.values()) + " |",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name in ("plan", "run"):
+        p = sub.add_parser(name)
+        p.add_argument("--plans", type=Path, default=DEFAULT_PLANS, help="plan export (plan: written; run: read)")
+        p.add_argument("--smoke", action="store_true", help="tiny shapes: a test of the script")
+        if name == "run":
+            p.add_argument("--device", default="cuda")
+            p.add_argument("--results", type=Path, default=REPO / "out" / "kernels-gpu" / "results")
+            p.add_argument("--batch", type=int, default=8192)
+            p.add_argument("--warmup", type=int, default=5)
+            p.add_argument("--reps", type=int, default=30)
+            p.add_argument("--threads", type=int, default=1)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    with contextlib.suppress(AttributeError):
+        args.plans = args.plans.resolve()
+    return cmd_plan(args) if args.command == "plan" else cmd_run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
