@@ -719,8 +719,8 @@ def markdown(result: dict) -> str:
         f"eager's (max |ΔW| / max |W| < {result['tolerance']:g}, float32) or the method is not timed; the core "
         f"gradients are compared too. Then {_reps_text(result)}: median (min in the JSON and the detail "
         f"table). Each (threads, shape, config) runs in a fresh process with `torch.set_num_threads(n)`, "
-        f"`numba.set_num_threads(n)` and `OMP_NUM_THREADS=MKL_NUM_THREADS=n`; the numba loops themselves are "
-        f"single-threaded (only their BLAS steps and torch's glue use more threads). Speed-up = torch-eager "
+        f"`numba.set_num_threads(n)` and `OMP_NUM_THREADS=MKL_NUM_THREADS=n`; at n > 1 the numba loops of big "
+        f"steps split their output rows over n threads (`kernels.numba_cpu.*_parallel`). Speed-up = torch-eager "
         f"median / numba median.",
         "",
         f"**Layer training step** at batch {result['batch']}: `zero_grad(); y = layer(x); y.sum().backward()` "
