@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 ARCHS = ("ttn", "attn", "mera")
@@ -43,6 +45,25 @@ def parse_bonds(text: str | None) -> dict[str, list[int]]:
         if any(b < 1 for b in out[arch]):
             raise SystemExit(f"bad --bonds entry {part!r}: bond dims must be >= 1")
     return out
+
+
+def one_line(exc: BaseException) -> str:
+    """``"Type: first line of the message"`` (at most 300 characters)."""
+    text = str(exc).strip().splitlines()
+    msg = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    return msg if len(msg) <= 300 else msg[:297] + "..."
+
+
+def worker_main(run_worker: Callable[[dict], dict], spec_text: str, mark: str) -> int:
+    """The worker side of :func:`spawn_worker`: run one spec, print its result (or its failure) after ``mark``."""
+    try:
+        result = run_worker(json.loads(spec_text))
+    except Exception as exc:  # reported to the parent, which records the failure
+        tail = traceback.format_exc().splitlines()[-6:]
+        print(mark + json.dumps({"error": one_line(exc), "traceback": tail}), flush=True)
+        return 1
+    print(mark + json.dumps(result), flush=True)
+    return 0
 
 
 def spawn_worker(script: Path, spec: dict, env: dict[str, str], timeout: float, mark: str) -> dict:

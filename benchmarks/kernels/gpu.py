@@ -49,6 +49,8 @@ for _p in (HERE.parent, REPO):  # benchmarks/machine.py, adntn/tnplan/kernels fr
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from harness import one_line  # noqa: E402
+
 DEFAULT_PLANS = REPO / "out" / "kernels-gpu" / "plans.json"
 # (arch, bond, in, out): the 4096x4096 TTN at bond 16 first, then the CPU benchmark's configurations.
 CONFIGS = [
@@ -194,7 +196,7 @@ def generator_rows(g: Any, device: Any, timer: Timer) -> dict[str, Any]:
                     raise RuntimeError(f"gradients differ from torch eager by {err:.2e} (relative)")
             rows[name] = timer(fn)
         except Exception as exc:  # a method that cannot run here is reported, the others still run
-            rows[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+            rows[name] = {"error": one_line(exc)}
     return rows
 
 
@@ -279,7 +281,7 @@ def layer_rows(spec: tuple, device: Any, timer: Timer, batch: int, cache: Any) -
                 row.update(timer(_graphed(step, device)))
             rows[name] = row
         except Exception as exc:
-            rows[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+            rows[name] = {"error": one_line(exc)}
     return rows
 
 

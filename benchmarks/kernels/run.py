@@ -58,7 +58,7 @@ for _p in (HERE.parent, REPO):  # benchmarks/machine.py, adntn/kernels/tnplan fr
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from harness import parse_bonds, parse_shape, shape_name, spawn_worker  # noqa: E402
+from harness import one_line, parse_bonds, parse_shape, shape_name, spawn_worker, worker_main  # noqa: E402
 from machine import describe  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -98,13 +98,6 @@ WORKER_MARK = "KERNELS-RESULT "
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def one_line(exc: BaseException) -> str:
-    """``"Type: first line of the message"`` (at most 300 characters)."""
-    text = str(exc).strip().splitlines()
-    msg = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-    return msg if len(msg) <= 300 else msg[:297] + "..."
 
 
 def rel_err(a: Any, ref: Any) -> float:
@@ -400,17 +393,6 @@ def run_worker(spec: dict) -> dict:
     return out
 
 
-def worker_main(spec_text: str) -> int:
-    try:
-        result = run_worker(json.loads(spec_text))
-    except Exception as exc:  # reported to the parent, which records the failure
-        tail = traceback.format_exc().splitlines()[-6:]
-        print(WORKER_MARK + json.dumps({"error": one_line(exc), "traceback": tail}), flush=True)
-        return 1
-    print(WORKER_MARK + json.dumps(result), flush=True)
-    return 0
-
-
 # ---------------------------------------------------------------------------------------------- parent
 
 
@@ -450,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker is not None:
-        return worker_main(args.worker)
+        return worker_main(run_worker, args.worker, WORKER_MARK)
 
     stem = f"{STEM}-quick" if args.quick else STEM
     if args.quick:

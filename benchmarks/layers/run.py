@@ -38,7 +38,6 @@ import statistics
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,7 @@ for _p in (HERE.parent, REPO):  # benchmarks/machine.py, adntn/tnplan from this 
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from harness import parse_bonds, parse_shape, shape_name, spawn_worker  # noqa: E402
+from harness import parse_bonds, parse_shape, shape_name, spawn_worker, worker_main  # noqa: E402
 from machine import describe  # noqa: E402
 
 from adntn.errors import AdntnError  # noqa: E402
@@ -290,17 +289,6 @@ def run_worker(spec: dict) -> dict:
     return out
 
 
-def worker_main(spec_text: str) -> int:
-    try:
-        result = run_worker(json.loads(spec_text))
-    except Exception as exc:  # reported to the parent, which records the failure
-        tail = traceback.format_exc().splitlines()[-6:]
-        print(WORKER_MARK + json.dumps({"error": f"{type(exc).__name__}: {exc}", "traceback": tail}), flush=True)
-        return 1
-    print(WORKER_MARK + json.dumps(result), flush=True)
-    return 0
-
-
 # ---------------------------------------------------------------------------------------------- parent
 
 
@@ -332,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker is not None:
-        return worker_main(args.worker)
+        return worker_main(run_worker, args.worker, WORKER_MARK)
 
     stem = "layers-quick" if args.quick else "layers"
     json_path, md_path = args.out / f"{stem}.json", args.out / f"{stem}.md"
