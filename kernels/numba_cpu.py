@@ -349,33 +349,38 @@ def threads() -> int:
     return n
 
 
+def _parallel(rows: int, work: int) -> int:
+    """Threads for a parallel launch over ``rows`` output rows doing ``work`` (multiply-adds plus
+    elements), or 0 when the serial kernel should run: one thread, too few rows, or too little work."""
+    n = threads()
+    return n if n > 1 and rows >= 2 * n and work >= PARALLEL_MIN_WORK else 0
+
+
 def run_forward(X, Yc, Z, Zpre, xb, xm, xk, K, N, zb, zm, zn, run, code, flops):
     """:func:`forward_step`, or its parallel form when torch allows several threads and the step is big."""
-    n = threads()
-    rows = xb.size * xm.size
-    if n > 1 and rows >= 2 * n and flops + Z.size >= PARALLEL_MIN_WORK:
+    n = _parallel(xb.size * xm.size, flops + Z.size)
+    if n:
         return forward_step_parallel(X, Yc, Z, Zpre, xb, xm, xk, K, N, zb, zm, zn, run, code, n)
     return forward_step(X, Yc, Z, Zpre, xb, xm, xk, K, N, zb, zm, zn, run, code)
 
 
 def run_backward(X, Yc, G, OUT, PRE, code, Xbar, Ycbar, xb, xm, xk, K, N, zb, zm, zn, run, flops):
     """:func:`backward_step`, or its parallel form when torch allows several threads and the step is big."""
-    n = threads()
-    rows = xb.size * xm.size
-    if n > 1 and rows >= 2 * n and flops + G.size >= PARALLEL_MIN_WORK:
+    n = _parallel(xb.size * xm.size, flops + G.size)
+    if n:
         return backward_step_parallel(X, Yc, G, OUT, PRE, code, Xbar, Ycbar, xb, xm, xk, K, N, zb, zm, zn, run, n)
     return backward_step(X, Yc, G, OUT, PRE, code, Xbar, Ycbar, xb, xm, xk, K, N, zb, zm, zn, run)
 
 
 def run_scatter(C, Z, Zpre, zb, zm, zn, run, code):
     """:func:`scatter_rows`, in parallel when torch allows several threads and the step is big."""
-    if threads() > 1 and Z.size >= PARALLEL_MIN_WORK:
+    if _parallel(zb.size * zm.size, Z.size):
         return scatter_rows_parallel(C, Z, Zpre, zb, zm, zn, run, code)
     return scatter_rows(C, Z, Zpre, zb, zm, zn, run, code)
 
 
 def run_gather(G, OUT, PRE, code, zb, zm, zn, run):
     """:func:`gather_rows`, in parallel when torch allows several threads and the step is big."""
-    if threads() > 1 and G.size >= PARALLEL_MIN_WORK:
+    if _parallel(zb.size * zm.size, G.size):
         return gather_rows_parallel(G, OUT, PRE, code, zb, zm, zn, run)
     return gather_rows(G, OUT, PRE, code, zb, zm, zn, run)
