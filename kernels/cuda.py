@@ -38,6 +38,12 @@ def _split(i, inner, middle):
     return j // middle, j % middle, i % inner
 
 
+@cuda.jit(device=True, inline=True)
+def _z_offset(b, m, n, zb, zm, zn, run):
+    """Where output element ``(b, m, n)`` sits in ``Z``'s final layout."""
+    return zb[b] + zm[m] + zn[n // run] + n % run
+
+
 @cuda.jit
 def _forward(X, Yc, Z, Zpre, keep, xb, xm, xk, K, N, zb, zm, zn, run, code):
     i = cuda.grid(1)
@@ -49,7 +55,7 @@ def _forward(X, Yc, Z, Zpre, keep, xb, xm, xk, K, N, zb, zm, zn, run, code):
     s = 0.0
     for k in range(K):
         s += X[xo + xk[k]] * Yc[(b * K + k) * N + n]
-    at = zb[b] + zm[m] + zn[n // run] + n % run
+    at = _z_offset(b, m, n, zb, zm, zn, run)
     if keep:
         Zpre[at] = s
     Z[at] = _act(s, code)
@@ -62,7 +68,7 @@ def _gather(G, OUT, PRE, keep, code, C, zb, zm, zn, run, N):
     if i >= zb.size * nm * N:
         return
     b, m, n = _split(i, N, nm)
-    at = zb[b] + zm[m] + zn[n // run] + n % run
+    at = _z_offset(b, m, n, zb, zm, zn, run)
     g = G[at]
     if code != IDENTITY:
         z = PRE[at] if keep else 0.0
@@ -77,7 +83,7 @@ def _scatter(C, Z, Zpre, keep, zb, zm, zn, run, N, code):
     if i >= zb.size * nm * N:
         return
     b, m, n = _split(i, N, nm)
-    at = zb[b] + zm[m] + zn[n // run] + n % run
+    at = _z_offset(b, m, n, zb, zm, zn, run)
     if keep:
         Zpre[at] = C[i]
     Z[at] = _act(C[i], code)
