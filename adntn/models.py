@@ -44,6 +44,14 @@ def _init(model: nn.Sequential) -> nn.Sequential:
     return model
 
 
+def _conv(layers: OrderedDict[str, nn.Module], name: str, c: int, out: int, batch_norm: bool) -> None:
+    """``conv{name}`` (3x3, padding 1), then ``bn{name}`` when asked, then ``relu{name}``."""
+    layers[f"conv{name}"] = nn.Conv2d(c, out, 3, padding=1)
+    if batch_norm:
+        layers[f"bn{name}"] = nn.BatchNorm2d(out)
+    layers[f"relu{name}"] = nn.ReLU(inplace=True)
+
+
 def alexnet(
     in_channels: int = 3,
     classes: int = 10,
@@ -58,10 +66,7 @@ def alexnet(
     c = in_channels
     for k, (out, pool) in enumerate(_ALEXNET, start=1):
         out = _scaled(out, width)
-        layers[f"conv{k}"] = nn.Conv2d(c, out, 3, padding=1)
-        if batch_norm:
-            layers[f"bn{k}"] = nn.BatchNorm2d(out)
-        layers[f"relu{k}"] = nn.ReLU(inplace=True)
+        _conv(layers, f"{k}", c, out, batch_norm)
         if pool:
             layers[f"pool{k}"] = nn.MaxPool2d(2)
         c = out
@@ -85,10 +90,7 @@ def vgg16(
     for b, block in enumerate(_VGG16, start=1):
         for k, out in enumerate(block, start=1):
             out = _scaled(out, width)
-            layers[f"conv{b}_{k}"] = nn.Conv2d(c, out, 3, padding=1)
-            if batch_norm:
-                layers[f"bn{b}_{k}"] = nn.BatchNorm2d(out)
-            layers[f"relu{b}_{k}"] = nn.ReLU(inplace=True)
+            _conv(layers, f"{b}_{k}", c, out, batch_norm)
             c = out
         layers[f"pool{b}"] = nn.MaxPool2d(2)
     layers["avgpool"] = nn.AdaptiveAvgPool2d((7, 7))
