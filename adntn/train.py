@@ -183,7 +183,23 @@ def _atomic_write(text: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int) -> tuple[Any, Any]:
+    """SGD (momentum, weight decay) under a one-cycle schedule peaking at ``cfg.lr`` over the whole run."""
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+    return opt, sched
+
+
+def update(model: nn.Module, opt: Any, sched: Any, cfg: TrainConfig) -> None:
+    """The step after ``backward``: clip the gradients' global norm (``cfg.clip_grad``), step, advance the schedule."""
+    if cfg.clip_grad is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+    opt.step()
+    sched.step()
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of the ``n`` training examples in ``epoch``: it depends only on the seed and the epoch."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
@@ -273,8 +289,7 @@ def train(
         net = nn.parallel.DistributedDataParallel(model)
 
     steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+    opt, sched = make_optimizer(model, cfg, steps_per_epoch)
     metrics: list[dict[str, Any]] = []
     first_epoch = 0
     if resume and ckpt_path.exists():
@@ -296,7 +311,7 @@ def train(
     last = cfg.epochs if stop_after is None else min(cfg.epochs, first_epoch + stop_after)
     for epoch in range(first_epoch, last):
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 7919 + rank)  # dropout stream per epoch and rank
-        order = _epoch_order(len(y_train), cfg.seed, epoch).to(device)
+        order = epoch_order(len(y_train), cfg.seed, epoch).to(device)
         net.train()
         seen, t_epoch = 0, time.perf_counter()
         # Running sums stay on the device; reading them back every step would stall a GPU.
@@ -311,10 +326,7 @@ def train(
             logits = net(xb)
             loss = loss_fn(logits, yb)
             loss.backward()
-            if cfg.clip_grad is not None:
-                nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad)
-            opt.step()
-            sched.step()
+            update(model, opt, sched, cfg)
             seen += len(yb)
             correct_t += (logits.argmax(1) == yb).sum()
             loss_t += loss.detach().double() * len(yb)

@@ -531,7 +531,7 @@ def train_head(job: dict[str, Any], progress: bool) -> dict[str, Any]:
     import torch
     from torch import nn
 
-    from adntn.train import TrainConfig, build, evaluate
+    from adntn.train import TrainConfig, build, epoch_order, evaluate, make_optimizer, update
 
     cfg = TrainConfig.from_dict(job["config"])
     run_dir = Path(job["dir"])
@@ -547,15 +547,13 @@ def train_head(job: dict[str, Any], progress: bool) -> dict[str, Any]:
     head = nn.Sequential(OrderedDict(list(model.named_children())[names.index("avgpool") :])).to(device)
     del model
     steps = math.ceil(len(y_tr) / cfg.batch_size)
-    opt = torch.optim.SGD(head.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps)
+    opt, sched = make_optimizer(head, cfg, steps)
     loss_fn = nn.CrossEntropyLoss()
     metrics = []
     _atomic_write(json.dumps(job["config"], indent=2), run_dir / "config.json")
     for epoch in range(cfg.epochs):
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 7919)
-        order = torch.randperm(len(y_tr), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-        order = order.to(device)
+        order = epoch_order(len(y_tr), cfg.seed, epoch).to(device)
         head.train()
         seen, correct, loss_sum, te = 0, 0, 0.0, time.perf_counter()
         for step in range(steps):
@@ -565,10 +563,7 @@ def train_head(job: dict[str, Any], progress: bool) -> dict[str, Any]:
             logits = head(xb)
             loss = loss_fn(logits, yb)
             loss.backward()
-            if cfg.clip_grad is not None:
-                nn.utils.clip_grad_norm_(head.parameters(), cfg.clip_grad)
-            opt.step()
-            sched.step()
+            update(head, opt, sched, cfg)
             seen += len(yb)
             correct += int((logits.argmax(1) == yb).sum())
             loss_sum += float(loss.detach()) * len(yb)
