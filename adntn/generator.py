@@ -308,7 +308,7 @@ class Generator(nn.Module):
             outputs.append(activations.apply(g.activation, z))
         return [outputs, pre] if keep_preactivations else outputs
 
-    def uses_numba(self) -> bool:
+    def uses_kernels(self) -> bool:
         """Whether ``forward`` builds the weight with the kernels (numba CPU or CUDA) right now."""
         if self.executor == "torch" or torch.compiler.is_compiling() or torch.jit.is_tracing():
             return False
@@ -326,7 +326,7 @@ class Generator(nn.Module):
                 raise AdntnError("executor='numba' needs float32/float64 parameters on the CPU; use 'torch' or 'auto'")
             # auto on a GPU: torch until the CUDA kernels are measured to win there (kernels-gpu.md).
             return False
-        if "_numba_ok" not in self.__dict__:
+        if "_kernels_ok" not in self.__dict__:
             from kernels import KernelsError
             from kernels.executor import compiled_steps
 
@@ -336,16 +336,16 @@ class Generator(nn.Module):
                 # most of the work; where the cost model sends most of it to BLAS, torch is as fast.
                 blas = sum(st.flops for st in steps if st.blas)
                 fused_bound = 2 * blas <= sum(st.flops for st in steps)
-                self.__dict__["_numba_ok"] = self.executor == "numba" or fused_bound
+                self.__dict__["_kernels_ok"] = self.executor == "numba" or fused_bound
             except KernelsError:
                 if self.executor == "numba":
                     raise
-                self.__dict__["_numba_ok"] = False
-        return self.__dict__["_numba_ok"]
+                self.__dict__["_kernels_ok"] = False
+        return self.__dict__["_kernels_ok"]
 
     def forward(self) -> torch.Tensor:
         """The weight, ``(out_features, in_features)`` (padding trimmed)."""
-        if self.uses_numba():
+        if self.uses_kernels():
             from kernels import numba_weight
 
             w = numba_weight(self)

@@ -88,7 +88,7 @@ def test_parallel_kernels_match_torch_with_two_threads(arch, kwargs, monkeypatch
 def test_layers_pick_numba_on_the_cpu_and_torch_under_compile():
     torch.manual_seed(1)
     layer = adntn.TNLinear(32, 24, "ttn", bond_dim=2, mode="materialize")
-    assert layer.generator.executor == "auto" and layer.generator.uses_numba()
+    assert layer.generator.executor == "auto" and layer.generator.uses_kernels()
     reference = adntn.TNLinear(32, 24, "ttn", bond_dim=2, mode="materialize", executor="torch")
     reference.load_state_dict(layer.state_dict())
     x = torch.randn(5, 32)
@@ -111,7 +111,7 @@ def test_executor_names_and_unsupported_segments_fail_clearly():
     with pytest.raises(KernelsError, match="has no fused kernel"):
         adntn.TTNGenerator(16, 16, bond_dim=2, activation=torch.sin, executor="numba")
     auto = adntn.TTNGenerator(16, 16, bond_dim=2, activation=torch.sin)
-    assert not auto.uses_numba()  # falls back to torch
+    assert not auto.uses_kernels()  # falls back to torch
     assert issubclass(KernelsError, ValueError)
 
 

@@ -162,7 +162,7 @@ def generator_rows(g: Any, device: Any, timer: Timer) -> dict[str, Any]:
     from kernels import numba_weight
 
     params = list(g.cores.values())
-    grad_w = torch.randn(g.out_padded, g.in_padded, device=device, generator=None)
+    grad_w = torch.randn(g.out_padded, g.in_padded, device=device)
 
     def torch_step() -> Any:
         w = g.run_groups()[-1].reshape(g.out_padded, g.in_padded)

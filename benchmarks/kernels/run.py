@@ -324,7 +324,7 @@ def layer_steps(spec: dict, kinds: list[str], log: Any) -> dict[str, Any]:
                 # Auto mode with the default executor runs exactly the materialize-numba code path when it
                 # picks materialize on the CPU: reuse that measurement instead of timing the same path twice.
                 probe.mode, probe.generator.executor = "auto", "auto"
-                if not probe.uses_stream(BATCH) and probe.generator.uses_numba():
+                if not probe.uses_stream(BATCH) and probe.generator.uses_kernels():
                     same = results["materialize-numba"]
                     res.update({k: v for k, v in same.items() if k.endswith("_ms")}, same_as="materialize-numba")
                     res.update(path="materialize", executor="numba")
@@ -338,7 +338,7 @@ def layer_steps(spec: dict, kinds: list[str], log: Any) -> dict[str, Any]:
             if kind != "dense":
                 streams = layer.uses_stream(BATCH)
                 res["path"] = "stream" if streams else "materialize"
-                res["executor"] = "torch" if streams or not layer.generator.uses_numba() else "numba"
+                res["executor"] = "torch" if streams or not layer.generator.uses_kernels() else "numba"
 
             def step(layer: Any = layer) -> None:
                 layer.zero_grad(set_to_none=True)
