@@ -786,25 +786,31 @@ def _plan_dry_run(args: argparse.Namespace) -> int:
 
 
 def e2e_jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The e2e runs still to do, in ``--order``: seed-major covers every variant first, variant-major
+    finishes every seed of the first variants first (a cut-off then loses the last variants, not the
+    last seeds, and a target needs all three seeds)."""
     jobs = []
-    for seed in args.seed_list:
-        for variant in args.variant_list:
-            for model in args.model_list:
-                cfg = base_config(args, model, variant, seed)
-                run_dir = args.out / "e2e" / model / variant / f"seed{seed}"
-                if _finished(run_dir, cfg):
-                    continue
-                meta = {
-                    "protocol": "e2e",
-                    "model": model,
-                    "variant": variant,
-                    "seed": seed,
-                    "augment": args.augment,
-                    "amp": args.amp,
-                    "smoke": args.smoke,
-                    "keep_checkpoints": args.keep_checkpoints,
-                }
-                jobs.append({"kind": "e2e", "dir": str(run_dir), "config": cfg, "meta": meta})
+    if args.order == "seed":
+        grid = [(seed, variant) for seed in args.seed_list for variant in args.variant_list]
+    else:
+        grid = [(seed, variant) for variant in args.variant_list for seed in args.seed_list]
+    for seed, variant in grid:
+        for model in args.model_list:
+            cfg = base_config(args, model, variant, seed)
+            run_dir = args.out / "e2e" / model / variant / f"seed{seed}"
+            if _finished(run_dir, cfg):
+                continue
+            meta = {
+                "protocol": "e2e",
+                "model": model,
+                "variant": variant,
+                "seed": seed,
+                "augment": args.augment,
+                "amp": args.amp,
+                "smoke": args.smoke,
+                "keep_checkpoints": args.keep_checkpoints,
+            }
+            jobs.append({"kind": "e2e", "dir": str(run_dir), "config": cfg, "meta": meta})
     return jobs
 
 
@@ -1270,6 +1276,9 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--plans", type=Path, help="import this plan export into --cache first")
     rp.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (GPU: 4-8)")
     rp.add_argument("--deadline", type=float, help="start no new run after this many seconds")
+    rp.add_argument(
+        "--order", choices=("seed", "variant"), default="seed", help="e2e job order: seed-major or variant-major"
+    )
     rp.add_argument("--augment", choices=("crop-flip", "none"), default="crop-flip")
     rp.add_argument("--amp", choices=("bf16", "off"), help="autocast (default bf16 on cuda, off on cpu)")
     rp.add_argument("--trunk-epochs", type=int, help="cpu-features: epochs of the dense trunk (default 2; smoke 1)")

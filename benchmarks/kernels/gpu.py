@@ -17,13 +17,16 @@ events (median of ``--reps`` after ``--warmup``), ``W = generator(); W.backward(
 - ``cuda``: the numba-cuda kernels (``kernels.numba_weight``: fused steps, cuBLAS for long summed extents);
 - ``torch-graph`` / ``cuda-graph``: the same step captured once in a CUDA graph and replayed
   (static parameters and output adjoint; what a training loop with fixed shapes can do);
-- ``compile-default`` / ``compile-reduce-overhead``: ``torch.compile`` of the einsum programs.
+- ``compile-default`` / ``compile-reduce-overhead``: ``torch.compile`` of the einsum programs, for the first
+  ``--compile`` configurations only (default 1: inductor spends tens of seconds per graph and mode).
 
 Then a layer training step at ``--batch`` rows, ``zero_grad(); y = layer(x); y.backward(dy)``: dense
 ``nn.Linear`` in TF32 against ``TNLinear`` materialised (torch and cuda executors, eager and graphed)
 and streamed. Each TN step also runs once under ``torch.cuda.set_sync_debug_mode("error")`` with
 ``tnplan.plan`` replaced by a counter, which records host-device synchronisations and planner calls.
 A sweep of ``kernels.cuda.BLAS_MIN_K`` on the first configuration says where cuBLAS should take over.
+Results are rewritten after every configuration; ``--deadline S`` starts none after S seconds, so a
+time-limited call still returns what it measured.
 
 Without a GPU (``--device cpu``, e.g. ``--smoke`` here) the same script runs with the numba CPU
 kernels in the ``cuda`` rows, no graphs and wall-clock timing: a test of the script, not a result.
@@ -156,7 +159,7 @@ def _graphed(step: Callable[[], Any], device: Any) -> Callable[[], Any]:
     return graph.replay
 
 
-def generator_rows(g: Any, device: Any, timer: Timer) -> dict[str, Any]:
+def generator_rows(g: Any, device: Any, timer: Timer, with_compile: bool) -> dict[str, Any]:
     import torch
 
     from kernels import numba_weight
@@ -182,9 +185,10 @@ def generator_rows(g: Any, device: Any, timer: Timer) -> dict[str, Any]:
         "cuda": lambda: cuda_step,
         "torch-graph": lambda: _graphed(torch_step, device),
         "cuda-graph": lambda: _graphed(cuda_step, device),
-        "compile-default": lambda: compiled("default"),
-        "compile-reduce-overhead": lambda: compiled("reduce-overhead"),
     }
+    if with_compile:  # inductor compiles for tens of seconds per graph and mode: only where asked
+        makers["compile-default"] = lambda: compiled("default")
+        makers["compile-reduce-overhead"] = lambda: compiled("reduce-overhead")
     rows: dict[str, Any] = {}
     for name, make in makers.items():
         try:
@@ -197,6 +201,8 @@ def generator_rows(g: Any, device: Any, timer: Timer) -> dict[str, Any]:
             rows[name] = timer(fn)
         except Exception as exc:  # a method that cannot run here is reported, the others still run
             rows[name] = {"error": one_line(exc)}
+            if device.type == "cuda":  # the whole story in the log, for a fix without another GPU session
+                traceback.print_exc(limit=6)
     return rows
 
 
@@ -282,6 +288,8 @@ def layer_rows(spec: tuple, device: Any, timer: Timer, batch: int, cache: Any) -
             rows[name] = row
         except Exception as exc:
             rows[name] = {"error": one_line(exc)}
+            if device.type == "cuda":
+                traceback.print_exc(limit=6)
     return rows
 
 
@@ -337,26 +345,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         "configs": [],
     }
     print(f"device: {name}", flush=True)
-    for spec in _configs(args):
+    args.results.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    for k, spec in enumerate(_configs(args)):
         arch, bond, n_in, n_out = spec
         row: dict[str, Any] = {"arch": arch, "bond": bond, "shape": [n_in, n_out]}
+        if args.deadline is not None and time.perf_counter() - start > args.deadline:
+            row["error"] = f"skipped: --deadline {args.deadline:g} s reached"
+            result["configs"].append(row)
+            continue
         try:
             g = build_generator(arch, bond, n_in, n_out, cache, True).to(device)
             row["params"] = g.num_parameters()
             row["compression"] = n_in * n_out / g.num_parameters()
-            row["generator"] = generator_rows(g, device, timer)
-            if spec == _configs(args)[0]:
+            row["generator"] = generator_rows(g, device, timer, with_compile=k < args.compile)
+            if k == 0:
                 row["blas_min_k_ms"] = blas_sweep(g, device, timer)
             row["layer"] = layer_rows(spec, device, timer, args.batch, cache)
         except Exception:
             row["error"] = traceback.format_exc(limit=3)
         result["configs"].append(row)
         print(json.dumps(row), flush=True)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "kernels-gpu.json").write_text(json.dumps(result, indent=1))
-    (args.results / "kernels-gpu.md").write_text(markdown(result))
+        _write(result, args.results)  # after every configuration: a run cut off by its limit keeps its rows
+    _write(result, args.results)
     print(f"wrote {args.results / 'kernels-gpu.md'}")
     return 0
+
+
+def _write(result: dict[str, Any], folder: Path) -> None:
+    (folder / "kernels-gpu.json").write_text(json.dumps(result, indent=1))
+    (folder / "kernels-gpu.md").write_text(markdown(result))
 
 
 def _cell(entry: dict[str, Any] | None) -> str:
@@ -443,6 +461,8 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--warmup", type=int, default=5)
             p.add_argument("--reps", type=int, default=30)
             p.add_argument("--threads", type=int, default=1)
+            p.add_argument("--compile", type=int, default=1, help="torch.compile rows for the first N configs")
+            p.add_argument("--deadline", type=float, help="start no configuration after this many seconds")
     return ap
 
 

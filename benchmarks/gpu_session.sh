@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (H100/H200): the kernels benchmark (issue 5), then the end-to-end
+# compression grid (issue 6), inside LIMIT seconds, everything written to $OUT.
+#
+# Here, first (the GPU machine has no kahypar/cotengra and no network):
+#   .venv/bin/python benchmarks/kernels/gpu.py plan          # -> out/kernels-gpu/plans.json
+#   .venv/bin/python benchmarks/compression/run.py plan      # -> out/compression/plans.json
+#   mkdir -p out/data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz out/data/fashion-mnist/
+# Then the device call, from the repository root:
+#   carry: out/kernels-gpu/plans.json out/compression/plans.json out/data/fashion-mnist
+#   command: bash benchmarks/gpu_session.sh
+# Back here: out/.../runs.tgz unpacks into out/compression (tar xzf runs.tgz -C out/compression), then
+# `run.py table` writes benchmarks/results/compression.*; kernels-gpu.{md,json} go to benchmarks/results/.
+#
+# At most 8 files come back from $OUT, so the table is made here and the runs come back as one tarball.
+set -u
+OUT=${OUT:-out/gpu-session}
+LIMIT=${LIMIT:-570}                 # seconds for the whole script
+KERNELS_LIMIT=${KERNELS_LIMIT:-200} # hard cap of the kernels phase
+DEVICE=${DEVICE:-cuda}
+EPOCHS=${EPOCHS:-10}
+JOBS=${JOBS:-12}
+RUN_MAX=${RUN_MAX:-150}             # the longest one run may take: no run starts later than this before the end
+VARIANTS=${VARIANTS:-dense,ttn-77k,attn-77k,conv-ttn,ttn-10k}
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+
+{
+    date -u
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
+    $PY -c "import sys, torch, numba; from numba import cuda; print(sys.version.split()[0], torch.__version__, numba.__version__, 'numba-cuda', cuda.is_available())"
+    timeout -k 10 "$KERNELS_LIMIT" $PY benchmarks/kernels/gpu.py run --device "$DEVICE" \
+        --plans out/kernels-gpu/plans.json --results "$OUT" --deadline $((KERNELS_LIMIT - 90))
+    echo "kernels phase: rc $? at ${SECONDS} s"
+} >"$OUT/kernels.log" 2>&1
+
+left=$((LIMIT - SECONDS - 20))
+{
+    echo "compression phase: ${left} s left at ${SECONDS} s"
+    timeout -k 15 "$left" $PY benchmarks/compression/run.py run --device "$DEVICE" \
+        --data-dir out/data/fashion-mnist --plans out/compression/plans.json --cache /tmp/compression-plans.sqlite \
+        --cache-only --models vgg16,alexnet --variants "$VARIANTS" --epochs "$EPOCHS" --order variant \
+        --jobs "$JOBS" --deadline $((left - RUN_MAX)) --no-table
+    echo "compression phase: rc $? at ${SECONDS} s"
+    nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv 2>&1
+} >"$OUT/compression.log" 2>&1
+
+tar czf "$OUT/runs.tgz" --exclude=checkpoint.pt -C out/compression e2e 2>>"$OUT/compression.log"
+echo "done at ${SECONDS} s"
