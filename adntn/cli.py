@@ -21,6 +21,7 @@ def _config(args: argparse.Namespace):
         "batch_size": args.batch_size,
         "lr": args.lr,
         "clip_grad": args.clip_grad,
+        "amp": "bf16" if args.amp == "bf16" else None,
         "seed": args.seed,
         "device": args.device,
         "width": args.width,
@@ -32,8 +33,12 @@ def _config(args: argparse.Namespace):
         "threads": args.threads,
     }
     if args.config:
-        return TrainConfig.load(args.config, **overrides)
-    return TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+        cfg = TrainConfig.load(args.config, **overrides)
+    else:
+        cfg = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    if args.amp == "off":  # float32 is amp=None, which a None override cannot express
+        cfg.amp = None
+    return cfg
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -45,6 +50,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--clip-grad", type=float, help="largest global gradient norm (default: no clipping)")
+    p.add_argument("--amp", choices=["bf16", "off"], help="bf16 autocast of each forward pass (default: off)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device")
     p.add_argument("--width", type=float, help="channel multiplier of the convolutions")
@@ -56,7 +62,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``adntn`` command line: ``plan``, ``train`` and ``report``."""
     parser = argparse.ArgumentParser(prog="adntn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_plan = sub.add_parser("plan", help="plan every generator segment of a configuration into the plan cache")
@@ -71,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     p_report = sub.add_parser("report", help="compare runs: report.md and report.html")
     p_report.add_argument("runs", nargs="+")
     p_report.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "plan":
             return _plan(args)

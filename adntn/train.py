@@ -27,6 +27,7 @@ from adntn.layers import _TNLayer
 from adntn.models import build_model
 
 CHECKPOINT = "checkpoint.pt"
+AMP_MODES = (None, "bf16")
 
 
 @dataclass
@@ -46,6 +47,11 @@ class TrainConfig:
             for no clipping. Generated layers trained by SGD at dense learning rates need it: a step
             moves every core of a product at once, and without a cap fc6/fc7 TTN heads at 77,000x
             diverged to NaN within three steps at lr 0.05 (``benchmarks/compression``).
+        amp: ``"bf16"`` runs each forward pass and loss under ``torch.autocast`` in bfloat16 (the
+            parameters, gradients and optimizer stay float32), or ``None`` for float32 throughout.
+            The autocast region is one step's forward, never the whole loop: autocast caches the
+            bfloat16 copies of the weights until its region ends, so a region around several steps
+            keeps using the first step's weights.
         seed: Seeds the init, the data order and dropout.
         device: ``cpu`` or ``cuda``.
         width: Channel multiplier of the convolutions.
@@ -68,6 +74,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     clip_grad: float | None = None
+    amp: str | None = None
     seed: int = 0
     device: str = "cpu"
     width: float = 1.0
@@ -117,6 +124,8 @@ class TrainConfig:
             raise AdntnError(f"lr must be > 0, got {self.lr!r}")
         if self.clip_grad is not None and not (isinstance(self.clip_grad, int | float) and self.clip_grad > 0):
             raise AdntnError(f"clip_grad must be a positive gradient norm or omitted, got {self.clip_grad!r}")
+        if self.amp not in AMP_MODES:
+            raise AdntnError(f"amp must be bf16 or omitted (float32), got {self.amp!r}")
         if self.device not in ("cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise AdntnError(f"device must be cpu or cuda, got {self.device!r}")
 
@@ -226,13 +235,22 @@ def _sum_across(values: list[float], world: int) -> list[float]:
     return t.tolist()
 
 
+def autocast(amp: str | None, device: str | torch.device) -> Any:
+    """The autocast context of one forward pass for ``TrainConfig.amp`` (a no-op for float32)."""
+    kind = torch.device(device).type
+    return torch.autocast(device_type=kind, dtype=torch.bfloat16, enabled=amp == "bf16")
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 512) -> float:
-    """Top-1 accuracy in percent."""
+def evaluate(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 512, amp: str | None = None
+) -> float:
+    """Top-1 accuracy in percent (forward passes under ``amp``, as in training)."""
     model.eval()
     correct = 0
     for start in range(0, len(labels), batch):
-        out = model(images[start : start + batch])
+        with autocast(amp, images.device):
+            out = model(images[start : start + batch])
         correct += int((out.argmax(1) == labels[start : start + batch]).sum())
     return 100.0 * correct / max(1, len(labels))
 
@@ -301,7 +319,7 @@ def train(
         sched.load_state_dict(state["scheduler"])
         metrics = state["metrics"]
         first_epoch = state["epoch"] + 1
-        torch.set_rng_state(state["rng"])
+        torch.set_rng_state(state["rng"].cpu())  # map_location put it on the GPU; the CPU generator's state
     if rank == 0:
         # metrics.jsonl always equals the checkpointed history: nothing lost, nothing repeated.
         _atomic_write("".join(json.dumps(m) + "\n" for m in metrics), out / "metrics.jsonl")
@@ -323,10 +341,14 @@ def train(
             idx = idx[rank::world]  # each rank its share of the global batch
             xb, yb = x_train[idx], y_train[idx]
             opt.zero_grad(set_to_none=True)
-            logits = net(xb)
-            loss = loss_fn(logits, yb)
+            with autocast(cfg.amp, device):
+                logits = net(xb)
+                loss = loss_fn(logits, yb)
             loss.backward()
             update(model, opt, sched, cfg)
+            # The cast weights are stale now; the cache outlives this step's region when a caller's own
+            # autocast region encloses train().
+            torch.clear_autocast_cache()
             seen += len(yb)
             correct_t += (logits.argmax(1) == yb).sum()
             loss_t += loss.detach().double() * len(yb)
@@ -339,7 +361,7 @@ def train(
         if bar is not None:
             bar.close()
         seen, correct, loss_sum = _sum_across([seen, int(correct_t), float(loss_t)], world)
-        test_acc = evaluate(model, x_test, y_test)
+        test_acc = evaluate(model, x_test, y_test, amp=cfg.amp)
         row = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / max(seen, 1),

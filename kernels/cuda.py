@@ -19,6 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
+
+if not hasattr(np, "row_stack"):
+    # numba-cuda registers an overload of np.row_stack when its target first compiles, and NumPy 2.5
+    # removed that alias of np.vstack; upstream will not follow newer NumPy (NVIDIA/numba-cuda#907),
+    # so every launch failed on the H200 image (numpy 2.5.2) until the alias was put back.
+    np.row_stack = np.vstack
+
 from numba import cuda
 
 from kernels.numba_cpu import IDENTITY, activation, derivative

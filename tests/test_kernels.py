@@ -188,3 +188,21 @@ def test_cuda_kernels_agree_with_torch_under_the_simulator(tmp_path, blas_min_k)
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.split()[-1]) < 1e-10
+
+
+def test_cuda_module_restores_numpy_row_stack_for_numba_cuda():
+    import os
+    import subprocess
+    import sys
+
+    # NumPy 2.5 dropped np.row_stack, which numba-cuda still overloads when it first compiles.
+    code = (
+        "import numpy as np\n"
+        "del np.row_stack\n"
+        "import kernels.cuda\n"
+        "assert np.row_stack is np.vstack, np.row_stack\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

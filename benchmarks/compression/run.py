@@ -230,6 +230,7 @@ def base_config(args: argparse.Namespace, model: str, variant: str, seed: int) -
         "momentum": args.momentum,
         "weight_decay": args.weight_decay,
         "clip_grad": args.clip_grad,
+        "amp": None if getattr(args, "amp", "off") in (None, "off") else args.amp,
         "seed": seed,
         "device": args.device,
         "width": args.width,
@@ -296,22 +297,18 @@ def make_augment(pad: int, flip: bool) -> Any:
 
 
 @contextlib.contextmanager
-def patched_build(augment: str, device: str):
-    """Within the block, ``adntn.train.build`` runs with autocast off (the generators' init measures
-    their scales in float32) and, with ``augment="crop-flip"``, returns the model with an ``augment``
-    module in front (no parameters, so checkpoints and the layer table are unchanged; off in ``eval``
-    mode)."""
-    import torch
+def patched_build(augment: str):
+    """Within the block, ``adntn.train.build`` returns, with ``augment="crop-flip"``, the model with an
+    ``augment`` module in front (no parameters, so checkpoints and the layer table are unchanged; off
+    in ``eval`` mode)."""
     from torch import nn
 
     import adntn.train as train_mod
 
     original = train_mod.build
-    kind = "cuda" if str(device).startswith("cuda") else "cpu"
 
     def build(cfg: Any, in_channels: int, classes: int) -> Any:
-        with torch.autocast(device_type=kind, enabled=False):
-            model, report, log = original(cfg, in_channels, classes)
+        model, report, log = original(cfg, in_channels, classes)
         if augment == "none":
             return model, report, log
         layers = OrderedDict([("augment", make_augment(4, True)), *model.named_children()])
@@ -322,14 +319,6 @@ def patched_build(augment: str, device: str):
         yield
     finally:
         train_mod.build = original
-
-
-def _autocast(device: str, amp: str) -> Any:
-    import torch
-
-    if amp == "bf16":
-        return torch.autocast(device_type="cuda" if str(device).startswith("cuda") else "cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _setup_torch(device: str) -> None:
@@ -396,7 +385,7 @@ def run_job(job: dict[str, Any], progress: bool) -> dict[str, Any]:
         _prepare_dir(run_dir, job["config"])
         meta.update(device_name=_device_name(cfg.device), torch=torch.__version__, git=_git_commit())
         _atomic_write(json.dumps(meta, indent=2), run_dir / "run.json")
-        with patched_build(meta["augment"], cfg.device), _autocast(cfg.device, meta["amp"]):
+        with patched_build(meta["augment"]):
             summary = train(cfg, run_dir, resume=True, progress=progress)
         if kind == "e2e" and not meta.get("keep_checkpoints"):
             (run_dir / "checkpoint.pt").unlink(missing_ok=True)  # VGG-16's is ~1 GB; the summary is what counts
