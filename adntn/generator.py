@@ -386,16 +386,32 @@ class Generator(nn.Module):
 
     def materialize_flops(self, rows: int) -> int:
         """Flops of building ``W`` and multiplying ``rows`` inputs by it (tnplan's convention)."""
-        sizes = {"b": rows, "i": self.in_padded, "o": self.out_padded}
-        mm = tnplan.Network([("b", "i"), ("o", "i")], ("b", "o"), sizes)
-        return sum(g.flops for g in self.groups) + tnplan.score_path(mm, [(0, 1)]).flops
+        return self.materialize_cost(rows)
 
     def stream_flops_at(self, rows: int) -> int:
         """Flops of streaming ``rows`` inputs: every group but the last, then the streaming network
         along the path planned for the nearest bucket."""
+        return self.stream_cost_at(rows)
+
+    def materialize_cost(self, rows: int, write_weight: float = 0) -> int:
+        """Planned flops of building ``W`` and multiplying ``rows`` inputs by it, plus ``write_weight``
+        per element written (every intermediate, ``W`` and the output)."""
+        sizes = {"b": rows, "i": self.in_padded, "o": self.out_padded}
+        mm = tnplan.score_path(tnplan.Network([("b", "i"), ("o", "i")], ("b", "o"), sizes), [(0, 1)])
+        return self._groups_cost(self.groups, write_weight) + mm.flops + round(write_weight * mm.write)
+
+    def stream_cost_at(self, rows: int, write_weight: float = 0) -> int:
+        """Planned flops of streaming ``rows`` inputs (every group but the last, then the streaming
+        network along the path planned for the nearest bucket), plus ``write_weight`` per element written."""
         path = self.streams[self.stream_bucket(rows)].ssa_path
-        streamed = tnplan.score_path(self._stream_network(rows), list(path)).flops
-        return sum(g.flops for g in self.groups[:-1]) + streamed
+        streamed = tnplan.score_path(self._stream_network(rows), list(path))
+        return self._groups_cost(self.groups[:-1], write_weight) + streamed.flops + round(write_weight * streamed.write)
+
+    @staticmethod
+    def _groups_cost(groups: Any, write_weight: float) -> int:
+        if not write_weight:
+            return sum(g.flops for g in groups)
+        return sum(g.flops + round(write_weight * tnplan.score_path(g.network, list(g.ssa_path)).write) for g in groups)
 
     # ------------------------------------------------------------------ init and reporting
 

@@ -14,6 +14,12 @@ from adntn.generator import STREAM_BUCKETS, Generator
 from adntn.generators import make_generator
 
 MODES = ("auto", "materialize", "stream")
+# mode="auto" compares planned flops plus this weight per element written. On the CPU flops decide
+# (benchmarks/results/layers.md: streaming won wherever it had fewer flops). On a GPU a written
+# element costs about a thousand flops of TF32 GEMM time: on an H200 at batch 8192
+# (benchmarks/results/kernels-gpu.md) the weight that picks the faster mode in every measured
+# configuration lies between 663 and 2,520; by flops alone streaming was picked where it ran 2-13x slower.
+WRITE_WEIGHT = {"cpu": 0, "cuda": 1024}
 
 
 def _mode(mode: str) -> str:
@@ -152,10 +158,14 @@ class TNLinear(_TNLayer):
         self.generator = make_generator(arch, out_features, in_features, **kwargs)
         if mode == "stream" and not self.generator.streamable:
             raise AdntnError("mode='stream' needs a linear last segment; drop root_activation (or use mode='auto')")
-        # Decided once per planned batch size, so forward only looks the answer up.
+        # Decided once per device kind and planned batch size, so forward only looks the answer up.
+        gen = self.generator
         self.stream_at = {
-            b: self.generator.streamable and self.generator.stream_flops_at(b) < self.generator.materialize_flops(b)
-            for b in STREAM_BUCKETS
+            kind: {
+                b: gen.streamable and gen.stream_cost_at(b, weight) < gen.materialize_cost(b, weight)
+                for b in STREAM_BUCKETS
+            }
+            for kind, weight in WRITE_WEIGHT.items()
         }
         self._finish_init(out_features, bias, device, dtype)
 
@@ -167,10 +177,11 @@ class TNLinear(_TNLayer):
         """``out_features * in_features``."""
         return self.out_features * self.in_features
 
-    def uses_stream(self, rows: int) -> bool:
-        """Whether a batch of ``rows`` samples is streamed rather than multiplied by a built ``W``."""
+    def uses_stream(self, rows: int, device: str | torch.device = "cpu") -> bool:
+        """Whether a batch of ``rows`` samples on ``device`` is streamed rather than multiplied by a built ``W``."""
         if self.mode == "auto":
-            return self.stream_at[self.generator.stream_bucket(rows)]
+            kind = "cuda" if getattr(device, "type", str(device)).startswith("cuda") else "cpu"
+            return self.stream_at[kind][self.generator.stream_bucket(rows)]
         return self.mode == "stream"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,7 +191,7 @@ class TNLinear(_TNLayer):
             )
         lead = x.shape[:-1]
         rows = math.prod(lead)
-        if rows > 0 and self.uses_stream(rows):
+        if rows > 0 and self.uses_stream(rows, x.device.type):
             y = self.generator.stream(x.reshape(rows, self.in_features)).reshape(*lead, self.out_features)
             return y if self.bias is None else y + self.bias
         return functional.linear(x, self.generator(), self.bias)

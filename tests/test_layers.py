@@ -11,6 +11,7 @@ import adntn
 import tnplan
 from adntn import AdntnError, TNConv2d, TNLinear, compress
 from adntn.generator import STREAM_BUCKETS
+from adntn.layers import WRITE_WEIGHT
 
 STREAMABLE = [
     ("ttn", {"bond_dim": 3, "n_factors": 3}),
@@ -51,7 +52,12 @@ def test_auto_mode_follows_the_planned_costs():
     gen = layer.generator
     for b in STREAM_BUCKETS:
         assert layer.uses_stream(b) == (gen.stream_flops_at(b) < gen.materialize_flops(b))
+        cuda_cost = gen.stream_cost_at(b, WRITE_WEIGHT["cuda"]) < gen.materialize_cost(b, WRITE_WEIGHT["cuda"])
+        assert layer.uses_stream(b, torch.device("cuda")) == layer.uses_stream(b, "cuda:1") == cuda_cost
     assert layer.uses_stream(1)  # one sample through the root segment beats building 16.7M weights
+    # Streaming 4096 rows writes ~10x the elements of materialising: fewer flops (CPU streams), but on
+    # a GPU, where GEMM flops are cheap and writes are not, the built weight wins.
+    assert layer.uses_stream(4096, "cpu") and not layer.uses_stream(4096, "cuda")
     assert layer.compression_ratio() >= 2000
 
 

@@ -293,6 +293,13 @@ def layer_rows(spec: tuple, device: Any, timer: Timer, batch: int, cache: Any) -
     return rows
 
 
+def auto_pick(spec: tuple, batch: int, cache: Any, device: str = "cuda") -> str:
+    """What a default ``TNLinear`` (``mode="auto"``, ``adntn.layers.WRITE_WEIGHT``) does at ``batch`` rows."""
+    arch, bond, n_in, n_out = spec
+    layer = build_layer(arch, bond, n_in, n_out, cache, True, "auto")
+    return "stream" if layer.uses_stream(batch, device) else "materialize"
+
+
 def blas_sweep(g: Any, device: Any, timer: Timer) -> dict[str, Any]:
     import torch
 
@@ -365,6 +372,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 except Exception as exc:  # the sweep needs the CUDA kernels; the layer rows do not
                     row["blas_min_k_ms"] = {"error": one_line(exc)}
             row["layer"] = layer_rows(spec, device, timer, args.batch, cache)
+            row["auto_picks"] = auto_pick(spec, args.batch, cache, device.type)
         except Exception:
             row["error"] = traceback.format_exc(limit=3)
         result["configs"].append(row)
@@ -459,8 +467,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"## Layer training step at batch {result['batch']} (median ms; syncs / planner calls in one step)",
         "",
-        "| config | " + " | ".join(layer_names) + " |",
-        "|---|" + "---:|" * len(layer_names),
+        "| config | " + " | ".join(layer_names) + " | default (auto) picks |",
+        "|---|" + "---:|" * len(layer_names) + "---|",
     ]
     for c in result["configs"]:
         if "layer" not in c:
@@ -472,7 +480,7 @@ def markdown(result: dict[str, Any]) -> str:
             if e and "planner_calls" in e:
                 cell += f" ({e.get('host_syncs')} / {e['planner_calls']})"
             cells.append(cell)
-        lines.append(f"| {c['arch']} χ={c['bond']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {c['arch']} χ={c['bond']} | " + " | ".join(cells) + f" | {c.get('auto_picks', '—')} |")
     groups: dict[str, list[str]] = {}
     for c in result["configs"]:
         for where in ("generator", "layer"):
