@@ -3,7 +3,8 @@
 A step of ``flops`` multiply-adds with summed extent ``K`` costs ``flops * c(K)`` seconds, forward
 plus backward, in the fused numba loop, and ``flops * b(K) + copies * e`` through BLAS (the canonical
 copies of the operands and the scatter of the result). ``c``, ``b`` and ``e`` are measured on two
-synthetic steps (K = 8 and K = 64) and interpolated in ``log K``; the result is stored as JSON in
+synthetic steps (K = 8 and K = 64) and interpolated in ``log K``, and again (K = 4, 16 and 64) for
+steps whose right operand outgrows the caches; the result is stored as JSON in
 ``$ADNTN_CACHE_DIR`` (default ``~/.cache/adntn``) and reused by every later process.
 """
 
@@ -19,9 +20,14 @@ from typing import Any
 
 import numpy as np
 
-VERSION = 4
+VERSION = 5
 LARGE_Y = 1 << 18  # Yc elements beyond which the fused loop streams Yc from memory once per row
 _POINTS = (8, 64)
+# With Yc out of cache both paths are bound by memory, and how much each moves per flop depends on K:
+# at K = 3 (a MERA's 25088x4096 root step) the fused loop was 1.6x faster than BLAS plus its copies,
+# at K = 64 BLAS is 4.7x faster, so a single large-Yc point chose BLAS for both. The crossover lies
+# below K = 14 (MERA χ=14 and aTTN χ=24 root steps were faster through BLAS), hence the middle point.
+_LARGE_POINTS = (4, 16, 64)
 
 
 def cache_file() -> Path:
@@ -86,7 +92,8 @@ def measure() -> dict[str, Any]:
     for k in _POINTS:
         out["numba"][str(k)], out["blas"][str(k)] = _time_point(k)
     # Few rows against a right operand far larger than any cache: the fused loop re-reads it per row.
-    out["numba"]["large"], out["blas"]["large"] = _time_point(64, m=32, n=1 << 15)
+    for k in _LARGE_POINTS:
+        out["numba"][f"large-{k}"], out["blas"][f"large-{k}"] = _time_point(k, m=32, n=(1 << 20) // k)
     return out
 
 
@@ -105,7 +112,11 @@ def calibration() -> dict[str, Any]:
         cal = json.loads(path.read_text())
         if cal.get("version") != VERSION or cal.get("threads") != threads:
             raise ValueError("another version or thread count")
-    except (OSError, ValueError):
+        keys = [str(k) for k in _POINTS] + [f"large-{k}" for k in _LARGE_POINTS]
+        values = [cal[side][key] for side in ("numba", "blas") for key in keys]
+        if not all(isinstance(v, float) and v > 0 for v in values):
+            raise ValueError("a bad entry")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         cal = measure()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
@@ -115,11 +126,13 @@ def calibration() -> dict[str, Any]:
     return cal
 
 
-def _interp(table: dict[str, float], k: int) -> float:
-    lo, hi = _POINTS
-    t = (math.log(max(k, 1)) - math.log(lo)) / (math.log(hi) - math.log(lo))
-    t = min(max(t, 0.0), 1.0)
-    return math.exp((1 - t) * math.log(table[str(lo)]) + t * math.log(table[str(hi)]))
+def _interp(table: dict[str, float], k: int, points: tuple[int, ...] = _POINTS, prefix: str = "") -> float:
+    """Piecewise linear in ``log K`` through the measured points, constant beyond the ends."""
+    k = min(max(k, points[0]), points[-1])
+    j = next(j for j in range(1, len(points)) if k <= points[j])
+    lo, hi = points[j - 1], points[j]
+    t = (math.log(k) - math.log(lo)) / (math.log(hi) - math.log(lo))
+    return math.exp((1 - t) * math.log(table[f"{prefix}{lo}"]) + t * math.log(table[f"{prefix}{hi}"]))
 
 
 def step_seconds(flops: int, k: int, *, blas: bool, y_size: int = 0) -> float:
@@ -128,5 +141,5 @@ def step_seconds(flops: int, k: int, *, blas: bool, y_size: int = 0) -> float:
     cal = calibration()
     table = cal["blas" if blas else "numba"]
     if y_size > LARGE_Y:
-        return flops * table["large"]
+        return flops * _interp(table, k, _LARGE_POINTS, "large-")
     return flops * _interp(table, k)

@@ -142,6 +142,20 @@ def test_calibration_is_measured_once_and_survives_a_damaged_file(tmp_path, monk
     cache_file().write_text("{not json")
     again = calibration()
     assert set(again["numba"]) == set(cal["numba"]) and json.loads(cache_file().read_text()) == again
+    monkeypatch.setattr("kernels.calibrate._MEMO", {})
+    partial = {**again, "blas": {k: v for k, v in again["blas"].items() if k != "large-16"}}
+    cache_file().write_text(json.dumps(partial))  # this version's file, one entry lost
+    assert set(calibration()["blas"]) == set(cal["blas"])
+
+
+def test_cost_model_interpolates_piecewise_in_log_k():
+    from kernels.calibrate import _interp
+
+    table = {"large-4": 1.0, "large-16": 4.0, "large-64": 4.0}
+    points = (4, 16, 64)
+    assert _interp(table, 8, points, "large-") == pytest.approx(2.0)  # halfway in log K: the geometric mean
+    assert _interp(table, 32, points, "large-") == pytest.approx(4.0)
+    assert _interp(table, 1, points, "large-") == 1.0 and _interp(table, 1000, points, "large-") == 4.0
 
 
 _SIMULATED = """
