@@ -39,12 +39,14 @@ case ",$PHASES," in *,kernels,*) ;; *) KERNELS_LIMIT=0 ;; esac
 
 left=$((LIMIT - SECONDS - 20))
 case ",$PHASES," in *,compression,*) ;; *) left=0 ;; esac
+deadline=$((left - RUN_MAX))
+[ "$deadline" -lt 10 ] && deadline=10  # a short follow-up call (small LIMIT) still starts its resumed runs
 [ "$left" -gt 0 ] && {
     echo "compression phase: ${left} s left at ${SECONDS} s"
     timeout -k 15 "$left" $PY benchmarks/compression/run.py run --device "$DEVICE" \
         --data-dir out/data/fashion-mnist --plans out/compression/plans.json --cache /tmp/compression-plans.sqlite \
         --cache-only --models vgg16,alexnet --variants "$VARIANTS" --epochs "$EPOCHS" --order variant \
-        --jobs "$JOBS" --deadline $((left - RUN_MAX)) --no-table
+        --jobs "$JOBS" --deadline "$deadline" --no-table
     echo "compression phase: rc $? at ${SECONDS} s"
     nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv 2>&1
 } >"$OUT/compression.log" 2>&1
