@@ -78,6 +78,7 @@ class Group:
         labels: Labels of the template member's operands, then its output (for adjoints and streaming).
         cache: The plan cache status when it was planned.
         flops: The plan's flops.
+        write: The plan's write (elements of every intermediate and the result).
         ssa_path: The planned contraction order (executors other than torch rebuild their steps from it).
     """
 
@@ -91,6 +92,7 @@ class Group:
     labels: tuple[tuple[str, ...], ...]
     cache: str
     flops: int
+    write: int
     ssa_path: tuple[tuple[int, int], ...] = ()
 
     @property
@@ -262,6 +264,7 @@ class Generator(nn.Module):
             labels=(*labels, tuple(template.labels)),
             cache=plan.cache_status,
             flops=plan.flops,
+            write=plan.write,
             ssa_path=tuple(plan.ssa_path),
         )
 
@@ -409,9 +412,7 @@ class Generator(nn.Module):
 
     @staticmethod
     def _groups_cost(groups: Any, write_weight: float) -> int:
-        if not write_weight:
-            return sum(g.flops for g in groups)
-        return sum(g.flops + round(write_weight * tnplan.score_path(g.network, list(g.ssa_path)).write) for g in groups)
+        return sum(g.flops + round(write_weight * g.write) for g in groups)
 
     # ------------------------------------------------------------------ init and reporting
 

@@ -202,7 +202,7 @@ def generator_rows(g: Any, device: Any, timer: Timer, with_compile: bool) -> dic
         except Exception as exc:  # a method that cannot run here is reported, the others still run
             rows[name] = {"error": one_line(exc)}
             if device.type == "cuda":  # the whole story in the log, for a fix without another GPU session
-                traceback.print_exc(limit=6)
+                traceback.print_exc(limit=-8)
     return rows
 
 
@@ -289,7 +289,7 @@ def layer_rows(spec: tuple, device: Any, timer: Timer, batch: int, cache: Any) -
         except Exception as exc:
             rows[name] = {"error": one_line(exc)}
             if device.type == "cuda":
-                traceback.print_exc(limit=6)
+                traceback.print_exc(limit=-8)
     return rows
 
 
@@ -357,11 +357,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     for k, spec in enumerate(_configs(args)):
         arch, bond, n_in, n_out = spec
         row: dict[str, Any] = {"arch": arch, "bond": bond, "shape": [n_in, n_out]}
-        if args.deadline is not None and time.perf_counter() - start > args.deadline:
-            row["error"] = f"skipped: --deadline {args.deadline:g} s reached"
-            result["configs"].append(row)
-            continue
         try:
+            if args.deadline is not None and time.perf_counter() - start > args.deadline:
+                raise TimeoutError(f"skipped: --deadline {args.deadline:g} s reached")
             g = build_generator(arch, bond, n_in, n_out, cache, True).to(device)
             row["params"] = g.num_parameters()
             row["compression"] = n_in * n_out / g.num_parameters()
@@ -373,12 +371,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                     row["blas_min_k_ms"] = {"error": one_line(exc)}
             row["layer"] = layer_rows(spec, device, timer, args.batch, cache)
             row["auto_picks"] = auto_pick(spec, args.batch, cache, device.type)
+        except TimeoutError as exc:
+            row["error"] = str(exc)
         except Exception:
-            row["error"] = traceback.format_exc(limit=3)
+            row["error"] = traceback.format_exc(limit=-3)
         result["configs"].append(row)
         print(json.dumps(row), flush=True)
         _write(result, args.results)  # after every configuration: a run cut off by its limit keeps its rows
-    _write(result, args.results)
     print(f"wrote {args.results / 'kernels-gpu.md'}")
     return 0
 
@@ -416,17 +415,16 @@ def targets(result: dict[str, Any]) -> list[str]:
             f"step at batch {result['batch']} no slower than dense TF32: {tn[1]:.3f} ms ({tn[0]}) vs {dense:.3f} ms "
             f"({dense / tn[1]:.2f}x)"
         )
-    syncs = [
-        (c["arch"], c["bond"], name, e.get("host_syncs"), e.get("planner_calls"))
+    clean = [
+        e.get("host_syncs") == 0 and e["planner_calls"] == 0
         for c in result["configs"]
-        for name, e in c.get("layer", {}).items()
+        for e in c.get("layer", {}).values()
         if isinstance(e, dict) and "planner_calls" in e
     ]
-    if syncs:
-        clean = all(h == 0 and p == 0 for *_, h, p in syncs)
+    if clean:
         out.append(
-            f"- {'PASS' if clean else 'FAIL'} — zero host-device synchronisations and zero planner calls in a "
-            f"training step: {sum(h == 0 and p == 0 for *_, h, p in syncs)} of {len(syncs)} checked steps clean"
+            f"- {'PASS' if all(clean) else 'FAIL'} — zero host-device synchronisations and zero planner calls in a "
+            f"training step: {sum(clean)} of {len(clean)} checked steps clean"
         )
     return out
 
@@ -481,15 +479,15 @@ def markdown(result: dict[str, Any]) -> str:
                 cell += f" ({e.get('host_syncs')} / {e['planner_calls']})"
             cells.append(cell)
         lines.append(f"| {c['arch']} χ={c['bond']} | " + " | ".join(cells) + f" | {c.get('auto_picks', '—')} |")
-    groups: dict[str, list[str]] = {}
+    failed: dict[str, list[str]] = {}  # one line per distinct error, naming every cell it hit
     for c in result["configs"]:
         for where in ("generator", "layer"):
             for name, e in c.get(where, {}).items():
                 if isinstance(e, dict) and "error" in e:
-                    groups.setdefault(e["error"], []).append(f"{c['arch']} χ={c['bond']} {where}/{name}")
-    if groups:
+                    failed.setdefault(e["error"], []).append(f"{c['arch']} χ={c['bond']} {where}/{name}")
+    if failed:
         lines += ["", "## Errors", ""]
-        lines += [f"- `{msg}` ({len(cells)}): {', '.join(cells)}" for msg, cells in groups.items()]
+        lines += [f"- `{msg}` ({len(hits)}): {', '.join(hits)}" for msg, hits in failed.items()]
     lines += ["", "## Targets", "", *targets(result)]
     sweep = next((c.get("blas_min_k_ms") for c in result["configs"] if c.get("blas_min_k_ms")), None)
     if sweep and "error" not in sweep:
