@@ -140,6 +140,28 @@ def test_reconfigure_never_worsens_and_keeps_result() -> None:
     assert math.isclose(after, score_path(net, tree.ssa_path()).flops, rel_tol=1e-12)
 
 
+def test_outclassed_driver_rule() -> None:
+    from tnplan.planner import OUTCLASSED, _outclassed
+
+    assert not _outclassed("eliminate", {"eliminate": 5.0})  # nothing to compare with yet
+    assert not _outclassed("eliminate", {"eliminate": 9.0 * 1e6, "kahypar": 1e6})
+    assert _outclassed("eliminate", {"eliminate": OUTCLASSED * 1e6 * 1.01, "kahypar": 1e6, "greedy": 3e6})
+    assert not _outclassed("kahypar", {"eliminate": 1e9, "kahypar": 1e6})
+
+
+def test_a_driver_far_behind_gets_no_more_trials(monkeypatch) -> None:
+    """On a MERA variable elimination is ~10^3x off: after one trial its turns go to the leader."""
+    import tnplan.eliminate
+
+    calls = []
+    real = tnplan.eliminate.elimination_ssa
+    monkeypatch.setattr(tnplan.eliminate, "elimination_ssa", lambda *a, **k: calls.append(1) or real(*a, **k))
+    net = mera(32, 4, closed=True)  # 114 tensors: past the exact search
+    p = tnplan.plan(net, max_repeats=8, cache=False)  # the cycle would give elimination trials 1 and 5
+    assert len(calls) == 1
+    assert p.flops < score_path(net, greedy_ssa(leaf_legs(net), net.int_output, list(map(float, net.int_sizes)))).flops
+
+
 def test_plan_beats_greedy_on_a_loopy_network() -> None:
     net = random_regular(60, 3, 2, seed=7)
     legs = leaf_legs(net)

@@ -105,6 +105,17 @@ CONV = {
 }
 CONV_LEVEL = 2000.0
 
+# Where the CPU protocol cuts each model: the cached features are this layer's input and the head trained on
+# them starts here. VGG-16's conv5 block runs on 2x2 maps at 32x32 input, so a head from conv5_1 costs little
+# more than the classifier, caches 2,048 numbers per image, and contains conv5_3, which the conv variants
+# replace. AlexNet's conv4 works on 8x8 maps (24,576 numbers per image, 3.4 GB in float16 for the data set),
+# so its head starts at avgpool and its conv variants need the e2e protocol.
+HEAD_FROM = {"alexnet": "avgpool", "vgg16": "conv5_1"}
+# Gradient clipping of the CPU protocol's dense trunk (the heads use --clip-grad). AlexNet's trunk trains
+# stably without it; VGG-16's diverged at the one-cycle peak (loss 2.3 -> 50 within 70 steps of its first
+# epoch, fp32 on the CPU), so it clips to global norm 1 like the e2e runs.
+TRUNK_CLIP = {"alexnet": None, "vgg16": 1.0}
+
 FC_VARIANTS = tuple(f"{a}-{lvl}" for lvl in LEVELS for a in ARCHS)
 CONV_VARIANTS = tuple(f"conv-{a}" for a in ARCHS)
 ALL_VARIANTS = ("dense", *FC_VARIANTS, *CONV_VARIANTS)
@@ -461,11 +472,33 @@ def _trunk_dir(out: Path, model: str) -> Path:
     return out / "cpu-features" / model / "trunk"
 
 
+def _layer_order(model: str) -> list[str]:
+    """The model's top-level layer names in forward order (built tiny: only the names matter)."""
+    from adntn.models import build_model
+
+    return [n for n, _ in build_model(model, 1, 10, width=0.125, fc_dim=8).named_children()]
+
+
+def head_has(model: str, layer: str) -> bool:
+    """Whether the CPU protocol's head of ``model`` (from ``HEAD_FROM``) contains ``layer``."""
+    names = _layer_order(model)
+    return names.index(layer) >= names.index(HEAD_FROM[model])
+
+
+def _split(model: Any, at: str) -> tuple[Any, Any]:
+    """(trunk, head): the model's children before ``at`` and from ``at`` on, as two Sequentials."""
+    from torch import nn
+
+    children = list(model.named_children())
+    k = [n for n, _ in children].index(at)
+    return nn.Sequential(OrderedDict(children[:k])), nn.Sequential(OrderedDict(children[k:]))
+
+
 def extract_features(job: dict[str, Any]) -> dict[str, Any]:
     """The trained dense model's convolutional features for the train and test images, saved to
-    ``features.pt``: the input of ``avgpool`` (a parameter-free adaptive average pool, applied again in
-    each head), which is up to 49x smaller than its output (VGG-16: 512x1x1 -> 512x7x7 at 32x32 input),
-    stored as float16."""
+    ``features.pt`` in float16: the input of ``HEAD_FROM[model]``. For AlexNet that is ``avgpool`` (a
+    parameter-free adaptive pool applied again in each head; its input is up to 49x smaller than its
+    output); for VGG-16 it is ``conv5_1`` (512x2x2 at 32x32 input)."""
     import torch
 
     from adntn.data import load_dataset, pad_to
@@ -480,11 +513,14 @@ def extract_features(job: dict[str, Any]) -> dict[str, Any]:
     model, _, _ = build(cfg, 1, 10)
     state = torch.load(trunk / "checkpoint.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(state["model"])
-    names = [n for n, _ in model.named_children()]
-    features = torch.nn.Sequential(OrderedDict(list(model.named_children())[: names.index("avgpool")]))
+    features, _ = _split(model, HEAD_FROM[cfg.model])
     device = torch.device(cfg.device)
     features.to(device).eval()
-    out: dict[str, Any] = {"trunk": str(trunk), "trunk_test_acc": state["metrics"][-1]["test_acc"]}
+    out: dict[str, Any] = {
+        "trunk": str(trunk),
+        "trunk_test_acc": state["metrics"][-1]["test_acc"],
+        "head_from": HEAD_FROM[cfg.model],
+    }
     for split in ("train", "test"):
         data = load_dataset(cfg.dataset, split, cfg.data_dir)
         x, y = pad_to(data.images), data.labels
@@ -514,8 +550,9 @@ def layer_rows(model: Any, report: Any) -> list[dict[str, Any]]:
 
 
 def train_head(job: dict[str, Any], progress: bool) -> dict[str, Any]:
-    """Train ``avgpool -> drop6 -> fc6 -> relu -> drop7 -> fc7 -> relu -> fc8`` (dense or compressed, built
-    by ``adntn.train.build`` exactly as in the full model) on cached features: SGD + one-cycle, the data
+    """Train the head from ``HEAD_FROM[model]`` on (AlexNet: ``avgpool -> drop6 -> fc6 -> relu -> drop7 ->
+    fc7 -> relu -> fc8``; VGG-16: the conv5 block, ``pool5`` and that classifier), dense or compressed, built
+    by ``adntn.train.build`` exactly as in the full model, on cached features: SGD + one-cycle, the data
     order of epoch ``e`` drawn from ``(seed, e)``."""
     import torch
     from torch import nn
@@ -528,12 +565,17 @@ def train_head(job: dict[str, Any], progress: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
     data = torch.load(job["features"], map_location="cpu", weights_only=False)
+    cut = data.get("head_from", "avgpool")  # files written before HEAD_FROM existed were cut at avgpool
+    if cut != HEAD_FROM[cfg.model]:
+        raise RuntimeError(
+            f"{job['features']} holds the input of {cut}, but the {cfg.model} head starts at "
+            f"{HEAD_FROM[cfg.model]}; delete that file so the features are extracted again"
+        )
     device = torch.device(cfg.device)
     x_tr, y_tr = data["x_train"].to(device), data["y_train"].to(device)
     x_te, y_te = data["x_test"].to(device).float(), data["y_test"].to(device)
     model, report, plan_log = build(cfg, 1, 10)
-    names = [n for n, _ in model.named_children()]
-    head = nn.Sequential(OrderedDict(list(model.named_children())[names.index("avgpool") :])).to(device)
+    head = _split(model, cut)[1].to(device)
     del model
     steps = math.ceil(len(y_tr) / cfg.batch_size)
     opt, sched = make_optimizer(head, cfg, steps)
@@ -807,8 +849,11 @@ def cpu_feature_jobs(args: argparse.Namespace) -> list[list[dict[str, Any]]]:
     """Three stages: trunks, features, heads (each stage waits for the one before)."""
     trunks, feats, heads = [], [], []
     for model in args.model_list:
-        # The dense trunk is stable without clipping; the heads, where generated layers train, clip.
-        trunk_cfg = {**base_config(args, model, "dense", 0), "epochs": args.trunk_epochs, "clip_grad": None}
+        trunk_cfg = {
+            **base_config(args, model, "dense", 0),
+            "epochs": args.trunk_epochs,
+            "clip_grad": TRUNK_CLIP[model],
+        }
         tdir = _trunk_dir(args.out, model)
         meta = {"protocol": "cpu-features", "model": model, "variant": "trunk", "seed": 0}
         meta.update(augment=args.augment, amp=args.amp, smoke=args.smoke, keep_checkpoints=True)
@@ -826,14 +871,21 @@ def cpu_feature_jobs(args: argparse.Namespace) -> list[list[dict[str, Any]]]:
         )
         for seed in args.seed_list:
             for variant in args.variant_list:
-                if variant.startswith("conv-"):
-                    continue  # the cached features come from the dense convolutions: nothing to replace
+                if variant.startswith("conv-") and not head_has(model, CONV_LAYER[model]):
+                    continue  # that convolution computes the cached features: it cannot be replaced
                 cfg = {**base_config(args, model, variant, seed), "epochs": args.epochs}
                 run_dir = args.out / "cpu-features" / model / variant / f"seed{seed}"
                 if _finished(run_dir, cfg):
                     continue
                 hmeta = {"protocol": "cpu-features", "model": model, "variant": variant, "seed": seed}
-                hmeta.update(augment="none", amp="off", smoke=args.smoke, trunk_epochs=args.trunk_epochs)
+                hmeta.update(
+                    augment="none",
+                    amp="off",
+                    smoke=args.smoke,
+                    trunk_epochs=args.trunk_epochs,
+                    trunk_clip=TRUNK_CLIP[model],
+                    head_from=HEAD_FROM[model],
+                )
                 heads.append(
                     {
                         "kind": "head",
@@ -853,9 +905,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise SystemExit(f"--plans {args.plans} does not exist; make it with `run.py plan`")
     if args.cache_only and not args.cache.exists():
         raise SystemExit(f"--cache-only but the plan cache {args.cache} does not exist; pass --plans FILE.json")
-    skipped = [v for v in args.variant_list if v.startswith("conv-")] if args.protocol == "cpu-features" else []
-    if skipped:
-        print(f"cpu-features: {', '.join(skipped)} skipped (conv layers cannot be replaced on cached features)")
+    if args.protocol == "cpu-features":
+        for model in args.model_list:
+            if not head_has(model, CONV_LAYER[model]):
+                skipped = [v for v in args.variant_list if v.startswith("conv-")]
+                if skipped:
+                    print(
+                        f"cpu-features: {model} {', '.join(skipped)} skipped ({CONV_LAYER[model]} computes the "
+                        f"cached features; the head starts at {HEAD_FROM[model]})"
+                    )
     print(f"out: {args.out}; device {args.device}; protocol {args.protocol}; plan cache {args.cache}")
     log_dir = args.out / "jobs"
     failures = 0
@@ -929,19 +987,33 @@ def _protocol_text(protocol: str, runs: list[dict[str, Any]]) -> tuple[str, str]
     else:
         te = m.get("trunk_epochs", "?")
         short = f"CPU features: trunk {te} ep, head {c['epochs']} ep"
+        heads, clips = [], []
+        for model in sorted({r["meta"]["model"] for r in runs}):
+            tclip = next((r["meta"].get("trunk_clip") for r in runs if r["meta"]["model"] == model), None)
+            clips.append(f"{model}: " + (f"gradients clipped to global norm {tclip}" if tclip else "no clipping"))
+            cut = next((r["meta"].get("head_from") for r in runs if r["meta"]["model"] == model), None) or "avgpool"
+            if cut == "avgpool":
+                heads.append(
+                    f"{model}: the input of `avgpool` (parameter-free, it runs again in every head, so the head "
+                    "sees exactly the fc6 input); head avgpool -> fc6 -> relu -> fc7 -> relu -> fc8, so no "
+                    "convolution can be replaced and the conv target is not tested"
+                )
+            else:
+                heads.append(
+                    f"{model}: the input of `{cut}`; head {cut} -> ... (the rest of that block, each convolution "
+                    f"with batch norm and relu) -> pool -> avgpool -> fc6 -> relu -> fc7 -> relu -> fc8, so "
+                    f"{CONV_LAYER[model]} is inside the head and the conv variants replace it"
+                )
+        trunk_clip = "; ".join(clips)
         full = (
             f"CPU protocol (no GPU): the dense model ({size}, batch norm{limit}) trained end to end for {te} "
-            "epoch(s) (seed 0, SGD one-cycle, crop+flip augmentation, no clipping); its convolutional features "
-            "(the input of "
-            "`avgpool`, stored as float16; `avgpool` is parameter-free and runs again in every head, so the heads "
-            f"see exactly the fc6 input) cached for the train and test images; then the classifier head "
-            f"avgpool -> fc6 -> relu -> fc7 -> relu -> fc8 (dropout {dense_drop} dense / {tn_drop} generated before "
-            f"fc6 and fc7), dense or with generated fc6/fc7 built by the same `adntn` code, trained from a fresh "
-            f"init on the same cached features: {c['epochs']} epoch(s), SGD (momentum {c['momentum']}, weight decay "
-            f"{c['weight_decay']}) one-cycle to lr {c['lr']}{clip_text}, batch {c['batch_size']}, no augmentation. "
-            "The dense "
-            "baseline is the dense head. Convolution layers cannot be replaced under this protocol (the features "
-            "are computed by the dense convolutions), so the conv target is not tested."
+            f"epoch(s) (seed 0, SGD one-cycle, crop+flip augmentation, {trunk_clip}); its features (stored as "
+            f"float16) cached for the train and test images at a cut per model ({'; '.join(heads)}); then the "
+            f"head (dropout {dense_drop} dense / {tn_drop} generated before fc6 and fc7), dense or with generated "
+            "layers built by the same `adntn` code, trained from a fresh init on the same cached features: "
+            f"{c['epochs']} epoch(s), SGD (momentum {c['momentum']}, weight decay {c['weight_decay']}) one-cycle "
+            f"to lr {c['lr']}{clip_text}, batch {c['batch_size']}, no augmentation. The dense baseline is the "
+            "dense head."
         )
     return short, full
 
@@ -1012,8 +1084,11 @@ def target_checks(agg: dict[str, Any]) -> list[str]:
             for layer, ratio, drop in TARGETS:
                 what = f"{protocol} {model} {layer if layer != 'conv' else 'a conv layer'} >= {ratio:,.0f}x"
                 what += f" within {drop} point(s) of dense"
-                if layer == "conv" and protocol == "cpu-features":
-                    lines.append(f"- n/a — {what}: not possible under the CPU feature protocol (dense convolutions)")
+                if layer == "conv" and protocol == "cpu-features" and not head_has(model, CONV_LAYER[model]):
+                    lines.append(
+                        f"- n/a — {what}: not possible under the CPU feature protocol ({CONV_LAYER[model]} computes "
+                        f"the cached features; the head starts at {HEAD_FROM[model]})"
+                    )
                     continue
                 if base is None:
                     lines.append(f"- FAIL — {what}: no dense baseline run")
