@@ -387,15 +387,6 @@ class Generator(nn.Module):
 
     # ------------------------------------------------------------------ costs
 
-    def materialize_flops(self, rows: int) -> int:
-        """Flops of building ``W`` and multiplying ``rows`` inputs by it (tnplan's convention)."""
-        return self.materialize_cost(rows)
-
-    def stream_flops_at(self, rows: int) -> int:
-        """Flops of streaming ``rows`` inputs: every group but the last, then the streaming network
-        along the path planned for the nearest bucket."""
-        return self.stream_cost_at(rows)
-
     def materialize_cost(self, rows: int, write_weight: float = 0) -> int:
         """Planned flops of building ``W`` and multiplying ``rows`` inputs by it, plus ``write_weight``
         per element written (every intermediate, ``W`` and the output)."""

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -472,6 +473,7 @@ def _trunk_dir(out: Path, model: str) -> Path:
     return out / "cpu-features" / model / "trunk"
 
 
+@functools.cache
 def _layer_order(model: str) -> list[str]:
     """The model's top-level layer names in forward order (built tiny: only the names matter)."""
     from adntn.models import build_model

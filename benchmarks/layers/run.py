@@ -250,9 +250,9 @@ def run_worker(spec: dict) -> dict:
             row["auto"] = "stream" if layer.uses_stream(batch) else "materialize"
             layer.mode = saved
             row["streams"] = layer.uses_stream(batch)
-            row["planned_flops"] = {"materialize": layer.generator.materialize_flops(batch)}
+            row["planned_flops"] = {"materialize": layer.generator.materialize_cost(batch)}
             if layer.generator.streamable:
-                row["planned_flops"]["stream"] = layer.generator.stream_flops_at(batch)
+                row["planned_flops"]["stream"] = layer.generator.stream_cost_at(batch)
         x = torch.randn(batch, n_in, generator=generator).requires_grad_(True)
         before_calls = calls["n"]
         step(x)  # warm-up
