@@ -140,6 +140,69 @@ def test_reconfigure_never_worsens_and_keeps_result() -> None:
     assert math.isclose(after, score_path(net, tree.ssa_path()).flops, rel_tol=1e-12)
 
 
+def test_reconfigure_solves_each_frontier_once(monkeypatch) -> None:
+    """A converged tree re-solves nothing again: the second call finds every frontier known."""
+    import tnplan.tree
+
+    net = mera(16, 2, closed=True)
+    legs = leaf_legs(net)
+    sizes = [float(s) for s in net.int_sizes]
+    tree = Tree(legs, net.int_output, sizes, greedy_ssa(legs, net.int_output, sizes))
+    tree.reconfigure("flops", subtree_size=8, max_passes=10)
+    calls = []
+    real = tnplan.tree.solve_legs
+    monkeypatch.setattr(tnplan.tree, "solve_legs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    before = tree.total("flops")
+    assert tree.reconfigure("flops", subtree_size=8) == 0
+    assert calls == []
+    assert tree.total("flops") == before
+    # A fresh tree on the same path has no memory, so it searches again and finds nothing better.
+    again = Tree(legs, net.int_output, sizes, tree.ssa_path())
+    assert again.reconfigure("flops", subtree_size=8) == 0
+    assert calls
+
+
+def test_reconfigure_min_fraction_skips_subtrees_that_cannot_save_enough() -> None:
+    net = random_regular(40, 3, 2, seed=1)
+    legs = leaf_legs(net)
+    sizes = [float(s) for s in net.int_sizes]
+    path = greedy_ssa(legs, net.int_output, sizes, temperature=0.5, seed=3)
+    # A subtree can save at most its own cost, which is below the whole tree's: a fraction of 1
+    # leaves nothing worth re-solving, while no fraction finds improvements on this random tree.
+    skipped = Tree(legs, net.int_output, sizes, path)
+    assert skipped.reconfigure("flops", subtree_size=6, min_fraction=1.0) == 0
+    assert skipped.ssa_path() == Tree(legs, net.int_output, sizes, path).ssa_path()
+    assert Tree(legs, net.int_output, sizes, path).reconfigure("flops", subtree_size=6) > 0
+
+
+def test_deep_refine_climbs_every_kept_tree() -> None:
+    """Each tree in the pool climbs the ladder; the result is at least as good as the best of them."""
+    import tnplan.planner as planner
+
+    net = random_regular(60, 3, 2, seed=0)
+    legs = leaf_legs(net)
+    out = net.int_output
+    sizes = [float(s) for s in net.int_sizes]
+    pool = planner._Pool("flops")
+    paths = [greedy_ssa(legs, out, sizes, temperature=0.3, seed=s) for s in range(3)]
+    for k, path in enumerate(paths):
+        pool.offer(planner._Candidate(legs_path_cost(legs, out, sizes, path, "flops"), path, f"greedy{k}"))
+    alone = []
+    for path in paths:
+        tree = Tree(legs, out, sizes, path)
+        for size in planner.LADDER:
+            tree.reconfigure("flops", subtree_size=size, max_passes=2, min_fraction=1e-4)
+        alone.append(tree.total("flops"))
+    best = planner._deep_refine(legs, out, sizes, "flops", pool, math.inf)
+    assert best.cost <= min(alone) * (1 + 1e-12)
+    assert best.method.endswith("+refine")
+    assert math.isclose(best.cost, score_path(net, best.ssa).flops, rel_tol=1e-12)
+    # Refined trees are remembered: a second call has nothing new to climb and changes nothing.
+    refined: set = set()
+    first = planner._deep_refine(legs, out, sizes, "flops", pool, math.inf, refined=refined)
+    assert planner._deep_refine(legs, out, sizes, "flops", pool, math.inf, refined=refined) is first
+
+
 def test_outclassed_driver_rule() -> None:
     from tnplan.planner import OUTCLASSED, _outclassed
 

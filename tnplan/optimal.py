@@ -396,6 +396,7 @@ def solve_legs(
     max_work: int = 10**9,
     max_size: float = math.inf,
     join_open: bool = True,
+    first_cap: float = 1.0 / 64.0,
     _force: bool = False,
 ) -> tuple[list[tuple[int, int]] | None, int]:
     """Exact DP on one connected network given as index-id legs; returns (SSA path or None, work).
@@ -439,7 +440,7 @@ def solve_legs(
     lower = max(math.prod(float(sizes[i]) for i in term) for term in legs)
     caps: list[float] = []
     # Starting far below the bound only adds rounds that fail: begin at 1/64 of it.
-    cap = max(float(lower), upper / 64.0)
+    cap = max(float(lower), upper * first_cap)
     hi = upper if upper is not None else math.inf
     while cap < hi and len(caps) < 200:
         caps.append(cap)

@@ -26,7 +26,6 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from os import PathLike
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,13 +36,19 @@ from tnplan.errors import PlanError
 from tnplan.network import Network
 from tnplan.plan import Plan
 
-if TYPE_CHECKING:
-    from tnplan.tree import Tree
-
 # Trials run when no max_time is given (a deterministic effort), and the time cap in that case.
 DEFAULT_REPEATS = 24
 EXACT_MAX_TENSORS = 64
 TOP_K = 3
+# Share of the budget for search trials before the best trees are refined; of any time left after
+# refining, the share that goes back to trials.
+TRIAL_SHARE = 0.65
+TRIAL_SHARE_AFTER = 0.5
+# Subtree sizes every kept tree is re-solved with, then the best tree alone.
+LADDER = (9, 12, 16)
+DEEP_LADDER = (20, 24)
+# A tree this many times dearer than the best after a rung of the ladder stops climbing.
+LADDER_KEEP = 4.0
 
 
 def default_time_cap(num_tensors: int) -> float:
@@ -524,9 +529,9 @@ def _portfolio(
     cycle = ("kahypar", "eliminate", "kahypar", "greedy") if use_kahypar else ("eliminate", "greedy")
     rng = np.random.default_rng([seed, 0x7A11])
     start = time.perf_counter()
-    # Trials get the first 65% of the budget; deep refinement of the best gets the rest, and any
-    # time refinement leaves over goes back to trials.
-    search_deadline = start + 0.65 * (deadline - start)
+    # Trials get the first share of the budget; refining the best few trees gets the rest, and any
+    # time refinement leaves over is split again between trials and refining what they found.
+    search_deadline = start + TRIAL_SHARE * (deadline - start)
     from tnplan.optimal import PAIRS_PER_SECOND
 
     # Exact ordering of partition groups may take up to ~10% of the budget per group.
@@ -536,17 +541,17 @@ def _portfolio(
     trial_time: dict[str, float] = {}
     kind_best: dict[str, float] = {}
     trial = 0
-    deep_done_for: float | None = None
+    refined: set[tuple] = set()
     best = pool.best
     while True:
         now = time.perf_counter()
         if trial >= repeats or now >= search_deadline:
-            if deep_done_for != pool.best.cost:
-                best = _deep_refine(legs, output, sizes, minimize, pool, deadline, target)
-                deep_done_for = pool.best.cost
-            if trial >= repeats or time.perf_counter() >= deadline:
+            best = _deep_refine(legs, output, sizes, minimize, pool, deadline, target, refined)
+            now = time.perf_counter()
+            if trial >= repeats or now >= deadline:
                 return best
-            search_deadline = deadline
+            # Time left goes back to trials, then to refining what they found, in halves.
+            search_deadline = now + TRIAL_SHARE_AFTER * (deadline - now)
             continue
         kind = cycle[trial % len(cycle)]
         if kind != "greedy" and _outclassed(kind, kind_best):
@@ -664,31 +669,70 @@ def _sample_params(rng: np.random.Generator, around: dict[str, object] | None) -
 
 
 def _deep_refine(
-    legs, output, sizes, minimize, pool: _Pool, deadline: float, target: float | None = None
+    legs,
+    output,
+    sizes,
+    minimize,
+    pool: _Pool,
+    deadline: float,
+    target: float | None = None,
+    refined: set[tuple] | None = None,
 ) -> _Candidate:
-    """Re-solve subtrees of the best trees exactly, with growing subtree sizes while time remains.
+    """Re-solve subtrees of each of the best trees exactly, with growing subtree sizes.
 
-    Sliced candidates are refined on their sliced sizes with every intermediate kept under the cap.
+    The trees in the pool not refined before climb the :data:`LADDER` of subtree sizes together,
+    one rung at a time: the trials' quick refinement leaves trees whose rank changes once they are
+    refined harder (the third-best trial often ends best), so each gets the same effort, except a
+    tree :data:`LADDER_KEEP` times dearer than the best after a rung, which stops climbing. The best
+    tree then climbs :data:`DEEP_LADDER` while time remains. Sliced candidates are refined on their
+    sliced sizes with every intermediate kept under the cap. ``refined`` records trees already done.
     """
     from tnplan.tree import Tree
 
     cap = math.inf if target is None else target
-    trees: list[tuple[float, Tree, _Candidate]] = []
+    done = set() if refined is None else refined
+    climbing: list[tuple[_Candidate, Tree]] = []
     for cand in pool.items:
-        cur = [1.0 if i in cand.sliced else s for i, s in enumerate(sizes)]
-        tree = Tree(legs, output, cur, cand.ssa)
-        tree.reconfigure(minimize, subtree_size=9, deadline=deadline, max_passes=2, max_size=cap)
-        trees.append((tree.total(minimize) * _n_slices(sizes, cand.sliced), tree, cand))
-        if time.perf_counter() > deadline:
+        key = (tuple(cand.ssa), cand.sliced)
+        if key not in done:
+            done.add(key)
+            cur = [1.0 if i in cand.sliced else s for i, s in enumerate(sizes)]
+            climbing.append((cand, Tree(legs, output, cur, cand.ssa)))
+
+    def cost_of(cand: _Candidate, tree: Tree) -> float:
+        return tree.total(minimize) * _n_slices(sizes, cand.sliced)
+
+    def offer(cand: _Candidate, tree: Tree) -> None:
+        new = _Candidate(cost_of(cand, tree), tree.ssa_path(), cand.method.removesuffix("+refine") + "+refine",
+                         cand.sliced)  # fmt: skip
+        done.add((tuple(new.ssa), new.sliced))
+        pool.offer(new)
+
+    for size in LADDER:
+        for _cand, tree in climbing:
+            if time.perf_counter() > deadline:
+                break
+            tree.reconfigure(minimize, subtree_size=size, deadline=deadline, max_passes=2, max_size=cap,
+                             min_fraction=1e-4)  # fmt: skip
+        if not climbing:
             break
-    trees.sort(key=lambda x: x[0])
-    _, best_tree, cand = trees[0]
-    for size in (10, 12, 14, 16, 20, 24):
-        if time.perf_counter() > deadline:
-            break
-        best_tree.reconfigure(minimize, subtree_size=size, deadline=deadline, max_passes=3, max_size=cap)
-    cost = best_tree.total(minimize) * _n_slices(sizes, cand.sliced)
-    pool.offer(_Candidate(cost, best_tree.ssa_path(), cand.method + "+refine", cand.sliced))
+        lead = min(min(cost_of(c, t) for c, t in climbing), pool.best.cost)
+        for cand, tree in climbing:
+            if cost_of(cand, tree) > LADDER_KEEP * lead:
+                offer(cand, tree)
+        climbing = [(c, t) for c, t in climbing if cost_of(c, t) <= LADDER_KEEP * lead]
+    for cand, tree in climbing:
+        offer(cand, tree)
+    best = pool.best
+    if ("deep", tuple(best.ssa), best.sliced) not in done and time.perf_counter() < deadline:
+        done.add(("deep", tuple(best.ssa), best.sliced))
+        cur = [1.0 if i in best.sliced else s for i, s in enumerate(sizes)]
+        tree = Tree(legs, output, cur, best.ssa)
+        for size in DEEP_LADDER:
+            if time.perf_counter() > deadline:
+                break
+            tree.reconfigure(minimize, subtree_size=size, deadline=deadline, max_passes=3, max_size=cap)
+        offer(best, tree)
     return pool.best
 
 

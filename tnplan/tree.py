@@ -47,6 +47,7 @@ class Tree:
         self.flops: dict[int, float] = {}
         self.size: dict[int, float] = {t: self._size(self.legs[t]) for t in range(self.n)}
         self._next = self.n
+        self._solved: dict[tuple, float] = {}  # frontier -> cost of its best sub-path found
         root = None
         for a, b in ssa_path:
             root = self._join(a, b)
@@ -154,8 +155,9 @@ class Tree:
         Nodes are visited from the most expensive step down; a subtree is replaced only when the
         optimal sub-path is strictly cheaper and keeps every intermediate within ``max_size``.
         Passes repeat until one makes no improvement, ``max_passes`` is reached or the deadline passes.
-        With ``min_fraction`` only nodes whose step costs at least that fraction of the most
-        expensive step are used as subtree roots.
+        With ``min_fraction`` a subtree whose steps together cost less than that fraction of the
+        whole tree is skipped: re-solving it can save at most its own cost. A subtree already
+        re-solved in this tree (the same frontier) is solved again only if its steps changed.
         """
         local = "flops" if minimize == "size" and max_size < math.inf else minimize
         improvements = 0
@@ -163,10 +165,7 @@ class Tree:
             changed = 0
             order = sorted(self.internal_nodes(), key=lambda v: (-self.flops[v], v))
             alive = set(order)
-            if min_fraction > 0 and order:
-                # Cheap steps root subtrees that cannot save much; skip them in quick passes.
-                floor = self.flops[order[0]] * min_fraction
-                order = [v for v in order if self.flops[v] >= floor]
+            floor = min_fraction * self.total(local) if min_fraction > 0 and local != "size" else 0.0
             for v in order:
                 if time.perf_counter() > deadline:
                     return improvements + changed
@@ -180,12 +179,25 @@ class Tree:
                     if local == "size"
                     else math.fsum(self.node_cost(u, local) for u in inner)
                 )
+                if old < floor:
+                    continue
+                # The best sub-path of a frontier does not depend on how it is contracted now: once
+                # known, a subtree at least that cheap needs no new search.
+                key = (tuple(sorted(self.mask[u] for u in frontier)), local, max_size)
+                known = self._solved.get(key)
+                if known is not None and not known < old * (1 - 1e-12):
+                    continue
                 legs = [tuple(sorted(self.legs[u])) for u in frontier]
                 out = self.legs[v]
-                path, _ = solve_legs(legs, out, self.sizes, local, upper=old, max_work=2_000_000, max_size=max_size)
+                # One round capped at the current cost: only a strictly cheaper sub-path matters here, and
+                # the usual rising caps (built to prove optimality from far below) cost 2x the time.
+                path, _ = solve_legs(
+                    legs, out, self.sizes, local, upper=old, max_work=2_000_000, max_size=max_size, first_cap=1.0
+                )
                 if path is None:
                     continue
                 new_cost = legs_path_cost(legs, out, self.sizes, path, local)
+                self._solved[key] = new_cost
                 if not new_cost < old * (1 - 1e-12):
                     continue
                 for u in inner:
