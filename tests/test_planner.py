@@ -150,8 +150,8 @@ def test_reconfigure_solves_each_frontier_once(monkeypatch) -> None:
     tree = Tree(legs, net.int_output, sizes, greedy_ssa(legs, net.int_output, sizes))
     tree.reconfigure("flops", subtree_size=8, max_passes=10)
     calls = []
-    real = tnplan.tree.solve_legs
-    monkeypatch.setattr(tnplan.tree, "solve_legs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = tnplan.tree.solve_legs_cost
+    monkeypatch.setattr(tnplan.tree, "solve_legs_cost", lambda *a, **k: calls.append(1) or real(*a, **k))
     before = tree.total("flops")
     assert tree.reconfigure("flops", subtree_size=8) == 0
     assert calls == []
@@ -191,7 +191,8 @@ def test_deep_refine_climbs_every_kept_tree() -> None:
     for path in paths:
         tree = Tree(legs, out, sizes, path)
         for size in planner.LADDER:
-            tree.reconfigure("flops", subtree_size=size, max_passes=2, min_fraction=1e-4)
+            planner._rung(tree, "flops", size, math.inf, math.inf)
+        tree.rebracket("flops")
         alone.append(tree.total("flops"))
     best = planner._deep_refine(legs, out, sizes, "flops", pool, math.inf)
     assert best.cost <= min(alone) * (1 + 1e-12)
@@ -337,3 +338,69 @@ def test_planning_on_a_real_dask_cluster_matches_local_workers() -> None:
             net, max_repeats=4, max_time=60, seed=1, workers=2, executor=f"dask://{host_port}", cache=False
         )
     assert remote.path == local.path and remote.flops == local.flops
+
+
+def _bracketings(seq: list[int]):
+    if len(seq) == 1:
+        yield seq[0]
+        return
+    for k in range(1, len(seq)):
+        for a in _bracketings(seq[:k]):
+            for b in _bracketings(seq[k:]):
+                yield (a, b)
+
+
+def _nested_to_ssa(tree, n: int) -> list[tuple[int, int]]:
+    path: list[tuple[int, int]] = []
+
+    def walk(t) -> int:
+        if isinstance(t, int):
+            return t
+        a, b = walk(t[0]), walk(t[1])
+        path.append((a, b))
+        return n + len(path) - 1
+
+    walk(tree)
+    return path
+
+
+@pytest.mark.parametrize("minimize", ["flops", "write", "combo"])
+def test_interval_dp_is_the_best_bracketing_of_the_order(minimize: str) -> None:
+    """Against brute force over every bracketing of a random order, on random hypergraphs."""
+    from tnplan.interval import interval_ssa
+
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        n = int(rng.integers(3, 8))
+        legs = [tuple(sorted({int(x) for x in rng.integers(0, 9, int(rng.integers(1, 4)))})) for _ in range(n)]
+        sizes = [float(rng.integers(1, 5)) for _ in range(9)]
+        output = frozenset(i for t in legs for i in t if rng.random() < 0.15)
+        order = [int(x) for x in rng.permutation(n)]
+        path = interval_ssa(legs, output, sizes, order, minimize)
+        best = min(legs_path_cost(legs, output, sizes, _nested_to_ssa(b, n), minimize) for b in _bracketings(order))
+        assert math.isclose(legs_path_cost(legs, output, sizes, path, minimize), best, rel_tol=1e-9)
+
+
+def test_interval_dp_rejects_a_bad_order_and_skips_the_size_objective() -> None:
+    from tnplan.interval import interval_ssa
+
+    legs = [(0, 1), (1, 2), (2, 3)]
+    with pytest.raises(ValueError, match="permutation"):
+        interval_ssa(legs, frozenset({0, 3}), [2.0] * 4, [0, 1, 1])
+    assert interval_ssa(legs, frozenset({0, 3}), [2.0] * 4, [0, 1, 2], "size") is None
+
+
+def test_rebracket_moves_the_meeting_point_of_a_chain() -> None:
+    """A matrix chain swept from the wrong end: re-bracketing its order finds the cheap tree."""
+    # sizes a=2, b=1000, c=1000, d=1000, e=2: (A(BC))D... left-to-right is terrible, right first is cheap
+    net = tnplan.Network.from_einsum("ab,bc,cd,de->ae", (2, 1000), (1000, 1000), (1000, 1000), (1000, 2))
+    legs = leaf_legs(net)
+    sizes = [float(s) for s in net.int_sizes]
+    bad = [(1, 2), (4, 3), (5, 0)]  # ((B C) D) then A: 10^9 + 2*10^6 + ...
+    tree = Tree(legs, net.int_output, sizes, bad)
+    before = tree.total("flops")
+    assert tree.rebracket("flops")
+    assert tree.total("flops") < before / 100
+    assert math.isclose(tree.total("flops"), score_path(net, tree.ssa_path()).flops, rel_tol=1e-12)
+    assert sorted(tree.leaves()) == [0, 1, 2, 3]
+    assert not tree.rebracket("flops")  # already the best over its order

@@ -405,15 +405,38 @@ def solve_legs(
     intermediate within ``max_size``. With ``join_open=False`` two sub-networks that share only
     open indices are not joined (batched outer products are skipped): a smaller search space that
     tames batch hyperedges, used by the heuristics; the proof of optimality uses the full space.
+    The cost cap starts at ``first_cap`` times ``upper`` and doubles up to ``upper``; a first cap
+    of 1 runs one round, which is fastest when the optimum is known to be close to ``upper``.
     """
+    path, _cost, work = solve_legs_cost(
+        legs, output, sizes, minimize, upper=upper, max_work=max_work, max_size=max_size,
+        join_open=join_open, first_cap=first_cap, _force=_force,
+    )  # fmt: skip
+    return path, work
+
+
+def solve_legs_cost(
+    legs: Sequence[Sequence[int]],
+    output: frozenset[int] | set[int],
+    sizes: Sequence[float],
+    minimize: str = "flops",
+    *,
+    upper: float | None = None,
+    max_work: int = 10**9,
+    max_size: float = math.inf,
+    join_open: bool = True,
+    first_cap: float = 1.0 / 64.0,
+    _force: bool = False,
+) -> tuple[list[tuple[int, int]] | None, float, int]:
+    """:func:`solve_legs` that also returns the path's cost under ``minimize`` (inf without a path)."""
     n = len(legs)
     if n == 1:
-        return [], 0
+        return [], 0.0, 0
     if not _force and not kernel_ready():
-        return None, 0
+        return None, math.inf, 0
     skip = frozenset() if join_open else frozenset(output)
     if n > MAX_TENSORS or not _connected(legs, skip):
-        return None, 0
+        return None, math.inf, 0
     if upper is None:
         from tnplan.greedy import greedy_ssa
 
@@ -448,17 +471,17 @@ def solve_legs(
     caps.append(upper * (1 + 1e-9) if upper is not None else math.inf)
     total_work = 0
     for cap in caps:
-        root, _masks, left, right, _prim, work = _dp_kernel(
+        root, _masks, left, right, prim, work = _dp_kernel(
             n, tensor_legs, idx_tensors, size_arr, is_out, adjacent, objective, cap, max_work - total_work, max_size
         )
         total_work += work
         if root == -2:
-            return None, total_work
+            return None, math.inf, total_work
         if root >= 0:
-            return _emit_path(n, int(root), left, right), total_work
+            return _emit_path(n, int(root), left, right), float(prim[root]), total_work
         if total_work >= max_work:
             break
-    return None, total_work
+    return None, math.inf, total_work
 
 
 def _connected(legs: Sequence[Sequence[int]], skip: frozenset[int] = frozenset()) -> bool:

@@ -26,6 +26,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from os import PathLike
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +36,9 @@ from tnplan.cost import OBJECTIVES, itemsize, leaf_legs, score_path
 from tnplan.errors import PlanError
 from tnplan.network import Network
 from tnplan.plan import Plan
+
+if TYPE_CHECKING:
+    from tnplan.tree import Tree
 
 # Trials run when no max_time is given (a deterministic effort), and the time cap in that case.
 DEFAULT_REPEATS = 24
@@ -593,6 +597,8 @@ def _portfolio(
             path = greedy_ssa(legs, output, sizes, costmod=costmod, temperature=temperature, seed=trial_seed)
         tree = Tree(legs, output, sizes, path)
         tree.reconfigure(minimize, subtree_size=8, max_passes=1, min_fraction=1e-3, deadline=deadline)
+        if _rebracket_affordable(n, deadline, 0.02):
+            tree.rebracket(minimize)
         cand = _evaluate(legs, output, sizes, minimize, tree.ssa_path(), kind, target, unsliced, deadline)
         c = cand.cost
         elapsed = time.perf_counter() - t0
@@ -708,12 +714,12 @@ def _deep_refine(
         done.add((tuple(new.ssa), new.sliced))
         pool.offer(new)
 
+    n = len(legs)
     for size in LADDER:
         for _cand, tree in climbing:
             if time.perf_counter() > deadline:
                 break
-            tree.reconfigure(minimize, subtree_size=size, deadline=deadline, max_passes=2, max_size=cap,
-                             min_fraction=1e-4)  # fmt: skip
+            _rung(tree, minimize, size, cap, deadline)
         if not climbing:
             break
         lead = min(min(cost_of(c, t) for c, t in climbing), pool.best.cost)
@@ -722,6 +728,8 @@ def _deep_refine(
                 offer(cand, tree)
         climbing = [(c, t) for c, t in climbing if cost_of(c, t) <= LADDER_KEEP * lead]
     for cand, tree in climbing:
+        if _rebracket_affordable(n, deadline):
+            tree.rebracket(minimize, max_size=cap)
         offer(cand, tree)
     best = pool.best
     if ("deep", tuple(best.ssa), best.sliced) not in done and time.perf_counter() < deadline:
@@ -732,8 +740,24 @@ def _deep_refine(
             if time.perf_counter() > deadline:
                 break
             tree.reconfigure(minimize, subtree_size=size, deadline=deadline, max_passes=3, max_size=cap)
+            if _rebracket_affordable(n, deadline):
+                tree.rebracket(minimize, max_size=cap)
         offer(best, tree)
     return pool.best
+
+
+def _rung(tree: Tree, minimize: str, size: int, cap: float, deadline: float) -> None:
+    """One rung of the ladder: re-bracket the tree's leaf order (when affordable), then re-solve its subtrees."""
+    if _rebracket_affordable(tree.n, deadline):
+        tree.rebracket(minimize, max_size=cap)
+    tree.reconfigure(minimize, subtree_size=size, deadline=deadline, max_passes=2, max_size=cap, min_fraction=1e-4)
+
+
+def _rebracket_affordable(n: int, deadline: float, share: float = 0.25) -> bool:
+    """Whether an interval DP over ``n`` leaves (~n^3/6 steps) fits in ``share`` of the time left."""
+    from tnplan.interval import MAX_TENSORS, STEPS_PER_SECOND
+
+    return n <= MAX_TENSORS and n**3 / 6.0 / STEPS_PER_SECOND <= share * (deadline - time.perf_counter())
 
 
 def _n_slices(sizes: list[float], sliced: tuple[int, ...]) -> float:

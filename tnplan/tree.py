@@ -13,8 +13,7 @@ import math
 import time
 from collections.abc import Sequence
 
-from tnplan.cost import legs_path_cost
-from tnplan.optimal import solve_legs
+from tnplan.optimal import solve_legs_cost
 
 
 class Tree:
@@ -191,12 +190,11 @@ class Tree:
                 out = self.legs[v]
                 # One round capped at the current cost: only a strictly cheaper sub-path matters here, and
                 # the usual rising caps (built to prove optimality from far below) cost 2x the time.
-                path, _ = solve_legs(
+                path, new_cost, _ = solve_legs_cost(
                     legs, out, self.sizes, local, upper=old, max_work=2_000_000, max_size=max_size, first_cap=1.0
                 )
                 if path is None:
                     continue
-                new_cost = legs_path_cost(legs, out, self.sizes, path, local)
                 self._solved[key] = new_cost
                 if not new_cost < old * (1 - 1e-12):
                     continue
@@ -215,6 +213,54 @@ class Tree:
             if not changed:
                 break
         return improvements
+
+    def leaves(self, *, oriented: bool = False) -> list[int]:
+        """The leaves left to right.
+
+        With ``oriented`` each node puts first the child that shares more (by log-size) with the
+        leaves already placed: the order still contains this tree, and it keeps neighbours close, so
+        an interval DP over it (:meth:`rebracket`) has more good trees to choose from.
+        """
+        out: list[int] = []
+        placed: set[int] = set()
+        stack = [self.root]
+        while stack:
+            v = stack.pop()
+            if v < self.n:
+                out.append(v)
+                placed |= self.legs[v]
+                continue
+            a, b = self.children[v]
+            if oriented and self._shared_log(b, placed) > self._shared_log(a, placed):
+                a, b = b, a
+            stack.extend((b, a))
+        return out
+
+    def _shared_log(self, node: int, placed: set[int]) -> float:
+        return sum(math.log2(self.sizes[i]) for i in self.legs[node] if i in placed and self.sizes[i] > 1)
+
+    def rebracket(self, minimize: str = "flops", *, max_size: float = math.inf) -> bool:
+        """Replace the tree by the best one over its (oriented) leaf order, if strictly cheaper; True if so.
+
+        The best tree whose intermediates are contiguous runs of the leaf order comes from an
+        O(n^3) interval DP (:mod:`tnplan.interval`). It changes the tree globally, where
+        :meth:`reconfigure` only changes it locally; the current tree is one of its candidates.
+        """
+        from tnplan.interval import interval_ssa
+
+        local = "flops" if minimize == "size" else minimize
+        legs = [tuple(sorted(self.legs[t])) for t in range(self.n)]
+        path = interval_ssa(legs, self.output, self.sizes, self.leaves(oriented=True), local)
+        if path is None:
+            return False
+        other = Tree(legs, self.output, self.sizes, path)
+        if not other.total(local) < self.total(local) * (1 - 1e-12) or other.peak_size() > max_size:
+            return False
+        if minimize == "size" and other.peak_size() >= self.peak_size():
+            return False
+        other._solved = self._solved  # the best sub-path of a frontier does not depend on the tree
+        self.__dict__.update(other.__dict__)
+        return True
 
     def _drop(self, node: int) -> None:
         for table in (self.mask, self.legs, self.children, self.flops, self.size):
