@@ -11,8 +11,10 @@ The search is a pipeline of small stages, each deterministic for a given seed:
    (:mod:`tnplan.partition`), variable elimination (:mod:`tnplan.eliminate`) and randomised greedy
    (:mod:`tnplan.greedy`), each quickly refined — keeps the best few trees; later KaHyPar trials
    sample around the best parameters found so far;
-5. the best trees are refined by re-solving subtrees exactly with growing sizes (:mod:`tnplan.tree`);
-   time left over goes back to trials;
+5. each of the best few trees climbs a ladder of subtree sizes, re-solving subtrees exactly
+   (:mod:`tnplan.tree`) and re-bracketing its whole leaf order by interval DP (:mod:`tnplan.interval`)
+   on every rung; the best climbs further; time left over goes back to trials and then to refining
+   what they found;
 6. with a memory cap every trial is scored sliced (:mod:`tnplan.slicing`), and the most promising
    cuts are fixed while the search runs again around them.
 
