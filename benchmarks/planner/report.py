@@ -151,7 +151,12 @@ def _header(res: Results) -> list[str]:
     m = res.meta
     pk = m.get("packages", {})
     runs = m.get("runs", [])
-    dates = ", ".join(f"{r.get('date')} (`{' '.join(r.get('argv', [])) or 'defaults'}`)" for r in runs)
+    dates = ", ".join(
+        f"{r.get('date')} (`{' '.join(r.get('argv', [])) or 'defaults'}`"
+        + (f", tnplan at {r['tnplan_git']}" if r.get("tnplan_git") else "")
+        + ")"
+        for r in runs
+    )
     return [
         "# Planner benchmark: tnplan vs opt_einsum and cotengra",
         "",
@@ -159,7 +164,7 @@ def _header(res: Results) -> list[str]:
         f"`platform.processor()` = {m.get('processor')!r}, {m.get('platform')}",
         f"- Python {m.get('python')}; "
         + ", ".join(f"{k} {v}" for k, v in pk.items())
-        + f"; tnplan at {m.get('tnplan_git')}",
+        + f"; tnplan at {m.get('tnplan_git')} (the latest run; each row comes from the run that measured it)",
         f"- Runs: {dates}",
         f"- cotengra `HyperOptimizer(max_time=T)` resolves to: {m.get('cotengra_defaults')}."
         " Its default process pool is kept (so ctg-default may use every core); it is started once before timing."

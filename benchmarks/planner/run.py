@@ -166,7 +166,11 @@ class ResultStore:
         if old.get("cpu_model") and old.get("cpu_model") != meta.get("cpu_model"):
             print(f"warning: resuming results from another machine ({old.get('cpu_model')})", flush=True)
         runs = [*old.get("runs", []), meta["runs"][0]]
-        self.data["meta"] = {**meta, "runs": runs}
+        merged = {**meta, "runs": runs}
+        if meta.get("cotengra_defaults") == "n/a" and old.get("cotengra_defaults"):
+            # A resumed run without ctg-default says nothing about it: keep what the run that had it found.
+            merged["cotengra_defaults"] = old["cotengra_defaults"]
+        self.data["meta"] = merged
         self.flush()
 
     def add_instance(self, inst: Instance) -> None:
@@ -382,6 +386,7 @@ def machine_meta(args: argparse.Namespace, ctg_defaults: str) -> dict[str, Any]:
                 "budgets": args.budgets,
                 "seeds": args.seeds,
                 "methods": args.methods,
+                "tnplan_git": _git_rev(),
             }
         ],
     }

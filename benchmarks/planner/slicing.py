@@ -20,7 +20,7 @@ import statistics
 import time
 from pathlib import Path
 
-from run import _cpu_model  # the planner benchmark's machine header (same folder)
+from run import cpu_model  # the planner benchmark's machine header (same folder)
 
 import tnplan
 from tnplan.examples import FAMILIES
@@ -93,7 +93,7 @@ def main() -> int:
         "tensors": net.num_tensors,
         "budget_s": args.budget,
         "seeds": seeds,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": __import__("os").cpu_count(),
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
