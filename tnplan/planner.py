@@ -55,6 +55,11 @@ LADDER = (9, 12, 16)
 DEEP_LADDER = (20, 24)
 # A tree this many times dearer than the best after a rung of the ladder stops climbing.
 LADDER_KEEP = 4.0
+# Interval-DP re-bracketing (O(n^3)) is used by trials when one costs at most this share of the
+# search's whole budget, and by refinement under the larger share: on a 381-tensor circuit one
+# re-bracketing (60 ms) cuts the flops 10x, so refinement affords it from 1 s budgets on.
+REBRACKET_TRIAL_SHARE = 0.02
+REBRACKET_DEEP_SHARE = 0.1
 
 
 def default_time_cap(num_tensors: int) -> float:
@@ -542,6 +547,11 @@ def _portfolio(
 
     # Exact ordering of partition groups may take up to ~10% of the budget per group.
     exact_work = int(min(2e7, max(5e5, 0.02 * (deadline - start) * PAIRS_PER_SECOND)))
+    # Whether trials and refinement re-bracket trees by interval DP, decided once from this call's
+    # whole budget (not the time left), so that a run without max_time does not depend on speed.
+    whole = deadline - start
+    rebracket_trials = _rebracket_seconds(n) <= REBRACKET_TRIAL_SHARE * whole
+    rebracket_deep = _rebracket_seconds(n) <= REBRACKET_DEEP_SHARE * whole
     best_params: dict[str, object] | None = None
     best_cost = math.inf
     trial_time: dict[str, float] = {}
@@ -552,7 +562,7 @@ def _portfolio(
     while True:
         now = time.perf_counter()
         if trial >= repeats or now >= search_deadline:
-            best = _deep_refine(legs, output, sizes, minimize, pool, deadline, target, refined)
+            best = _deep_refine(legs, output, sizes, minimize, pool, deadline, target, refined, rebracket_deep)
             now = time.perf_counter()
             if trial >= repeats or now >= deadline:
                 return best
@@ -599,7 +609,7 @@ def _portfolio(
             path = greedy_ssa(legs, output, sizes, costmod=costmod, temperature=temperature, seed=trial_seed)
         tree = Tree(legs, output, sizes, path)
         tree.reconfigure(minimize, subtree_size=8, max_passes=1, min_fraction=1e-3, deadline=deadline)
-        if _rebracket_affordable(n, deadline, 0.02):
+        if rebracket_trials and _in_time(n, deadline):
             tree.rebracket(minimize)
         cand = _evaluate(legs, output, sizes, minimize, tree.ssa_path(), kind, target, unsliced, deadline)
         c = cand.cost
@@ -685,6 +695,7 @@ def _deep_refine(
     deadline: float,
     target: float | None = None,
     refined: set[tuple] | None = None,
+    rebracket: bool = True,
 ) -> _Candidate:
     """Re-solve subtrees of each of the best trees exactly, with growing subtree sizes.
 
@@ -721,7 +732,7 @@ def _deep_refine(
         for _cand, tree in climbing:
             if time.perf_counter() > deadline:
                 break
-            _rung(tree, minimize, size, cap, deadline)
+            _rung(tree, minimize, size, cap, deadline, rebracket)
         if not climbing:
             break
         lead = min(min(cost_of(c, t) for c, t in climbing), pool.best.cost)
@@ -730,7 +741,7 @@ def _deep_refine(
                 offer(cand, tree)
         climbing = [(c, t) for c, t in climbing if cost_of(c, t) <= LADDER_KEEP * lead]
     for cand, tree in climbing:
-        if _rebracket_affordable(n, deadline):
+        if rebracket and _in_time(n, deadline):
             tree.rebracket(minimize, max_size=cap)
         offer(cand, tree)
     best = pool.best
@@ -742,24 +753,29 @@ def _deep_refine(
             if time.perf_counter() > deadline:
                 break
             tree.reconfigure(minimize, subtree_size=size, deadline=deadline, max_passes=3, max_size=cap)
-            if _rebracket_affordable(n, deadline):
+            if rebracket and _in_time(n, deadline):
                 tree.rebracket(minimize, max_size=cap)
         offer(best, tree)
     return pool.best
 
 
-def _rung(tree: Tree, minimize: str, size: int, cap: float, deadline: float) -> None:
-    """One rung of the ladder: re-bracket the tree's leaf order (when affordable), then re-solve its subtrees."""
-    if _rebracket_affordable(tree.n, deadline):
+def _rung(tree: Tree, minimize: str, size: int, cap: float, deadline: float, rebracket: bool = True) -> None:
+    """One rung of the ladder: re-bracket the tree's leaf order (when asked and in time), then re-solve its subtrees."""
+    if rebracket and _in_time(tree.n, deadline):
         tree.rebracket(minimize, max_size=cap)
     tree.reconfigure(minimize, subtree_size=size, deadline=deadline, max_passes=2, max_size=cap, min_fraction=1e-4)
 
 
-def _rebracket_affordable(n: int, deadline: float, share: float = 0.25) -> bool:
-    """Whether an interval DP over ``n`` leaves (~n^3/6 steps) fits in ``share`` of the time left."""
+def _rebracket_seconds(n: int) -> float:
+    """Predicted seconds of an interval DP over ``n`` leaves (~n^3/6 steps); inf past its size limit."""
     from tnplan.interval import MAX_TENSORS, STEPS_PER_SECOND
 
-    return n <= MAX_TENSORS and n**3 / 6.0 / STEPS_PER_SECOND <= share * (deadline - time.perf_counter())
+    return n**3 / 6.0 / STEPS_PER_SECOND if n <= MAX_TENSORS else math.inf
+
+
+def _in_time(n: int, deadline: float) -> bool:
+    """Whether an interval DP still ends before the deadline (it only binds when the budget is spent)."""
+    return _rebracket_seconds(n) <= deadline - time.perf_counter()
 
 
 def _n_slices(sizes: list[float], sliced: tuple[int, ...]) -> float:
