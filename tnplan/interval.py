@@ -38,8 +38,9 @@ def interval_ssa(
         output: Open index ids.
         sizes: Size of every index id.
         order: A permutation of ``range(len(legs))`` (for example a tree's leaves left to right).
-        minimize: ``"flops"``, ``"write"`` or ``"combo"``; ``None`` is returned for ``"size"``,
-            where the largest intermediate does not depend on the bracketing the DP chooses.
+        minimize: ``"flops"``, ``"write"`` or ``"combo"`` (sums of per-step costs). ``"size"`` (a
+            maximum, not a sum) returns None; :meth:`tnplan.tree.Tree.rebracket` handles it by
+            minimising flops and refusing a larger peak.
 
     Returns:
         The SSA path over the original tensor numbering, or None (objective ``"size"``, or more than
@@ -166,20 +167,3 @@ def _interval_kernel(n, starts, flat, logw, is_out, objective):  # pragma: no co
             cost[i, j] = best
             split[i, j] = arg
     return split
-
-
-def leaf_order(ssa_path: Sequence[tuple[int, int]], n: int) -> list[int]:
-    """The leaves of an SSA path's tree, left to right."""
-    if n == 1:
-        return [0]
-    children = {n + k: pair for k, pair in enumerate(ssa_path)}
-    order: list[int] = []
-    stack = [n + len(ssa_path) - 1]
-    while stack:
-        v = stack.pop()
-        if v < n:
-            order.append(v)
-        else:
-            a, b = children[v]
-            stack.extend((b, a))
-    return order
