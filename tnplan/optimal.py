@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numba
 import numpy as np
@@ -391,27 +392,10 @@ def solve_legs(
     output: frozenset[int] | set[int],
     sizes: Sequence[float],
     minimize: str = "flops",
-    *,
-    upper: float | None = None,
-    max_work: int = 10**9,
-    max_size: float = math.inf,
-    join_open: bool = True,
-    first_cap: float = 1.0 / 64.0,
-    _force: bool = False,
+    **options: Any,
 ) -> tuple[list[tuple[int, int]] | None, int]:
-    """Exact DP on one connected network given as index-id legs; returns (SSA path or None, work).
-
-    ``None`` means the work budget ran out, the network is disconnected, or no path keeps every
-    intermediate within ``max_size``. With ``join_open=False`` two sub-networks that share only
-    open indices are not joined (batched outer products are skipped): a smaller search space that
-    tames batch hyperedges, used by the heuristics; the proof of optimality uses the full space.
-    The cost cap starts at ``first_cap`` times ``upper`` and doubles up to ``upper``; a first cap
-    of 1 runs one round, which is fastest when the optimum is known to be close to ``upper``.
-    """
-    path, _cost, work = solve_legs_cost(
-        legs, output, sizes, minimize, upper=upper, max_work=max_work, max_size=max_size,
-        join_open=join_open, first_cap=first_cap, _force=_force,
-    )  # fmt: skip
+    """Exact DP on one connected network; returns (SSA path or None, work). Options as :func:`solve_legs_cost`."""
+    path, _cost, work = solve_legs_cost(legs, output, sizes, minimize, **options)
     return path, work
 
 
@@ -428,7 +412,15 @@ def solve_legs_cost(
     first_cap: float = 1.0 / 64.0,
     _force: bool = False,
 ) -> tuple[list[tuple[int, int]] | None, float, int]:
-    """:func:`solve_legs` that also returns the path's cost under ``minimize`` (inf without a path)."""
+    """Exact DP on one connected network given as index-id legs; returns (SSA path or None, its cost, work).
+
+    ``None`` (cost inf) means the work budget ran out, the network is disconnected, or no path keeps
+    every intermediate within ``max_size``. With ``join_open=False`` two sub-networks that share only
+    open indices are not joined (batched outer products are skipped): a smaller search space that
+    tames batch hyperedges, used by the heuristics; the proof of optimality uses the full space.
+    The cost cap starts at ``first_cap`` times ``upper`` and doubles up to ``upper``; a first cap
+    of 1 runs one round, which is fastest when the optimum is known to be close to ``upper``.
+    """
     n = len(legs)
     if n == 1:
         return [], 0.0, 0

@@ -540,16 +540,16 @@ def _portfolio(
     cycle = ("kahypar", "eliminate", "kahypar", "greedy") if use_kahypar else ("eliminate", "greedy")
     rng = np.random.default_rng([seed, 0x7A11])
     start = time.perf_counter()
+    whole = deadline - start
     # Trials get the first share of the budget; refining the best few trees gets the rest, and any
     # time refinement leaves over is split again between trials and refining what they found.
-    search_deadline = start + TRIAL_SHARE * (deadline - start)
+    search_deadline = start + TRIAL_SHARE * whole
     from tnplan.optimal import PAIRS_PER_SECOND
 
     # Exact ordering of partition groups may take up to ~10% of the budget per group.
-    exact_work = int(min(2e7, max(5e5, 0.02 * (deadline - start) * PAIRS_PER_SECOND)))
+    exact_work = int(min(2e7, max(5e5, 0.02 * whole * PAIRS_PER_SECOND)))
     # Whether trials and refinement re-bracket trees by interval DP, decided once from this call's
     # whole budget (not the time left), so that a run without max_time does not depend on speed.
-    whole = deadline - start
     rebracket_trials = _rebracket_seconds(n) <= REBRACKET_TRIAL_SHARE * whole
     rebracket_deep = _rebracket_seconds(n) <= REBRACKET_DEEP_SHARE * whole
     best_params: dict[str, object] | None = None
@@ -710,13 +710,16 @@ def _deep_refine(
 
     cap = math.inf if target is None else target
     done = set() if refined is None else refined
+
+    def tree_of(cand: _Candidate) -> Tree:
+        return Tree(legs, output, [1.0 if i in cand.sliced else s for i, s in enumerate(sizes)], cand.ssa)
+
     climbing: list[tuple[_Candidate, Tree]] = []
     for cand in pool.items:
         key = (tuple(cand.ssa), cand.sliced)
         if key not in done:
             done.add(key)
-            cur = [1.0 if i in cand.sliced else s for i, s in enumerate(sizes)]
-            climbing.append((cand, Tree(legs, output, cur, cand.ssa)))
+            climbing.append((cand, tree_of(cand)))
 
     def cost_of(cand: _Candidate, tree: Tree) -> float:
         return tree.total(minimize) * _n_slices(sizes, cand.sliced)
@@ -747,8 +750,7 @@ def _deep_refine(
     best = pool.best
     if ("deep", tuple(best.ssa), best.sliced) not in done and time.perf_counter() < deadline:
         done.add(("deep", tuple(best.ssa), best.sliced))
-        cur = [1.0 if i in best.sliced else s for i, s in enumerate(sizes)]
-        tree = Tree(legs, output, cur, best.ssa)
+        tree = tree_of(best)
         for size in DEEP_LADDER:
             if time.perf_counter() > deadline:
                 break
