@@ -12,6 +12,11 @@
 # Back here: out/.../runs.tgz unpacks into out/compression (tar xzf runs.tgz -C out/compression), then
 # `run.py table` writes benchmarks/results/compression.*; kernels-gpu.{md,json} go to benchmarks/results/.
 #
+# The committed e2e table (H200, 2026-11-27) came from
+#   PHASES=compression LIMIT=400 JOBS=16 EPOCHS=8 RUN_MAX=150 AMP=off bash benchmarks/gpu_session.sh
+# (18 of 30 runs in 380 s; 16 jobs keep the GPU only ~25% busy, each run being launch-bound), then a
+# second call on the warm machine with LIMIT=290 finished the other 12 from their checkpoints in 192 s.
+#
 # At most 8 files come back from $OUT, so the table is made here and the runs come back as one tarball.
 set -u
 OUT=${OUT:-out/gpu-session}
@@ -22,6 +27,7 @@ EPOCHS=${EPOCHS:-10}
 JOBS=${JOBS:-12}
 RUN_MAX=${RUN_MAX:-240}             # no run starts later than this before the end (H200, 12 jobs: 150-340 s a run)
 VARIANTS=${VARIANTS:-dense,ttn-77k,attn-77k,conv-ttn,ttn-10k}
+AMP=${AMP:-bf16}                    # bf16 autocast, or off (fp32 with TF32 matmuls)
 PY=${PY:-python3}
 PHASES=${PHASES:-kernels,compression}  # drop one to give the other the whole call
 export PYTHONUNBUFFERED=1
@@ -46,7 +52,7 @@ deadline=$((left - RUN_MAX))
     timeout -k 15 "$left" $PY benchmarks/compression/run.py run --device "$DEVICE" \
         --data-dir out/data/fashion-mnist --plans out/compression/plans.json --cache /tmp/compression-plans.sqlite \
         --cache-only --models vgg16,alexnet --variants "$VARIANTS" --epochs "$EPOCHS" --order variant \
-        --jobs "$JOBS" --deadline "$deadline" --no-table
+        --jobs "$JOBS" --amp "$AMP" --deadline "$deadline" --no-table
     echo "compression phase: rc $? at ${SECONDS} s"
     nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv 2>&1
 } >"$OUT/compression.log" 2>&1
