@@ -289,3 +289,39 @@ def test_score_path_invalid_ssa_step(ssa: list[tuple[int, int]]) -> None:
     net = Network.from_einsum("ab,bc,cd->ad", (2, 3), (3, 4), (4, 5))
     with pytest.raises(NetworkError, match="step"):
         tnplan.score_path(net, ssa)
+
+
+@st.composite
+def scored_cases(draw: st.DrawFn) -> tuple[Network, list[tuple[int, int]], tuple[int, ...]]:
+    """A random hypergraph (hyperedges, open and traced legs), a random SSA path and slicing."""
+    n_idx = draw(st.integers(2, 12))
+    # Few distinct sizes take the grouped products, many the bit-by-bit fallback.
+    palette = draw(st.sampled_from([(2,), (2, 3), (1, 2, 3, 4, 5, 6, 7, 8, 9)]))
+    sizes = {f"i{k}": draw(st.sampled_from(palette)) for k in range(n_idx)}
+    labels = list(sizes)
+    n = draw(st.integers(2, 8))
+    inputs = [draw(st.lists(st.sampled_from(labels), min_size=1, max_size=4)) for _ in range(n)]
+    used = sorted({x for term in inputs for x in term})
+    output = draw(st.lists(st.sampled_from(used), unique=True, max_size=3))
+    net = Network.from_opt_einsum(inputs, output, {x: sizes[x] for x in used})
+    alive, nxt, ssa = list(range(n)), n, []
+    while len(alive) > 1:
+        a, b = draw(st.lists(st.sampled_from(alive), min_size=2, max_size=2, unique=True))
+        alive = [x for x in alive if x not in (a, b)] + [nxt]
+        ssa.append((a, b))
+        nxt += 1
+    sliced = tuple(draw(st.lists(st.integers(0, net.num_indices - 1), unique=True, max_size=2)))
+    return net, ssa, sliced
+
+
+@settings(max_examples=300, deadline=None)
+@given(scored_cases())
+def test_score_path_totals_match_its_step_breakdown(case) -> None:
+    net, ssa, sliced = case
+    costs = tnplan.score_path(net, ssa, sliced)
+    # The lean pass and the per-step breakdown are separate implementations of one rule.
+    steps = costs.steps
+    assert costs.contraction_cost == sum(s.cost for s in steps) * costs.n_slices
+    assert costs.flops == sum(s.flops for s in steps) * costs.n_slices
+    assert costs.write == sum(s.size for s in steps) * costs.n_slices
+    assert costs.peak_size == max(s.size for s in steps)

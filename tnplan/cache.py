@@ -441,9 +441,9 @@ class PlanCache:
 
         n = network.num_tensors
         try:
-            ssa = tuple(
-                (int(tensor_map[a]) if a < n else a, int(tensor_map[b]) if b < n else b) for a, b in data["ssa_path"]
-            )
+            # Leaves map to the caller's tensor numbers; intermediates keep their SSA ids.
+            where = [*map(int, tensor_map), *range(n, 2 * n - 1)]
+            ssa = tuple((where[a], where[b]) for a, b in data["ssa_path"])
             sliced = tuple(sorted(index_of[j] for j in data["sliced"]))
             costs = score_path(network, ssa, sliced)
             ok = costs.flops == data["flops"] and costs.contraction_cost == data["contraction_cost"]

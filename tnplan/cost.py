@@ -300,7 +300,11 @@ def score_path(
     )
 
 
-def _prepared(network: Network) -> tuple[list[int], list[int], list[int], int, int, int]:
+# Leaf masks, leaf sizes, leg counts, open-index mask, summed input sizes, result size.
+_Prep = tuple[list[int], list[int], list[int], int, int, int]
+
+
+def _prepared(network: Network) -> _Prep:
     """Per-network inputs of the scorer (leaf bitmasks and sizes, leg counts, totals), cached on the network.
 
     The network is immutable, so they are computed once; a plan-cache hit then scores a path in
@@ -309,51 +313,64 @@ def _prepared(network: Network) -> tuple[list[int], list[int], list[int], int, i
     cached = network.__dict__.get("_score_prep")
     if cached is not None:
         return cached
+    terms = network.__dict__.get("int_inputs")
+    if terms is None:
+        # A plan-cache hit in a fresh process has no int_inputs cached yet: map the labels on the way.
+        get = network.label_ids.__getitem__
+        terms = (tuple(map(get, term)) for term in network.inputs)
+    # A label repeated on one tensor (a trace) is a single leg: int_inputs deduplicates them.
+    prep = _prepare(network, terms) or _prepare(network, network.int_inputs)
+    assert prep is not None
+    network.__dict__["_score_prep"] = prep
+    return prep
+
+
+def _prepare(network: Network, terms: Iterable[tuple[int, ...]]) -> _Prep | None:
+    """:func:`_prepared`'s tuple from integer terms; None when a term repeats an index."""
     sizes = network.int_sizes
     output = network.int_output
     counts = [0] * len(sizes)
-    if "int_inputs" in network.__dict__:
-        inputs = network.int_inputs
-        for term in inputs:
-            for i in term:
-                counts[i] += 1
-    else:
-        # Straight from the labels, counting on the way (a plan-cache hit in a fresh process has
-        # nothing cached yet); a repeated label (a trace) is a single leg, as in int_inputs.
-        get = network.label_ids.__getitem__
-        inputs = []
-        for term in network.inputs:
-            t = tuple(map(get, term))
-            if len(set(t)) != len(t):
-                t = tuple(dict.fromkeys(t))
-            for i in t:
-                counts[i] += 1
-            inputs.append(t)
-    # One pass builds what leaf_legs would give (legs on one tensor only are summed inside it).
-    masks: list[int] = []
-    leaf_sizes: list[int] = []
-    inputs_full = 0
-    for term in inputs:
+    # One pass over every leg: counts, and each tensor's mask and size over all its legs.
+    full_masks: list[int] = []
+    fulls: list[int] = []
+    legs = 0
+    for t in terms:
         m = 0
-        p = 1
         full = 1
-        for i in term:
-            s = sizes[i]
-            full *= s
-            if counts[i] > 1 or i in output:
-                m |= 1 << i
-                p *= s
-        masks.append(m)
-        leaf_sizes.append(p)
-        inputs_full += full
+        for i in t:
+            counts[i] += 1
+            m |= 1 << i
+            full *= sizes[i]
+        full_masks.append(m)
+        fulls.append(full)
+        legs += len(t)
+    if legs != sum(m.bit_count() for m in full_masks):
+        return None
+    # Legs on one tensor only (and not open) are summed inside it: they leave its mask and size.
+    single = 0
+    for i, c in enumerate(counts):
+        if c == 1 and i not in output:
+            single |= 1 << i
+    masks, leaf_sizes = full_masks, fulls
+    if single:
+        masks = [m & ~single for m in full_masks]
+        leaf_sizes = [f // _mask_product(m & single, sizes) for f, m in zip(fulls, full_masks, strict=True)]
     counts = [c if c > 1 or i in output else 0 for i, c in enumerate(counts)]
     out_mask = 0
     for i in output:
         out_mask |= 1 << i
     result_full = math.prod(sizes[i] for i in output)
-    prep = (masks, leaf_sizes, counts, out_mask, inputs_full, result_full)
-    network.__dict__["_score_prep"] = prep
-    return prep
+    return masks, leaf_sizes, counts, out_mask, sum(fulls), result_full
+
+
+def _mask_product(mask: int, sizes: Sequence[int]) -> int:
+    """Product of ``sizes`` over the set bits of ``mask``."""
+    p = 1
+    while mask:
+        low = mask & -mask
+        p *= sizes[low.bit_length() - 1]
+        mask ^= low
+    return p
 
 
 def _steps(network: Network, ssa_path: Sequence[Sequence[int]], sliced: tuple[int, ...]) -> tuple[Step, ...]:
