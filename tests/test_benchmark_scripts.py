@@ -1,4 +1,4 @@
-"""The planner benchmark scripts run end to end on tiny inputs and write what their readers expect."""
+"""The planner and GPU-kernel benchmark scripts run end to end on tiny inputs and write what their readers expect."""
 
 from __future__ import annotations
 
@@ -38,3 +38,23 @@ def test_slicing_benchmark_meets_its_caps(tmp_path: Path) -> None:
         # The unsliced plan of a 22-tensor MERA is proven optimal, so slicing can only add flops.
         assert r["tnplan"]["overhead"] >= 1.0 - 1e-9
     assert "## Target check" in (tmp_path / "slicing.md").read_text()
+
+
+def test_gpu_kernels_script_runs_on_the_cpu_from_an_exported_plan_cache(tmp_path: Path) -> None:
+    # A GPU session is rare and short: the script must work there the first time. Here it plans,
+    # exports, then runs cache-only on the CPU, where the CUDA executor is the numba one.
+    script = REPO / "benchmarks" / "kernels" / "gpu.py"
+    plans = tmp_path / "plans.json"
+    _run([str(script), "plan", "--smoke", "--plans", str(plans)])
+    _run([str(script), "run", "--smoke", "--device", "cpu", "--plans", str(plans), "--results", str(tmp_path),
+          "--warmup", "1", "--reps", "3"])  # fmt: skip
+    result = json.loads((tmp_path / "kernels-gpu.json").read_text())
+    assert result["configs"]
+    for config in result["configs"]:
+        for name in ("torch-eager", "cuda"):
+            assert config["generator"][name]["median_ms"] > 0, (name, config["generator"][name])
+        layer = config["layer"]
+        assert layer["dense-tf32"]["median_ms"] > 0
+        assert layer["materialize-torch"]["planner_calls"] == 0
+        assert "error" in layer["materialize-torch-graph"]  # CUDA graphs need a CUDA device
+    assert "## Targets" in (tmp_path / "kernels-gpu.md").read_text()
