@@ -32,6 +32,11 @@ from kernels.numba_cpu import IDENTITY, activation, derivative
 
 _THREADS = 256
 BLAS_MIN_K = 32  # summed extent from which a step goes to cuBLAS (not yet calibrated on a GPU)
+# The fused adjoint kernels give each thread one output and a serial sum: over the output's columns
+# (X̄) or rows (Ȳc). From this many terms a backward step goes to cuBLAS instead: on an H200 the
+# last steps of MERA and 25088x4096 generators, with sums of tens of thousands of terms over a few
+# thousand threads, took 45-75 ms graphed against ~1 ms for torch's matmuls (not yet re-measured).
+REDUCE_BLAS_MIN = 1024
 
 
 _act = cuda.jit(device=True, inline=True)(activation)
@@ -213,7 +218,7 @@ def backward_step(
         nn,
     )
     x_bar = torch.zeros(x.numel(), dtype=g.dtype, device=dev)
-    if kk >= BLAS_MIN_K:
+    if kk >= BLAS_MIN_K or max(nm, nn) >= REDUCE_BLAS_MIN:
         cm = c.reshape(bb, nm, nn)
         xc_bar = torch.matmul(cm, yc.reshape(bb, kk, nn).transpose(1, 2))
         inverse = tuple(int(a) for a in np.argsort(st.x_axes))

@@ -168,6 +168,7 @@ from kernels.executor import _backend
 
 assert _backend(torch.device("cpu")) is kernels.cuda  # the simulator stands in for the GPU
 kernels.cuda.BLAS_MIN_K = int(sys.argv[1])
+kernels.cuda.REDUCE_BLAS_MIN = int(sys.argv[2])
 cases = [
     ("ttn", {"bond_dim": 2, "n_factors": 2}),
     ("attn", {"bond_dim": 2, "n_factors": 2, "disentangle_legs": "both", "activation": "gelu"}),
@@ -190,15 +191,23 @@ print(worst)
 """
 
 
-@pytest.mark.parametrize("blas_min_k", [1000, 1])  # fused kernels only, then every product through matmul
-def test_cuda_kernels_agree_with_torch_under_the_simulator(tmp_path, blas_min_k):
+@pytest.mark.parametrize(
+    ("blas_min_k", "reduce_blas_min"),
+    # fused kernels only; every product through matmul; fused forward with a matmul backward
+    [(1000, 10**6), (1, 10**6), (1000, 1)],
+)
+def test_cuda_kernels_agree_with_torch_under_the_simulator(tmp_path, blas_min_k, reduce_blas_min):
     import os
     import subprocess
     import sys
 
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "TNPLAN_CACHE_DIR": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, "-c", _SIMULATED, str(blas_min_k)], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", _SIMULATED, str(blas_min_k), str(reduce_blas_min)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.split()[-1]) < 1e-10
