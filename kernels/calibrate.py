@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-VERSION = 5
+VERSION = 6
 LARGE_Y = 1 << 18  # Yc elements beyond which the fused loop streams Yc from memory once per row
 _POINTS = (8, 64)
 # With Yc out of cache both paths are bound by memory, and how much each moves per flop depends on K:
@@ -52,27 +52,33 @@ def _time_point(k: int, m: int = 2048, n: int = 1024) -> tuple[float, float]:
     """Seconds per multiply-add, forward+backward, of ``X[m, k] ⊗ Y[k, n]``: fused loop and BLAS."""
     import torch
 
+    from kernels import memory
     from kernels.numba_cpu import IDENTITY, run_backward, run_forward, run_gather, run_scatter
     from kernels.steps import make_step
 
     rng = np.random.default_rng(0)
     st = make_step(0, 1, (0, 1), (1, 2), (0, 2), [m, k, n])  # index ids: 0 = m, 1 = k, 2 = n
     x, y = rng.standard_normal(m * k), rng.standard_normal(k * n)
-    z = np.empty(m * n)
     empty = np.empty(0)
     xb, xm, xk = st.x_tables
     zb, zm, zn = st.z_tables
     xt, yt = torch.from_numpy(x.reshape(m, k)), torch.from_numpy(y.reshape(k, n))
 
+    # Both paths allocate their outputs fresh, from the executor's allocator, as a real step does.
     def fused() -> None:
+        z = memory.empty(m * n, torch.float64).numpy()
         run_forward(x, y, z, empty, xb, xm, xk, k, n, zb, zm, zn, st.run, IDENTITY, st.flops)
-        zeros = np.zeros(m * k), np.zeros(k * n)
+        zeros = memory.zeros(m * k, torch.float64).numpy(), memory.zeros(k * n, torch.float64).numpy()
         run_backward(x, y, z, z, empty, IDENTITY, *zeros, xb, xm, xk, k, n, zb, zm, zn, st.run, st.flops)
 
     def blas() -> None:
-        c = torch.matmul(xt, yt).numpy()
-        run_scatter(c.reshape(-1), z, empty, zb, zm, zn, st.run, IDENTITY)
-        g = torch.from_numpy(run_gather(z, z, empty, IDENTITY, zb, zm, zn, st.run).reshape(m, n))
+        c = memory.empty(m * n, torch.float64)
+        torch.matmul(xt, yt, out=c.reshape(m, n))
+        z = memory.empty(m * n, torch.float64).numpy()
+        run_scatter(c.numpy(), z, empty, zb, zm, zn, st.run, IDENTITY)
+        g = memory.empty(m * n, torch.float64)
+        run_gather(z, z, empty, IDENTITY, zb, zm, zn, st.run, g.numpy())
+        g = g.reshape(m, n)
         torch.matmul(g, yt.T), torch.matmul(xt.T, g)
 
     return _best(fused) / st.flops, _best(blas) / st.flops

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from kernels import memory
 from kernels.calibrate import step_seconds
 from kernels.errors import KernelsError
 from kernels.steps import Step, make_step
@@ -44,6 +45,44 @@ class GroupSteps:
     keep_pre: bool
 
 
+# An intermediate is written in its consumer's layout only if its own output runs stay this long.
+RUN_KEEP = 32
+
+
+def _best_form(a: int, b: int, legs: dict, out: tuple[int, ...], sizes: Any) -> Step:
+    """Either operand may be the one read in place: the form with the longest contiguous output
+    runs, then the longest inner loops."""
+    forms = [make_step(a, b, legs[a], legs[b], out, sizes), make_step(b, a, legs[b], legs[a], out, sizes)]
+    return max(forms, key=lambda s: (s.run, s.bkn[2], -s.bkn[1]))
+
+
+def _wanted_layouts(
+    n_inputs: int, path: list, costs: Any, legs: dict, final: tuple[int, ...], sizes: Any
+) -> dict[int, tuple[int, ...]]:
+    """The layout each intermediate's consumer reads without a copy: ``(b, k, n)`` for the operand
+    it transposes, ``(b, m, k)`` for the one it reads in place. Walks the path from the output back,
+    so a consumer's own layout is known before its operands' are chosen."""
+    default = dict(legs)
+    for st in costs:
+        default[st.result] = tuple(st.legs_out)
+    want: dict[int, tuple[int, ...]] = {}
+    for k in range(len(costs) - 1, -1, -1):
+        (a, b), st = path[k], costs[k]
+        out = final if k == len(costs) - 1 else want.get(st.result, default[st.result])
+        step = _best_form(a, b, default, out, sizes)
+        left, right = default[step.left], default[step.right]
+        sl, sr, so = set(left), set(right), set(out)
+        bs = [i for i in out if i in sl and i in sr]
+        ms = [i for i in out if i in sl and i not in sr]
+        ns = [i for i in out if i in sr and i not in sl]
+        ks = [i for i in left if i in sr and i not in so]
+        if step.right >= n_inputs:
+            want[step.right] = (*bs, *ks, *ns)
+        if step.left >= n_inputs:
+            want[step.left] = (*bs, *ms, *ks)
+    return want
+
+
 def group_steps(group: Any, blas: bool | None = None) -> GroupSteps:
     """Offset-table steps for one generator group.
 
@@ -69,14 +108,18 @@ def group_steps(group: Any, blas: bool | None = None) -> GroupSteps:
     legs: dict[int, tuple[int, ...]] = {k: tuple(t) for k, t in enumerate(net.int_inputs)}
     final = tuple(net.label_ids[lab] for lab in net.output)  # int_output is a set: take the order here
     costs = score_path(net, list(group.ssa_path))
+    want = _wanted_layouts(net.num_tensors, list(group.ssa_path), costs.steps, legs, final, sizes)
     steps = []
     for k, ((a, b), st) in enumerate(zip(group.ssa_path, costs.steps, strict=True)):
         last = k == len(costs.steps) - 1
         out = final if last else tuple(st.legs_out)
-        # Either operand may be the one read in place: take the form with the longest contiguous
-        # output runs, then the longest inner loops.
-        forms = [make_step(a, b, legs[a], legs[b], out, sizes), make_step(b, a, legs[b], legs[a], out, sizes)]
-        step = max(forms, key=lambda s: (s.run, s.bkn[2], -s.bkn[1]))
+        step = _best_form(a, b, legs, out, sizes)
+        if not last and st.result in want:
+            # Writing the layout the consumer reads saves it a transposing copy (and its adjoint
+            # one), unless it costs this step its contiguous output runs.
+            other = _best_form(a, b, legs, want[st.result], sizes)
+            if other.run >= min(step.run, RUN_KEEP):
+                out, step = want[st.result], other
         # A GEMM-shaped step (long summed extent) belongs to BLAS; the calibrated model decides.
         use = blas
         if use is None:
@@ -124,7 +167,7 @@ def _scatter(dst: torch.Tensor, op: Any, size: int, value: torch.Tensor, out_sha
 
 
 def _canonical(y: torch.Tensor, st: Step) -> torch.Tensor:
-    return y.reshape(st.y_in_shape).permute(*st.y_axes).contiguous().reshape(-1)
+    return memory.permuted(y, st.y_in_shape, st.y_axes)
 
 
 class _CPU:
@@ -132,48 +175,56 @@ class _CPU:
 
     @staticmethod
     def forward_step(st: Step, x: torch.Tensor, yc: torch.Tensor, code: int, keep_pre: bool) -> tuple:
-        from kernels.numba_cpu import run_forward, run_scatter
+        from kernels.numba_cpu import GELU, IDENTITY, TANH, run_forward, run_scatter
 
-        z = torch.empty(st.out_size, dtype=x.dtype)
-        pre = torch.empty(st.out_size if keep_pre else 0, dtype=x.dtype)
+        # tanh and GELU are libm calls per element in numba (~30 ns each, 7x torch's vectorised
+        # tanh): the kernel writes the pre-activation and torch applies them in one pass.
+        after = code if code in (TANH, GELU) else IDENTITY
+        if after != IDENTITY:
+            code = IDENTITY
+        z = memory.empty(st.out_size, x.dtype)
+        pre = memory.empty(st.out_size if keep_pre and after == IDENTITY else 0, x.dtype)
         bb, kk, nn = st.bkn
         if st.blas:
             xc = x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(bb, -1, kk)
-            c = torch.matmul(xc, yc.reshape(bb, kk, nn)).reshape(-1).contiguous()
+            c = memory.empty(st.out_size, x.dtype)
+            torch.matmul(xc, yc.reshape(bb, kk, nn), out=c.reshape(bb, -1, nn))
             run_scatter(c.numpy(), z.numpy(), pre.numpy(), *st.z_tables, st.run, code)
         else:
             run_forward(
-                x.numpy(),
-                yc.numpy(),
-                z.numpy(),
-                pre.numpy(),
-                *st.x_tables,
-                kk,
-                nn,
-                *st.z_tables,
-                st.run,
-                code,
+                x.numpy(), yc.numpy(), z.numpy(), pre.numpy(), *st.x_tables, kk, nn, *st.z_tables, st.run, code,
                 st.flops,
-            )
+            )  # fmt: skip
+        if after == TANH:
+            torch.tanh_(z)
+        elif after == GELU:
+            pre, z = z, memory.empty(st.out_size, x.dtype)
+            torch.ops.aten.gelu.out(pre, out=z)
         return z, pre
 
     @staticmethod
     def backward_step(
         st: Step, x: torch.Tensor, yc: torch.Tensor, g: torch.Tensor, out: torch.Tensor, pre: torch.Tensor, code: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        from kernels.numba_cpu import run_backward, run_gather
+        from kernels.numba_cpu import GELU, IDENTITY, run_backward, run_gather
 
+        if code == GELU:  # σ' by torch, as in the forward
+            g_act = memory.empty(g.numel(), g.dtype)
+            torch.ops.aten.gelu_backward.grad_input(g, pre, grad_input=g_act)
+            g, code = g_act, IDENTITY
         bb, kk, nn = st.bkn
         if st.blas:
-            c = torch.from_numpy(run_gather(g.numpy(), out.numpy(), pre.numpy(), code, *st.z_tables, st.run))
+            c = memory.empty(st.out_size, g.dtype)
+            run_gather(g.numpy(), out.numpy(), pre.numpy(), code, *st.z_tables, st.run, c.numpy())
             cm = c.reshape(bb, -1, nn)
-            xc_bar = torch.matmul(cm, yc.reshape(bb, kk, nn).transpose(1, 2))
+            xc_bar = memory.empty(x.numel(), g.dtype).reshape(bb, -1, kk)
+            torch.matmul(cm, yc.reshape(bb, kk, nn).transpose(1, 2), out=xc_bar)
             inverse = tuple(int(a) for a in np.argsort(st.x_axes))
-            x_bar = xc_bar.reshape(st.x_shape).permute(*inverse).reshape(-1)
+            x_bar = memory.permuted(xc_bar, st.x_shape, inverse)
             xc = x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(bb, -1, kk)
             return x_bar, torch.matmul(xc.transpose(1, 2), cm).reshape(-1)
-        x_bar = torch.zeros(x.numel(), dtype=g.dtype)
-        yc_bar = torch.zeros(yc.numel(), dtype=g.dtype)
+        x_bar = memory.zeros(x.numel(), g.dtype)
+        yc_bar = memory.zeros(yc.numel(), g.dtype)
         run_backward(
             x.numpy(), yc.numpy(), g.numpy(), out.numpy(), pre.numpy(), code, x_bar.numpy(), yc_bar.numpy(),
             *st.x_tables, kk, nn, *st.z_tables, st.run, st.flops,
@@ -248,9 +299,10 @@ def _backward(
                 st, flat[st.left], canon[k], z_bar, out, pre_k, gs.code if last else IDENTITY
             )
             inverse = tuple(int(a) for a in np.argsort(st.y_axes))
-            y_bar = yc_bar.reshape(st.y_shape).permute(*inverse).reshape(-1)
+            y_bar = memory.permuted(yc_bar, st.y_shape, inverse)
             for side, value in ((st.left, x_bar), (st.right, y_bar)):
-                adj[side] = adj[side] + value if side in adj else value.contiguous()
+                # Every adjoint held here was made by this backward, so it can be summed in place.
+                adj[side] = adj[side].add_(value) if side in adj else value.contiguous()
         for j, op in enumerate(g.operands):
             if j not in adj:
                 continue

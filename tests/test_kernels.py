@@ -229,3 +229,50 @@ def test_cuda_module_restores_numpy_row_stack_for_numba_cuda():
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_intermediates_are_written_in_the_layout_their_consumer_reads(monkeypatch):
+    from types import SimpleNamespace
+
+    from kernels import executor
+    from tnplan import Network
+
+    # The second step reads the first's output transposed to (j, m, k) unless it was written so.
+    net = Network.from_einsum("ij,jkl,lm->imk", (4, 5), (5, 8, 6), (6, 8))
+    group = SimpleNamespace(activation="identity", network=net, ssa_path=((1, 2), (0, 3)))
+    last = executor.group_steps(group, blas=False).steps[1]
+    assert last.right == 3 and last.y_axes == (0, 1, 2)  # no transposing copy of the intermediate
+    monkeypatch.setattr(executor, "_wanted_layouts", lambda *args: {})
+    assert executor.group_steps(group, blas=False).steps[1].y_axes != (0, 1, 2)
+
+
+@pytest.mark.parametrize(("arch", "kwargs"), [ARCHS[1], ARCHS[2]])
+def test_numpy_backed_buffers_change_no_number(arch, kwargs, monkeypatch):
+    from kernels import memory
+
+    monkeypatch.setattr(memory, "HUGE_BYTES", 1)  # every buffer through numpy's huge-page allocator
+    torch.manual_seed(2)
+    g = adntn.make_generator(arch, 20, 30, executor="torch", **kwargs).to(torch.float64)
+    grad = torch.randn(g.out_padded, g.in_padded, dtype=torch.float64)
+    w_ref, g_ref = _reference(g, grad)
+    for blas in (True, False):
+        g.zero_grad()
+        w = numba_weight(g, blas)
+        (w * grad).sum().backward()
+        torch.testing.assert_close(w.detach(), w_ref, rtol=1e-10, atol=1e-10 * float(w_ref.abs().max()))
+        for key, p in g.cores.items():
+            torch.testing.assert_close(p.grad, g_ref[key], rtol=1e-10, atol=1e-10 * float(g_ref[key].abs().max()))
+
+
+def test_host_buffers_permute_and_zero_like_torch(monkeypatch):
+    from kernels import memory
+
+    t = torch.randn(3, 4, 5, dtype=torch.float64)
+    for huge in (1, memory.HUGE_BYTES):
+        monkeypatch.setattr(memory, "HUGE_BYTES", huge)
+        out = memory.permuted(t.reshape(-1), (3, 4, 5), (2, 0, 1))
+        assert out.shape == (60,) and torch.equal(out, t.permute(2, 0, 1).reshape(-1))
+        assert memory.permuted(t, (3, 4, 5), (0, 1, 2)).data_ptr() == t.data_ptr()  # no copy
+        zeros = memory.zeros(1 << 20, torch.float32)
+        assert zeros.dtype == torch.float32 and zeros.shape == (1 << 20,) and not zeros.any()
+        assert memory.empty(7, torch.float64).shape == (7,)
