@@ -1,9 +1,10 @@
 """The executors' cost model, calibrated on this machine once and cached.
 
 A step of ``flops`` multiply-adds with summed extent ``K`` costs ``flops * c(K)`` seconds, forward
-plus backward, in the fused numba loop, and ``flops * b(K) + copies * e`` through BLAS (the canonical
-copies of the operands and the scatter of the result). ``c``, ``b`` and ``e`` are measured on two
-synthetic steps (K = 8 and K = 64) and interpolated in ``log K``, and again (K = 4, 16 and 64) for
+plus backward, in the fused numba loop, ``flops * b(K)`` through BLAS with the scatter of its result
+and the gather of the output adjoint, and ``flops * d(K)`` through BLAS reading and writing the output
+in place (outputs with :attr:`kernels.steps.Step.z_strides`). ``c``, ``b`` and ``d`` are measured on
+two synthetic steps (K = 8 and K = 64) and interpolated in ``log K``, and again (K = 4, 16 and 64) for
 steps whose right operand outgrows the caches; the result is stored as JSON in
 ``$ADNTN_CACHE_DIR`` (default ``~/.cache/adntn``) and reused by every later process.
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-VERSION = 6
+VERSION = 7
 LARGE_Y = 1 << 18  # Yc elements beyond which the fused loop streams Yc from memory once per row
 _POINTS = (8, 64)
 # With Yc out of cache both paths are bound by memory, and how much each moves per flop depends on K:
@@ -48,8 +49,9 @@ def _best(fn: Any, reps: int = 5) -> float:
     return best
 
 
-def _time_point(k: int, m: int = 2048, n: int = 1024) -> tuple[float, float]:
-    """Seconds per multiply-add, forward+backward, of ``X[m, k] ⊗ Y[k, n]``: fused loop and BLAS."""
+def _time_point(k: int, m: int = 2048, n: int = 1024) -> tuple[float, float, float]:
+    """Seconds per multiply-add, forward+backward, of ``X[m, k] ⊗ Y[k, n]``: fused loop, BLAS with its
+    scatter and gather passes, and BLAS reading and writing the output in place."""
     import torch
 
     from kernels import memory
@@ -81,7 +83,12 @@ def _time_point(k: int, m: int = 2048, n: int = 1024) -> tuple[float, float]:
         g = g.reshape(m, n)
         torch.matmul(g, yt.T), torch.matmul(xt.T, g)
 
-    return _best(fused) / st.flops, _best(blas) / st.flops
+    def direct() -> None:  # an output BLAS can write in place (Step.z_strides): no scatter, no gather
+        z = memory.empty(m * n, torch.float64).reshape(m, n)
+        torch.matmul(xt, yt, out=z)
+        torch.matmul(z, yt.T), torch.matmul(xt.T, z)
+
+    return _best(fused) / st.flops, _best(blas) / st.flops, _best(direct) / st.flops
 
 
 def measure() -> dict[str, Any]:
@@ -93,13 +100,15 @@ def measure() -> dict[str, Any]:
     import torch
 
     out: dict[str, Any] = {
-        "version": VERSION, "machine": platform.machine(), "threads": torch.get_num_threads(), "numba": {}, "blas": {},
+        "version": VERSION, "machine": platform.machine(), "threads": torch.get_num_threads(),
+        "numba": {}, "blas": {}, "direct": {},
     }  # fmt: skip
     for k in _POINTS:
-        out["numba"][str(k)], out["blas"][str(k)] = _time_point(k)
+        out["numba"][str(k)], out["blas"][str(k)], out["direct"][str(k)] = _time_point(k)
     # Few rows against a right operand far larger than any cache: the fused loop re-reads it per row.
     for k in _LARGE_POINTS:
-        out["numba"][f"large-{k}"], out["blas"][f"large-{k}"] = _time_point(k, m=32, n=(1 << 20) // k)
+        key = f"large-{k}"
+        out["numba"][key], out["blas"][key], out["direct"][key] = _time_point(k, m=32, n=(1 << 20) // k)
     return out
 
 
@@ -119,7 +128,7 @@ def calibration() -> dict[str, Any]:
         if cal.get("version") != VERSION or cal.get("threads") != threads:
             raise ValueError("another version or thread count")
         keys = [str(k) for k in _POINTS] + [f"large-{k}" for k in _LARGE_POINTS]
-        values = [cal[side][key] for side in ("numba", "blas") for key in keys]
+        values = [cal[side][key] for side in ("numba", "blas", "direct") for key in keys]
         if not all(isinstance(v, float) and v > 0 for v in values):
             raise ValueError("a bad entry")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -141,11 +150,12 @@ def _interp(table: dict[str, float], k: int, points: tuple[int, ...] = _POINTS, 
     return math.exp((1 - t) * math.log(table[f"{prefix}{lo}"]) + t * math.log(table[f"{prefix}{hi}"]))
 
 
-def step_seconds(flops: int, k: int, *, blas: bool, y_size: int = 0) -> float:
+def step_seconds(flops: int, k: int, *, blas: bool, y_size: int = 0, direct: bool = False) -> float:
     """Predicted forward+backward seconds of one step on this machine (``y_size``: elements of the
-    canonical right operand, which decides whether it stays in cache)."""
+    canonical right operand, which decides whether it stays in cache; ``direct``: BLAS reads and
+    writes the output in place, without the scatter and gather passes)."""
     cal = calibration()
-    table = cal["blas" if blas else "numba"]
+    table = cal["numba" if not blas else "direct" if direct else "blas"]
     if y_size > LARGE_Y:
         return flops * _interp(table, k, _LARGE_POINTS, "large-")
     return flops * _interp(table, k)

@@ -93,7 +93,7 @@ def group_steps(group: Any, blas: bool | None = None) -> GroupSteps:
         KernelsError: If the group cannot run in these kernels (a callable activation, a diagonal,
             or a single operand).
     """
-    from kernels.numba_cpu import CODES, GELU
+    from kernels.numba_cpu import CODES, GELU, IDENTITY
     from tnplan.cost import leaf_legs, score_path
 
     act = group.activation
@@ -125,7 +125,9 @@ def group_steps(group: Any, blas: bool | None = None) -> GroupSteps:
         if use is None:
             _, kk, nn = step.bkn
             y_size = step.bkn[0] * kk * nn
-            use = step_seconds(step.flops, kk, blas=True, y_size=y_size) < step_seconds(
+            # BLAS works on the output in place when it is strided blocks and no σ' must be fused.
+            direct = step.z_strides is not None and (not last or CODES[act] in (IDENTITY, GELU))
+            use = step_seconds(step.flops, kk, blas=True, y_size=y_size, direct=direct) < step_seconds(
                 step.flops, kk, blas=False, y_size=y_size
             )
         if use:
@@ -185,7 +187,12 @@ class _CPU:
         z = memory.empty(st.out_size, x.dtype)
         pre = memory.empty(st.out_size if keep_pre and after == IDENTITY else 0, x.dtype)
         bb, kk, nn = st.bkn
-        if st.blas:
+        if st.blas and st.z_strides is not None and code == IDENTITY and not pre.numel():
+            # Z is a strided (q, M, run) array: BLAS writes it in place, with no scatter pass.
+            xc = x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(-1, kk)
+            zv, yv = _blocks(st, z, yc)
+            torch.bmm(xc.expand(zv.shape[0], -1, -1), yv, out=zv)
+        elif st.blas:
             xc = x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(bb, -1, kk)
             c = memory.empty(st.out_size, x.dtype)
             torch.matmul(xc, yc.reshape(bb, kk, nn), out=c.reshape(bb, -1, nn))
@@ -213,16 +220,26 @@ class _CPU:
             torch.ops.aten.gelu_backward.grad_input(g, pre, grad_input=g_act)
             g, code = g_act, IDENTITY
         bb, kk, nn = st.bkn
+        inverse = tuple(int(a) for a in np.argsort(st.x_axes))
+        if st.blas and st.z_strides is not None and code == IDENTITY:
+            # Ḡ read in place as (q, M, run) blocks: X̄c = Σ_o Ḡ_o Yc_oᵀ, Ȳc_o = Xcᵀ Ḡ_o.
+            gv, yv = _blocks(st, g, yc)
+            xc_bar = torch.bmm(gv, yv.transpose(1, 2)).sum(0)
+            xc = x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(-1, kk)
+            yc_bar = memory.empty(yc.numel(), g.dtype)
+            torch.bmm(xc.t().expand(gv.shape[0], -1, -1), gv, out=_blocks(st, None, yc_bar)[1])
+            return memory.permuted(xc_bar, st.x_shape, inverse), yc_bar
         if st.blas:
             c = memory.empty(st.out_size, g.dtype)
             run_gather(g.numpy(), out.numpy(), pre.numpy(), code, *st.z_tables, st.run, c.numpy())
             cm = c.reshape(bb, -1, nn)
             xc_bar = memory.empty(x.numel(), g.dtype).reshape(bb, -1, kk)
             torch.matmul(cm, yc.reshape(bb, kk, nn).transpose(1, 2), out=xc_bar)
-            inverse = tuple(int(a) for a in np.argsort(st.x_axes))
             x_bar = memory.permuted(xc_bar, st.x_shape, inverse)
             xc = x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(bb, -1, kk)
-            return x_bar, torch.matmul(xc.transpose(1, 2), cm).reshape(-1)
+            yc_bar = memory.empty(yc.numel(), g.dtype)
+            torch.matmul(xc.transpose(1, 2), cm, out=yc_bar.reshape(bb, kk, nn))
+            return x_bar, yc_bar
         x_bar = memory.zeros(x.numel(), g.dtype)
         yc_bar = memory.zeros(yc.numel(), g.dtype)
         run_backward(
@@ -230,6 +247,16 @@ class _CPU:
             *st.x_tables, kk, nn, *st.z_tables, st.run, st.flops,
         )  # fmt: skip
         return x_bar, yc_bar
+
+
+def _blocks(st: Step, z: torch.Tensor | None, yc: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``Z`` (when given) as its strided ``(q, M, run)`` view, and ``Yc`` as the matching ``(q, K, run)``
+    view (``Yc[k, o * run + r]``), for a step with :attr:`Step.z_strides`."""
+    _, kk, nn = st.bkn
+    q, mm = nn // st.run, st.x_tables[1].size
+    sn, sm = st.z_strides  # type: ignore[misc]
+    zv = None if z is None else z.as_strided((q, mm, st.run), (sn, sm, 1))
+    return zv, yc.view(kk, q, st.run).permute(1, 0, 2)
 
 
 def _backend(device: torch.device) -> Any:

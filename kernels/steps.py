@@ -60,6 +60,9 @@ class Step:
         x_in_shape: Shape of ``X`` as stored.
         x_shape: Shape of the canonical ``Xc``.
         blas: Run the product by BLAS (``Xc @ Yc``) instead of the fused loop.
+        z_strides: ``(sn, sm)`` when ``Z`` is a strided ``(q, M, run)`` array (no ``b``, arithmetic
+            ``m`` and outer ``n`` offsets), element ``(o, m, r)`` at ``o * sn + m * sm + r``: BLAS
+            then reads and writes ``Z`` in place; None otherwise.
     """
 
     left: int
@@ -78,6 +81,7 @@ class Step:
     x_in_shape: tuple[int, ...] = ()
     x_shape: tuple[int, ...] = ()
     blas: bool = False
+    z_strides: tuple[int, int] | None = None
 
 
 def make_step(
@@ -132,4 +136,18 @@ def make_step(
         x_axes=tuple({i: a for a, i in enumerate(legs_left)}[i] for i in (*b, *m, *k)),
         x_in_shape=tuple(sizes[i] for i in legs_left),
         x_shape=tuple(sizes[i] for i in (*b, *m, *k)),
+        z_strides=_blocks(offsets(out_legs, sizes, m), z_outer) if not b else None,
     )
+
+
+def _stride(table: np.ndarray) -> int | None:
+    """The common difference of an arithmetic offset table starting at 0 (0 for one entry), else None."""
+    if table.size == 1:
+        return 0
+    d = int(table[1] - table[0])
+    return d if table[0] == 0 and bool(np.all(np.diff(table) == d)) else None
+
+
+def _blocks(zm: np.ndarray, zn: np.ndarray) -> tuple[int, int] | None:
+    sm, sn = _stride(zm), _stride(zn)
+    return None if sm is None or sn is None else (sn, sm)

@@ -137,7 +137,7 @@ def test_calibration_is_measured_once_and_survives_a_damaged_file(tmp_path, monk
     cal = calibration()
     assert cache_file().parent == tmp_path and json.loads(cache_file().read_text()) == cal
     assert cal["threads"] == torch.get_num_threads() and cache_file().name.endswith("-1t.json")
-    assert all(v > 0 for table in ("numba", "blas") for v in cal[table].values())
+    assert all(v > 0 for table in ("numba", "blas", "direct") for v in cal[table].values())
     monkeypatch.setattr("kernels.calibrate._MEMO", {})
     cache_file().write_text("{not json")
     again = calibration()
@@ -156,6 +156,18 @@ def test_cost_model_interpolates_piecewise_in_log_k():
     assert _interp(table, 8, points, "large-") == pytest.approx(2.0)  # halfway in log K: the geometric mean
     assert _interp(table, 32, points, "large-") == pytest.approx(4.0)
     assert _interp(table, 1, points, "large-") == 1.0 and _interp(table, 1000, points, "large-") == 4.0
+
+
+def test_cost_model_prices_in_place_blas_apart(monkeypatch):
+    from kernels.calibrate import step_seconds
+
+    keys = ["8", "64", "large-4", "large-16", "large-64"]
+    cal = {side: dict.fromkeys(keys, value) for side, value in (("numba", 2.0), ("blas", 3.0), ("direct", 1.0))}
+    monkeypatch.setattr("kernels.calibrate._MEMO", {torch.get_num_threads(): cal})
+    assert step_seconds(10, 8, blas=False) == pytest.approx(20.0)
+    assert step_seconds(10, 8, blas=True) == pytest.approx(30.0)
+    assert step_seconds(10, 8, blas=True, direct=True) == pytest.approx(10.0)
+    assert step_seconds(10, 8, blas=True, y_size=1 << 20, direct=True) == pytest.approx(10.0)
 
 
 _SIMULATED = """
