@@ -70,16 +70,11 @@ def _wanted_layouts(
         (a, b), st = path[k], costs[k]
         out = final if k == len(costs) - 1 else want.get(st.result, default[st.result])
         step = _best_form(a, b, default, out, sizes)
-        left, right = default[step.left], default[step.right]
-        sl, sr, so = set(left), set(right), set(out)
-        bs = [i for i in out if i in sl and i in sr]
-        ms = [i for i in out if i in sl and i not in sr]
-        ns = [i for i in out if i in sr and i not in sl]
-        ks = [i for i in left if i in sr and i not in so]
+        # The step's canonical axis orders are exactly those layouts.
         if step.right >= n_inputs:
-            want[step.right] = (*bs, *ks, *ns)
+            want[step.right] = tuple(default[step.right][i] for i in step.y_axes)
         if step.left >= n_inputs:
-            want[step.left] = (*bs, *ms, *ks)
+            want[step.left] = tuple(default[step.left][i] for i in step.x_axes)
     return want
 
 
@@ -181,17 +176,15 @@ class _CPU:
 
         # tanh and GELU are libm calls per element in numba (~30 ns each, 7x torch's vectorised
         # tanh): the kernel writes the pre-activation and torch applies them in one pass.
-        after = code if code in (TANH, GELU) else IDENTITY
-        if after != IDENTITY:
-            code = IDENTITY
+        after, code = (code, IDENTITY) if code in (TANH, GELU) else (IDENTITY, code)
         z = memory.empty(st.out_size, x.dtype)
         pre = memory.empty(st.out_size if keep_pre and after == IDENTITY else 0, x.dtype)
         bb, kk, nn = st.bkn
         if st.blas and st.z_strides is not None and code == IDENTITY and not pre.numel():
             # Z is a strided (q, M, run) array: BLAS writes it in place, with no scatter pass.
             xc = x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(-1, kk)
-            zv, yv = _blocks(st, z, yc)
-            torch.bmm(xc.expand(zv.shape[0], -1, -1), yv, out=zv)
+            zv = _z_blocks(st, z)
+            torch.bmm(xc.expand(zv.shape[0], -1, -1), _y_blocks(st, yc), out=zv)
         elif st.blas:
             xc = x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(bb, -1, kk)
             c = memory.empty(st.out_size, x.dtype)
@@ -220,14 +213,15 @@ class _CPU:
             torch.ops.aten.gelu_backward.grad_input(g, pre, grad_input=g_act)
             g, code = g_act, IDENTITY
         bb, kk, nn = st.bkn
-        inverse = tuple(int(a) for a in np.argsort(st.x_axes))
+        if st.blas:
+            inverse = tuple(int(a) for a in np.argsort(st.x_axes))
         if st.blas and st.z_strides is not None and code == IDENTITY:
             # Ḡ read in place as (q, M, run) blocks: X̄c = Σ_o Ḡ_o Yc_oᵀ, Ȳc_o = Xcᵀ Ḡ_o.
-            gv, yv = _blocks(st, g, yc)
-            xc_bar = torch.bmm(gv, yv.transpose(1, 2)).sum(0)
+            gv = _z_blocks(st, g)
+            xc_bar = torch.bmm(gv, _y_blocks(st, yc).transpose(1, 2)).sum(0)
             xc = x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(-1, kk)
             yc_bar = memory.empty(yc.numel(), g.dtype)
-            torch.bmm(xc.t().expand(gv.shape[0], -1, -1), gv, out=_blocks(st, None, yc_bar)[1])
+            torch.bmm(xc.t().expand(gv.shape[0], -1, -1), gv, out=_y_blocks(st, yc_bar))
             return memory.permuted(xc_bar, st.x_shape, inverse), yc_bar
         if st.blas:
             c = memory.empty(st.out_size, g.dtype)
@@ -249,14 +243,16 @@ class _CPU:
         return x_bar, yc_bar
 
 
-def _blocks(st: Step, z: torch.Tensor | None, yc: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """``Z`` (when given) as its strided ``(q, M, run)`` view, and ``Yc`` as the matching ``(q, K, run)``
-    view (``Yc[k, o * run + r]``), for a step with :attr:`Step.z_strides`."""
-    _, kk, nn = st.bkn
-    q, mm = nn // st.run, st.x_tables[1].size
+def _z_blocks(st: Step, z: torch.Tensor) -> torch.Tensor:
+    """``Z`` (or its adjoint) as the strided ``(q, M, run)`` view of :attr:`Step.z_strides`."""
     sn, sm = st.z_strides  # type: ignore[misc]
-    zv = None if z is None else z.as_strided((q, mm, st.run), (sn, sm, 1))
-    return zv, yc.view(kk, q, st.run).permute(1, 0, 2)
+    return z.as_strided((st.bkn[2] // st.run, st.x_tables[1].size, st.run), (sn, sm, 1))
+
+
+def _y_blocks(st: Step, yc: torch.Tensor) -> torch.Tensor:
+    """``Yc`` (or its adjoint) as the ``(q, K, run)`` view matching :func:`_z_blocks`: ``Yc[k, o * run + r]``."""
+    _, kk, nn = st.bkn
+    return yc.view(kk, nn // st.run, st.run).permute(1, 0, 2)
 
 
 def _backend(device: torch.device) -> Any:

@@ -16,18 +16,20 @@ import torch
 HUGE_BYTES = 1 << 22
 
 
+def _allocate(n: int, dtype: torch.dtype, fill: str) -> torch.Tensor:
+    if n * dtype.itemsize >= HUGE_BYTES:
+        return torch.from_numpy(getattr(np, fill)(n, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
+    return getattr(torch, fill)(n, dtype=dtype)
+
+
 def empty(n: int, dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised 1-D CPU tensor of ``n`` elements."""
-    if n * dtype.itemsize >= HUGE_BYTES:
-        return torch.from_numpy(np.empty(n, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
-    return torch.empty(n, dtype=dtype)
+    return _allocate(n, dtype, "empty")
 
 
 def zeros(n: int, dtype: torch.dtype) -> torch.Tensor:
     """A zero-filled 1-D CPU tensor of ``n`` elements."""
-    if n * dtype.itemsize >= HUGE_BYTES:
-        return torch.from_numpy(np.zeros(n, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
-    return torch.zeros(n, dtype=dtype)
+    return _allocate(n, dtype, "zeros")
 
 
 def permuted(t: torch.Tensor, shape: tuple[int, ...], axes: tuple[int, ...]) -> torch.Tensor:
