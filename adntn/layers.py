@@ -12,6 +12,7 @@ from torch.nn import functional
 from adntn.errors import AdntnError
 from adntn.generator import STREAM_BUCKETS, Generator
 from adntn.generators import make_generator
+from adntn.overlap import overlapped_linear
 
 MODES = ("auto", "materialize", "stream")
 # mode="auto" compares planned flops plus this weight per element written. On the CPU flops decide
@@ -125,6 +126,8 @@ class TNLinear(_TNLayer):
         bias: Learn an additive bias.
         mode: ``"materialize"`` (build ``W``, then ``x @ W.T``), ``"stream"`` (contract the input
             through the last segment) or ``"auto"`` (the cheaper by planned flops at the batch size).
+        overlap: On a CUDA device, materialise the weight on a side stream so that the generator's
+            backward runs while the main stream computes the input gradient (``adntn.overlap``).
         device: Where the parameters live.
         dtype: Their dtype.
         **kwargs: Generator options (``activation``, ``arity``, ``n_factors``, ``activation_every``, ...).
@@ -144,11 +147,13 @@ class TNLinear(_TNLayer):
         *,
         bias: bool = True,
         mode: str = "auto",
+        overlap: bool = True,
         device: Any = None,
         dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
+        self.overlap = overlap
         self.in_features = in_features
         self.out_features = out_features
         self.arch = arch
@@ -194,6 +199,8 @@ class TNLinear(_TNLayer):
         if rows > 0 and self.uses_stream(rows, x.device.type):
             y = self.generator.stream(x.reshape(rows, self.in_features)).reshape(*lead, self.out_features)
             return y if self.bias is None else y + self.bias
+        if self.overlap and x.is_cuda and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            return overlapped_linear(x, self.generator, self.bias)
         return functional.linear(x, self.generator(), self.bias)
 
     @classmethod

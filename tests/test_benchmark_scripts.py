@@ -58,3 +58,21 @@ def test_gpu_kernels_script_runs_on_the_cpu_from_an_exported_plan_cache(tmp_path
         assert layer["materialize-torch"]["planner_calls"] == 0
         assert "error" in layer["materialize-torch-graph"]  # CUDA graphs need a CUDA device
     assert "## Targets" in (tmp_path / "kernels-gpu.md").read_text()
+
+
+def test_overlap_benchmark_renders_its_table_and_refuses_without_a_gpu(tmp_path: Path) -> None:
+    script = REPO / "benchmarks" / "kernels" / "overlap.py"
+    result = {
+        "device": "X",
+        "torch": "t",
+        "date": "d",
+        "batch": 8,
+        "configs": {"ttn χ=2 8x8": {"dense": 2.0, "ov": 2.5}},
+    }
+    src = tmp_path / "in.json"
+    src.write_text(json.dumps(result))
+    _run([str(script), str(src), "--results", str(tmp_path)])
+    row = next(line for line in (tmp_path / "kernels-gpu-overlap.md").read_text().splitlines() if "ttn" in line)
+    assert row.endswith("| 2.000 | — | 2.500 | — | — | — | — | — | 0.80x |")
+    proc = subprocess.run([sys.executable, str(script), "--results", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "GPU" in proc.stderr and "Traceback" not in proc.stderr

@@ -214,3 +214,27 @@ def test_bad_layer_configuration(kwargs, message):
     with pytest.raises(AdntnError, match="last dimension 16"):
         TNLinear(16, 16, bond_dim=2)(torch.randn(2, 15))
     assert adntn.TNLinear is TNLinear
+
+
+@pytest.mark.parametrize(
+    ("shape", "x_grad", "bias"), [((5, 64), True, True), ((2, 3, 64), True, False), ((5, 64), False, True)]
+)
+def test_overlapped_linear_gives_the_plain_layers_outputs_and_gradients(shape, x_grad, bias):
+    from adntn.overlap import overlapped_linear
+
+    torch.manual_seed(0)
+    layer = TNLinear(64, 32, "ttn", 3, mode="materialize", bias=bias).double()
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=x_grad)
+    dy = torch.randn(*shape[:-1], 32, dtype=torch.float64)
+    wrt = [*layer.parameters()] + ([x] if x_grad else [])
+    plain = torch.nn.functional.linear(x, layer.generator(), layer.bias).relu()
+    split = overlapped_linear(x, layer.generator, layer.bias).relu_()  # in place on the output is allowed
+    torch.testing.assert_close(split, plain, rtol=0, atol=1e-12)
+    for got, want in zip(torch.autograd.grad(split, wrt, dy), torch.autograd.grad(plain, wrt, dy), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_overlap_is_a_setting_not_state():
+    a, b = TNLinear(16, 8, "ttn", 2, overlap=False), TNLinear(16, 8, "ttn", 2)
+    assert (a.overlap, b.overlap) == (False, True)
+    assert a.state_dict().keys() == b.state_dict().keys()

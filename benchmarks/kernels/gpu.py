@@ -22,8 +22,11 @@ events (median of ``--reps`` after ``--warmup``), ``W = generator(); W.backward(
 
 Then a layer training step at ``--batch`` rows, ``zero_grad(); y = layer(x); y.backward(dy)``: dense
 ``nn.Linear`` in TF32 against ``TNLinear`` materialised (torch and cuda executors, eager and graphed)
-and streamed. Each TN step also runs once under ``torch.cuda.set_sync_debug_mode("error")`` with
-``tnplan.plan`` replaced by a counter, which records host-device synchronisations and planner calls.
+and streamed, twice: as an input layer (``x`` needs no gradient) and as a hidden layer (it does, so
+there is a dx GEMM, beside which ``adntn.overlap`` runs the generator's backward; those rows are
+checked against the serial layer's gradients). Each TN step also runs once under
+``torch.cuda.set_sync_debug_mode("error")`` with ``tnplan.plan`` replaced by a counter, which records
+host-device synchronisations and planner calls.
 A sweep of ``kernels.cuda.BLAS_MIN_K`` on the first configuration says where cuBLAS should take over.
 Results are rewritten after every configuration; ``--deadline S`` starts none after S seconds, so a
 time-limited call still returns what it measured.
@@ -203,6 +206,8 @@ def generator_rows(g: Any, device: Any, timer: Timer, with_compile: bool) -> dic
     if with_compile:  # inductor compiles for tens of seconds per graph and mode: only where asked
         makers["compile-default"] = lambda: compiled("default")
         makers["compile-reduce-overhead"] = lambda: compiled("reduce-overhead")
+    if device.type == "cuda":  # how much of the step is the forward, which nothing can hide in a layer step
+        makers["forward-graph"] = lambda: _graphed(lambda: g.run_groups()[-1], device)
     rows: dict[str, Any] = {}
     for name, make in makers.items():
         try:
@@ -256,55 +261,99 @@ def sync_and_planner_check(step: Callable[[], Any], device: Any) -> dict[str, An
     return out
 
 
-def layer_rows(spec: tuple, device: Any, timer: Timer, batch: int, cache: Any) -> dict[str, Any]:
+# name -> (mode, executor, graphed, overlap, SM carveout). "overlap": the generator on a side stream, its
+# backward beside the dx GEMM (adntn.overlap); with no dx to hide behind (input layer) it changes nothing.
+LAYER_VARIANTS = {
+    "materialize-torch": ("materialize", "torch", False, False, 0),
+    "materialize-cuda": ("materialize", "cuda", False, False, 0),
+    "materialize-torch-graph": ("materialize", "torch", True, False, 0),
+    "materialize-cuda-graph": ("materialize", "cuda", True, False, 0),
+    "stream-torch": ("stream", "torch", False, False, 0),
+    "stream-torch-graph": ("stream", "torch", True, False, 0),
+}
+HIDDEN_VARIANTS = {
+    "materialize-torch": ("materialize", "torch", False, False, 0),
+    "materialize-torch-graph": ("materialize", "torch", True, False, 0),
+    "overlap-torch": ("materialize", "torch", False, True, 0),
+    "overlap-torch-graph": ("materialize", "torch", True, True, 0),
+    "overlap-sm8-torch-graph": ("materialize", "torch", True, True, 8),
+    "overlap-sm24-torch-graph": ("materialize", "torch", True, True, 24),
+    "stream-torch-graph": ("stream", "torch", True, False, 0),
+}
+
+
+def _grads(layer: Any, x: Any) -> list[Any]:
+    return [p.grad for p in layer.parameters()] + ([x.grad] if x.requires_grad else [])
+
+
+def _max_rel(got: list[Any], ref: list[Any]) -> float:
+    return max(float((a - b).abs().max() / (b.abs().max() + 1e-30)) for a, b in zip(got, ref, strict=True))
+
+
+def layer_rows(spec: tuple, device: Any, timer: Timer, batch: int, cache: Any, hidden: bool = False) -> dict[str, Any]:
+    """Layer training steps; ``hidden``: the input needs its gradient too (a layer inside a network)."""
     import torch
     from torch import nn
 
+    import adntn.overlap
+
     arch, bond, n_in, n_out = spec
-    x = torch.randn(batch, n_in, device=device)
+    x = torch.randn(batch, n_in, device=device, requires_grad=hidden)
     dy = torch.randn(batch, n_out, device=device)
     rows: dict[str, Any] = {}
 
     def step_of(layer: nn.Module) -> Callable[[], Any]:
         def step() -> Any:
             layer.zero_grad(set_to_none=False)
+            x.grad = None
             layer(x).backward(dy)
 
         return step
 
     dense = nn.Linear(n_in, n_out).to(device)
     rows["dense-tf32"] = timer(step_of(dense))
-    variants = {
-        "materialize-torch": ("materialize", "torch", False),
-        "materialize-cuda": ("materialize", "cuda", False),
-        "materialize-torch-graph": ("materialize", "torch", True),
-        "materialize-cuda-graph": ("materialize", "cuda", True),
-        "stream-torch": ("stream", "torch", False),
-        "stream-torch-graph": ("stream", "torch", True),
-    }
-    for name, (mode, executor, graphed) in variants.items():
+    reference: Any = None  # the serial layer's gradients, for the overlapped ones to match
+    for name, (mode, executor, graphed, overlap, carveout) in (HIDDEN_VARIANTS if hidden else LAYER_VARIANTS).items():
         try:
+            adntn.overlap.SM_CARVEOUT = carveout
+            torch.manual_seed(1234)  # every variant starts from the same cores, so their gradients compare
             layer = build_layer(arch, bond, n_in, n_out, cache, True, mode).to(device)
+            layer.overlap = overlap
             if executor == "cuda":
-                if device.type != "cuda":
-                    layer.generator.executor = "numba"  # the CPU stand-in for a script test
-                else:
-                    layer.generator.executor = "cuda"
+                layer.generator.executor = "numba" if device.type != "cuda" else "cuda"  # numba: the CPU stand-in
             for p in layer.parameters():  # graphs need the .grad buffers to exist before capture
                 p.grad = torch.zeros_like(p)
             step = step_of(layer)
             row: dict[str, Any] = {}
+            if name == "materialize-torch-graph":
+                with _float32_matmuls():
+                    step()
+                reference = [g.clone() for g in _grads(layer, x)]
+            elif overlap and not graphed and reference is not None:
+                with _float32_matmuls():
+                    step()
+                err = _max_rel(_grads(layer, x), reference)
+                if err > 1e-5:
+                    raise RuntimeError(f"overlapped gradients differ from the serial layer's by {err:.2e} (relative)")
+                row["grad_rel_err"] = err
             if not graphed:
                 step()  # warm: offset tables on the device, kernels compiled
                 row.update(sync_and_planner_check(step, device))
                 row.update(timer(step))
             else:
                 row.update(timer(_graphed(step, device)))
+                if overlap and reference is not None:  # a missing stream join would show here (TF32: ~1e-3)
+                    err = _max_rel(_grads(layer, x), reference)
+                    if err > 2e-2:
+                        raise RuntimeError(f"graphed overlapped gradients off by {err:.2e} (relative)")
+                    row["grad_rel_err"] = err
             rows[name] = row
         except Exception as exc:
             rows[name] = {"error": one_line(exc)}
             if device.type == "cuda":
                 traceback.print_exc(limit=-8)
+        finally:
+            adntn.overlap.SM_CARVEOUT = 0
     return rows
 
 
@@ -385,6 +434,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 except Exception as exc:  # the sweep needs the CUDA kernels; the layer rows do not
                     row["blas_min_k_ms"] = {"error": one_line(exc)}
             row["layer"] = layer_rows(spec, device, timer, args.batch, cache)
+            row["hidden"] = layer_rows(spec, device, timer, args.batch, cache, hidden=True)
             row["auto_picks"] = auto_pick(spec, args.batch, cache, device.type)
         except TimeoutError as exc:
             row["error"] = str(exc)
@@ -418,22 +468,24 @@ def targets(result: dict[str, Any]) -> list[str]:
         out.append(f"- {verdict} — {label} generator forward+backward <= {TARGET_MS} ms: {best[1]:.3f} ms ({best[0]})")
     else:
         out.append(f"- not measured — {label} generator forward+backward")
-    for c in result["configs"]:
-        layer = c.get("layer", {})
-        dense = layer.get("dense-tf32", {}).get("median_ms")
-        tn = _best(layer, [k for k in layer if k != "dense-tf32"])
-        if dense is None or tn is None:
-            continue
-        verdict = "PASS" if tn[1] <= dense else "FAIL"
-        out.append(
-            f"- {verdict} — {c['arch']} χ={c['bond']} {c['shape'][0]}x{c['shape'][1]} ({c['compression']:,.0f}x) layer "
-            f"step at batch {result['batch']} no slower than dense TF32: {tn[1]:.3f} ms ({tn[0]}) vs {dense:.3f} ms "
-            f"({dense / tn[1]:.2f}x)"
-        )
+    for where, what in (("layer", "input layer (no dx)"), ("hidden", "hidden layer (with dx)")):
+        for c in result["configs"]:
+            layer = c.get(where, {})
+            dense = layer.get("dense-tf32", {}).get("median_ms")
+            tn = _best(layer, [k for k in layer if k != "dense-tf32"])
+            if dense is None or tn is None:
+                continue
+            verdict = "PASS" if tn[1] <= dense else "FAIL"
+            out.append(
+                f"- {verdict} — {c['arch']} χ={c['bond']} {c['shape'][0]}x{c['shape'][1]} ({c['compression']:,.0f}x) "
+                f"{what} step at batch {result['batch']} no slower than dense TF32: {tn[1]:.3f} ms ({tn[0]}) vs "
+                f"{dense:.3f} ms ({dense / tn[1]:.2f}x)"
+            )
     clean = [
         e.get("host_syncs") == 0 and e["planner_calls"] == 0
         for c in result["configs"]
-        for e in c.get("layer", {}).values()
+        for where in ("layer", "hidden")
+        for e in c.get(where, {}).values()
         if isinstance(e, dict) and "planner_calls" in e
     ]
     if clean:
@@ -452,6 +504,31 @@ def _cell(entry: dict[str, Any] | None) -> str:
     return f"{entry['median_ms']:.3f}"
 
 
+def _layer_table(result: dict[str, Any], where: str, title: str) -> list[str]:
+    names = sorted({k for c in result["configs"] for k in c.get(where, {})}, key=lambda k: (k != "dense-tf32", k))
+    if not names:
+        return []
+    lines = [
+        "",
+        f"## {title} at batch {result['batch']} (median ms; syncs / planner calls in one eager step)",
+        "",
+        "| config | " + " | ".join(names) + " | default (auto) picks |",
+        "|---|" + "---:|" * len(names) + "---|",
+    ]
+    for c in result["configs"]:
+        if where not in c:
+            continue
+        cells = []
+        for k in names:
+            e = c[where].get(k)
+            cell = _cell(e)
+            if e and "planner_calls" in e:
+                cell += f" ({e.get('host_syncs')} / {e['planner_calls']})"
+            cells.append(cell)
+        lines.append(f"| {c['arch']} χ={c['bond']} | " + " | ".join(cells) + f" | {c.get('auto_picks', '—')} |")
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Generator executors on the GPU",
@@ -463,40 +540,25 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "## Generator forward+backward (median ms)",
         "",
-        "| config | params | compression | " + " | ".join(GEN_METHODS) + " |",
-        "|---|---:|---:|" + "---:|" * len(GEN_METHODS),
+        "| config | params | compression | " + " | ".join(GEN_METHODS) + " | forward only, graph |",
+        "|---|---:|---:|" + "---:|" * (len(GEN_METHODS) + 1),
     ]
     for c in result["configs"]:
         label = f"{c['arch']} χ={c['bond']} {c['shape'][0]}x{c['shape'][1]}"
         if "error" in c and "generator" not in c:
             lines.append(f"| {label} | error: {c['error'].splitlines()[-1][:80]} |")
             continue
-        cells = [_cell(c["generator"].get(m)) for m in GEN_METHODS]
+        cells = [_cell(c["generator"].get(m)) for m in (*GEN_METHODS, "forward-graph")]
         lines.append(f"| {label} | {c['params']:,} | {c['compression']:,.0f}x | " + " | ".join(cells) + " |")
-    layer_names = sorted(
-        {k for c in result["configs"] for k in c.get("layer", {})}, key=lambda k: (k != "dense-tf32", k)
-    )
-    lines += [
-        "",
-        f"## Layer training step at batch {result['batch']} (median ms; syncs / planner calls in one step)",
-        "",
-        "| config | " + " | ".join(layer_names) + " | default (auto) picks |",
-        "|---|" + "---:|" * len(layer_names) + "---|",
-    ]
-    for c in result["configs"]:
-        if "layer" not in c:
-            continue
-        cells = []
-        for k in layer_names:
-            e = c["layer"].get(k)
-            cell = _cell(e)
-            if e and "planner_calls" in e:
-                cell += f" ({e.get('host_syncs')} / {e['planner_calls']})"
-            cells.append(cell)
-        lines.append(f"| {c['arch']} χ={c['bond']} | " + " | ".join(cells) + f" | {c.get('auto_picks', '—')} |")
+    titles = {
+        "layer": "Input-layer training step (x needs no gradient: forward GEMM + dW GEMM)",
+        "hidden": "Hidden-layer training step (x needs its gradient: forward, dW and dx GEMMs)",
+    }
+    for where, title in titles.items():
+        lines += _layer_table(result, where, title)
     failed: dict[str, list[str]] = {}  # one line per distinct error, naming every cell it hit
     for c in result["configs"]:
-        for where in ("generator", "layer"):
+        for where in ("generator", "layer", "hidden"):
             for name, e in c.get(where, {}).items():
                 if isinstance(e, dict) and "error" in e:
                     failed.setdefault(e["error"], []).append(f"{c['arch']} χ={c['bond']} {where}/{name}")
