@@ -11,6 +11,7 @@ steps whose right operand outgrows the caches; the result is stored as JSON in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-VERSION = 7
+VERSION = 8
 LARGE_Y = 1 << 18  # Yc elements beyond which the fused loop streams Yc from memory once per row
 _POINTS = (8, 64)
 # With Yc out of cache both paths are bound by memory, and how much each moves per flop depends on K:
@@ -55,7 +56,8 @@ def _time_point(k: int, m: int = 2048, n: int = 1024) -> tuple[float, float, flo
     import torch
 
     from kernels import memory
-    from kernels.numba_cpu import IDENTITY, run_backward, run_forward, run_gather, run_scatter
+    from kernels.executor import _CPU
+    from kernels.numba_cpu import IDENTITY, run_backward, run_forward
     from kernels.steps import make_step
 
     rng = np.random.default_rng(0)
@@ -73,15 +75,13 @@ def _time_point(k: int, m: int = 2048, n: int = 1024) -> tuple[float, float, flo
         zeros = memory.zeros(m * k, torch.float64).numpy(), memory.zeros(k * n, torch.float64).numpy()
         run_backward(x, y, z, z, empty, IDENTITY, *zeros, xb, xm, xk, k, n, zb, zm, zn, st.run, st.flops)
 
+    # The executor's own BLAS step (chunked product, scatter and gather), so the price is what runs.
+    scattered = dataclasses.replace(st, blas=True, z_strides=None)
+    x_flat, y_flat = xt.reshape(-1), yt.reshape(-1)
+
     def blas() -> None:
-        c = memory.empty(m * n, torch.float64)
-        torch.matmul(xt, yt, out=c.reshape(m, n))
-        z = memory.empty(m * n, torch.float64).numpy()
-        run_scatter(c.numpy(), z, empty, zb, zm, zn, st.run, IDENTITY)
-        g = memory.empty(m * n, torch.float64)
-        run_gather(z, z, empty, IDENTITY, zb, zm, zn, st.run, g.numpy())
-        g = g.reshape(m, n)
-        torch.matmul(g, yt.T), torch.matmul(xt.T, g)
+        z, pre = _CPU.forward_step(scattered, x_flat, y_flat, IDENTITY, False)
+        _CPU.backward_step(scattered, x_flat, y_flat, z, z, pre, IDENTITY)
 
     def direct() -> None:  # an output BLAS can write in place (Step.z_strides): no scatter, no gather
         z = memory.empty(m * n, torch.float64).reshape(m, n)

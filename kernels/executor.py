@@ -47,6 +47,10 @@ class GroupSteps:
 
 # An intermediate is written in its consumer's layout only if its own output runs stay this long.
 RUN_KEEP = 32
+# Elements of one chunk of a BLAS product that is scattered into (or gathered from) an output
+# BLAS cannot address in place: the chunk stays in cache from the GEMM that writes it to the pass
+# that reads it, and no output-sized temporary is faulted in (MERA χ=14's 411 MB root step).
+CHUNK_ELEMENTS = 1 << 19
 
 
 def _best_form(a: int, b: int, legs: dict, out: tuple[int, ...], sizes: Any) -> Step:
@@ -187,9 +191,11 @@ class _CPU:
             torch.bmm(xc.expand(zv.shape[0], -1, -1), _y_blocks(st, yc), out=zv)
         elif st.blas:
             xc = x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(bb, -1, kk)
-            c = memory.empty(st.out_size, x.dtype)
-            torch.matmul(xc, yc.reshape(bb, kk, nn), out=c.reshape(bb, -1, nn))
-            run_scatter(c.numpy(), z.numpy(), pre.numpy(), *st.z_tables, st.run, code)
+            y3 = yc.reshape(bb, kk, nn)
+            zb, zm, _ = st.z_tables
+            for cols, zn_c, run, c in _chunks(st, x.dtype):
+                torch.matmul(xc, y3[:, :, cols], out=c)
+                run_scatter(c.view(-1).numpy(), z.numpy(), pre.numpy(), zb, zm, zn_c, run, code)
         else:
             run_forward(
                 x.numpy(), yc.numpy(), z.numpy(), pre.numpy(), *st.x_tables, kk, nn, *st.z_tables, st.run, code,
@@ -224,16 +230,17 @@ class _CPU:
             torch.bmm(xc.t().expand(gv.shape[0], -1, -1), gv, out=_y_blocks(st, yc_bar))
             return memory.permuted(xc_bar, st.x_shape, inverse), yc_bar
         if st.blas:
-            c = memory.empty(st.out_size, g.dtype)
-            run_gather(g.numpy(), out.numpy(), pre.numpy(), code, *st.z_tables, st.run, c.numpy())
-            cm = c.reshape(bb, -1, nn)
-            xc_bar = memory.empty(x.numel(), g.dtype).reshape(bb, -1, kk)
-            torch.matmul(cm, yc.reshape(bb, kk, nn).transpose(1, 2), out=xc_bar)
-            x_bar = memory.permuted(xc_bar, st.x_shape, inverse)
-            xc = x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(bb, -1, kk)
+            xc_bar = memory.zeros(x.numel(), g.dtype).reshape(bb, -1, kk)
+            xc_t = x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(bb, -1, kk).transpose(1, 2)
+            y3 = yc.reshape(bb, kk, nn)
             yc_bar = memory.empty(yc.numel(), g.dtype)
-            torch.matmul(xc.transpose(1, 2), cm, out=yc_bar.reshape(bb, kk, nn))
-            return x_bar, yc_bar
+            ycb3 = yc_bar.reshape(bb, kk, nn)
+            zb, zm, _ = st.z_tables
+            for cols, zn_c, run, c in _chunks(st, g.dtype):
+                run_gather(g.numpy(), out.numpy(), pre.numpy(), code, zb, zm, zn_c, run, c.view(-1).numpy())
+                xc_bar.baddbmm_(c, y3[:, :, cols].transpose(1, 2))
+                ycb3[:, :, cols] = torch.matmul(xc_t, c)
+            return memory.permuted(xc_bar, st.x_shape, inverse), yc_bar
         x_bar = memory.zeros(x.numel(), g.dtype)
         yc_bar = memory.zeros(yc.numel(), g.dtype)
         run_backward(
@@ -241,6 +248,31 @@ class _CPU:
             *st.x_tables, kk, nn, *st.z_tables, st.run, st.flops,
         )  # fmt: skip
         return x_bar, yc_bar
+
+
+def _chunks(st: Step, dtype: torch.dtype) -> Any:
+    """``(cols, zn, run, C)`` per chunk of a BLAS step's ``n`` columns: the column slice of ``Yc``,
+    the chunk's outer ``Z`` offsets and run length, and a reused ``(B, M, width)`` buffer for the
+    canonical product of those columns. Chunks are whole runs, or pieces of one long run."""
+    bb, _, _ = st.bkn
+    zn = st.z_tables[2]
+    rows = bb * st.x_tables[1].size
+    per = CHUNK_ELEMENTS // max(1, rows * st.run)
+    if per >= 1:  # whole runs per chunk
+        per = min(zn.size, per)
+        buf = memory.empty(rows * per * st.run, dtype)
+        for o0 in range(0, zn.size, per):
+            o1 = min(zn.size, o0 + per)
+            width = (o1 - o0) * st.run
+            yield slice(o0 * st.run, o1 * st.run), zn[o0:o1], st.run, buf[: rows * width].view(bb, -1, width)
+        return
+    piece = max(1, CHUNK_ELEMENTS // max(1, rows))  # one run is too long: split it
+    buf = memory.empty(rows * piece, dtype)
+    for o in range(zn.size):
+        for r0 in range(0, st.run, piece):
+            width = min(st.run, r0 + piece) - r0
+            start = o * st.run + r0
+            yield slice(start, start + width), zn[o : o + 1] + r0, width, buf[: rows * width].view(bb, -1, width)
 
 
 def _z_blocks(st: Step, z: torch.Tensor) -> torch.Tensor:
