@@ -76,3 +76,10 @@ def test_overlap_benchmark_renders_its_table_and_refuses_without_a_gpu(tmp_path:
     assert row.endswith("| 2.000 | — | 2.500 | — | — | — | — | — | 0.80x |")
     proc = subprocess.run([sys.executable, str(script), "--results", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode != 0 and "GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_gpu_profile_script_refuses_without_a_gpu(tmp_path: Path) -> None:
+    script = REPO / "benchmarks" / "kernels" / "gpu_profile.py"
+    proc = subprocess.run([sys.executable, str(script), "--results", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "GPU" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "kernels-gpu-profile.md").exists()
