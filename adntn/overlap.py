@@ -47,23 +47,34 @@ def _carveout(sms: int) -> Any:
         torch._C._set_sm_carveout_experimental(kept)
 
 
+def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype]:
+    """The forward's autocast state, for the backward to run under (as ``torch.amp.custom_bwd`` does)."""
+    return device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+
+def _autocast(state: tuple[str, bool, torch.dtype]) -> Any:
+    device_type, enabled, dtype = state
+    return torch.autocast(device_type, dtype=dtype, enabled=enabled)
+
+
 class _InputGrad(torch.autograd.Function):
-    """A stride-0 stand-in of the output's shape whose backward turns ``dy`` into ``dx = dy w``.
+    """A stride-0 stand-in of the output (its shape and dtype) whose backward turns ``dy`` into ``dx = dy w``.
 
     The layer's output node hands ``dy`` to it after computing the weight's gradient, so ``dx`` is
     launched in a node of its own, after ``dW``.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         ctx.save_for_backward(w)
-        return x.new_zeros(()).expand(*x.shape[:-1], w.shape[0])
+        ctx.amp = _autocast_state(x.device.type)
+        return x.new_zeros((), dtype=dtype).expand(*x.shape[:-1], w.shape[0])
 
     @staticmethod
-    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (w,) = ctx.saved_tensors
-        with _carveout(SM_CARVEOUT if gy.is_cuda else 0):
-            return gy @ w, None
+        with _autocast(ctx.amp), _carveout(SM_CARVEOUT if gy.is_cuda else 0):
+            return gy @ w, None, None
 
 
 class _Linear(torch.autograd.Function):
@@ -75,6 +86,8 @@ class _Linear(torch.autograd.Function):
     ) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.side = side
+        ctx.w_dtype = w.dtype
+        ctx.amp = _autocast_state(x.device.type)
         return functional.linear(x, w, bias)
 
     @staticmethod
@@ -83,7 +96,10 @@ class _Linear(torch.autograd.Function):
         gw = gb = None
         rows = gy.reshape(-1, gy.shape[-1])
         if ctx.needs_input_grad[2]:
-            gw = rows.t() @ x.reshape(-1, x.shape[-1])
+            with _autocast(ctx.amp):  # as autocast's linear: the product in the autocast type
+                gw = rows.t() @ x.reshape(-1, x.shape[-1])
+            # In the weight's type here, so the tensor the side stream reads is the one guarded below.
+            gw = gw.to(ctx.w_dtype)
             if ctx.side is not None:  # read on the side stream: not to be reused before that is done
                 gw.record_stream(ctx.side)
         if ctx.needs_input_grad[3]:
@@ -95,7 +111,7 @@ def overlapped_linear(x: torch.Tensor, generator: torch.nn.Module, bias: torch.T
     """``functional.linear(x, generator(), bias)`` with the generator's backward overlapping ``dx``.
 
     On a CUDA device the generator runs on :func:`side_stream`; elsewhere the same two nodes run in
-    order (the numbers are the plain layer's either way).
+    order (the numbers are the plain layer's either way). Autocast applies as it does to ``linear``.
     """
     side = side_stream(x.device) if x.is_cuda else None
     if side is None:
@@ -107,4 +123,9 @@ def overlapped_linear(x: torch.Tensor, generator: torch.nn.Module, bias: torch.T
             w = generator()
         main.wait_stream(side)
         w.record_stream(main)  # made on the side stream, read on this one until dx is done
-    return _Linear.apply(_InputGrad.apply(x, w.detach()), x, w, bias, side)
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        out_dtype = torch.get_autocast_dtype(device_type)
+    else:
+        out_dtype = torch.promote_types(x.dtype, w.dtype)
+    return _Linear.apply(_InputGrad.apply(x, w.detach(), out_dtype), x, w, bias, side)

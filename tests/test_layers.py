@@ -238,3 +238,24 @@ def test_overlap_is_a_setting_not_state():
     a, b = TNLinear(16, 8, "ttn", 2, overlap=False), TNLinear(16, 8, "ttn", 2)
     assert (a.overlap, b.overlap) == (False, True)
     assert a.state_dict().keys() == b.state_dict().keys()
+
+
+def test_overlapped_linear_follows_autocast_like_linear():
+    from adntn.overlap import overlapped_linear
+
+    torch.manual_seed(0)
+    layer = TNLinear(64, 32, "ttn", 3, mode="materialize")
+    x = torch.randn(5, 64, requires_grad=True)
+    wrt = [*layer.parameters(), x]
+    results = []
+    for run in (lambda: functional.linear(x, layer.generator(), layer.bias),
+                lambda: overlapped_linear(x, layer.generator, layer.bias)):  # fmt: skip
+        with torch.autocast("cpu", torch.bfloat16):
+            y = run()
+        results.append((y, torch.autograd.grad(y.float().square().sum(), wrt)))
+    (plain, plain_grads), (split, split_grads) = results
+    assert split.dtype == plain.dtype == torch.bfloat16
+    torch.testing.assert_close(split, plain, rtol=0, atol=0)
+    for got, want, like in zip(split_grads, plain_grads, wrt, strict=True):
+        assert got.dtype == like.dtype
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
