@@ -186,11 +186,11 @@ class _CPU:
         bb, kk, nn = st.bkn
         if st.blas and st.z_strides is not None and code == IDENTITY and not pre.numel():
             # Z is a strided (q, M, run) array: BLAS writes it in place, with no scatter pass.
-            xc = x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(-1, kk)
+            xc = _x_canonical(st, x)[0]
             zv = _z_blocks(st, z)
             torch.bmm(xc.expand(zv.shape[0], -1, -1), _y_blocks(st, yc), out=zv)
         elif st.blas:
-            xc = x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(bb, -1, kk)
+            xc = _x_canonical(st, x)
             y3 = yc.reshape(bb, kk, nn)
             zb, zm, _ = st.z_tables
             for cols, zn_c, run, c in _chunks(st, x.dtype):
@@ -225,13 +225,13 @@ class _CPU:
             # Ḡ read in place as (q, M, run) blocks: X̄c = Σ_o Ḡ_o Yc_oᵀ, Ȳc_o = Xcᵀ Ḡ_o.
             gv = _z_blocks(st, g)
             xc_bar = torch.bmm(gv, _y_blocks(st, yc).transpose(1, 2)).sum(0)
-            xc = x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(-1, kk)
+            xc = _x_canonical(st, x)[0]
             yc_bar = memory.empty(yc.numel(), g.dtype)
             torch.bmm(xc.t().expand(gv.shape[0], -1, -1), gv, out=_y_blocks(st, yc_bar))
             return memory.permuted(xc_bar, st.x_shape, inverse), yc_bar
         if st.blas:
             xc_bar = memory.zeros(x.numel(), g.dtype).reshape(bb, -1, kk)
-            xc_t = x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(bb, -1, kk).transpose(1, 2)
+            xc_t = _x_canonical(st, x).transpose(1, 2)
             y3 = yc.reshape(bb, kk, nn)
             yc_bar = memory.empty(yc.numel(), g.dtype)
             ycb3 = yc_bar.reshape(bb, kk, nn)
@@ -255,24 +255,26 @@ def _chunks(st: Step, dtype: torch.dtype) -> Any:
     the chunk's outer ``Z`` offsets and run length, and a reused ``(B, M, width)`` buffer for the
     canonical product of those columns. Chunks are whole runs, or pieces of one long run."""
     bb, _, _ = st.bkn
-    zn = st.z_tables[2]
+    zn, run = st.z_tables[2], st.run
     rows = bb * st.x_tables[1].size
-    per = CHUNK_ELEMENTS // max(1, rows * st.run)
+    per = CHUNK_ELEMENTS // max(1, rows * run)
     if per >= 1:  # whole runs per chunk
-        per = min(zn.size, per)
-        buf = memory.empty(rows * per * st.run, dtype)
-        for o0 in range(0, zn.size, per):
-            o1 = min(zn.size, o0 + per)
-            width = (o1 - o0) * st.run
-            yield slice(o0 * st.run, o1 * st.run), zn[o0:o1], st.run, buf[: rows * width].view(bb, -1, width)
-        return
-    piece = max(1, CHUNK_ELEMENTS // max(1, rows))  # one run is too long: split it
-    buf = memory.empty(rows * piece, dtype)
-    for o in range(zn.size):
-        for r0 in range(0, st.run, piece):
-            width = min(st.run, r0 + piece) - r0
-            start = o * st.run + r0
-            yield slice(start, start + width), zn[o : o + 1] + r0, width, buf[: rows * width].view(bb, -1, width)
+        parts = [(o * run, zn[o : o + per], run) for o in range(0, zn.size, per)]
+    else:  # one run is too long: split it
+        piece = max(1, CHUNK_ELEMENTS // max(1, rows))
+        parts = [
+            (o * run + r, zn[o : o + 1] + r, min(piece, run - r)) for o in range(zn.size) for r in range(0, run, piece)
+        ]
+    buf = memory.empty(rows * max(offsets.size * length for _, offsets, length in parts), dtype)
+    for start, offsets, length in parts:
+        width = offsets.size * length
+        yield slice(start, start + width), offsets, length, buf[: rows * width].view(bb, -1, width)
+
+
+def _x_canonical(st: Step, x: torch.Tensor) -> torch.Tensor:
+    """``X`` as the canonical ``(B, M, K)`` view BLAS reads (a copy only when the axes demand one)."""
+    bb, kk, _ = st.bkn
+    return x.reshape(st.x_in_shape).permute(*st.x_axes).reshape(bb, -1, kk)
 
 
 def _z_blocks(st: Step, z: torch.Tensor) -> torch.Tensor:

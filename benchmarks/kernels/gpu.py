@@ -38,8 +38,10 @@ kernels in the ``cuda`` rows, no graphs and wall-clock timing: a test of the scr
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -76,6 +78,19 @@ TARGET_MS = 1.0
 
 def _configs(args: argparse.Namespace) -> list[tuple[str, int, int, int]]:
     return SMOKE_CONFIGS if args.smoke else CONFIGS
+
+
+def imported_plans(export: Path) -> Any:
+    """A private plan cache holding the CPU machine's export (``gpu.py plan``), for ``cache_only`` builds."""
+    from tnplan.cache import PlanCache
+
+    if not export.exists():
+        raise SystemExit(f"no plan export at {export}; run `gpu.py plan` where kahypar is installed first")
+    folder = tempfile.mkdtemp(prefix="gpu-plans-")
+    atexit.register(shutil.rmtree, folder, True)
+    cache = PlanCache(Path(folder) / "plans.sqlite")
+    cache.import_(export)
+    return cache
 
 
 def build_generator(arch: str, bond: int, n_in: int, n_out: int, cache: Any, cache_only: bool) -> Any:
@@ -215,7 +230,7 @@ def generator_rows(g: Any, device: Any, timer: Timer, with_compile: bool) -> dic
             if not name.endswith("graph"):  # a graph's outputs live in its pool; compare the direct calls
                 with _float32_matmuls():
                     got = fn()
-                err = max(float((a - b).abs().max() / (b.abs().max() + 1e-30)) for a, b in zip(got, ref, strict=True))
+                err = _max_rel(got, ref)
                 if err > 1e-4:
                     raise RuntimeError(f"gradients differ from torch eager by {err:.2e} (relative)")
             rows[name] = timer(fn)
@@ -272,13 +287,12 @@ LAYER_VARIANTS = {
     "stream-torch-graph": ("stream", "torch", True, False, 0),
 }
 HIDDEN_VARIANTS = {
-    "materialize-torch": ("materialize", "torch", False, False, 0),
-    "materialize-torch-graph": ("materialize", "torch", True, False, 0),
+    **{k: LAYER_VARIANTS[k] for k in ("materialize-torch", "materialize-torch-graph")},
     "overlap-torch": ("materialize", "torch", False, True, 0),
     "overlap-torch-graph": ("materialize", "torch", True, True, 0),
     "overlap-sm8-torch-graph": ("materialize", "torch", True, True, 8),
     "overlap-sm24-torch-graph": ("materialize", "torch", True, True, 24),
-    "stream-torch-graph": ("stream", "torch", True, False, 0),
+    "stream-torch-graph": LAYER_VARIANTS["stream-torch-graph"],
 }
 
 
@@ -391,8 +405,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     import torch
     from machine import describe
 
-    from tnplan.cache import PlanCache
-
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -400,11 +412,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise SystemExit("--device cuda but torch sees no CUDA device; use --device cpu for a script test")
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    tmp = tempfile.TemporaryDirectory()
-    cache = PlanCache(Path(tmp.name) / "plans.sqlite")
-    if not args.plans.exists():
-        raise SystemExit(f"no plan export at {args.plans}; run `gpu.py plan` where kahypar is installed first")
-    cache.import_(args.plans)
+    cache = imported_plans(args.plans)
     timer = Timer(device, args.warmup, args.reps)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else describe()
     result: dict[str, Any] = {

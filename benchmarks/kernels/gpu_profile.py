@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -77,15 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--reps", type=int, default=10)
     args = ap.parse_args(argv)
+    import gpu
     import torch
-
-    from tnplan.cache import PlanCache
 
     if not torch.cuda.is_available():
         raise SystemExit("gpu_profile.py profiles CUDA kernels: run it on a GPU machine")
     torch.backends.cuda.matmul.allow_tf32 = True
-    cache = PlanCache(Path(tempfile.mkdtemp()) / "plans.sqlite")
-    cache.import_(args.plans)
+    cache = gpu.imported_plans(args.plans)
     lines = [
         "# Generator kernels on the GPU (torch profiler)",
         "",

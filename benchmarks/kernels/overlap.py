@@ -17,7 +17,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -114,15 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         import time
 
+        import gpu
         import torch
-
-        from tnplan.cache import PlanCache
 
         if not torch.cuda.is_available():
             raise SystemExit("overlap.py measures CUDA streams: run it on a GPU machine")
         torch.backends.cuda.matmul.allow_tf32 = True
-        cache = PlanCache(Path(tempfile.mkdtemp()) / "plans.sqlite")
-        cache.import_(args.plans)
+        cache = gpu.imported_plans(args.plans)
         result = {
             "device": torch.cuda.get_device_name(),
             "torch": torch.__version__,
