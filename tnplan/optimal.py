@@ -159,6 +159,7 @@ def _dp_kernel(
                         # factor of the step comes from the stored sizes of both sides.
                         shared_size = 1.0
                         removed = 1.0
+                        summed = False
                         for w in range(W):
                             bits = legs[i, w] & legs[j, w]
                             shared[w] = bits
@@ -170,11 +171,13 @@ def _dp_kernel(
                                 shared_size *= sizes[idx]
                                 if not is_out[idx] and (idx_tensors[idx] & ~s) == 0:
                                     removed *= sizes[idx]
+                                    summed = True
                         involved = lsize[i] * lsize[j] / shared_size
                         out_size = involved / removed
                         if out_size > max_size:
                             continue
-                        step = involved * 2.0 if removed > 1.0 else involved
+                        # The cost model doubles a step that sums any index, even one of size 1.
+                        step = involved * 2.0 if summed else involved
                         if objective == 0:
                             p = prim[i] + prim[j] + step
                             qq = 0.0
@@ -321,15 +324,21 @@ _compiler: subprocess.Popen | None = None
 
 
 def _cached_on_disk() -> bool:
+    from tnplan import topdown
+
     try:
-        return bool(_dp_kernel._cache._cache_file._load_index())  # type: ignore[attr-defined]
+        dp = bool(_dp_kernel._cache._cache_file._load_index())  # type: ignore[attr-defined]
     except Exception:  # numba internals moved: assume nothing is cached
         return False
+    return dp and topdown.cached_on_disk()
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's on-disk cache) the exact-search kernel in this process."""
+    """Compile (or load from numba's on-disk cache) the exact-search kernels in this process."""
+    from tnplan import topdown
+
     solve_legs([(0, 1), (1, 2), (2, 0), (0,)], frozenset(), [2.0, 2.0, 2.0], _force=True)
+    topdown.warm_up()
 
 
 def kernel_ready(block: bool = False) -> bool:
@@ -341,7 +350,9 @@ def kernel_ready(block: bool = False) -> bool:
     ``block=True`` this process compiles it instead and waits.
     """
     global _compiler
-    if _dp_kernel.signatures:
+    from tnplan import topdown
+
+    if _dp_kernel.signatures and topdown.compiled():
         return True
     if block or _cached_on_disk():
         warm_up()

@@ -488,7 +488,12 @@ def _exact_feasible(legs, budget: float) -> bool:
 
 
 def _try_exact(legs, output, sizes, minimize, upper, deadline, start) -> list[tuple[int, int]] | None:
-    """Run the exact DP within a share of the budget; the SSA path when it completes."""
+    """Run the exact search within a share of the budget; the SSA path when it completes.
+
+    Networks whose cost sits in their last contractions (large results) first get a top-down
+    branch and bound (:mod:`tnplan.topdown`) with half of that share; the bottom-up DP gets the rest.
+    """
+    from tnplan import topdown
     from tnplan.optimal import PAIRS_PER_SECOND, solve_legs
 
     n = len(legs)
@@ -499,6 +504,12 @@ def _try_exact(legs, output, sizes, minimize, upper, deadline, start) -> list[tu
     max_work = int(max(deadline - start, 0.0) * share * PAIRS_PER_SECOND)
     if max_work <= 0:
         return None
+    if minimize in topdown.OBJECTIVES and topdown.top_heavy(legs, output, sizes, upper):
+        steps = int(0.5 * max_work * topdown.STEPS_PER_SECOND / PAIRS_PER_SECOND)
+        path, _cost, used = topdown.solve_topdown(legs, output, sizes, minimize, upper * (1 + 1e-9), steps)
+        if path is not None:
+            return path
+        max_work -= int(used * PAIRS_PER_SECOND / topdown.STEPS_PER_SECOND)
     path, _work = solve_legs(legs, output, sizes, minimize, upper=upper, max_work=max_work)
     return path
 
