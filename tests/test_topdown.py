@@ -136,3 +136,11 @@ def test_plan_proves_the_open_16_site_mera_optimal_within_one_second() -> None:
     legs, output, sizes = _arrays(net)
     _, cost, _ = solve_topdown(legs, output, sizes, "flops", p.flops * (1 + 1e-9), 10**8)
     assert p.flops == cost
+
+
+def test_plan_skips_the_exact_searches_while_their_kernels_compile(monkeypatch) -> None:
+    import tnplan.optimal
+
+    monkeypatch.setattr(tnplan.optimal, "kernel_ready", lambda block=False: False)
+    p = tnplan.plan(mera(16, 2), max_time=0.5, cache=False)
+    assert not p.optimal  # neither exact search ran: a compilation must not be charged to the budget

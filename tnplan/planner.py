@@ -494,7 +494,10 @@ def _try_exact(legs, output, sizes, minimize, upper, deadline, start) -> list[tu
     branch and bound (:mod:`tnplan.topdown`) with half of that share; the bottom-up DP gets the rest.
     """
     from tnplan import topdown
-    from tnplan.optimal import PAIRS_PER_SECOND, solve_legs
+    from tnplan.optimal import PAIRS_PER_SECOND, kernel_ready, solve_legs
+
+    if not kernel_ready():
+        return None  # still compiling in the background: a compilation must not eat the budget
 
     n = len(legs)
     # The work budget derives from the whole budget, not the time left, so that runs without an
