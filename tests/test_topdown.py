@@ -70,13 +70,18 @@ def test_both_bipartition_enumerations_list_the_same_splits(net: tnplan.Network)
         if bin(s).count("1") < 3 or not _is_connected(s, legs):
             continue
         grown, _ = _splits_by_growth(np.uint64(s), search.nbr, 10**9)
-        cut, _ = _splits_by_cuts(
-            np.uint64(s), 1e30, search.edge_u, search.edge_v, search.edge_size, search.nbr_count, 10**9
-        )
+        cut = _cut_splits(search, np.uint64(s), 1e30)
         assert sorted(int(a) for a in grown) == sorted(int(a) for a in cut)
         assert all(int(a) & (s & -s) for a in grown)  # each split once: the lowest tensor is in A
         checked += 1
     assert checked >= 5
+
+
+def _cut_splits(search: _Search, s: np.uint64, rmax: float) -> np.ndarray:
+    cands, _ = _splits_by_cuts(
+        s, rmax, search.edge_u, search.edge_v, search.edge_size, search.nbr, search.nbr_count, 10**9
+    )
+    return cands
 
 
 def _is_connected(s: int, legs) -> bool:
@@ -96,8 +101,8 @@ def test_cut_enumeration_stops_at_the_size_product_limit() -> None:
     legs, output, sizes = _arrays(net)
     search = _Search(legs, output, sizes, "flops")
     full = np.uint64(2 ** len(legs) - 1)
-    one_edge, _ = _splits_by_cuts(full, 2.0, search.edge_u, search.edge_v, search.edge_size, search.nbr_count, 10**9)
-    every, _ = _splits_by_cuts(full, 1e30, search.edge_u, search.edge_v, search.edge_size, search.nbr_count, 10**9)
+    one_edge = _cut_splits(search, full, 2.0)
+    every = _cut_splits(search, full, 1e30)
     # A tree network: every edge alone splits it, and no split cuts more than one edge.
     assert len(one_edge) == len(search.edge_u)
     assert sorted(map(int, every)) == sorted(map(int, one_edge))

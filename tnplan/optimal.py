@@ -120,15 +120,7 @@ def _dp_kernel(
                 if work > max_work:
                     return -2, masks[:count], left[:count], right[:count], prim[:count], work
                 s1 = masks[i]
-                nb = np.uint64(0)
-                bits = s1
-                t = 0
-                while bits:
-                    if bits & one:
-                        nb |= nbr[t]
-                    bits >>= one
-                    t += 1
-                nb &= ~s1
+                nb = _neighbours(s1, nbr) & ~s1
                 base = prim[i] if objective != 1 else 0.0
                 nbits = nb
                 t = 0
@@ -206,12 +198,12 @@ def _dp_kernel(
                         if pos == -1:
                             if count == capacity:
                                 capacity *= 2
-                                masks = _grow_u(masks, capacity)
-                                prim = _grow_f(prim, capacity)
-                                sec = _grow_f(sec, capacity)
-                                lsize = _grow_f(lsize, capacity)
-                                left = _grow_i(left, capacity)
-                                right = _grow_i(right, capacity)
+                                masks = _grown(masks, capacity)
+                                prim = _grown(prim, capacity)
+                                sec = _grown(sec, capacity)
+                                lsize = _grown(lsize, capacity)
+                                left = _grown(left, capacity)
+                                right = _grown(right, capacity)
                                 nl = np.empty((capacity, W), np.uint64)
                                 nl[:count, :] = legs[:count, :]
                                 legs = nl
@@ -253,7 +245,7 @@ def _dp_kernel(
             for e in range(level_lo[m], level_hi[m]):
                 if masks[e] & tb:
                     if csr_n == csr_ids.shape[0]:
-                        csr_ids = _grow_i(csr_ids, 2 * csr_n)
+                        csr_ids = _grown(csr_ids, 2 * csr_n)
                     csr_ids[csr_n] = e
                     csr_n += 1
             csr_hi[m, t] = csr_n
@@ -300,24 +292,25 @@ def _hgrow(hkeys, hvals):  # pragma: no cover - jitted
 
 
 @numba.njit(cache=True)
-def _grow_u(a, capacity):  # pragma: no cover - jitted
+def _grown(a, capacity):  # pragma: no cover - jitted
+    """A copy of the 1-D array ``a`` with room for ``capacity`` entries."""
     b = np.empty(capacity, a.dtype)
     b[: a.shape[0]] = a
     return b
 
 
-@numba.njit(cache=True)
-def _grow_f(a, capacity):  # pragma: no cover - jitted
-    b = np.empty(capacity, a.dtype)
-    b[: a.shape[0]] = a
-    return b
-
-
-@numba.njit(cache=True)
-def _grow_i(a, capacity):  # pragma: no cover - jitted
-    b = np.empty(capacity, a.dtype)
-    b[: a.shape[0]] = a
-    return b
+@numba.njit(cache=True, nogil=True)
+def _neighbours(s, nbr):  # pragma: no cover - jitted
+    """Union of the neighbour masks ``nbr[t]`` over the tensors ``t`` of the sub-network ``s``."""
+    one = np.uint64(1)
+    out = np.uint64(0)
+    t = 0
+    while s:
+        if s & one:
+            out |= nbr[t]
+        s >>= one
+        t += 1
+    return out
 
 
 _compiler: subprocess.Popen | None = None

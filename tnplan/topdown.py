@@ -23,8 +23,9 @@ from collections.abc import Sequence
 
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
-from tnplan.optimal import MAX_TENSORS
+from tnplan.optimal import MAX_TENSORS, _grown, _neighbours
 
 OBJECTIVES = ("flops", "combo")
 # Try the top-down search when at most this many edge sets fit the bound at the top split.
@@ -52,34 +53,30 @@ def _legs_size(s, idx_tensors, sizes, is_out):  # pragma: no cover - jitted
 
 
 @numba.njit(cache=True, nogil=True)
-def _is_connected(s, nbr):  # pragma: no cover - jitted
-    one = np.uint64(1)
-    seen = s & (~s + one)
-    frontier = seen
+def _reach(start, within, adj):  # pragma: no cover - jitted
+    """The tensors of ``within`` reachable from the tensors ``start`` through the masks ``adj``."""
+    seen = start
+    frontier = start
     while frontier:
-        low = frontier & (~frontier + one)
+        low = frontier & (~frontier + np.uint64(1))
         frontier ^= low
-        t = 0
-        b = low
-        while b > one:
-            b >>= one
-            t += 1
-        new = nbr[t] & s & ~seen
+        new = adj[trailing_zeros(low)] & within & ~seen
         seen |= new
         frontier |= new
-    return seen == s
+    return seen
 
 
 @numba.njit(cache=True, nogil=True)
-def _nbr_of(a, nbr):  # pragma: no cover - jitted
-    one = np.uint64(1)
-    out = np.uint64(0)
-    t = 0
-    while a:
-        if a & one:
-            out |= nbr[t]
-        a >>= one
-        t += 1
+def _is_connected(s, adj):  # pragma: no cover - jitted
+    return _reach(s & (~s + np.uint64(1)), s, adj) == s
+
+
+@numba.njit(cache=True, nogil=True)
+def _append(out, n, value):  # pragma: no cover - jitted
+    """``out`` with ``value`` at position ``n``, grown when full."""
+    if n == out.shape[0]:
+        out = _grown(out, 2 * n)
+    out[n] = value
     return out
 
 
@@ -95,6 +92,15 @@ def _cut_product(a, b, idx_tensors, sizes, is_out):  # pragma: no cover - jitted
             r *= sizes[k]
             summed = True
     return r, summed
+
+
+@numba.njit(cache=True, nogil=True)
+def _lower_bound(s, idx_tensors, sizes, is_out, lb_factor, combo):  # pragma: no cover - jitted
+    """Least cost of contracting sub-network ``s``: its last step costs at least ``lb_factor * size(s)``."""
+    if not s & (s - np.uint64(1)):
+        return 0.0
+    gs = _legs_size(s, idx_tensors, sizes, is_out)
+    return gs * lb_factor + (_COMBO * gs if combo else 0.0)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -121,7 +127,7 @@ def _splits_by_growth(s, nbr, max_work):  # pragma: no cover - jitted
         top -= 1
         a = st_a[top]
         x = st_x[top]
-        nb = _nbr_of(a, nbr) & s & ~x
+        nb = _neighbours(a, nbr) & s & ~x
         sub = nb
         while sub:
             a2 = a | sub
@@ -130,35 +136,23 @@ def _splits_by_growth(s, nbr, max_work):  # pragma: no cover - jitted
                 return out[:n_out], work
             if a2 != s:
                 if _is_connected(s & ~a2, nbr):
-                    if n_out == out.shape[0]:
-                        grown = np.empty(2 * n_out, np.uint64)
-                        grown[:n_out] = out[:n_out]
-                        out = grown
-                    out[n_out] = a2
+                    out = _append(out, n_out, a2)
                     n_out += 1
-                if top == st_a.shape[0]:
-                    ga = np.empty(2 * top, np.uint64)
-                    gx = np.empty(2 * top, np.uint64)
-                    ga[:top] = st_a[:top]
-                    gx[:top] = st_x[:top]
-                    st_a = ga
-                    st_x = gx
-                st_a[top] = a2
-                st_x[top] = x | nb
+                st_a = _append(st_a, top, a2)
+                st_x = _append(st_x, top, x | nb)
                 top += 1
             sub = (sub - one) & nb
     return out[:n_out], work
 
 
 @numba.njit(cache=True, nogil=True)
-def _splits_by_cuts(s, rmax, edge_u, edge_v, edge_size, nbr_count, max_work):  # pragma: no cover - jitted
+def _splits_by_cuts(s, rmax, edge_u, edge_v, edge_size, nbr, nbr_count, max_work):  # pragma: no cover - jitted
     """Every bipartition of ``s`` whose cut edges' size product is at most ``rmax`` (two-tensor indices).
 
     Edge sets are enumerated as combinations in edge order with a running product; a set counts
     when removing it leaves exactly two connected parts and every removed edge joins them.
     """
     one = np.uint64(1)
-    n = nbr_count.shape[0]
     inner = np.empty(edge_u.shape[0], np.int64)
     n_inner = 0
     for e in range(edge_u.shape[0]):
@@ -170,7 +164,9 @@ def _splits_by_cuts(s, rmax, edge_u, edge_v, edge_size, nbr_count, max_work):  #
     work = 0
     chosen = np.empty(n_inner + 1, np.int64)
     prods = np.ones(n_inner + 2, np.float64)
+    # Parallel edges: a neighbour bit goes only when its last edge is removed.
     count = nbr_count.copy()
+    adj = nbr.copy()
     v0 = s & (~s + one)
     depth = 0
     nxt = 0
@@ -184,69 +180,26 @@ def _splits_by_cuts(s, rmax, edge_u, edge_v, edge_size, nbr_count, max_work):  #
             work += 1
             if work > max_work:
                 return out[:n_out], work
-            # Test this edge set: remove it, grow the part holding the lowest tensor.
-            for d in range(depth):
-                e = inner[chosen[d]]
-                count[edge_u[e], edge_v[e]] -= 1
-                count[edge_v[e], edge_u[e]] -= 1
-            seen = v0
-            frontier = v0
-            while frontier:
-                low = frontier & (~frontier + one)
-                frontier ^= low
-                t = 0
-                b = low
-                while b > one:
-                    b >>= one
-                    t += 1
-                row = np.uint64(0)
-                for w in range(n):
-                    if count[t, w] > 0:
-                        row |= one << np.uint64(w)
-                new = row & s & ~seen
-                seen |= new
-                frontier |= new
+            _remove_edges(inner, chosen, depth, edge_u, edge_v, count, adj, -1)
+            # Test this edge set: grow the part holding the lowest tensor; every removed edge must
+            # join it to the rest, and the rest must be connected (else three or more parts).
+            seen = _reach(v0, s, adj)
+            bits = seen
+            while bits:  # one unit of work per tensor reached
+                bits &= bits - one
                 work += 1
             rest = s & ~seen
             ok = rest != 0
-            if ok:
-                for d in range(depth):
-                    e = inner[chosen[d]]
-                    in_u = (seen >> np.uint64(edge_u[e])) & one
-                    in_v = (seen >> np.uint64(edge_v[e])) & one
-                    if in_u == in_v:
-                        ok = False
-                        break
-            if ok:
-                # The far side must be connected too (else removing the set leaves three parts).
-                seen2 = rest & (~rest + one)
-                frontier = seen2
-                while frontier:
-                    low = frontier & (~frontier + one)
-                    frontier ^= low
-                    t = 0
-                    b = low
-                    while b > one:
-                        b >>= one
-                        t += 1
-                    row = np.uint64(0)
-                    for w in range(n):
-                        if count[t, w] > 0:
-                            row |= one << np.uint64(w)
-                    new = row & rest & ~seen2
-                    seen2 |= new
-                    frontier |= new
-                ok = seen2 == rest
             for d in range(depth):
                 e = inner[chosen[d]]
-                count[edge_u[e], edge_v[e]] += 1
-                count[edge_v[e], edge_u[e]] += 1
+                if not ok:
+                    break
+                ok = ((seen >> np.uint64(edge_u[e])) & one) != ((seen >> np.uint64(edge_v[e])) & one)
             if ok:
-                if n_out == out.shape[0]:
-                    grown = np.empty(2 * n_out, np.uint64)
-                    grown[:n_out] = out[:n_out]
-                    out = grown
-                out[n_out] = seen
+                ok = _is_connected(rest, adj)
+            _remove_edges(inner, chosen, depth, edge_u, edge_v, count, adj, 1)
+            if ok:
+                out = _append(out, n_out, seen)
                 n_out += 1
         else:
             if depth == 0:
@@ -254,6 +207,23 @@ def _splits_by_cuts(s, rmax, edge_u, edge_v, edge_size, nbr_count, max_work):  #
             depth -= 1
             nxt = chosen[depth] + 1
     return out[:n_out], work
+
+
+@numba.njit(cache=True, nogil=True)
+def _remove_edges(inner, chosen, depth, edge_u, edge_v, count, adj, delta):  # pragma: no cover - jitted
+    """Take the chosen edges out of (``delta = -1``) or back into (``+1``) the adjacency masks."""
+    one = np.uint64(1)
+    for d in range(depth):
+        e = inner[chosen[d]]
+        u, v = edge_u[e], edge_v[e]
+        count[u, v] += delta
+        count[v, u] += delta
+        if count[u, v] == 0:
+            adj[u] &= ~(one << np.uint64(v))
+            adj[v] &= ~(one << np.uint64(u))
+        else:
+            adj[u] |= one << np.uint64(v)
+            adj[v] |= one << np.uint64(u)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -273,15 +243,9 @@ def _score_splits(s, cands, bound, idx_tensors, sizes, is_out, lb_factor, combo)
         # The cost model doubles a step that sums any index, whatever its size.
         step = gs * r * 2.0 if summed else gs * r
         if combo:
-            step += 64.0 * gs
-        lba = 0.0
-        if a & (a - np.uint64(1)):
-            sa = _legs_size(a, idx_tensors, sizes, is_out)
-            lba = sa * lb_factor + (64.0 * sa if combo else 0.0)
-        lbb = 0.0
-        if b & (b - np.uint64(1)):
-            sb = _legs_size(b, idx_tensors, sizes, is_out)
-            lbb = sb * lb_factor + (64.0 * sb if combo else 0.0)
+            step += _COMBO * gs
+        lba = _lower_bound(a, idx_tensors, sizes, is_out, lb_factor, combo)
+        lbb = _lower_bound(b, idx_tensors, sizes, is_out, lb_factor, combo)
         if step + lba + lbb <= bound:
             keep_a[kept] = a
             step_o[kept] = step
@@ -321,27 +285,22 @@ class _Search:
             for i in term:
                 self.idx_tensors[pos[i]] |= np.uint64(1) << np.uint64(t)
         self.nbr = np.zeros(n, np.uint64)
-        members = [[t for t in range(n) if int(m) >> t & 1] for m in self.idx_tensors]
-        for mem in members:
-            for t in mem:
-                for u in mem:
-                    if u != t:
-                        self.nbr[t] |= np.uint64(1) << np.uint64(u)
-        inner = [k for k, mem in enumerate(members) if len(mem) >= 2]
-        # Cut enumeration needs every joining index to be an ordinary summed edge of size >= 2:
-        # then a bipartition is exactly the set of edges it cuts.
-        self.edges_ok = bool(inner) and all(
-            len(members[k]) == 2 and not self.is_out[k] and self.sizes[k] >= 2 for k in inner
-        )
-        self.edge_u = np.array([members[k][0] for k in inner] if self.edges_ok else [], np.int64)
-        self.edge_v = np.array([members[k][1] for k in inner] if self.edges_ok else [], np.int64)
-        self.edge_size = np.array([self.sizes[k] for k in inner] if self.edges_ok else [], np.float64)
-        self.edge_pairs = [(int(u), int(v)) for u, v in zip(self.edge_u, self.edge_v, strict=True)]
+        for m in self.idx_tensors:
+            for t in range(n):
+                if int(m) >> t & 1:
+                    self.nbr[t] |= m & ~(np.uint64(1) << np.uint64(t))
+        edges = _plain_edges(legs, output, sizes)
+        self.edges_ok = edges is not None
+        edges = edges or []
+        self.edge_pairs = [(u, v) for _, u, v in edges]
+        self.edge_u = np.array([u for _, u, _ in edges], np.int64)
+        self.edge_v = np.array([v for _, _, v in edges], np.int64)
+        self.edge_size = np.array([float(sizes[i]) for i, _, _ in edges], np.float64)
         self.nbr_count = np.zeros((n, n), np.int64)
-        for u, v in zip(self.edge_u, self.edge_v, strict=True):
+        for u, v in self.edge_pairs:
             self.nbr_count[u, v] += 1
             self.nbr_count[v, u] += 1
-        self.min_edge = float(min(self.edge_size)) if self.edges_ok and len(self.edge_size) else 1.0
+        self.min_edge = float(min(self.edge_size)) if self.edges_ok else 1.0
         # Every split of a sub-network S sums at least one index when all joins are edges of size
         # >= 2, so its top step costs at least 2 * min_edge * size(S); otherwise size(S).
         self.lb_factor = 2.0 * self.min_edge if self.edges_ok and self.min_edge >= 2 else 1.0
@@ -350,15 +309,9 @@ class _Search:
         self.exact: dict[int, tuple[float, int]] = {}
         self.lower: dict[int, float] = {}
 
-    def _size(self, s: int) -> float:
-        return float(_legs_size(np.uint64(s), self.idx_tensors, self.sizes, self.is_out))
-
     def _lbound(self, s: int) -> float:
-        if s & (s - 1) == 0:
-            return 0.0
-        gs = self._size(s)
-        static = gs * self.lb_factor + (_COMBO * gs if self.combo else 0.0)
-        return max(static, self.lower.get(s, 0.0))
+        static = _lower_bound(np.uint64(s), self.idx_tensors, self.sizes, self.is_out, self.lb_factor, self.combo)
+        return max(float(static), self.lower.get(s, 0.0))
 
     def _charge(self, work: int) -> None:
         self.work += work
@@ -369,7 +322,7 @@ class _Search:
         size_s = bin(s).count("1")
         left = self.max_work - self.work
         use_cuts = False
-        gs = self._size(s)
+        gs = float(_legs_size(np.uint64(s), self.idx_tensors, self.sizes, self.is_out))
         rmax = bound / (2.0 * gs)
         if self.edges_ok and math.isfinite(rmax):
             # Combinations of at most log(rmax)/log(min edge) edges, against 2^(|S|-1) grown sets.
@@ -379,7 +332,7 @@ class _Search:
             use_cuts = by_cuts < 2 ** (size_s - 1)
         if use_cuts:
             cands, work = _splits_by_cuts(
-                np.uint64(s), rmax, self.edge_u, self.edge_v, self.edge_size, self.nbr_count, left
+                np.uint64(s), rmax, self.edge_u, self.edge_v, self.edge_size, self.nbr, self.nbr_count, left
             )
         else:
             cands, work = _splits_by_growth(np.uint64(s), self.nbr, left)
@@ -459,19 +412,29 @@ def top_heavy(
     narrow; with hyperedges only a bound within 64 times the result's size counts as narrow.
     """
     result = math.prod(float(sizes[i]) for i in output)
-    counts: dict[int, int] = {}
-    for term in legs:
-        for i in term:
-            counts[i] = counts.get(i, 0) + 1
-    joins = [i for i, c in counts.items() if c >= 2]
-    plain = bool(joins) and all(counts[i] == 2 and i not in output and sizes[i] >= 2 for i in joins)
-    if not plain:
+    edges = _plain_edges(legs, output, sizes)
+    if edges is None:
         return upper <= 64.0 * result
-    rmax = upper / (2.0 * result)
     groups: dict[float, int] = {}
-    for i in joins:
+    for i, _, _ in edges:
         groups[float(sizes[i])] = groups.get(float(sizes[i]), 0) + 1
-    return _count_edge_sets(sorted(groups.items()), rmax, TOP_SPLITS_LIMIT) <= TOP_SPLITS_LIMIT
+    return _count_edge_sets(sorted(groups.items()), upper / (2.0 * result), TOP_SPLITS_LIMIT) <= TOP_SPLITS_LIMIT
+
+
+def _plain_edges(
+    legs: Sequence[Sequence[int]], output: frozenset[int] | set[int], sizes: Sequence[float]
+) -> list[tuple[int, int, int]] | None:
+    """(index, tensor, tensor) for each index joining tensors, in index order, when every such index
+    joins exactly two and is summed with size >= 2, so that a bipartition is exactly the set of
+    edges it cuts (and cuts at least one); otherwise None."""
+    where: dict[int, list[int]] = {}
+    for t, term in enumerate(legs):
+        for i in dict.fromkeys(term):
+            where.setdefault(i, []).append(t)
+    joins = sorted((i, ts) for i, ts in where.items() if len(ts) >= 2)
+    if not joins or any(len(ts) != 2 or i in output or sizes[i] < 2 for i, ts in joins):
+        return None
+    return [(i, ts[0], ts[1]) for i, ts in joins]
 
 
 def _count_edge_sets(groups: list[tuple[float, int]], rmax: float, limit: int) -> int:
@@ -545,4 +508,4 @@ def solve_topdown(
 
 
 # The kernels called from Python; the others are compiled into them.
-_KERNELS = (_legs_size, _splits_by_growth, _splits_by_cuts, _score_splits)
+_KERNELS = (_lower_bound, _splits_by_growth, _splits_by_cuts, _score_splits)
