@@ -162,6 +162,36 @@ def test_reconfigure_solves_each_frontier_once(monkeypatch) -> None:
     assert calls
 
 
+def test_frontier_shapes_cost_first_and_leaves_first() -> None:
+    """On a spine (0, 1, 2, 3 absorbed one by one) joined to a cheap piece (4, 5), the cost-first
+    frontier opens the spine's costly last step, the leaves-first frontier opens the small piece."""
+    net = tnplan.Network([("a",), ("a", "b"), ("b", "c"), ("c", "d"), ("d", "e"), ("e",)], (),
+                         {"a": 8, "b": 8, "c": 8, "d": 2, "e": 2})  # fmt: skip
+    legs = leaf_legs(net)
+    sizes = [float(s) for s in net.int_sizes]
+    tree = Tree(legs, net.int_output, sizes, [(0, 1), (6, 2), (7, 3), (4, 5), (8, 9)])
+    assert tree.flops[8] > tree.flops[9]
+    frontier, inner = tree._frontier(tree.root, 3, expand="cost")
+    assert sorted(frontier) == [3, 7, 9] and inner == [10, 8]
+    frontier, inner = tree._frontier(tree.root, 3, expand="leaves")
+    assert sorted(frontier) == [4, 5, 8] and inner == [10, 9]
+
+
+def test_leaves_first_frontier_improves_a_tree_the_cost_first_one_has_converged_on() -> None:
+    net = lattice_2d(5, 5, bond=2)
+    legs = leaf_legs(net)
+    sizes = [float(s) for s in net.int_sizes]
+    tree = Tree(legs, net.int_output, sizes, greedy_ssa(legs, net.int_output, sizes, temperature=0.3, seed=0))
+    tree.reconfigure("flops", subtree_size=6, max_passes=50)
+    assert tree.reconfigure("flops", subtree_size=6) == 0  # converged
+    before = tree.total("flops")
+    assert tree.reconfigure("flops", subtree_size=6, expand="leaves") > 0
+    assert tree.total("flops") < before
+    assert math.isclose(tree.total("flops"), score_path(net, tree.ssa_path()).flops, rel_tol=1e-12)
+    with pytest.raises(ValueError, match="expand must be"):
+        tree.reconfigure("flops", expand="widest")
+
+
 def test_reconfigure_min_fraction_skips_subtrees_that_cannot_save_enough() -> None:
     net = random_regular(40, 3, 2, seed=1)
     legs = leaf_legs(net)

@@ -776,10 +776,14 @@ def _deep_refine(
 
 
 def _rung(tree: Tree, minimize: str, size: int, cap: float, deadline: float, rebracket: bool = True) -> None:
-    """One rung of the ladder: re-bracket the tree's leaf order (when asked and in time), then re-solve its subtrees."""
+    """One rung of the ladder: re-bracket the tree's leaf order (when asked and in time), then re-solve its
+    subtrees, first grown from their costliest steps, then from their smallest pieces (:meth:`Tree._frontier`)."""
     if rebracket and _in_time(tree.n, deadline):
         tree.rebracket(minimize, max_size=cap)
-    tree.reconfigure(minimize, subtree_size=size, deadline=deadline, max_passes=2, max_size=cap, min_fraction=1e-4)
+    for expand in ("cost", "leaves"):
+        tree.reconfigure(
+            minimize, subtree_size=size, deadline=deadline, max_passes=2, max_size=cap, min_fraction=1e-4, expand=expand
+        )
 
 
 def _rebracket_seconds(n: int) -> float:
