@@ -55,17 +55,22 @@ def _choose(
     return scores[0][1]
 
 
-def cheapest_cuts(tree: Tree, target: float, k: int) -> list[int]:
-    """The ``k`` indices of over-cap intermediates whose single cut costs ``tree`` the least."""
+def cut_costs(tree: Tree, candidates: Sequence[int]) -> list[tuple[float, int]]:
+    """``(S_c + d_c (T - S_c), c)`` for each candidate index: the flops of ``tree`` with ``c`` cut alone."""
     nodes = tree.internal_nodes()
-    over = [v for v in nodes if tree.size[v] > target]
     total = math.fsum(tree.flops[v] for v in nodes)
-    cands = sorted({i for v in over for i in tree.legs[v] if tree.sizes[i] > 1})
     scored = []
-    for c in cands:
+    for c in candidates:
         s_c = math.fsum(tree.flops[v] for v in nodes if c in _involved(tree, v))
         scored.append((s_c + tree.sizes[c] * (total - s_c), c))
-    return [c for _, c in sorted(scored)[:k]]
+    return scored
+
+
+def cheapest_cuts(tree: Tree, target: float, k: int) -> list[int]:
+    """The ``k`` indices of over-cap intermediates whose single cut costs ``tree`` the least."""
+    over = [v for v in tree.internal_nodes() if tree.size[v] > target]
+    cands = sorted({i for v in over for i in tree.legs[v] if tree.sizes[i] > 1})
+    return [c for _, c in sorted(cut_costs(tree, cands))[:k]]
 
 
 def slice_legs(
