@@ -75,11 +75,30 @@ def test_cut_costs_equal_the_sliced_score_of_the_same_tree() -> None:
     assert cheapest_cuts(tree, target, 3) == [c for _, c in ranked[:3]]
 
 
-def test_deepening_rebuilds_the_tree_around_more_fixed_cuts() -> None:
-    """A 32-site closed MERA sliced 4 bits below its width: without deepening (the cut sets first
-    found, each searched once) the plan costs ~20x the unsliced flops; deepening brings it under 12x."""
-    net = mera(32, 4, closed=True)
-    full = tnplan.plan(net, max_time=2, cache=False)
-    sliced = tnplan.plan(net, max_time=4, max_size=2 ** (round(full.log2_size) - 4), cache=False)
-    assert sliced.log2_size <= round(full.log2_size) - 4
-    assert sliced.flops / full.flops < 12.0
+def test_deepening_fixes_one_more_cut_of_a_plan_that_needed_cuts_of_its_own(monkeypatch) -> None:
+    """After the first cut sets, a plan whose trees added cuts to its fixed ones is searched again
+    with the cheapest of those fixed as well: the searched sets grow one cut at a time."""
+    import tnplan.planner as planner
+
+    net = mera(16, 4, closed=True)
+    full = tnplan.plan(net, cache=False, max_repeats=3)
+    searches: list[tuple[frozenset[int], tuple[int, ...]]] = []
+    real = planner._portfolio
+
+    def spy(legs, output, sizes, *args, **kwargs):
+        found = real(legs, output, sizes, *args, **kwargs)
+        if len(args) > 6 and args[6] is not None:  # a search under the size cap, around fixed cuts
+            cut = frozenset(i for i, (x, d) in enumerate(zip(sizes, net.int_sizes, strict=True)) if x == 1 < d)
+            searches.append((cut, found.sliced))
+        return found
+
+    monkeypatch.setattr(planner, "_portfolio", spy)
+    sliced = tnplan.plan(net, cache=False, max_repeats=3, max_size=2 ** (round(full.log2_size) - 6))
+    assert sliced.log2_size <= round(full.log2_size) - 6
+    deepened = [
+        (a, b)
+        for a, (cut_a, extra_a) in enumerate(searches)
+        for b, (cut_b, _) in enumerate(searches)
+        if a < b and extra_a and len(cut_b - cut_a) == 1 and cut_a < cut_b and next(iter(cut_b - cut_a)) in extra_a
+    ]
+    assert deepened, searches

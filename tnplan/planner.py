@@ -46,8 +46,10 @@ if TYPE_CHECKING:
 DEFAULT_REPEATS = 24
 EXACT_MAX_TENSORS = 64
 TOP_K = 3
-# Rounds of fixing one more cut of the best sliced plan and searching around it.
+# Rounds of fixing one more cut of the best sliced plan and searching around it, and the share of the
+# time after the first sliced round that goes to the cut sets found there (the rest is for deepening).
 MAX_DEEPENING = 8
+SPREAD_SHARE = 0.5
 # Share of the budget for search trials before the best trees are refined; of any time left after
 # refining, the share that goes back to trials.
 TRIAL_SHARE = 0.65
@@ -468,9 +470,9 @@ def _sliced_search(
         results.append(cand)
         pool.offer(cand)
 
-    # Half of the time left goes to the cut sets found so far, the other half to deepening the best.
+    # The cut sets found so far get a share of the time left, deepening the rest.
     now = time.perf_counter()
-    spread = now + 0.5 * (deadline - now)
+    spread = now + SPREAD_SHARE * (deadline - now)
     for k, (cuts, seed_cand) in enumerate(zip(cut_sets, seeds, strict=True)):
         now = time.perf_counter()
         if now >= spread:
@@ -482,7 +484,8 @@ def _sliced_search(
     from tnplan.slicing import cut_costs
 
     searched = set(cut_sets)
-    for k in range(len(cut_sets), len(cut_sets) + MAX_DEEPENING):
+    rounds = 0
+    while rounds < MAX_DEEPENING:
         now = time.perf_counter()
         open_ = [c for c in results if any(i not in fixed.get(c.sliced, ()) for i in c.sliced)]
         if now >= deadline or not open_:
@@ -494,9 +497,11 @@ def _sliced_search(
         cut_sizes = [1.0 if i in base_cuts else x for i, x in enumerate(sizes)]
         _cost, c = min(cut_costs(Tree(legs, output, cut_sizes, cand.ssa), extra))
         cuts = tuple(sorted((*base_cuts, c)))
-        if cuts not in searched:
-            searched.add(cuts)
-            search_around(cuts, cand, now + (deadline - now) / len(extra), k)
+        if cuts in searched:
+            continue  # a candidate that leads where a search has been costs no round
+        searched.add(cuts)
+        search_around(cuts, cand, now + (deadline - now) / len(extra), len(cut_sets) + rounds)
+        rounds += 1
     return pool.best
 
 

@@ -20,7 +20,8 @@ import statistics
 import time
 from pathlib import Path
 
-from run import cpu_model  # the planner benchmark's machine header (same folder)
+from planners import drain_pool  # the planner benchmark's helpers (same folder)
+from run import cpu_model
 
 import tnplan
 from tnplan.examples import FAMILIES
@@ -34,8 +35,12 @@ def _cotengra(net: tnplan.Network, budget: float, target_size: int) -> tuple[tnp
 
     opt = ctg.HyperOptimizer(max_time=budget, slicing_reconf_opts={"target_size": target_size})
     start = time.perf_counter()
-    tree = opt.search([list(t) for t in net.int_inputs], list(net.int_output), dict(enumerate(net.int_sizes)))
-    elapsed = time.perf_counter() - start
+    try:
+        tree = opt.search([list(t) for t in net.int_inputs], list(net.int_output), dict(enumerate(net.int_sizes)))
+        elapsed = time.perf_counter() - start
+    finally:
+        # Trials still running in cotengra's pool would take both cores from the next tnplan run.
+        drain_pool(getattr(opt, "_pool", None))
     sliced = tuple(net.labels[i] for i in tree.sliced_inds)
     return tnplan.from_path(net, [tuple(p) for p in tree.get_path()], sliced=sliced), elapsed
 
