@@ -307,7 +307,7 @@ def _search_task(task: tuple):
     ssa, sliced = result[0], result[1]
     from tnplan.cost import legs_path_cost
 
-    cut = [1.0 if i in sliced else x for i, x in enumerate(sizes)]
+    cut = _cut_sizes(sizes, sliced)
     return legs_path_cost(legs, output, cut, ssa, minimize) * _n_slices(sizes, tuple(sliced)), result
 
 
@@ -452,7 +452,7 @@ def _sliced_search(
     results: list[_Candidate] = list(pool.items)
 
     def search_around(cuts: tuple[int, ...], seed_cand: _Candidate, stop: float, k: int) -> None:
-        cut_sizes = [1.0 if i in cuts else x for i, x in enumerate(sizes)]
+        cut_sizes = _cut_sizes(sizes, cuts)
         sub = _Pool(minimize)
         sub.offer(_evaluate(legs, output, cut_sizes, minimize, seed_cand.ssa, seed_cand.method, target, None))
 
@@ -494,7 +494,7 @@ def _sliced_search(
         results.remove(cand)
         base_cuts = fixed.get(cand.sliced, ())
         extra = [i for i in cand.sliced if i not in base_cuts]
-        cut_sizes = [1.0 if i in base_cuts else x for i, x in enumerate(sizes)]
+        cut_sizes = _cut_sizes(sizes, base_cuts)
         _cost, c = min(cut_costs(Tree(legs, output, cut_sizes, cand.ssa), extra))
         cuts = tuple(sorted((*base_cuts, c)))
         if cuts in searched:
@@ -767,7 +767,7 @@ def _deep_refine(
     done = set() if refined is None else refined
 
     def tree_of(cand: _Candidate) -> Tree:
-        return Tree(legs, output, [1.0 if i in cand.sliced else s for i, s in enumerate(sizes)], cand.ssa)
+        return Tree(legs, output, _cut_sizes(sizes, cand.sliced), cand.ssa)
 
     climbing: list[tuple[_Candidate, Tree]] = []
     for cand in pool.items:
@@ -841,3 +841,8 @@ def _in_time(n: int, deadline: float) -> bool:
 
 def _n_slices(sizes: list[float], sliced: tuple[int, ...]) -> float:
     return math.prod(sizes[i] for i in sliced)
+
+
+def _cut_sizes(sizes: list[float], sliced: tuple[int, ...]) -> list[float]:
+    """Index sizes as one slice sees them: the sliced indices at size 1."""
+    return [1.0 if i in sliced else x for i, x in enumerate(sizes)]

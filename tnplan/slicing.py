@@ -35,20 +35,15 @@ def _choose(
     over = [v for v in nodes if tree.size[v] > target]
     if not over:
         return None
-    total = math.fsum(tree.flops[v] for v in nodes)
     # Indices on the largest offending intermediate must be among the cut candidates; any
     # index on an offending intermediate is considered.
     biggest = max(over, key=lambda v: (tree.size[v], v))
     cands = sorted(i for i in tree.legs[biggest] if i not in sliced and original[i] > 1)
     if not cands:
         return None
-    scores = []
-    for c in cands:
-        s_c = math.fsum(tree.flops[v] for v in nodes if c in _involved(tree, v))
-        new_total = s_c + original[c] * (total - s_c)
-        # Prefer cutting big intermediates fast: the log of the size reduction breaks ties.
-        scores.append((new_total / math.log2(original[c] + 1), c))
-    scores.sort()
+    # Prefer cutting big intermediates fast: the log of the size reduction breaks ties. (An index
+    # not cut yet still has its original size in the tree.)
+    scores = sorted((new_total / math.log2(original[c] + 1), c) for new_total, c in cut_costs(tree, cands))
     if rng is not None and len(scores) > 1 and rng.random() < 0.5:
         k = int(rng.integers(0, min(3, len(scores))))
         return scores[k][1]
