@@ -339,6 +339,30 @@ def test_same_seed_same_plan_across_processes_and_hash_seeds() -> None:
     assert a == b
 
 
+def _sliced_plan_on_a_clock(speed: float) -> dict:
+    """A fixed-effort sliced plan in a subprocess whose clock runs ``speed`` times fast, as on a
+    machine that many times slower (or busier)."""
+    code = (
+        "import json, time\n"
+        f"speed = {speed!r}\n"
+        "real = time.perf_counter\n"
+        "t0 = real()\n"
+        "time.perf_counter = lambda: t0 + speed * (real() - t0)\n"
+        "import tnplan\n"
+        "from tnplan.examples import mera\n"
+        "p = tnplan.plan(mera(16, 4, closed=True), max_size=2**11, max_repeats=3, seed=3, cache=False)\n"
+        "print(json.dumps({'path': p.path, 'sliced': [str(i) for i in p.sliced_indices]}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_without_max_time_a_slower_machine_gives_the_same_sliced_plan() -> None:
+    """Without max_time the effort is a trial count: the sliced search's phases are sized from a
+    nominal budget, not from the clock (with a time split, a 4x slower clock changed this plan)."""
+    assert _sliced_plan_on_a_clock(4.0) == _sliced_plan_on_a_clock(1.0)
+
+
 def test_different_seeds_explore_differently() -> None:
     net = random_regular(80, 3, 2, seed=11)
     paths = {tuple(tnplan.plan(net, max_repeats=4, max_time=60, seed=s).path) for s in range(3)}

@@ -66,8 +66,18 @@ REBRACKET_TRIAL_SHARE = 0.02
 REBRACKET_DEEP_SHARE = 0.1
 
 
+# Without max_time the effort is a trial count, and the clock only guards against a runaway search:
+# every choice is sized from the nominal budget below, the search may run this many times longer
+# before the guard stops it, and on any machine up to that much slower the plan is the same.
+FIXED_EFFORT_GUARD = 10.0
+
+
 def default_time_cap(num_tensors: int) -> float:
-    """Wall-clock cap used when ``max_time`` is None: grows with the network, 1 s to 60 s."""
+    """Nominal budget of a search without ``max_time``: grows with the network, 1 s to 60 s.
+
+    It sizes the fixed effort's choices (exact-search work, phase shares) in place of the clock; the
+    wall-clock guard is :data:`FIXED_EFFORT_GUARD` times longer.
+    """
     return float(min(60.0, max(1.0, 0.05 * num_tensors)))
 
 
@@ -77,6 +87,38 @@ class _Candidate:
     ssa: list[tuple[int, int]]
     method: str
     sliced: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """How long a search, or one phase of it, may run.
+
+    A time-bound search (``max_time`` given) runs until ``deadline`` and sizes its phases from the
+    time left. A fixed-effort search (no ``max_time``) stops after its trial counts: its phases are
+    sized from ``seconds``, a nominal length, never from the clock, so a slower or busier machine
+    gives the same plan; its ``deadline`` only guards against a runaway search.
+    """
+
+    deadline: float
+    seconds: float
+    fixed: bool = False
+
+    def left(self) -> float:
+        """Seconds left: nominal for a fixed effort, by the clock otherwise."""
+        return self.seconds if self.fixed else max(0.0, self.deadline - time.perf_counter())
+
+    def sub(self, seconds: float) -> _Budget:
+        """A phase of ``seconds`` from now."""
+        if self.fixed:
+            return _Budget(self.deadline, seconds, True)
+        return _Budget(min(self.deadline, time.perf_counter() + seconds), seconds)
+
+    def spend(self, phase: _Budget) -> _Budget:
+        """What is left once ``phase`` has run (the clock keeps that account for a time-bound search)."""
+        return _Budget(self.deadline, max(0.0, self.seconds - phase.seconds), True) if self.fixed else self
+
+    def over(self) -> bool:
+        return time.perf_counter() >= self.deadline
 
 
 @dataclass
@@ -132,9 +174,12 @@ def plan(
         max_size: Largest intermediate allowed per slice, in elements (cotengra's ``target_size``).
         dtype: Element type used to convert ``memory_limit`` to elements.
         max_time: Seconds to search; the best plan found by then is returned. ``None`` runs a fixed,
-            deterministic effort (``max_repeats`` trials) capped at :func:`default_time_cap`. The
-            first search in a process also loads numba's compiled kernel (~0.7 s) before the
-            budget starts; ``plan.planning_time`` includes it.
+            deterministic effort (``max_repeats`` trials, each phase sized from
+            :func:`default_time_cap`, never from the clock), so the plan does not depend on the
+            machine's speed or load; it takes about that long (up to ~2x on 400–900-tensor
+            networks), and a guard stops it at :data:`FIXED_EFFORT_GUARD` times that. The first
+            search in a process also loads numba's compiled kernel (~0.7 s) before the budget
+            starts; ``plan.planning_time`` includes it.
         max_repeats: Number of search trials; with ``max_time`` given the default is unlimited.
         seed: Seed of every random choice; the same inputs and seed give the same plan. The seed is
             part of the cache key.
@@ -208,24 +253,27 @@ def plan(
         # on whether numba had compiled yet, so that case waits for a compilation too.
         kernel_ready(block=max_time is None)
     begin, start = start, time.perf_counter()
-    if max_time is None:
+    fixed = max_time is None
+    if fixed:
         budget = default_time_cap(network.num_tensors)
         repeats = max_repeats if max_repeats is not None else DEFAULT_REPEATS
     else:
         budget = float(max_time)
         repeats = max_repeats if max_repeats is not None else 1 << 30
-    deadline = start + budget
+    wall = FIXED_EFFORT_GUARD * budget if fixed else budget
+    deadline = start + wall
     slicing = memory_limit is not None or max_size is not None
     # With a memory cap the search slices as it goes; the last 10% is kept for a fallback slicing
     # pass in case the memory limit (which also counts live inputs) is not met.
-    search_deadline = start + (0.9 * budget if slicing else budget)
+    share = 0.9 if slicing else 1.0
+    search_deadline = start + share * wall
 
     legs = leaf_legs(network)
     output = network.int_output
     sizes = [float(s) for s in network.int_sizes]
     target = size_target(network, memory_limit, max_size, dtype)
     seeds = [] if cached is None else [list(cached.ssa_path)]
-    budgets = (search_deadline - start, search_deadline - time.perf_counter())  # (nominal, left)
+    budgets = (share * budget, search_deadline - time.perf_counter(), fixed)  # (nominal, left, fixed effort)
     ssa, sliced, optimal, method, unsliced = _search_workers(
         (legs, output, sizes, minimize, budgets, repeats, seed, target, seeds), workers, executor
     )
@@ -297,13 +345,14 @@ def _search_workers(args: tuple, workers: int, executor: str | None):
 def _search_task(task: tuple):
     """One search (picklable, for worker processes): ``(cost, _search result)``.
 
-    The budget travels as ``(nominal, left)`` seconds, not as a deadline: clocks differ between
+    The budget travels as ``(nominal, left, fixed)`` seconds, not as a deadline: clocks differ between
     machines. The exact search sizes its work from the nominal budget, so that runs without
-    ``max_time`` do not depend on how long the set-up took.
+    ``max_time`` do not depend on how long the set-up took; ``fixed`` marks such a run (see
+    :class:`_Budget`).
     """
-    legs, output, sizes, minimize, (nominal, left), repeats, seed, target, seeds, exact = task
-    deadline = time.perf_counter() + max(left, 0.0)
-    result = _search(legs, output, sizes, minimize, deadline, repeats, seed, deadline - nominal, target, seeds, exact)
+    legs, output, sizes, minimize, (nominal, left, fixed), repeats, seed, target, seeds, exact = task
+    budget = _Budget(time.perf_counter() + max(left, 0.0), nominal, fixed)
+    result = _search(legs, output, sizes, minimize, budget, repeats, seed, target, seeds, exact)
     ssa, sliced = result[0], result[1]
     from tnplan.cost import legs_path_cost
 
@@ -340,10 +389,9 @@ def _search(
     output: frozenset[int],
     sizes: list[float],
     minimize: str,
-    deadline: float,
+    budget: _Budget,
     repeats: int,
     seed: int,
-    start: float,
     target: float | None = None,
     seeds: list[list[tuple[int, int]]] | None = None,
     exact: bool = True,
@@ -373,7 +421,7 @@ def _search(
     for path in seeds or ():
         pool.offer(_evaluate(legs, output, sizes, minimize, [tuple(p) for p in path], "cached", target, unsliced))
 
-    if exact and _exact_feasible(legs, deadline - start):
+    if exact and _exact_feasible(legs, budget.seconds):
         # A short heuristic round first (past 16 tensors): the exact search's final cost cap is
         # the best cost known, and a tight cap is worth far more than the time it takes.
         pre = _Pool(minimize)
@@ -381,10 +429,9 @@ def _search(
         for path in seeds or ():
             pre.offer(_Candidate(cost([tuple(p) for p in path]), [tuple(p) for p in path], "cached"))
         if n > 16:
-            now = time.perf_counter()
-            stop = now + min(0.15 * (deadline - now), 0.005 * n)
-            _portfolio(legs, output, sizes, minimize, pre, cost, stop, max(1, repeats // 4), seed + 7919)
-        exact = _try_exact(legs, output, sizes, minimize, pre.best.cost, deadline, start)
+            first = budget.sub(min(0.15 * budget.left(), 0.005 * n))
+            _portfolio(legs, output, sizes, minimize, pre, cost, first, max(1, repeats // 4), seed + 7919)
+        exact = _try_exact(legs, output, sizes, minimize, pre.best.cost, budget.seconds)
         if exact is not None:
             if target is None or Tree(legs, output, sizes, exact).peak_size() <= target:
                 return exact, (), True, "optimal", exact
@@ -393,9 +440,9 @@ def _search(
             pool.offer(_evaluate(legs, output, sizes, minimize, cand.ssa, cand.method, target, unsliced))
 
     if target is None:
-        best = _portfolio(legs, output, sizes, minimize, pool, cost, deadline, repeats, seed)
+        best = _portfolio(legs, output, sizes, minimize, pool, cost, budget, repeats, seed)
     else:
-        best = _sliced_search(legs, output, sizes, minimize, pool, cost, deadline, repeats, seed, target, unsliced)
+        best = _sliced_search(legs, output, sizes, minimize, pool, cost, budget, repeats, seed, target, unsliced)
     return best.ssa, best.sliced, False, best.method, (unsliced.best.ssa if unsliced.items else best.ssa)
 
 
@@ -406,7 +453,7 @@ def _sliced_search(
     minimize,
     pool: _Pool,
     cost,
-    deadline: float,
+    budget: _Budget,
     repeats: int,
     seed: int,
     target: float,
@@ -423,12 +470,12 @@ def _sliced_search(
     """
     from tnplan.tree import Tree
 
-    now = time.perf_counter()
-    first = now + 0.4 * (deadline - now)
+    first = budget.sub(0.4 * budget.left())
     # Phase 1: the best unsliced tree (cuts cost least on a tree that is good to begin with).
     for cand in pool.items:
         unsliced.offer(_Candidate(cost(cand.ssa), cand.ssa, cand.method))
     _portfolio(legs, output, sizes, minimize, unsliced, cost, first, max(1, repeats // 3), seed)
+    budget = budget.spend(first)
     for cand in unsliced.items:
         pool.offer(_evaluate(legs, output, sizes, minimize, cand.ssa, cand.method, target, None))
     cut_sets: list[tuple[int, ...]] = []
@@ -451,7 +498,7 @@ def _sliced_search(
     fixed: dict[tuple[int, ...], tuple[int, ...]] = {}
     results: list[_Candidate] = list(pool.items)
 
-    def search_around(cuts: tuple[int, ...], seed_cand: _Candidate, stop: float, k: int) -> None:
+    def search_around(cuts: tuple[int, ...], seed_cand: _Candidate, phase: _Budget, k: int) -> None:
         cut_sizes = _cut_sizes(sizes, cuts)
         sub = _Pool(minimize)
         sub.offer(_evaluate(legs, output, cut_sizes, minimize, seed_cand.ssa, seed_cand.method, target, None))
@@ -462,7 +509,7 @@ def _sliced_search(
             return legs_path_cost(legs, output, _sizes, path, minimize)
 
         found = _portfolio(
-            legs, output, cut_sizes, minimize, sub, sub_cost, stop, max(1, repeats // 3), seed + 1 + k, target, None
+            legs, output, cut_sizes, minimize, sub, sub_cost, phase, max(1, repeats // 3), seed + 1 + k, target, None
         )
         merged = tuple(sorted(set(cuts) | set(found.sliced)))
         fixed.setdefault(merged, cuts)
@@ -471,13 +518,14 @@ def _sliced_search(
         pool.offer(cand)
 
     # The cut sets found so far get a share of the time left, deepening the rest.
-    now = time.perf_counter()
-    spread = now + SPREAD_SHARE * (deadline - now)
+    spread = budget.sub(SPREAD_SHARE * budget.left())
+    budget = budget.spend(spread)
     for k, (cuts, seed_cand) in enumerate(zip(cut_sets, seeds, strict=True)):
-        now = time.perf_counter()
-        if now >= spread:
+        if spread.over():
             break
-        search_around(cuts, seed_cand, now + (spread - now) / (len(cut_sets) - k), k)
+        phase = spread.sub(spread.left() / (len(cut_sets) - k))
+        search_around(cuts, seed_cand, phase, k)
+        spread = spread.spend(phase)
     # Deepening: the cheapest plan whose trials still added cuts of their own to the fixed ones gets the
     # cheapest of those fixed too, and the search runs again so the tree is rebuilt around it (on the
     # 32-site closed MERA sliced to 14 bits, a few rounds take one cut's plan from ~20x to ~5x).
@@ -486,9 +534,8 @@ def _sliced_search(
     searched = set(cut_sets)
     rounds = 0
     while rounds < MAX_DEEPENING:
-        now = time.perf_counter()
         open_ = [c for c in results if any(i not in fixed.get(c.sliced, ()) for i in c.sliced)]
-        if now >= deadline or not open_:
+        if budget.over() or not open_:
             break
         cand = min(open_, key=lambda c: c.cost)
         results.remove(cand)
@@ -500,7 +547,9 @@ def _sliced_search(
         if cuts in searched:
             continue  # a candidate that leads where a search has been costs no round
         searched.add(cuts)
-        search_around(cuts, cand, now + (deadline - now) / len(extra), len(cut_sets) + rounds)
+        phase = budget.sub(budget.left() / len(extra))
+        search_around(cuts, cand, phase, len(cut_sets) + rounds)
+        budget = budget.spend(phase)
         rounds += 1
     return pool.best
 
@@ -528,7 +577,7 @@ def _exact_feasible(legs, budget: float) -> bool:
     return len(legs) <= limit and _connected(legs)
 
 
-def _try_exact(legs, output, sizes, minimize, upper, deadline, start) -> list[tuple[int, int]] | None:
+def _try_exact(legs, output, sizes, minimize, upper, seconds: float) -> list[tuple[int, int]] | None:
     """Run the exact search within a share of the budget; the SSA path when it completes.
 
     Networks whose cost sits in their last contractions (large results) first get a top-down
@@ -541,11 +590,11 @@ def _try_exact(legs, output, sizes, minimize, upper, deadline, start) -> list[tu
         return None  # still compiling in the background: a compilation must not eat the budget
 
     n = len(legs)
-    # The work budget derives from the whole budget, not the time left, so that runs without an
-    # explicit max_time stay deterministic. Small networks get most of it; larger ones a quarter,
-    # because when the exact search fails the heuristic search still needs time.
+    # The work budget derives from the whole (nominal) budget, not the time left, so that runs
+    # without an explicit max_time stay deterministic. Small networks get most of it; larger ones a
+    # quarter, because when the exact search fails the heuristic search still needs time.
     share = 0.8 if n <= 40 else 0.25
-    max_work = int(max(deadline - start, 0.0) * share * PAIRS_PER_SECOND)
+    max_work = int(max(seconds, 0.0) * share * PAIRS_PER_SECOND)
     if max_work <= 0:
         return None
     if minimize in topdown.OBJECTIVES and topdown.top_heavy(legs, output, sizes, upper):
@@ -578,13 +627,16 @@ def _portfolio(
     minimize,
     pool: _Pool,
     cost,
-    deadline: float,
+    budget: _Budget,
     repeats: int,
     seed: int,
     target: float | None = None,
     unsliced: _Pool | None = None,
 ) -> _Candidate:
-    """Run trials (each quickly refined), then refine the best deeply; loop while time remains."""
+    """Run trials (each quickly refined), then refine the best deeply; loop while time remains.
+
+    A fixed-effort budget runs exactly ``repeats`` trials before refining, and returns after that.
+    """
     from tnplan.eliminate import elimination_ssa
     from tnplan.greedy import greedy_ssa
     from tnplan.partition import PartitionParams, kahypar_available, partition_ssa
@@ -595,10 +647,11 @@ def _portfolio(
     cycle = ("kahypar", "eliminate", "kahypar", "greedy") if use_kahypar else ("eliminate", "greedy")
     rng = np.random.default_rng([seed, 0x7A11])
     start = time.perf_counter()
-    whole = deadline - start
+    deadline = budget.deadline
+    whole = budget.seconds if budget.fixed else deadline - start
     # Trials get the first share of the budget; refining the best few trees gets the rest, and any
     # time refinement leaves over is split again between trials and refining what they found.
-    search_deadline = start + TRIAL_SHARE * whole
+    search_deadline = deadline if budget.fixed else start + TRIAL_SHARE * whole
     from tnplan.optimal import PAIRS_PER_SECOND
 
     # Exact ordering of partition groups may take up to ~10% of the budget per group.
@@ -646,7 +699,7 @@ def _portfolio(
                 PartitionParams(**params, exact_work=exact_work),  # type: ignore[arg-type]
                 trial_seed,
                 # A trial may run a little past the search phase, never far past the budget.
-                deadline=max(search_deadline, time.perf_counter() + 0.05 * (deadline - start)),
+                deadline=max(search_deadline, time.perf_counter() + 0.05 * whole),
             )
         elif kind == "eliminate":
             temperature = 0.0 if trial < len(cycle) else float(rng.choice([0.05, 0.2, 0.5, 1.0]))
@@ -656,7 +709,7 @@ def _portfolio(
                 sizes,
                 temperature=temperature,
                 seed=trial_seed,
-                deadline=max(search_deadline, time.perf_counter() + 0.05 * (deadline - start)),
+                deadline=max(search_deadline, time.perf_counter() + 0.05 * whole),
             )
         else:
             costmod = float(rng.uniform(0.5, 2.0))
