@@ -95,3 +95,15 @@ def test_gpu_profile_script_refuses_without_a_gpu(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(script), "--results", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode != 0 and "GPU" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "kernels-gpu-profile.md").exists()
+
+
+def test_single_cuts_benchmark_floors_every_cut_and_proves_no_tree_fits(tmp_path: Path) -> None:
+    _run([str(PLANNER / "single_cuts.py"), "--network", "mera_closed_8_b2", "--budget", "0.1", "--base-budget", "1",
+          "--recheck", "2", "--recheck-budget", "0.2", "--recheck-seeds", "0", "--out", str(tmp_path)])  # fmt: skip
+    data = json.loads((tmp_path / "single-cuts.json").read_text())
+    rows = data["rows"]
+    assert len(rows) == 36 and all("recheck" in r for r in rows[:2])
+    # The unsliced plan of this 22-tensor MERA is proven optimal, and a cut never lowers the contraction cost.
+    assert min(r["cost_overhead"] for r in rows) >= 1.0 - 1e-9
+    assert [p["verdict"] for p in data["meta"]["width_proofs"]] == ["no tree fits", "no tree fits"]
+    assert "## Can a plan avoid slicing?" in (tmp_path / "single-cuts.md").read_text()

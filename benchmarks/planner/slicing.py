@@ -140,10 +140,37 @@ def main() -> int:
             f"- {bits} bits: median overhead {med:.3f}x vs target {limit:.2f}x: "
             f"{'PASS' if med <= limit and math.isfinite(med) else 'FAIL'}"
         )
-    lines += ["", "## Target check", *verdict, ""]
+    lines += ["", "## Target check", *verdict, *_floor(out, args.network), ""]
     (out / "slicing.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
+
+
+def _floor(out: Path, network: str) -> list[str]:
+    """What single-cuts.md (same folder, same network) says no plan can beat, when it is there."""
+    path = out / "single-cuts.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    if data["meta"]["network"] != network:
+        return []
+    rows = data["rows"]
+    best = min(r.get("recheck", r)["overhead"] for r in rows)
+    best_cost = min(r.get("recheck", r)["cost_overhead"] for r in rows)
+    proofs = data["meta"].get("width_proofs", [])
+    ruled_out = [p["below"] for p in proofs if p["verdict"] == "no tree fits"]
+    lines = [
+        "",
+        f"Floor, from `single-cuts.md`: the cheapest single cut of this network found costs {best:.3f}x"
+        f" ({best_cost:.3f}x in contraction cost).",
+    ]
+    if ruled_out:
+        lines[-1] += (
+            f" No tree is {' or '.join(str(b) for b in sorted(ruled_out))} bits below the unsliced width (proven),"
+            " so every plan for those caps slices, and since slicing one more index never lowers the contraction"
+            " cost, no plan for them costs less than that cheapest cut (in contraction cost; in flops as measured)."
+        )
+    return lines
 
 
 if __name__ == "__main__":
