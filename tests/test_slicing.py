@@ -102,3 +102,33 @@ def test_deepening_fixes_one_more_cut_of_a_plan_that_needed_cuts_of_its_own(monk
         if a < b and extra_a and len(cut_b - cut_a) == 1 and cut_a < cut_b and next(iter(cut_b - cut_a)) in extra_a
     ]
     assert deepened, searches
+
+
+def test_deepening_goes_on_while_a_searched_plan_has_an_extra_cut_left_to_try(monkeypatch) -> None:
+    """Searches around different cuts often end on the same cut set; each plan is still deepened on its
+    own. (Once, the first search of a set with all its cuts fixed marked every later plan with that
+    set as having nothing left to fix, and deepening stopped after 5 of 12 rounds with 11 extra cuts
+    untried.) Deepening stops early only when every extra cut of every plan searched around fixed
+    cuts has been fixed in turn, or led to a set already searched."""
+    import tnplan.planner as planner
+
+    net = mera(16, 4, closed=True)
+    full = tnplan.plan(net, cache=False, max_repeats=3)
+    searches: list[tuple[frozenset[int], frozenset[int]]] = []
+    real = planner._portfolio
+
+    def spy(legs, output, sizes, *args, **kwargs):
+        found = real(legs, output, sizes, *args, **kwargs)
+        if len(args) > 6 and args[6] is not None:
+            cut = frozenset(i for i, (x, d) in enumerate(zip(sizes, net.int_sizes, strict=True)) if x == 1 < d)
+            searches.append((cut, frozenset(found.sliced) - cut))
+        return found
+
+    monkeypatch.setattr(planner, "_portfolio", spy)
+    monkeypatch.setattr(planner, "MAX_DEEPENING", 12)
+    tnplan.plan(net, cache=False, max_repeats=3, max_size=2 ** (round(full.log2_size) - 4))
+    searched = {cut for cut, _ in searches}
+    needed = [(cut, e) for cut, extra in searches if cut for e in extra]
+    assert needed, searches  # plans that needed cuts of their own: what deepening is for
+    missing = [(sorted(cut), e) for cut, e in needed if cut | {e} not in searched]
+    assert not missing or len(searches) >= planner.MAX_DEEPENING, (missing, len(searches))

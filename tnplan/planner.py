@@ -465,8 +465,8 @@ def _sliced_search(
     trials is then fixed (its indices given size 1) and the whole search runs again on that
     network, so the tree is rebuilt around the cuts instead of merely sliced; any extra cuts the
     new trees need are added per trial. With the second half of the time, the cheapest plan that
-    still needed extra cuts gets the cheapest of them fixed as well and is searched again, round
-    after round (:data:`MAX_DEEPENING`).
+    still needed extra cuts gets the cheapest of them not yet tried on it fixed as well and is
+    searched again, round after round (:data:`MAX_DEEPENING`).
     """
     from tnplan.tree import Tree
 
@@ -494,9 +494,11 @@ def _sliced_search(
             if (c,) not in cut_sets:
                 cut_sets.append((c,))
                 seeds.append(base)
-    # Which cuts each searched candidate had fixed (the rest of its cuts its trials added).
-    fixed: dict[tuple[int, ...], tuple[int, ...]] = {}
-    results: list[_Candidate] = list(pool.items)
+    # Every candidate with the cuts its search had fixed (the rest of its cuts its trials added) and the
+    # extra cuts deepening has tried on it. Kept per candidate, not per cut set: searches around
+    # different cuts often end on the same set, and a set first searched whole would otherwise mark
+    # them all as having nothing left to fix.
+    results: list[tuple[_Candidate, tuple[int, ...], set[int]]] = [(c, (), set()) for c in pool.items]
 
     def search_around(cuts: tuple[int, ...], seed_cand: _Candidate, phase: _Budget, k: int) -> None:
         cut_sizes = _cut_sizes(sizes, cuts)
@@ -512,9 +514,8 @@ def _sliced_search(
             legs, output, cut_sizes, minimize, sub, sub_cost, phase, max(1, repeats // 3), seed + 1 + k, target, None
         )
         merged = tuple(sorted(set(cuts) | set(found.sliced)))
-        fixed.setdefault(merged, cuts)
         cand = _Candidate(found.cost * _n_slices(sizes, cuts), found.ssa, found.method + "+cut", merged)
-        results.append(cand)
+        results.append((cand, cuts, set()))
         pool.offer(cand)
 
     # The cut sets found so far get a share of the time left, deepening the rest.
@@ -527,22 +528,23 @@ def _sliced_search(
         search_around(cuts, seed_cand, phase, k)
         spread = spread.spend(phase)
     # Deepening: the cheapest plan whose trials still added cuts of their own to the fixed ones gets the
-    # cheapest of those fixed too, and the search runs again so the tree is rebuilt around it (on the
-    # 32-site closed MERA sliced to 14 bits, a few rounds take one cut's plan from ~20x to ~5x).
+    # cheapest of those not tried on it yet fixed too, and the search runs again so the tree is rebuilt
+    # around it (on the 32-site closed MERA sliced to 14 bits, a few rounds take one cut's plan from
+    # ~20x to ~5x). A plan stays open until every extra cut of it has been tried: the searches often
+    # return the same cut set, and the next cut of the same plan is then a better bet than a dearer plan.
     from tnplan.slicing import cut_costs
 
     searched = set(cut_sets)
     rounds = 0
     while rounds < MAX_DEEPENING:
-        open_ = [c for c in results if any(i not in fixed.get(c.sliced, ()) for i in c.sliced)]
+        open_ = [r for r in results if any(i not in r[1] and i not in r[2] for i in r[0].sliced)]
         if budget.over() or not open_:
             break
-        cand = min(open_, key=lambda c: c.cost)
-        results.remove(cand)
-        base_cuts = fixed.get(cand.sliced, ())
-        extra = [i for i in cand.sliced if i not in base_cuts]
+        cand, base_cuts, tried = min(open_, key=lambda r: r[0].cost)
+        extra = [i for i in cand.sliced if i not in base_cuts and i not in tried]
         cut_sizes = _cut_sizes(sizes, base_cuts)
         _cost, c = min(cut_costs(Tree(legs, output, cut_sizes, cand.ssa), extra))
+        tried.add(c)
         cuts = tuple(sorted((*base_cuts, c)))
         if cuts in searched:
             continue  # a candidate that leads where a search has been costs no round
