@@ -75,24 +75,30 @@ def test_cut_costs_equal_the_sliced_score_of_the_same_tree() -> None:
     assert cheapest_cuts(tree, target, 3) == [c for _, c in ranked[:3]]
 
 
-def test_deepening_fixes_one_more_cut_of_a_plan_that_needed_cuts_of_its_own(monkeypatch) -> None:
-    """After the first cut sets, a plan whose trees added cuts to its fixed ones is searched again
-    with the cheapest of those fixed as well: the searched sets grow one cut at a time."""
+def _record_cut_searches(monkeypatch, net: tnplan.Network) -> list[tuple[frozenset[int], frozenset[int]]]:
+    """Record every search under the size cap as (its fixed cuts, the extra cuts its plan added)."""
     import tnplan.planner as planner
 
-    net = mera(16, 4, closed=True)
-    full = tnplan.plan(net, cache=False, max_repeats=3)
-    searches: list[tuple[frozenset[int], tuple[int, ...]]] = []
+    searches: list[tuple[frozenset[int], frozenset[int]]] = []
     real = planner._portfolio
 
     def spy(legs, output, sizes, *args, **kwargs):
         found = real(legs, output, sizes, *args, **kwargs)
         if len(args) > 6 and args[6] is not None:  # a search under the size cap, around fixed cuts
             cut = frozenset(i for i, (x, d) in enumerate(zip(sizes, net.int_sizes, strict=True)) if x == 1 < d)
-            searches.append((cut, found.sliced))
+            searches.append((cut, frozenset(found.sliced) - cut))
         return found
 
     monkeypatch.setattr(planner, "_portfolio", spy)
+    return searches
+
+
+def test_deepening_fixes_one_more_cut_of_a_plan_that_needed_cuts_of_its_own(monkeypatch) -> None:
+    """After the first cut sets, a plan whose trees added cuts to its fixed ones is searched again
+    with the cheapest of those fixed as well: the searched sets grow one cut at a time."""
+    net = mera(16, 4, closed=True)
+    full = tnplan.plan(net, cache=False, max_repeats=3)
+    searches = _record_cut_searches(monkeypatch, net)
     sliced = tnplan.plan(net, cache=False, max_repeats=3, max_size=2 ** (round(full.log2_size) - 6))
     assert sliced.log2_size <= round(full.log2_size) - 6
     deepened = [
@@ -114,17 +120,7 @@ def test_deepening_goes_on_while_a_searched_plan_has_an_extra_cut_left_to_try(mo
 
     net = mera(16, 4, closed=True)
     full = tnplan.plan(net, cache=False, max_repeats=3)
-    searches: list[tuple[frozenset[int], frozenset[int]]] = []
-    real = planner._portfolio
-
-    def spy(legs, output, sizes, *args, **kwargs):
-        found = real(legs, output, sizes, *args, **kwargs)
-        if len(args) > 6 and args[6] is not None:
-            cut = frozenset(i for i, (x, d) in enumerate(zip(sizes, net.int_sizes, strict=True)) if x == 1 < d)
-            searches.append((cut, frozenset(found.sliced) - cut))
-        return found
-
-    monkeypatch.setattr(planner, "_portfolio", spy)
+    searches = _record_cut_searches(monkeypatch, net)
     monkeypatch.setattr(planner, "MAX_DEEPENING", 12)
     tnplan.plan(net, cache=False, max_repeats=3, max_size=2 ** (round(full.log2_size) - 4))
     searched = {cut for cut, _ in searches}

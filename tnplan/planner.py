@@ -122,6 +122,19 @@ class _Budget:
 
 
 @dataclass
+class _Searched:
+    """A plan found by searching around fixed cuts: its own extra cuts are what deepening may fix next."""
+
+    cand: _Candidate
+    fixed: tuple[int, ...]
+    tried: set[int] = field(default_factory=set)
+
+    def untried(self) -> list[int]:
+        """Extra cuts of the plan (beyond the fixed ones) not fixed by deepening yet."""
+        return [i for i in self.cand.sliced if i not in self.fixed and i not in self.tried]
+
+
+@dataclass
 class _Pool:
     """The best few distinct trees found so far."""
 
@@ -498,7 +511,7 @@ def _sliced_search(
     # extra cuts deepening has tried on it. Kept per candidate, not per cut set: searches around
     # different cuts often end on the same set, and a set first searched whole would otherwise mark
     # them all as having nothing left to fix.
-    results: list[tuple[_Candidate, tuple[int, ...], set[int]]] = [(c, (), set()) for c in pool.items]
+    results = [_Searched(c, ()) for c in pool.items]
 
     def search_around(cuts: tuple[int, ...], seed_cand: _Candidate, phase: _Budget, k: int) -> None:
         cut_sizes = _cut_sizes(sizes, cuts)
@@ -515,7 +528,7 @@ def _sliced_search(
         )
         merged = tuple(sorted(set(cuts) | set(found.sliced)))
         cand = _Candidate(found.cost * _n_slices(sizes, cuts), found.ssa, found.method + "+cut", merged)
-        results.append((cand, cuts, set()))
+        results.append(_Searched(cand, cuts))
         pool.offer(cand)
 
     # The cut sets found so far get a share of the time left, deepening the rest.
@@ -537,20 +550,19 @@ def _sliced_search(
     searched = set(cut_sets)
     rounds = 0
     while rounds < MAX_DEEPENING:
-        open_ = [r for r in results if any(i not in r[1] and i not in r[2] for i in r[0].sliced)]
+        open_ = [r for r in results if r.untried()]
         if budget.over() or not open_:
             break
-        cand, base_cuts, tried = min(open_, key=lambda r: r[0].cost)
-        extra = [i for i in cand.sliced if i not in base_cuts and i not in tried]
-        cut_sizes = _cut_sizes(sizes, base_cuts)
-        _cost, c = min(cut_costs(Tree(legs, output, cut_sizes, cand.ssa), extra))
-        tried.add(c)
-        cuts = tuple(sorted((*base_cuts, c)))
+        chosen = min(open_, key=lambda r: r.cand.cost)
+        extra = chosen.untried()
+        _cost, c = min(cut_costs(Tree(legs, output, _cut_sizes(sizes, chosen.fixed), chosen.cand.ssa), extra))
+        chosen.tried.add(c)
+        cuts = tuple(sorted((*chosen.fixed, c)))
         if cuts in searched:
             continue  # a candidate that leads where a search has been costs no round
         searched.add(cuts)
         phase = budget.sub(budget.left() / len(extra))
-        search_around(cuts, cand, phase, len(cut_sets) + rounds)
+        search_around(cuts, chosen.cand, phase, len(cut_sets) + rounds)
         budget = budget.spend(phase)
         rounds += 1
     return pool.best

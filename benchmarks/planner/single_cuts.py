@@ -99,10 +99,8 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "single-cuts.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    cheapest = min(rows, key=lambda r: r.get("recheck", r)["overhead"])
-    cheapest_cost = min(rows, key=lambda r: r.get("recheck", r)["cost_overhead"])
-    floor = cheapest.get("recheck", cheapest)["overhead"]
-    cost_floor = cheapest_cost.get("recheck", cheapest_cost)["cost_overhead"]
+    floor, cheapest = cheapest_cut(rows, "overhead")
+    cost_floor, cheapest_cost = cheapest_cut(rows, "cost_overhead")
     lines = [
         f"# Single cuts of `{args.network}` ({net.num_tensors} tensors)",
         "",
@@ -155,6 +153,12 @@ def main() -> int:
     (out / "single-cuts.md").write_text("\n".join([*lines, ""]))
     print("\n".join(lines))
     return 0
+
+
+def cheapest_cut(rows: list[dict], key: str) -> tuple[float, dict]:
+    """The smallest ``key`` overhead of any cut (its rechecked value where there is one), and its row."""
+    row = min(rows, key=lambda r: r.get("recheck", r)[key])
+    return row.get("recheck", row)[key], row
 
 
 def _cut(net: tnplan.Network, label) -> tnplan.Network:

@@ -154,9 +154,10 @@ def _floor(out: Path, network: str) -> list[str]:
     data = json.loads(path.read_text())
     if data["meta"]["network"] != network:
         return []
-    rows = data["rows"]
-    best = min(r.get("recheck", r)["overhead"] for r in rows)
-    best_cost = min(r.get("recheck", r)["cost_overhead"] for r in rows)
+    from single_cuts import cheapest_cut
+
+    best, _ = cheapest_cut(data["rows"], "overhead")
+    best_cost, _ = cheapest_cut(data["rows"], "cost_overhead")
     proofs = data["meta"].get("width_proofs", [])
     ruled_out = [p["below"] for p in proofs if p["verdict"] == "no tree fits"]
     lines = [

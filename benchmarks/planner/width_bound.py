@@ -62,9 +62,10 @@ class _Program:
 
     def boundary_at_most(
         self, x: list[int], edges: list[tuple[float, list[int]]], bits: float, unless: tuple[int, float] | None = None
-    ) -> None:
+    ) -> list[int]:
         """The indices crossing the set ``x`` (membership variables) weigh at most ``bits``; with
-        ``unless=(v, slack)``, at most ``bits + slack`` where the 0/1 variable ``v`` is 0."""
+        ``unless=(v, slack)``, at most ``bits + slack`` where the 0/1 variable ``v`` is 0. Returns the
+        crossing indicators, one per edge."""
         y = self.new(len(edges), integer=False)
         for e, (_, holders) in enumerate(edges):
             first = holders[0]
@@ -77,6 +78,7 @@ class _Program:
         else:  # sum w y <= bits + slack (1 - v)
             v, slack = unless
             self.add({**row, v: slack}, -math.inf, bits + slack + 1e-6)
+        return y
 
     def solve(self, objective: dict[int, float], time_limit: float):
         from scipy.optimize import Bounds, LinearConstraint, milp
@@ -121,10 +123,9 @@ def balanced_cut_bits(network: tnplan.Network, *, cut: Iterable = (), time_limit
     edges = _edges(network, cut)
     prog = _Program()
     x = prog.new(n, integer=True)
-    y0 = prog.n_vars
-    prog.boundary_at_most(x, edges, math.inf)
+    crossing = prog.boundary_at_most(x, edges, math.inf)
     _size_between(prog, x, math.floor(n / 3) + 1, math.floor(2 * n / 3))
-    res = prog.solve({y0 + e: w for e, (w, _) in enumerate(edges)}, time_limit)
+    res = prog.solve({y: w for y, (w, _) in zip(crossing, edges, strict=True)}, time_limit)
     if res.status != 0:
         raise RuntimeError(f"balanced cut not solved to optimality in {time_limit:g} s ({res.message})")
     return float(res.fun)
