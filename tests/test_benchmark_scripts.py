@@ -87,7 +87,8 @@ def test_gpu_profile_script_refuses_without_a_gpu(tmp_path: Path) -> None:
 
 def test_single_cuts_benchmark_floors_every_cut_and_proves_no_tree_fits(tmp_path: Path) -> None:
     _run([str(PLANNER / "single_cuts.py"), "--network", "mera_closed_8_b2", "--budget", "0.1", "--base-budget", "1",
-          "--recheck", "2", "--recheck-budget", "0.2", "--recheck-seeds", "0", "--out", str(tmp_path)])  # fmt: skip
+          "--recheck", "2", "--recheck-budget", "0.2", "--recheck-seeds", "0", "--sets", "5,4", "--sets-below", "2",
+          "--sets-budget", "0.1", "--out", str(tmp_path)])  # fmt: skip
     data = json.loads((tmp_path / "single-cuts.json").read_text())
     rows = data["rows"]
     assert len(rows) == 36  # every index of the closed 8-site MERA (none open)
@@ -96,6 +97,29 @@ def test_single_cuts_benchmark_floors_every_cut_and_proves_no_tree_fits(tmp_path
     # The unsliced plan of this 22-tensor MERA is proven optimal, and a cut never lowers the contraction cost.
     assert rows[0]["overhead"] >= 1.0 - 1e-9
     assert min(r["cost_overhead"] for r in rows) >= 1.0 - 1e-9
-    assert [p["verdict"] for p in data["meta"]["width_proofs"]] == ["no tree fits", "no tree fits"]
+    # No tree fits 2 or 4 bits below the width, nor 2 below with any one index sliced.
+    assert [(p["free_cuts"], p["verdict"]) for p in data["meta"]["width_proofs"]] == [
+        (0, "no tree fits"),
+        (0, "no tree fits"),
+        (1, "no tree fits"),
+    ]
+    # Every pair of the 5 cheapest cuts and triple of the 4 cheapest, under a 4-bit cap; a set costs at
+    # least each of its cuts alone (those one-cut plans are exact on 22 tensors).
+    sets = data["cut_sets"]
+    assert sorted(len(r["cuts"]) for r in sets) == [2] * 10 + [3] * 4
+    single = {r["index"]: r["cost_overhead"] for r in rows}
+    for r in sets:
+        assert r["cost_overhead"] >= max(single[c] for c in r["cuts"]) - 1e-9
+        assert not set(r["extra"]) & set(r["cuts"])
+        if len(r["cuts"]) == 2:  # the pair with no cap: a floor under the capped plan, above each cut alone
+            assert max(single[c] for c in r["cuts"]) - 1e-9 <= r["floor_cost_overhead"] <= r["cost_overhead"] + 1e-9
     text = (tmp_path / "single-cuts.md").read_text()
     assert "Smallest overhead of any single cut" in text and "## Can a plan avoid slicing?" in text
+    assert "## Cut sets at 4 bits (2 below the unsliced width)" in text
+    assert "every 4-bit plan costs at least **" in text
+    # The slicing benchmark run beside it quotes both floors under its target check.
+    _run([str(PLANNER / "slicing.py"), "--network", "mera_closed_8_b2", "--budget", "0.5", "--seeds", "0",
+          "--out", str(tmp_path)])  # fmt: skip
+    check = (tmp_path / "slicing.md").read_text().split("## Target check")[1]
+    assert "No tree is 2 or 4 bits below the unsliced width (proven)" in check
+    assert "At 2 bits below, no tree fits with any one index sliced either (proven)" in check

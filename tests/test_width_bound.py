@@ -43,3 +43,20 @@ def test_the_nested_template_proves_what_the_balanced_cut_cannot() -> None:
     net = FAMILIES["mera_closed_8_b2"]()
     assert balanced_cut_bits(net) == pytest.approx(5.0)
     assert narrow_tree_possible(net, 5.0, depth=3, time_limit=120) is False  # the optimum is 6 bits
+
+
+def test_free_cuts_let_the_program_pick_which_bonds_to_slice() -> None:
+    ring = _ring(9, 4)
+    # One free cut turns the ring into a chain (2 bits); no single cut gets it to 0 bits.
+    assert narrow_tree_possible(ring, 2.0, depth=2, free_cuts=1) is True
+    assert narrow_tree_possible(ring, 0.0, depth=2, free_cuts=1) is False
+    net = FAMILIES["mera_closed_8_b2"]()
+    # Sound: the width of the best tree with one bond sliced is reachable with one free cut ...
+    cut = next(i for i in net.size_dict if i not in net.output)
+    sliced = tnplan.plan(
+        tnplan.Network(net.inputs, net.output, {**net.size_dict, cut: 1}), minimize="size", cache=False
+    )
+    assert narrow_tree_possible(net, sliced.log2_size, depth=3, free_cuts=1, time_limit=120) is True
+    # ... and a cap that no single cut reaches is proven out of reach, while two cuts leave it open.
+    assert narrow_tree_possible(net, 4.0, depth=3, free_cuts=1, time_limit=120) is False
+    assert narrow_tree_possible(net, 4.0, depth=3, free_cuts=2, time_limit=120) is True

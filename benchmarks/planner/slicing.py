@@ -154,12 +154,13 @@ def _floor(out: Path, network: str) -> list[str]:
     data = json.loads(path.read_text())
     if data["meta"]["network"] != network:
         return []
-    from single_cuts import cheapest_cut
+    from single_cuts import cheapest_cut, pair_floor
 
     best, _ = cheapest_cut(data["rows"], "overhead")
     best_cost, _ = cheapest_cut(data["rows"], "cost_overhead")
     proofs = data["meta"].get("width_proofs", [])
-    ruled_out = [p["below"] for p in proofs if p["verdict"] == "no tree fits"]
+    ruled_out = [p["below"] for p in proofs if p["verdict"] == "no tree fits" and not p.get("free_cuts")]
+    one_cut = [p["below"] for p in proofs if p["verdict"] == "no tree fits" and p.get("free_cuts") == 1]
     lines = [
         "",
         f"Floor, from `single-cuts.md`: the cheapest single cut of this network found costs {best:.3f}x"
@@ -170,6 +171,13 @@ def _floor(out: Path, network: str) -> list[str]:
             f" No tree is {' or '.join(str(b) for b in sorted(ruled_out))} bits below the unsliced width (proven),"
             " so every plan for those caps slices, and since slicing one more index never lowers the contraction"
             " cost, no plan for them costs less than that cheapest cut (in contraction cost; in flops as measured)."
+        )
+    sets = data["meta"].get("sets")
+    floor = pair_floor(data["rows"], data.get("cut_sets", []), sets["pairs_of"]) if sets and one_cut else None
+    if floor is not None and sets["bits"] == round(data["meta"]["unsliced_log2_size"]) - one_cut[0]:
+        lines[-1] += (
+            f" At {one_cut[0]} bits below, no tree fits with any one index sliced either (proven), and the pair"
+            f" scan puts every plan at {floor[0]:.3f}x or more in contraction cost."
         )
     return lines
 

@@ -13,6 +13,10 @@ tree of width ``<= K`` is a hierarchy of nested tensor sets, each with a boundar
   is infeasible), no tree of width ``<= K`` exists. This is much stronger than the balanced cut: on
   the 32-site closed MERA at bond 4 the balanced cut allows 16 bits, the nesting of depth 3 does not.
 
+With ``free_cuts=k`` the program may also slice any ``k`` indices of its choice (a sliced index
+weighs nothing in any boundary), so an infeasible program proves that every plan of that width slices
+more than ``k`` indices.
+
 Open indices are left out of every boundary, which only weakens the bounds. The programs are solved
 exactly by scipy's HiGHS. Used by ``single_cuts.py``.
 """
@@ -61,18 +65,29 @@ class _Program:
         self.upper.append(upper)
 
     def boundary_at_most(
-        self, x: list[int], edges: list[tuple[float, list[int]]], bits: float, unless: tuple[int, float] | None = None
+        self,
+        x: list[int],
+        edges: list[tuple[float, list[int]]],
+        bits: float,
+        unless: tuple[int, float] | None = None,
+        sliced: list[int] | None = None,
     ) -> list[int]:
         """The indices crossing the set ``x`` (membership variables) weigh at most ``bits``; with
-        ``unless=(v, slack)``, at most ``bits + slack`` where the 0/1 variable ``v`` is 0. Returns the
-        crossing indicators, one per edge."""
+        ``unless=(v, slack)``, at most ``bits + slack`` where the 0/1 variable ``v`` is 0; with
+        ``sliced`` (one 0/1 variable per edge), a sliced index weighs nothing. Returns the crossing
+        indicators, one per edge."""
         y = self.new(len(edges), integer=False)
         for e, (_, holders) in enumerate(edges):
             first = holders[0]
             for other in holders[1:]:  # y_e >= |x_first - x_other|: 1 when the index crosses
                 self.add({y[e]: 1.0, x[first]: -1.0, x[other]: 1.0}, 0.0, math.inf)
                 self.add({y[e]: 1.0, x[other]: -1.0, x[first]: 1.0}, 0.0, math.inf)
-        row = {y[e]: w for e, (w, _) in enumerate(edges)}
+        weighed = y
+        if sliced is not None:  # d_e >= y_e - s_e: an index counts when it crosses and is not sliced
+            weighed = self.new(len(edges), integer=False)
+            for e in range(len(edges)):
+                self.add({weighed[e]: 1.0, y[e]: -1.0, sliced[e]: 1.0}, 0.0, math.inf)
+        row = {weighed[e]: w for e, (w, _) in enumerate(edges)}
         if unless is None:
             self.add(row, -math.inf, bits + 1e-6)
         else:  # sum w y <= bits + slack (1 - v)
@@ -132,7 +147,13 @@ def balanced_cut_bits(network: tnplan.Network, *, cut: Iterable = (), time_limit
 
 
 def narrow_tree_possible(
-    network: tnplan.Network, bits: float, *, depth: int = 3, cut: Iterable = (), time_limit: float = 900.0
+    network: tnplan.Network,
+    bits: float,
+    *,
+    depth: int = 3,
+    cut: Iterable = (),
+    free_cuts: int = 0,
+    time_limit: float = 900.0,
 ) -> bool | None:
     """Whether a contraction tree of width ``<= bits`` may exist: ``False`` is a proof that none does.
 
@@ -142,7 +163,8 @@ def narrow_tree_possible(
     tensors must split into two nonempty ones, and every set of two or more tensors has a boundary
     of at most ``bits`` (an input tensor may be wider: width counts intermediates). Every tree of
     width ``<= bits`` fills the template with its own subtrees, so an infeasible template rules all
-    of them out.
+    of them out. ``cut`` names indices already sliced; with ``free_cuts=k`` the program also picks up
+    to ``k`` more to slice, so ``False`` then rules out every plan of that width slicing ``k`` or fewer.
 
     Returns:
         ``False`` when the template is infeasible (no such tree), ``True`` when it is feasible (no
@@ -154,13 +176,17 @@ def narrow_tree_possible(
     edges = _edges(network, cut)
     widest = max((sum(w for w, h in edges if t in h) for t in range(n)), default=0.0)
     prog = _Program()
+    sliced = None
+    if free_cuts:
+        sliced = prog.new(len(edges), integer=True)
+        prog.add(dict.fromkeys(sliced, 1.0), 0.0, float(free_cuts))
     sets = {k: prog.new(n, integer=True) for k in range(1, 2 ** (depth + 1))}  # heap order: 1 = P, 2 = V
     for k, x in sets.items():
         # ``split`` is 1 exactly when the set holds two or more tensors (an intermediate).
         (split,) = prog.new(1, integer=True)
         prog.add({**dict.fromkeys(x, 1.0), split: -float(n)}, -math.inf, 1.0)
         prog.add({**dict.fromkeys(x, 1.0), split: -2.0}, 0.0, math.inf)
-        prog.boundary_at_most(x, edges, bits, unless=(split, widest))
+        prog.boundary_at_most(x, edges, bits, unless=(split, widest), sliced=sliced)
         if 2 * k not in sets:
             continue
         left, right = sets[2 * k], sets[2 * k + 1]
