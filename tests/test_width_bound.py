@@ -60,3 +60,16 @@ def test_free_cuts_let_the_program_pick_which_bonds_to_slice() -> None:
     # ... and a cap that no single cut reaches is proven out of reach, while two cuts leave it open.
     assert narrow_tree_possible(net, 4.0, depth=3, free_cuts=1, time_limit=120) is False
     assert narrow_tree_possible(net, 4.0, depth=3, free_cuts=2, time_limit=120) is True
+
+
+def test_pair_floor_takes_the_cheaper_of_the_best_pair_and_any_other_single_cut() -> None:
+    from single_cuts import pair_floor
+
+    rows = [{"cost_overhead": 1.5}, {"cost_overhead": 2.0}, {"cost_overhead": 3.0}, {"cost_overhead": 4.0}]
+    pair = {"cuts": ["a", "b"], "floor_cost_overhead": 2.5}
+    assert pair_floor(rows, [pair], 2) == (2.5, pair, 3.0)
+    dear = {**pair, "floor_cost_overhead": 3.5}
+    assert pair_floor(rows, [dear], 2)[0] == 3.0  # a plan may slice the third-cheapest index instead
+    # No verdict from an incomplete or empty scan.
+    assert pair_floor(rows, [pair], 3) is None
+    assert pair_floor(rows, [], 0) is None

@@ -276,7 +276,7 @@ def pair_floor(rows: list[dict], cut_sets: list[dict], pairs_of: int) -> tuple[f
     pair's row and the cheapest other index's overhead, or ``None`` without a complete pair scan.
     """
     pairs = [r for r in cut_sets if len(r["cuts"]) == 2 and "floor_cost_overhead" in r]
-    if len(pairs) != pairs_of * (pairs_of - 1) // 2 or len(rows) <= pairs_of:
+    if not pairs or len(pairs) != pairs_of * (pairs_of - 1) // 2 or len(rows) <= pairs_of:
         return None
     outside = min(r["cost_overhead"] for r in rows[pairs_of:])
     pair = min(pairs, key=lambda r: r["floor_cost_overhead"])
