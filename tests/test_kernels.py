@@ -85,10 +85,24 @@ def test_parallel_kernels_match_torch_with_two_threads(arch, kwargs, monkeypatch
     assert torch.equal(results[1][0], w) and all(torch.equal(results[1][1][k], grads[k]) for k in grads)
 
 
-def test_layers_pick_numba_on_the_cpu_and_torch_under_compile():
+def _pinned_calibration(monkeypatch, numba: float, blas: float) -> None:
+    """A calibration with fixed per-flop costs: the choice then follows the cost model, not the timings
+    this process happened to measure (on a tiny generator they may go either way)."""
+    keys = ["8", "64", "large-4", "large-16", "large-64"]
+    cal = {side: dict.fromkeys(keys, v) for side, v in (("numba", numba), ("blas", blas), ("direct", blas))}
+    monkeypatch.setattr("kernels.calibrate._MEMO", {torch.get_num_threads(): cal})
+
+
+def test_layers_pick_numba_where_the_cost_model_says_so_and_torch_under_compile(monkeypatch):
     torch.manual_seed(1)
+    _pinned_calibration(monkeypatch, numba=1.0, blas=4.0)
     layer = adntn.TNLinear(32, 24, "ttn", bond_dim=2, mode="materialize")
     assert layer.generator.executor == "auto" and layer.generator.uses_kernels()
+    # Where BLAS would do most of the work, auto leaves the layer to torch, which is as fast there.
+    _pinned_calibration(monkeypatch, numba=4.0, blas=1.0)
+    blas_bound = adntn.TNLinear(32, 24, "ttn", bond_dim=2, mode="materialize")
+    assert not blas_bound.generator.uses_kernels()
+    _pinned_calibration(monkeypatch, numba=1.0, blas=4.0)
     reference = adntn.TNLinear(32, 24, "ttn", bond_dim=2, mode="materialize", executor="torch")
     reference.load_state_dict(layer.state_dict())
     x = torch.randn(5, 32)
