@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import tnplan
-from adntn import activations
+from adntn import activations, layout
 from adntn.errors import AdntnError
 from adntn.graph import Graph, Node
 from tnplan.contract import Program
@@ -311,6 +311,10 @@ class Generator(nn.Module):
             outputs.append(activations.apply(g.activation, z))
         return [outputs, pre] if keep_preactivations else outputs
 
+    def padded_weight(self) -> torch.Tensor:
+        """The weight with its padding, ``(out_padded, in_padded)``, from the torch programs (differentiable)."""
+        return layout.reshape(self.run_groups()[-1], (self.out_padded, self.in_padded))
+
     def uses_kernels(self) -> bool:
         """Whether ``forward`` builds the weight with the kernels (numba CPU or CUDA) right now."""
         if self.executor == "torch" or torch.compiler.is_compiling() or torch.jit.is_tracing():
@@ -353,7 +357,7 @@ class Generator(nn.Module):
 
             w = numba_weight(self)
         else:
-            w = self.run_groups()[-1].reshape(self.out_padded, self.in_padded)
+            w = self.padded_weight()
         if w.shape != (self.out_features, self.in_features):
             w = w[: self.out_features, : self.in_features]
         return w

@@ -71,11 +71,38 @@ def test_overlap_benchmark_renders_its_table_and_refuses_without_a_gpu(tmp_path:
     }
     src = tmp_path / "in.json"
     src.write_text(json.dumps(result))
-    _run([str(script), str(src), "--results", str(tmp_path)])
+    _run([str(script), "table", str(src), "--results", str(tmp_path)])
     row = next(line for line in (tmp_path / "kernels-gpu-overlap.md").read_text().splitlines() if "ttn" in line)
     assert row.endswith("| 2.000 | — | 2.500 | — | — | — | — | — | 0.80x |")
     proc = subprocess.run([sys.executable, str(script), "--results", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode != 0 and "GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_swap_ab_renders_errors_and_refuses_without_a_gpu(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks" / "kernels"))
+    import swap_ab
+
+    rows = [
+        {"config": "ttn χ=2 8x8", "error": "boom"},
+        {
+            "config": "ttn χ=3 8x8",
+            "before": 0.4,
+            "after": 0.3,
+            "finish": {"before": "ab->ba", "after": "ab->ab"},
+            "device": "X",
+            "torch": "t",
+        },
+    ]
+    text = swap_ab.markdown(rows)
+    assert "Device: X; torch t" in text
+    assert "| ttn χ=2 8x8 | error: boom |" in text
+    assert "| ttn χ=3 8x8 | 0.400 | 0.300 | 0.75 | `ab->ba` | `ab->ab` |" in text
+    script = REPO / "benchmarks" / "kernels" / "swap_ab.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "run", "--results", str(tmp_path)], capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "GPU" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "kernels-gpu-swap.md").exists()
 
 
 def test_gpu_profile_script_refuses_without_a_gpu(tmp_path: Path) -> None:

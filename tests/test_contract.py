@@ -130,3 +130,21 @@ def test_a_sliced_plan_does_not_compile():
     sliced = tnplan.from_path(net, [(0, 1), (0, 1)], sliced=("b",))
     with pytest.raises(tnplan.PlanError, match="sliced plan cannot be compiled"):
         sliced.compile()
+
+
+def test_last_step_operand_order_keeps_the_longest_contiguous_runs_for_the_final_permutation():
+    # A TTN root: W[o0, o1, i0, i1] = sum_k A[o0, i0, k] B[o1, i1, k]. Planned as (B, A), the product's
+    # layout (o1, i1, o0, i0) has to move single elements; as (A, B) it moves runs of i1.
+    net = tnplan.Network.from_einsum("bdk,ack->abcd", (3, 4, 5), (6, 7, 5))
+    plan = tnplan.from_path(net, [(0, 1)])
+    prog = plan.compile()
+    ((left, right, *_),) = prog.steps
+    assert (left, right) == (1, 0)  # swapped: A's legs (o0, i0) come first
+    assert prog.finish[0] == "abcd->acbd"  # the last axis (i1) stays in place
+    rng = np.random.default_rng(2)
+    xs = [rng.random(s) for s in net.shapes]
+    np.testing.assert_allclose(prog(*xs), np.einsum("bdk,ack->abcd", *xs))
+    # A hyperedge kept by the last step leaves its operand order alone.
+    batch = tnplan.Network.from_einsum("zbk,zak->zab", (2, 3, 5), (2, 4, 5))
+    ((left, right, *_),) = tnplan.from_path(batch, [(0, 1)]).compile().steps
+    assert (left, right) == (0, 1)

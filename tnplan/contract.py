@@ -86,6 +86,16 @@ class Program:
         return _einsum(eq, live[-1].reshape(shape)).reshape(out)
 
 
+def _run(sizes: Sequence[int], order: Sequence[int], out: Sequence[int]) -> int:
+    """Elements in the contiguous runs that permuting ``order`` into ``out`` keeps (their common suffix)."""
+    run = 1
+    for a, b in zip(reversed(order), reversed(out), strict=False):
+        if a != b:
+            break
+        run *= sizes[a]
+    return run
+
+
 def _fused(
     terms: Sequence[Sequence[int]], out: Sequence[int], sizes: Sequence[int], free: int | None = None
 ) -> tuple[str, list[tuple[int, ...]]]:
@@ -138,12 +148,22 @@ def compile_plan(plan: Plan, free: Label | None = None) -> Program:
     full_terms = [[ids[lab] for lab in term] for term in net.inputs]
     legs = leaf_legs(net)
     prepare = tuple(None if list(t) == list(lg) else _equation([t], lg) for t, lg in zip(full_terms, legs, strict=True))
-    steps = []
-    for (a, b), st in zip(plan.ssa_path, plan.costs.steps, strict=True):
-        eq, (sa, sb, _) = _fused([st.legs_left, st.legs_right], st.legs_out, sizes, fid)
-        steps.append((a, b, eq, sa, sb, shape(st.legs_out)))
-    final = plan.costs.steps[-1].legs_out if steps else legs[0]
     out = [ids[lab] for lab in net.output]
+    steps = []
+    final = legs[0]
+    for k, ((a, b), st) in enumerate(zip(plan.ssa_path, plan.costs.steps, strict=True)):
+        left, right, result = st.legs_left, st.legs_right, st.legs_out
+        if fid is None and k == len(plan.ssa_path) - 1 and not set(left) & set(right) & set(result):
+            # The last step of a plain matrix product writes left legs, then right legs; the other
+            # operand order can leave longer contiguous runs for the final permutation (a generator's
+            # weight: kernels-gpu-profile.md). Streamed programs keep their order: their result is
+            # consumed as a strided view, and swapping moves einsum's own operand permutations.
+            swapped = [i for i in right if i in result] + [i for i in left if i in result]
+            if _run(sizes, swapped, out) > _run(sizes, result, out):
+                a, b, left, right, result = b, a, right, left, tuple(swapped)
+        eq, (sa, sb, _) = _fused([left, right], result, sizes, fid)
+        steps.append((a, b, eq, sa, sb, shape(result)))
+        final = result
     eq, (fused, _) = _fused([final], out, sizes, fid)
     finish = (eq, fused, shape(out))
     return Program(shapes=tuple(shape(t) for t in full_terms), prepare=prepare, steps=tuple(steps), finish=finish)

@@ -199,7 +199,7 @@ def generator_rows(g: Any, device: Any, timer: Timer, with_compile: bool) -> dic
     grad_w = torch.randn(g.out_padded, g.in_padded, device=device)
 
     def torch_step() -> Any:
-        w = g.run_groups()[-1].reshape(g.out_padded, g.in_padded)
+        w = g.padded_weight()
         return torch.autograd.grad(w, params, grad_w)
 
     def cuda_step() -> Any:
@@ -207,7 +207,7 @@ def generator_rows(g: Any, device: Any, timer: Timer, with_compile: bool) -> dic
 
     def compiled(mode: str) -> Callable[[], Any]:
         torch._dynamo.reset()
-        weight = torch.compile(lambda: g.run_groups()[-1].reshape(g.out_padded, g.in_padded), mode=mode)
+        weight = torch.compile(lambda: g.padded_weight(), mode=mode)
         return lambda: torch.autograd.grad(weight(), params, grad_w)
 
     with _float32_matmuls():
@@ -222,7 +222,7 @@ def generator_rows(g: Any, device: Any, timer: Timer, with_compile: bool) -> dic
         makers["compile-default"] = lambda: compiled("default")
         makers["compile-reduce-overhead"] = lambda: compiled("reduce-overhead")
     if device.type == "cuda":  # how much of the step is the forward, which nothing can hide in a layer step
-        makers["forward-graph"] = lambda: _graphed(lambda: g.run_groups()[-1], device)
+        makers["forward-graph"] = lambda: _graphed(g.padded_weight, device)
     rows: dict[str, Any] = {}
     for name, make in makers.items():
         try:
@@ -545,6 +545,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"`benchmarks/kernels/gpu.py run` (plans from the CPU machine's export, `cache_only`). Medians of "
         f"{result['reps']} timed calls (CUDA events). Target: 4096x4096 TTN bond 16 forward+backward <= "
         f"{TARGET_MS} ms; layer step at batch {result['batch']} no slower than dense TF32.",
+        "",
+        "Each variant is timed once, right after its capture, and dense's own step drifts by a few percent "
+        "between configurations: a layer verdict within ~5% of dense here is noise. The interleaved comparisons "
+        "decide it: `kernels-gpu-profile.md` (input layer: dense, the layer's GEMMs alone, the layer) and "
+        "`kernels-gpu-overlap.md` (hidden layer).",
         "",
         "## Generator forward+backward (median ms)",
         "",

@@ -24,34 +24,39 @@ for _p in (HERE, HERE.parent, REPO):
 CONFIGS = [("ttn", 16, 4096, 4096), ("attn", 9, 4096, 4096), ("mera", 8, 4096, 4096)]
 
 
-def profile(spec: tuple, cache: Any, reps: int) -> list[str]:
+def profile(spec: tuple, cache: Any, reps: int, dev: Any) -> list[str]:
     import gpu
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     arch, bond, n_in, n_out = spec
-    dev = torch.device("cuda")
+    on_gpu = dev.type == "cuda"
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     g = gpu.build_generator(arch, bond, n_in, n_out, cache, True).to(dev)
     params = list(g.cores.values())
     grad_w = torch.randn(g.out_padded, g.in_padded, device=dev)
 
     def forward() -> Any:
-        return g.run_groups()[-1].reshape(g.out_padded, g.in_padded)
+        return g.padded_weight()
 
     for _ in range(5):
         torch.autograd.grad(forward(), params, grad_w)
-    torch.cuda.synchronize()
-    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+    sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with torch_profile(activities=activities, record_shapes=True) as prof:
         for _ in range(reps):
             w = forward()
-            torch.cuda.synchronize()
+            sync()
             torch.autograd.grad(w, params, grad_w)
-        torch.cuda.synchronize()
+        sync()
+    kind = torch.autograd.DeviceType.CUDA if on_gpu else torch.autograd.DeviceType.CPU
     rows: dict[str, list[float]] = {}
+    sequence: list[tuple[str, float]] = []
     for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
+        if e.device_type == kind and (on_gpu or not e.cpu_children):  # CPU: leaf ops stand in for kernels
             rows.setdefault(e.name, []).append(e.time_range.elapsed_us())
+            sequence.append((e.name, e.time_range.elapsed_us()))
     total = sum(sum(v) for v in rows.values()) / reps
     count = sum(len(v) for v in rows.values()) / reps
     lines = [
@@ -67,7 +72,72 @@ def profile(spec: tuple, cache: Any, reps: int) -> list[str]:
         lines.append(
             f"| `{short}` | {len(times) / reps:.0f} | {sum(times) / reps:.1f} | {sum(times) / len(times):.2f} |"
         )
+    lines += _op_table(prof, reps, on_gpu)
+    per_step = len(sequence) // reps
+    lines += ["", f"One forward+backward in launch order ({per_step} kernels; us):", ""]
+    lines.append(" ".join(f"`{_short(n, 40)}` {t:.1f};" for n, t in sequence[:per_step]))
     return lines
+
+
+def _short(name: str, n: int) -> str:
+    name = name.replace("|", "/")
+    return name if len(name) <= n else name[: n - 3] + "..."
+
+
+def _op_table(prof: Any, reps: int, on_gpu: bool) -> list[str]:
+    """The aten ops that launched the most device time, by input shapes (which contraction step they are)."""
+    stats = prof.key_averages(group_by_input_shape=True)
+    attr = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    top = sorted(
+        (e for e in stats if getattr(e, attr, 0) > 0 and e.key.startswith("aten::")), key=lambda e: -getattr(e, attr)
+    )
+    lines = ["", "| aten op | input shapes | calls per step | us per step |", "|---|---|---:|---:|"]
+    for e in top[:15]:
+        shapes = _short(str([list(s) for s in e.input_shapes if s]), 80)
+        lines.append(f"| `{e.key}` | `{shapes}` | {e.count / reps:.0f} | {getattr(e, attr) / reps:.1f} |")
+    return lines
+
+
+def floor(spec: tuple, cache: Any, dev: Any, batch: int, rounds: int = 3) -> str:
+    """Graphed ms of the input-layer step: dense, the materialised layer's GEMMs alone (its weight given: the
+    generated one, or a copy of the dense layer's), the whole materialised layer, and the generator's
+    forward+backward alone; ``rounds`` interleaved rounds of 30 timed replays, the median of their medians."""
+    import statistics
+
+    import gpu
+    import torch
+    from torch import nn
+    from torch.nn import functional
+
+    arch, bond, n_in, n_out = spec
+    timer = gpu.Timer(dev, 3, 30)
+    x = torch.randn(batch, n_in, device=dev)
+    dy = torch.randn(batch, n_out, device=dev)
+    dense = nn.Linear(n_in, n_out).to(dev)
+    layer = gpu.build_layer(arch, bond, n_in, n_out, cache, True, "materialize").to(dev)
+    layer.overlap = False
+    generated = layer.generator().detach().clone().requires_grad_(True)
+    copied = dense.weight.detach().clone().requires_grad_(True)
+    for p in [generated, copied, *layer.parameters(), *dense.parameters()]:
+        p.grad = torch.zeros_like(p)
+    grad_w = torch.randn(n_out, n_in, device=dev)
+    steps = {
+        "dense": lambda: dense(x).backward(dy),
+        "gemms": lambda: functional.linear(x, generated, layer.bias).backward(dy),
+        "gemms-dense-w": lambda: functional.linear(x, copied, layer.bias).backward(dy),
+        "layer": lambda: layer(x).backward(dy),
+        "generator": lambda: layer.generator().backward(grad_w),
+    }
+    runs = {k: (gpu._graphed(f, dev) if dev.type == "cuda" else f) for k, f in steps.items()}
+    ms: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(rounds):
+        for k, f in runs.items():
+            ms[k].append(timer(f)["median_ms"])
+    m = {k: statistics.median(v) for k, v in ms.items()}
+    return (
+        f"| {arch} χ={bond} | {m['dense']:.3f} | {m['gemms']:.3f} | {m['gemms-dense-w']:.3f} | {m['layer']:.3f} | "
+        f"{m['generator']:.3f} | {m['layer'] - m['gemms']:.3f} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,24 +145,44 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plans", type=Path, default=REPO / "out" / "kernels-gpu" / "plans.json")
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=8192)
+    ap.add_argument("--device", default="cuda", help="cpu: a test of the script (CPU ops stand in for kernels)")
     args = ap.parse_args(argv)
     import gpu
     import torch
 
-    if not torch.cuda.is_available():
-        raise SystemExit("gpu_profile.py profiles CUDA kernels: run it on a GPU machine")
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("gpu_profile.py profiles CUDA kernels: run it on a GPU machine (or --device cpu to test it)")
     torch.backends.cuda.matmul.allow_tf32 = True
+    if dev.type == "cpu":
+        torch.set_num_threads(1)
     cache = gpu.imported_plans(args.plans)
+    name = torch.cuda.get_device_name() if dev.type == "cuda" else "CPU (script test)"
     lines = [
         "# Generator kernels on the GPU (torch profiler)",
         "",
-        f"Device: {torch.cuda.get_device_name()}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}. "
+        f"Device: {name}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}. "
         f"Forward then backward of the torch executor, eager, {args.reps} steps; device time per kernel name "
         "(the 15 largest per configuration). Produced by `benchmarks/kernels/gpu_profile.py`.",
     ]
     for spec in CONFIGS:
-        lines += profile(spec, cache, args.reps)
+        lines += profile(spec, cache, args.reps, dev)
         print(f"profiled {spec}", flush=True)
+    lines += [
+        "",
+        f"## The materialised input layer's floor (batch {args.batch}, graphed; median of 3 interleaved rounds' "
+        "medians of 30)",
+        "",
+        "gemms: the layer's own forward and dW GEMMs with its weight given (the generated one; or, in the next",
+        "column, a copy of the dense layer's), no generator; layer - gemms is what the generator adds to a step.",
+        "",
+        "| config | dense | gemms | gemms, dense's W | layer | generator alone | layer - gemms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for spec in CONFIGS:
+        lines.append(floor(spec, cache, dev, args.batch))
+        print(lines[-1], flush=True)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "kernels-gpu-profile.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {args.results / 'kernels-gpu-profile.md'}")

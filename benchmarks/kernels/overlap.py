@@ -102,14 +102,16 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("table", nargs="?", type=Path, help="re-render the markdown from this json and stop")
+    ap.add_argument("table", nargs="*", metavar="table JSON", help="re-render the markdown from this json and stop")
     ap.add_argument("--plans", type=Path, default=REPO / "out" / "kernels-gpu" / "plans.json")
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--batch", type=int, default=8192)
     args = ap.parse_args(argv)
+    if args.table and (len(args.table) != 2 or args.table[0] != "table"):
+        ap.error("to re-render, give `table FILE.json`; to measure, no positional argument")
     args.results.mkdir(parents=True, exist_ok=True)
     if args.table:
-        result = json.loads(args.table.read_text())
+        result = json.loads(Path(args.table[1]).read_text())
     else:
         import time
 

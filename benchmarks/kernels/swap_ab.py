@@ -1,0 +1,128 @@
+"""A/B of the generator weight's layout: the last step's operand order and the wide copy (one CUDA device).
+
+``tnplan.contract.compile_plan`` puts the operands of a program's last matrix product in the order that
+leaves the final permutation the longest contiguous runs, and ``Generator.padded_weight`` copies such runs
+as 16-byte elements (``adntn.layout``). "before" builds the same generator with the operand order the plan
+gives (``_run`` patched to a constant: no swap), which for TTN and aTTN puts the weight's last axis in the
+middle of the product, so no wide copy applies either: the code as it was before both. Per configuration
+the two are captured in CUDA graphs (``W = generator.padded_weight(); torch.autograd.grad(W, cores, G)``)
+and timed in three interleaved rounds of 40 replays; the table gives the median round. Each configuration
+runs in its own process (``--config N``); ``run`` without it loops over all of ``gpu.py``'s.
+
+    python3 benchmarks/kernels/swap_ab.py run --plans out/kernels-gpu/plans.json --results $OUT   # on the GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+for _p in (HERE, HERE.parent, REPO):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+
+def measure(index: int, plans: Path) -> dict[str, Any]:
+    import gpu
+    import torch
+
+    import tnplan.contract as contract
+
+    dev = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    cache = gpu.imported_plans(plans)
+    spec = gpu.CONFIGS[index]
+    real = contract._run
+    runs, finishes = {}, {}
+    keep = []  # a graph keeps neither its step nor the tensors the step reads alive
+    for name in ("after", "before"):
+        contract._run = real if name == "after" else (lambda *a: 1)
+        try:
+            g = gpu.build_generator(*spec, cache, True).to(dev)
+        finally:
+            contract._run = real
+        params = list(g.cores.values())
+        grad_w = torch.randn(g.out_padded, g.in_padded, device=dev)
+        keep.append((g, params, grad_w))
+        runs[name] = gpu._graphed(lambda g=g, p=params, gw=grad_w: torch.autograd.grad(g.padded_weight(), p, gw), dev)
+        finishes[name] = g.groups[-1].program.finish[0]
+    timer = gpu.Timer(dev, 3, 40)
+    ms: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(3):
+        for k, f in runs.items():
+            ms[k].append(timer(f)["median_ms"])
+    arch, bond, n_in, n_out = spec
+    return {
+        "config": f"{arch} χ={bond} {n_in}x{n_out}",
+        **{k: statistics.median(v) for k, v in ms.items()},
+        "finish": finishes,
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+    }
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    head = next((r for r in rows if "device" in r), {"device": "?", "torch": "?"})
+    lines = [
+        "# Generator weight layout: last-step operand order and the wide copy",
+        "",
+        f"Device: {head['device']}; torch {head['torch']}; {time.strftime('%Y-%m-%d')}. Generator forward+backward "
+        "(`torch.autograd.grad` of `padded_weight()`), each variant in its own CUDA graph; median of three "
+        "interleaved rounds of 40 replays (ms). Produced by `benchmarks/kernels/swap_ab.py`.",
+        "",
+        "| config | before | after | after / before | final permutation before | after |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['config']} | error: {r['error']} | | | | |")
+            continue
+        lines.append(
+            f"| {r['config']} | {r['before']:.3f} | {r['after']:.3f} | {r['after'] / r['before']:.2f} | "
+            f"`{r['finish']['before']}` | `{r['finish']['after']}` |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("command", choices=["run"])
+    ap.add_argument("--plans", type=Path, default=REPO / "out" / "kernels-gpu" / "plans.json")
+    ap.add_argument("--results", type=Path, default=REPO / "out" / "kernels-gpu" / "results")
+    ap.add_argument("--config", type=int, help="one configuration (index into gpu.CONFIGS), JSON to stdout")
+    args = ap.parse_args(argv)
+    if args.config is not None:
+        print(json.dumps(measure(args.config, args.plans), ensure_ascii=False))
+        return 0
+    import gpu
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("swap_ab.py times CUDA graphs: run it on a GPU machine")
+    rows = []
+    for k, (arch, bond, n_in, n_out) in enumerate(gpu.CONFIGS):
+        cmd = [sys.executable, __file__, "run", "--plans", str(args.plans), "--config", str(k)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        try:
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        except (IndexError, json.JSONDecodeError):
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            rows.append({"config": f"{arch} χ={bond} {n_in}x{n_out}", "error": tail[:120].replace("|", "/")})
+        print(rows[-1], flush=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "kernels-gpu-swap.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+    (args.results / "kernels-gpu-swap.md").write_text(markdown(rows))
+    print(f"wrote {args.results / 'kernels-gpu-swap.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
