@@ -33,6 +33,14 @@ def _wide_dtype(x: torch.Tensor, perm: Sequence[int]) -> torch.dtype | None:
     return None
 
 
+def _inverse(perm: Sequence[int]) -> list[int]:
+    """The permutation that undoes ``perm``: ``x.permute(perm).permute(_inverse(perm))`` is ``x``."""
+    inverse = [0] * len(perm)
+    for k, p in enumerate(perm):
+        inverse[p] = k
+    return inverse
+
+
 def _permuted(x: torch.Tensor, perm: Sequence[int]) -> torch.Tensor:
     wide = _wide_dtype(x, perm)
     if wide is None:
@@ -48,10 +56,7 @@ class _BlockPermute(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        inverse = [0] * len(ctx.perm)
-        for k, p in enumerate(ctx.perm):
-            inverse[p] = k
-        return _permuted(grad.contiguous(), inverse), None
+        return _permuted(grad.contiguous(), _inverse(ctx.perm)), None
 
 
 def permute_copy(x: torch.Tensor, perm: Sequence[int]) -> torch.Tensor:
@@ -89,5 +94,4 @@ def reshape(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     base = x.permute(*order)
     if not base.is_contiguous():
         return x.reshape(shape)
-    inverse = [order.index(d) for d in range(x.dim())]  # base.permute(inverse) is x
-    return permute_copy(base, inverse).view(shape)
+    return permute_copy(base, _inverse(order)).view(shape)

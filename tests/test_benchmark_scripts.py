@@ -105,6 +105,18 @@ def test_swap_ab_renders_errors_and_refuses_without_a_gpu(tmp_path: Path) -> Non
     assert not (tmp_path / "kernels-gpu-swap.md").exists()
 
 
+def test_interleaved_timing_runs_every_variant_in_each_round() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks" / "kernels"))
+    import gpu
+    import torch
+
+    calls: list[str] = []
+    timer = gpu.Timer(torch.device("cpu"), warmup=1, reps=2)
+    medians = timer.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3)
+    assert set(medians) == {"a", "b"} and all(v >= 0 for v in medians.values())
+    assert calls == (["a"] * 3 + ["b"] * 3) * 3  # round by round, not all of a then all of b
+
+
 def test_gpu_profile_script_refuses_without_a_gpu(tmp_path: Path) -> None:
     script = REPO / "benchmarks" / "kernels" / "gpu_profile.py"
     proc = subprocess.run([sys.executable, str(script), "--results", str(tmp_path)], capture_output=True, text=True)

@@ -158,6 +158,15 @@ class Timer:
                 samples.append((time.perf_counter() - t) * 1e3)
         return {"median_ms": statistics.median(samples), "min_ms": min(samples)}
 
+    def interleaved(self, runs: dict[str, Callable[[], Any]], rounds: int = 3) -> dict[str, float]:
+        """Each callable's median over ``rounds`` interleaved rounds of its median (against clock and
+        thermal drift, which a variant timed once after another would carry in its ratio)."""
+        medians: dict[str, list[float]] = {k: [] for k in runs}
+        for _ in range(rounds):
+            for k, fn in runs.items():
+                medians[k].append(self(fn)["median_ms"])
+        return {k: statistics.median(v) for k, v in medians.items()}
+
 
 def _graphed(step: Callable[[], Any], device: Any) -> Callable[[], Any]:
     """``step`` captured once in a CUDA graph (after warm-up on a side stream); the replay runs it."""
@@ -207,7 +216,7 @@ def generator_rows(g: Any, device: Any, timer: Timer, with_compile: bool) -> dic
 
     def compiled(mode: str) -> Callable[[], Any]:
         torch._dynamo.reset()
-        weight = torch.compile(lambda: g.padded_weight(), mode=mode)
+        weight = torch.compile(g.padded_weight, mode=mode)
         return lambda: torch.autograd.grad(weight(), params, grad_w)
 
     with _float32_matmuls():

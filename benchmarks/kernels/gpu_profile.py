@@ -102,8 +102,6 @@ def floor(spec: tuple, cache: Any, dev: Any, batch: int, rounds: int = 3) -> str
     """Graphed ms of the input-layer step: dense, the materialised layer's GEMMs alone (its weight given: the
     generated one, or a copy of the dense layer's), the whole materialised layer, and the generator's
     forward+backward alone; ``rounds`` interleaved rounds of 30 timed replays, the median of their medians."""
-    import statistics
-
     import gpu
     import torch
     from torch import nn
@@ -129,11 +127,7 @@ def floor(spec: tuple, cache: Any, dev: Any, batch: int, rounds: int = 3) -> str
         "generator": lambda: layer.generator().backward(grad_w),
     }
     runs = {k: (gpu._graphed(f, dev) if dev.type == "cuda" else f) for k, f in steps.items()}
-    ms: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(rounds):
-        for k, f in runs.items():
-            ms[k].append(timer(f)["median_ms"])
-    m = {k: statistics.median(v) for k, v in ms.items()}
+    m = timer.interleaved(runs, rounds)
     return (
         f"| {arch} χ={bond} | {m['dense']:.3f} | {m['gemms']:.3f} | {m['gemms-dense-w']:.3f} | {m['layer']:.3f} | "
         f"{m['generator']:.3f} | {m['layer'] - m['gemms']:.3f} |"

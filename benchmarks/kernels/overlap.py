@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,12 +72,8 @@ def measure(spec: tuple, cache: Any, batch: int) -> dict[str, float]:
         finally:
             ov.SM_CARVEOUT = 0
             ov._SIDE_STREAMS.pop(dev, None)
-    timer = gpu.Timer(dev, warmup=5, reps=60)
-    rounds: dict[str, list[float]] = {k: [] for k in replays}
-    for _ in range(3):
-        for name, replay in replays.items():
-            rounds[name].append(timer(replay)["median_ms"])
-    return {k: round(statistics.median(v), 3) for k, v in rounds.items()}
+    medians = gpu.Timer(dev, warmup=5, reps=60).interleaved(replays)
+    return {k: round(v, 3) for k, v in medians.items()}
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -54,15 +53,11 @@ def measure(index: int, plans: Path) -> dict[str, Any]:
         keep.append((g, params, grad_w))
         runs[name] = gpu._graphed(lambda g=g, p=params, gw=grad_w: torch.autograd.grad(g.padded_weight(), p, gw), dev)
         finishes[name] = g.groups[-1].program.finish[0]
-    timer = gpu.Timer(dev, 3, 40)
-    ms: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(3):
-        for k, f in runs.items():
-            ms[k].append(timer(f)["median_ms"])
+    ms = gpu.Timer(dev, 3, 40).interleaved(runs)
     arch, bond, n_in, n_out = spec
     return {
         "config": f"{arch} χ={bond} {n_in}x{n_out}",
-        **{k: statistics.median(v) for k, v in ms.items()},
+        **ms,
         "finish": finishes,
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,

@@ -200,7 +200,7 @@ def _cut_sets(
     """
     out = []
     for labels in itertools.combinations([r["label"] for r in rows[:among]], k):
-        cut = tnplan.Network(net.inputs, net.output, {**net.size_dict, **dict.fromkeys(labels, 1)})
+        cut = _cut(net, *labels)
         n = math.prod(net.size_dict[x] for x in labels)
         try:
             p = tnplan.plan(cut, max_time=budget, seed=seed, cache=False, max_size=2**bits)
@@ -291,9 +291,9 @@ def cheapest_cut(rows: list[dict], key: str) -> tuple[float, dict]:
     return row.get("recheck", row)[key], row
 
 
-def _cut(net: tnplan.Network, label) -> tnplan.Network:
-    """``net`` with ``label`` at size 1: one slice of the plan that slices it."""
-    return tnplan.Network(net.inputs, net.output, {**net.size_dict, label: 1})
+def _cut(net: tnplan.Network, *labels) -> tnplan.Network:
+    """``net`` with ``labels`` at size 1: one slice of the plan that slices them."""
+    return tnplan.Network(net.inputs, net.output, {**net.size_dict, **dict.fromkeys(labels, 1)})
 
 
 def _scores(p: tnplan.Plan, d: int, base: tnplan.Plan) -> dict:
