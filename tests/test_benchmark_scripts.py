@@ -60,6 +60,29 @@ def test_gpu_kernels_script_runs_on_the_cpu_from_an_exported_plan_cache(tmp_path
     assert "## Targets" in (tmp_path / "kernels-gpu.md").read_text()
 
 
+def test_gpu_layer_verdicts_come_from_the_interleaved_comparison_when_there_is_one() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks" / "kernels"))
+    import gpu
+
+    def config(decided: dict | None) -> dict:
+        layer = {"dense-tf32": {"median_ms": 2.0}, "stream-torch-graph": {"median_ms": 1.9}}
+        if decided:
+            layer[gpu.DECIDER] = decided
+        return {"arch": "ttn", "bond": 2, "shape": [8, 8], "params": 9, "compression": 10.0, "generator": {},
+                "layer": layer}  # fmt: skip
+
+    result = {"device": "X", "torch": "t", "date": "d", "batch": 8, "reps": 3, "configs": [
+        config({"variant": "stream-torch-graph", "dense_ms": 1.8, "layer_ms": 1.85}), config(None)]}  # fmt: skip
+    lines = [t for t in gpu.targets(result) if "input layer" in t]
+    # The single pass says 1.9 < 2.0; the interleaved replays say 1.85 > 1.8 and decide.
+    assert lines[0].startswith("- FAIL")
+    assert "1.850 ms (stream-torch-graph) vs 1.800 ms (0.97x, interleaved)" in lines[0]
+    assert lines[1].startswith("- PASS") and "single pass" in lines[1]
+    text = gpu.markdown(result)
+    assert "| ttn χ=2 | stream-torch-graph | 1.800 | 1.850 | 0.97x |" in text
+    assert gpu.DECIDER not in text.split("| config |")[1].splitlines()[0]  # not a column of the variants table
+
+
 def test_overlap_benchmark_renders_its_table_and_refuses_without_a_gpu(tmp_path: Path) -> None:
     script = REPO / "benchmarks" / "kernels" / "overlap.py"
     result = {
@@ -105,7 +128,7 @@ def test_swap_ab_renders_errors_and_refuses_without_a_gpu(tmp_path: Path) -> Non
     assert not (tmp_path / "kernels-gpu-swap.md").exists()
 
 
-def test_interleaved_timing_runs_every_variant_in_each_round() -> None:
+def test_interleaved_timing_alternates_the_variants_call_by_call() -> None:
     sys.path.insert(0, str(REPO / "benchmarks" / "kernels"))
     import gpu
     import torch
@@ -114,7 +137,8 @@ def test_interleaved_timing_runs_every_variant_in_each_round() -> None:
     timer = gpu.Timer(torch.device("cpu"), warmup=1, reps=2)
     medians = timer.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3)
     assert set(medians) == {"a", "b"} and all(v >= 0 for v in medians.values())
-    assert calls == (["a"] * 3 + ["b"] * 3) * 3  # round by round, not all of a then all of b
+    # one warm-up call each, then one timed call of each in turn (6 passes), the order rotating every pass
+    assert calls == ["a", "b"] + ["a", "b", "b", "a"] * 3
 
 
 def test_gpu_profile_script_refuses_without_a_gpu(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from tnplan.cost import leaf_legs
 from tnplan.errors import PlanError
+from tnplan.matmul_layout import arrange
 
 if TYPE_CHECKING:
     from tnplan.network import Label
@@ -26,9 +27,11 @@ if TYPE_CHECKING:
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-def _equation(terms: Sequence[Sequence[int]], out: Sequence[int]) -> str:
+def _equation(terms: Sequence[Sequence[int]], out: Sequence[int], first: Sequence[int] = ()) -> str:
+    # torch.einsum orders summed legs by their letters: ``first`` (those in the terms) get the first ones.
     local: dict[int, str] = {}
-    for i in itertools.chain(*terms, out):
+    present = set(itertools.chain(*terms))
+    for i in itertools.chain((i for i in first if i in present), *terms, out):
         if i not in local:
             if len(local) == len(_LETTERS):
                 raise PlanError("a single contraction step involves more than 52 indices; it cannot be run by einsum")
@@ -97,7 +100,11 @@ def _run(sizes: Sequence[int], order: Sequence[int], out: Sequence[int]) -> int:
 
 
 def _fused(
-    terms: Sequence[Sequence[int]], out: Sequence[int], sizes: Sequence[int], free: int | None = None
+    terms: Sequence[Sequence[int]],
+    out: Sequence[int],
+    sizes: Sequence[int],
+    free: int | None = None,
+    first: Sequence[int] = (),
 ) -> tuple[str, list[tuple[int, ...]]]:
     """The einsum equation over fused legs, and the fused shape of every term (output last).
 
@@ -128,7 +135,7 @@ def _fused(
                 dims.append(size)
         fused_terms.append(heads)
         shapes.append(tuple(-1 if d < 0 else d for d in dims))
-    return _equation(fused_terms[:-1], fused_terms[-1]), shapes
+    return _equation(fused_terms[:-1], fused_terms[-1], first), shapes
 
 
 def compile_plan(plan: Plan, free: Label | None = None) -> Program:
@@ -151,9 +158,20 @@ def compile_plan(plan: Plan, free: Label | None = None) -> Program:
     out = [ids[lab] for lab in net.output]
     steps = []
     final = legs[0]
+    layouts = None
+    if fid is not None:
+        # A streamed program's operands carry the batch: lay its steps out so that torch's
+        # matrix-product lowering copies least (tnplan.matmul_layout).
+        layouts = arrange(plan.ssa_path, legs, [st.legs_out for st in plan.costs.steps], out, sizes)
     for k, ((a, b), st) in enumerate(zip(plan.ssa_path, plan.costs.steps, strict=True)):
         left, right, result = st.legs_left, st.legs_right, st.legs_out
-        if fid is None and k == len(plan.ssa_path) - 1 and not set(left) & set(right) & set(result):
+        summed: Sequence[int] = ()
+        if layouts is not None:
+            layout = layouts[k]
+            if layout.swapped:
+                a, b = b, a
+            left, right, summed, result = layout.left, layout.right, layout.summed, layout.result
+        elif fid is None and k == len(plan.ssa_path) - 1 and not set(left) & set(right) & set(result):
             # The last step of a plain matrix product writes left legs, then right legs; the other
             # operand order can leave longer contiguous runs for the final permutation (a generator's
             # weight: kernels-gpu-profile.md). Streamed programs keep their order: their result is
@@ -161,7 +179,7 @@ def compile_plan(plan: Plan, free: Label | None = None) -> Program:
             swapped = [i for i in right if i in result] + [i for i in left if i in result]
             if _run(sizes, swapped, out) > _run(sizes, result, out):
                 a, b, left, right, result = b, a, right, left, tuple(swapped)
-        eq, (sa, sb, _) = _fused([left, right], result, sizes, fid)
+        eq, (sa, sb, _) = _fused([left, right], result, sizes, fid, summed)
         steps.append((a, b, eq, sa, sb, shape(result)))
         final = result
     eq, (fused, _) = _fused([final], out, sizes, fid)
