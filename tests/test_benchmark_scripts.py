@@ -109,9 +109,10 @@ def test_swap_ab_renders_errors_and_refuses_without_a_gpu(tmp_path: Path) -> Non
         {"config": "ttn χ=2 8x8", "error": "boom"},
         {
             "config": "ttn χ=3 8x8",
-            "before": 0.4,
-            "after": 0.3,
-            "finish": {"before": "ab->ba", "after": "ab->ab"},
+            "plain": 0.4,
+            "swap": 0.3,
+            "product": 0.24,
+            "finish": {"plain": "ab->ba", "swap": "ab->ab", "product": "product"},
             "device": "X",
             "torch": "t",
         },
@@ -119,7 +120,7 @@ def test_swap_ab_renders_errors_and_refuses_without_a_gpu(tmp_path: Path) -> Non
     text = swap_ab.markdown(rows)
     assert "Device: X; torch t" in text
     assert "| ttn χ=2 8x8 | error: boom |" in text
-    assert "| ttn χ=3 8x8 | 0.400 | 0.300 | 0.75 | `ab->ba` | `ab->ab` |" in text
+    assert "| ttn χ=3 8x8 | 0.400 | 0.300 | 0.240 | 0.80 | `ab->ba` | `ab->ab` | `product` |" in text
     script = REPO / "benchmarks" / "kernels" / "swap_ab.py"
     proc = subprocess.run(
         [sys.executable, str(script), "run", "--results", str(tmp_path)], capture_output=True, text=True

@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from spec import assert_program_matches_einsum
 
 import tnplan
 from tnplan.examples import lattice_2d, mera
@@ -148,3 +149,44 @@ def test_last_step_operand_order_keeps_the_longest_contiguous_runs_for_the_final
     batch = tnplan.Network.from_einsum("zbk,zak->zab", (2, 3, 5), (2, 4, 5))
     ((left, right, *_),) = tnplan.from_path(batch, [(0, 1)]).compile().steps
     assert (left, right) == (0, 1)
+
+
+def test_a_generator_root_is_written_in_output_order_by_one_broadcast_product():
+    # W[o0, o1, i0, i1] = sum_k A[o0, i0, k] B[k, o1, i1]: einsum writes (o0, i0, o1, i1) and leaves a
+    # permuting copy of the whole weight; matmul broadcast over (o0, o1) writes W's order directly.
+    eq = "aik,kbj->abij"
+    net = tnplan.Network.from_einsum(eq, (64, 32, 4), (4, 64, 32))
+    prog = tnplan.from_path(net, [(0, 1)]).compile()
+    assert prog.product is not None and prog.steps == ()
+    assert prog.finish[0] == "a->a"  # no permutation left
+    rng = np.random.default_rng(4)
+    xs = [rng.standard_normal(s) for s in net.shapes]
+    np.testing.assert_allclose(prog(*xs), np.einsum(eq, *xs), rtol=1e-10, atol=1e-12)
+    ts = [torch.tensor(x, requires_grad=True) for x in xs]
+    out = prog(*ts)
+    assert out.is_contiguous()
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ref = [torch.tensor(x, requires_grad=True) for x in xs]
+    torch.einsum(eq, *ref).backward(grad)
+    for a, b in zip(ts, ref, strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+    assert pickle.loads(pickle.dumps(prog)) == prog
+
+
+@pytest.mark.parametrize(
+    ("equation", "shapes", "path", "used"),
+    [
+        ("zaik,zkbj->zabij", [(3, 4, 32, 2), (3, 2, 5, 32)], [(0, 1)], True),  # a kept hyperedge is an outer leg
+        ("ab,cd->acbd", [(8, 64), (8, 64)], [(0, 1)], True),  # outer product: nothing summed
+        ("aik,kbj->abij", [(64, 8, 4), (4, 64, 8)], [(0, 1)], False),  # 8-wide matrices: einsum keeps it
+        ("aik,kbj->abij", [(4, 64, 64), (64, 4, 64)], [(0, 1)], False),  # expanded halves outgrow the output
+        ("ai,ij,jbc->bac", [(64, 5), (5, 6), (6, 4, 40)], [(0, 1), (0, 1)], True),  # last of several steps
+    ],
+)
+def test_broadcast_product_matches_einsum_where_it_is_used(equation, shapes, path, used):
+    net = tnplan.Network.from_einsum(equation, *shapes)
+    prog = tnplan.from_path(net, path).compile()
+    assert (prog.product is not None) == used
+    rng = np.random.default_rng(5)
+    assert_program_matches_einsum(prog, equation, [rng.standard_normal(s) for s in net.shapes])

@@ -9,6 +9,7 @@ are summed. Torch autograd differentiates through the whole loop.
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,12 +72,17 @@ class Program:
             unfused result shape.
         finish: ``(equation, fused input shape, output shape)`` putting the last intermediate into
             output order.
+        product: ``(left, right, left_perm, left_shape, right_perm, right_shape)`` when the last step
+            is a broadcast matrix product that writes the output order directly (then ``finish`` is
+            the identity): each operand is permuted and reshaped to (outer legs, or 1 where it lacks
+            one; rows or summed; summed or columns), and ``matmul`` broadcasts the outer legs.
     """
 
     shapes: tuple[tuple[int, ...], ...]
     prepare: tuple[str | None, ...]
     steps: tuple[tuple[int, int, str, tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...]
     finish: tuple[str, tuple[int, ...], tuple[int, ...]]
+    product: tuple[int, int, tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
 
     def __call__(self, *arrays: Any) -> Any:
         """Contract ``arrays`` (numpy or torch; autograd flows through)."""
@@ -86,7 +92,67 @@ class Program:
         for a, b, eq, sa, sb, out in self.steps:
             live.append(_einsum(eq, live[a].reshape(sa), live[b].reshape(sb)).reshape(out))
         eq, shape, out = self.finish
+        if self.product is not None:
+            a, b, pa, sa, pb, sb = self.product
+            return (_permute(live[a], pa).reshape(sa) @ _permute(live[b], pb).reshape(sb)).reshape(out)
         return _einsum(eq, live[-1].reshape(shape)).reshape(out)
+
+
+def _permute(x: Any, perm: Sequence[int]) -> Any:
+    return x.permute(*perm) if _is_torch(x) else x.transpose(perm)
+
+
+# A last step becomes a broadcast product only with matrices at least this wide (tiny batched
+# matrices run far below a GEMM's speed) and only when its expanded operands are smaller than the output.
+PRODUCT_MIN = 32
+
+
+def _broadcast_product(
+    a: int, b: int, left: Sequence[int], right: Sequence[int], out: Sequence[int], sizes: Sequence[int]
+) -> tuple[int, int, tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
+    """The last step as ``matmul`` writing ``out``'s order directly, or ``None`` where that does not pay.
+
+    ``out`` is split into outer legs, then rows (a run of legs only one operand holds), then columns (a
+    run only the other holds, up to the end); ``matmul`` broadcasts the outer legs, so each operand is
+    expanded over the outer legs it lacks. A generator's root (W[o01, o23, i01, i23] from A[o01, i01, k]
+    and B[k, o23, i23]) then needs no permuting copy of the weight, only of its two far smaller halves.
+    """
+    held = {"l": set(left), "r": set(right)}
+
+    def side(i: int) -> str | None:
+        if (i in held["l"]) == (i in held["r"]):
+            return None
+        return "l" if i in held["l"] else "r"
+
+    if any(side(i) is not None and i not in out for i in (*left, *right)) or not out or side(out[-1]) is None:
+        return None  # a leg summed inside one operand, or a scalar / shared last leg
+    cols_side = side(out[-1])
+    k = len(out)
+    while k > 0 and side(out[k - 1]) == cols_side:
+        k -= 1
+    j = k
+    while j > 0 and side(out[j - 1]) not in (None, cols_side):
+        j -= 1
+    outer, rows, cols = list(out[:j]), list(out[j:k]), list(out[k:])
+    if not rows:
+        return None
+    summed = [i for i in left if i in held["r"] and i not in out]
+    if cols_side == "l":
+        a, b, left, right = b, a, right, left
+
+    def size(legs: Sequence[int]) -> int:
+        return math.prod(sizes[i] for i in legs)
+
+    def expanded(legs: Sequence[int]) -> int:  # an operand broadcast over the outer legs it lacks
+        return size(set(outer) | set(legs))
+
+    if min(size(rows), size(cols)) < PRODUCT_MIN or expanded(left) + expanded(right) > size(out):
+        return None
+    pa = tuple(left.index(i) for i in (*[o for o in outer if o in left], *rows, *summed))
+    pb = tuple(right.index(i) for i in (*[o for o in outer if o in right], *summed, *cols))
+    sa = (*(sizes[o] if o in left else 1 for o in outer), size(rows), size(summed))
+    sb = (*(sizes[o] if o in right else 1 for o in outer), size(summed), size(cols))
+    return a, b, pa, sa, pb, sb
 
 
 def _run(sizes: Sequence[int], order: Sequence[int], out: Sequence[int]) -> int:
@@ -159,6 +225,7 @@ def compile_plan(plan: Plan, free: Label | None = None) -> Program:
     steps = []
     final = legs[0]
     layouts = None
+    product = None
     if fid is not None:
         # A streamed program's operands carry the batch: lay its steps out so that torch's
         # matrix-product lowering copies least (tnplan.matmul_layout).
@@ -166,6 +233,12 @@ def compile_plan(plan: Plan, free: Label | None = None) -> Program:
     for k, ((a, b), st) in enumerate(zip(plan.ssa_path, plan.costs.steps, strict=True)):
         left, right, result = st.legs_left, st.legs_right, st.legs_out
         summed: Sequence[int] = ()
+        if fid is None and k == len(plan.ssa_path) - 1 and list(result) != list(out):
+            # The einsum would leave the output to a permuting copy: a broadcast product may write it.
+            product = _broadcast_product(a, b, left, right, out, sizes)
+            if product is not None:
+                final = out
+                break
         if layouts is not None:
             layout = layouts[k]
             if layout.swapped:
@@ -184,7 +257,9 @@ def compile_plan(plan: Plan, free: Label | None = None) -> Program:
         final = result
     eq, (fused, _) = _fused([final], out, sizes, fid)
     finish = (eq, fused, shape(out))
-    return Program(shapes=tuple(shape(t) for t in full_terms), prepare=prepare, steps=tuple(steps), finish=finish)
+    return Program(
+        shapes=tuple(shape(t) for t in full_terms), prepare=prepare, steps=tuple(steps), finish=finish, product=product
+    )
 
 
 def contract_plan(plan: Plan, arrays: Sequence[Any]) -> Any:

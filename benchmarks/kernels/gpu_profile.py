@@ -101,7 +101,7 @@ def _op_table(prof: Any, reps: int, on_gpu: bool) -> list[str]:
 def floor(spec: tuple, cache: Any, dev: Any, batch: int, rounds: int = 3) -> str:
     """Graphed ms of the input-layer step: dense, the materialised layer's GEMMs alone (its weight given: the
     generated one, or a copy of the dense layer's), the whole materialised layer, and the generator's
-    forward+backward alone; ``rounds`` interleaved rounds of 30 timed replays, the median of their medians."""
+    forward+backward alone; one replay of each in turn, ``rounds * 30`` each, the median."""
     import gpu
     import torch
     from torch import nn
@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"profiled {spec}", flush=True)
     lines += [
         "",
-        f"## The materialised input layer's floor (batch {args.batch}, graphed; median of 3 interleaved rounds' "
-        "medians of 30)",
+        f"## The materialised input layer's floor (batch {args.batch}, graphed; one replay of each in turn, "
+        "the order rotating; median of 90)",
         "",
         "gemms: the layer's own forward and dW GEMMs with its weight given (the generated one; or, in the next",
         "column, a copy of the dense layer's), no generator; layer - gemms is what the generator adds to a step.",

@@ -3,9 +3,9 @@
 A hidden layer's training step at batch 8192, every variant captured in its own CUDA graph and replayed:
 dense ``nn.Linear`` (TF32), the materialised ``TNLinear`` with the generator in line ("serial"), and with
 the generator on a side stream ("ov"), at normal or high stream priority ("hi") and with cuBLAS held to
-fewer SMs while it computes ``dx`` ("smN": ``adntn.overlap.SM_CARVEOUT``). The variants are timed in three
-interleaved rounds (median of 60 replays each) against clock and thermal drift; the table gives the median
-round. ``gpu.py``'s hidden-layer table times each variant once, right after its capture.
+fewer SMs while it computes ``dx`` ("smN": ``adntn.overlap.SM_CARVEOUT``). The variants are timed one
+replay of each in turn, the order rotating (``gpu.Timer.interleaved``, 180 replays each), so clock and thermal
+drift reach all alike; the table gives each one's median.
 
     python3 benchmarks/kernels/overlap.py --plans out/kernels-gpu/plans.json --results $OUT   # on the GPU
     .venv/bin/python benchmarks/kernels/overlap.py table benchmarks/results/kernels-gpu-overlap.json
@@ -82,8 +82,8 @@ def markdown(result: dict[str, Any]) -> str:
         "# Generator backward beside the dx GEMM (adntn.overlap)",
         "",
         f"Device: {result['device']}; torch {result['torch']}; {result['date']}. Hidden-layer training step "
-        f"(forward, dW and dx GEMMs) at batch {result['batch']}, each variant in its own CUDA graph; median of "
-        "three interleaved rounds of 60 replays (ms). Produced by `benchmarks/kernels/overlap.py`.",
+        f"(forward, dW and dx GEMMs) at batch {result['batch']}, each variant in its own CUDA graph; one replay of "
+        "each in turn, the order rotating, median of 180 (ms). Produced by `benchmarks/kernels/overlap.py`.",
         "",
         "| config | " + " | ".join(names) + " | best TN / dense |",
         "|---|" + "---:|" * (len(names) + 1),

@@ -1,13 +1,18 @@
-"""A/B of the generator weight's layout: the last step's operand order and the wide copy (one CUDA device).
+"""A/B/C of the generator weight's layout: the last step's operand order, the wide copy, the broadcast product.
 
-``tnplan.contract.compile_plan`` puts the operands of a program's last matrix product in the order that
-leaves the final permutation the longest contiguous runs, and ``Generator.padded_weight`` copies such runs
-as 16-byte elements (``adntn.layout``). "before" builds the same generator with the operand order the plan
-gives (``_run`` patched to a constant: no swap), which for TTN and aTTN puts the weight's last axis in the
-middle of the product, so no wide copy applies either: the code as it was before both. Per configuration
-the two are captured in CUDA graphs (``W = generator.padded_weight(); torch.autograd.grad(W, cores, G)``)
-and timed in three interleaved rounds of 40 replays; the table gives the median round. Each configuration
-runs in its own process (``--config N``); ``run`` without it loops over all of ``gpu.py``'s.
+``tnplan.contract.compile_plan`` writes a program's last step in one of three ways:
+
+- "plain": the plan's operand order, then a permuting copy into the output order (``_run`` patched to a
+  constant and ``PRODUCT_MIN`` out of reach: the code as it was on 2026-11-27);
+- "swap": the operand order that leaves the final permutation the longest contiguous runs, which
+  ``Generator.padded_weight`` copies as 16-byte elements (``adntn.layout``; ``PRODUCT_MIN`` out of reach);
+- "product": where the output splits into outer legs, rows and columns, one ``matmul`` broadcast over the
+  outer legs that writes the output order directly (``tnplan.contract._broadcast_product``; the default).
+
+Per configuration the three are captured in CUDA graphs (``W = generator.padded_weight();
+torch.autograd.grad(W, cores, G)``) and timed one replay of each in turn (``gpu.Timer.interleaved``, 120
+replays each); each configuration runs in its own process (``--config N``); ``run`` without it loops over
+all of ``gpu.py``'s.
 
     python3 benchmarks/kernels/swap_ab.py run --plans out/kernels-gpu/plans.json --results $OUT   # on the GPU
 """
@@ -39,20 +44,20 @@ def measure(index: int, plans: Path) -> dict[str, Any]:
     torch.backends.cuda.matmul.allow_tf32 = True
     cache = gpu.imported_plans(plans)
     spec = gpu.CONFIGS[index]
-    real = contract._run
+    real_run, real_min = contract._run, contract.PRODUCT_MIN
+    patches = {"plain": (lambda *a: 1, 1 << 62), "swap": (real_run, 1 << 62), "product": (real_run, real_min)}
     runs, finishes = {}, {}
-    keep = []  # a graph keeps neither its step nor the tensors the step reads alive
-    for name in ("after", "before"):
-        contract._run = real if name == "after" else (lambda *a: 1)
+    for name, (run, least) in patches.items():
+        contract._run, contract.PRODUCT_MIN = run, least
         try:
             g = gpu.build_generator(*spec, cache, True).to(dev)
         finally:
-            contract._run = real
+            contract._run, contract.PRODUCT_MIN = real_run, real_min
         params = list(g.cores.values())
         grad_w = torch.randn(g.out_padded, g.in_padded, device=dev)
-        keep.append((g, params, grad_w))
         runs[name] = gpu._graphed(lambda g=g, p=params, gw=grad_w: torch.autograd.grad(g.padded_weight(), p, gw), dev)
-        finishes[name] = g.groups[-1].program.finish[0]
+        last = g.groups[-1].program
+        finishes[name] = "product" if last.product is not None else last.finish[0]
     ms = gpu.Timer(dev, 3, 40).interleaved(runs)
     arch, bond, n_in, n_out = spec
     return {
@@ -67,22 +72,23 @@ def measure(index: int, plans: Path) -> dict[str, Any]:
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = next((r for r in rows if "device" in r), {"device": "?", "torch": "?"})
     lines = [
-        "# Generator weight layout: last-step operand order and the wide copy",
+        "# Generator weight layout: last-step operand order, the wide copy, the broadcast product",
         "",
         f"Device: {head['device']}; torch {head['torch']}; {time.strftime('%Y-%m-%d')}. Generator forward+backward "
-        "(`torch.autograd.grad` of `padded_weight()`), each variant in its own CUDA graph; median of three "
-        "interleaved rounds of 40 replays (ms). Produced by `benchmarks/kernels/swap_ab.py`.",
+        "(`torch.autograd.grad` of `padded_weight()`), each variant in its own CUDA graph, one replay of each in "
+        "turn, median of 120 (ms). Produced by `benchmarks/kernels/swap_ab.py`.",
         "",
-        "| config | before | after | after / before | final permutation before | after |",
-        "|---|---:|---:|---:|---|---|",
+        "| config | plain | swap | product | product / swap | last step: plain | swap | product |",
+        "|---|---:|---:|---:|---:|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['config']} | error: {r['error']} | | | | |")
+            lines.append(f"| {r['config']} | error: {r['error']} | | | | | | |")
             continue
+        f = r["finish"]
         lines.append(
-            f"| {r['config']} | {r['before']:.3f} | {r['after']:.3f} | {r['after'] / r['before']:.2f} | "
-            f"`{r['finish']['before']}` | `{r['finish']['after']}` |"
+            f"| {r['config']} | {r['plain']:.3f} | {r['swap']:.3f} | {r['product']:.3f} | "
+            f"{r['product'] / r['swap']:.2f} | `{f['plain']}` | `{f['swap']}` | `{f['product']}` |"
         )
     return "\n".join(lines) + "\n"
 
