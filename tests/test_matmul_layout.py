@@ -11,7 +11,7 @@ from spec import assert_program_matches_einsum
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import tnplan
-from tnplan.matmul_layout import STRIDED, arrange, copied
+from tnplan.matmul_layout import STRIDED, arrange, copied, options
 
 SIZES = [2, 3, 4, 5, 6, 7]
 
@@ -58,8 +58,6 @@ def test_arrange_finds_the_cheapest_layout_of_a_streamed_tree_root(path):
 
 
 def _brute_force(plan, legs, sizes) -> int:
-    from tnplan.matmul_layout import options
-
     best = None
     n = len(plan.ssa_path)
     for picks in itertools.product(range(4), repeat=n):

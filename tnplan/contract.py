@@ -247,8 +247,8 @@ def compile_plan(plan: Plan, free: Label | None = None) -> Program:
         elif fid is None and k == len(plan.ssa_path) - 1 and not set(left) & set(right) & set(result):
             # The last step of a plain matrix product writes left legs, then right legs; the other
             # operand order can leave longer contiguous runs for the final permutation (a generator's
-            # weight: kernels-gpu-profile.md). Streamed programs keep their order: their result is
-            # consumed as a strided view, and swapping moves einsum's own operand permutations.
+            # weight: kernels-gpu-profile.md). Streamed programs are laid out by matmul_layout instead
+            # (or keep the plan's order where it does not apply).
             swapped = [i for i in right if i in result] + [i for i in left if i in result]
             if _run(sizes, swapped, out) > _run(sizes, result, out):
                 a, b, left, right, result = b, a, right, left, tuple(swapped)

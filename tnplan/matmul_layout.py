@@ -32,14 +32,19 @@ SEARCH_STEPS = 8
 
 @dataclass(frozen=True)
 class Arrangement:
-    """One step's orders: operands swapped or not, and the legs of each, summed, and the result."""
+    """One step's orders: operands swapped or not, the legs of each, and the summed and kept groups."""
 
     swapped: bool
     left: tuple[int, ...]
     right: tuple[int, ...]
     summed: tuple[int, ...]
-    result: tuple[int, ...]
+    kept: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # batch, left-only, right-only
     copied: int
+
+    @property
+    def result(self) -> tuple[int, ...]:
+        """The result's legs in ``bmm``'s order (its memory order)."""
+        return tuple(i for group in self.kept for i in group)
 
 
 def copied(legs: Sequence[int], groups: Sequence[Sequence[int]], sizes: Sequence[int]) -> int:
@@ -80,8 +85,10 @@ def options(left: Sequence[int], right: Sequence[int], keep: set[int], sizes: Se
             only_a = [i for i in a if i in keep and i not in b]
             only_b = [i for i in b if i in keep and i not in a]
             cost = copied(a, (batch, only_a, summed), sizes) + copied(b, (batch, summed, only_b), sizes)
-            opt = Arrangement(swapped, tuple(a), tuple(b), tuple(summed), (*batch, *only_a, *only_b), cost)
-            found.setdefault((swapped, opt.summed, opt.result), opt)
+            kept = (tuple(batch), tuple(only_a), tuple(only_b))
+            found.setdefault(
+                (swapped, tuple(summed), kept), Arrangement(swapped, tuple(a), tuple(b), tuple(summed), kept, cost)
+            )
     return list(found.values())
 
 
@@ -106,38 +113,30 @@ def arrange(
         One :class:`Arrangement` per step, or ``None`` when some step sums a leg that only one operand
         holds (einsum reduces it on its own; this model does not cover that).
     """
+    held = [set(lg) for lg in legs] + [set(r) for r in results]
+    if any((i in held[a]) != (i in held[b]) and i not in held[n + len(legs)]
+           for n, (a, b) in enumerate(path) for i in held[a] | held[b]):  # fmt: skip
+        return None
     best: tuple[int, list[Arrangement]] | None = None
     exhaustive = len(path) <= SEARCH_STEPS
 
-    def visit(k: int, orders: list[tuple[int, ...]], chosen: list[Arrangement], cost: int) -> bool:
+    def visit(k: int, orders: list[tuple[int, ...]], chosen: list[Arrangement], cost: int) -> None:
         nonlocal best
         if best is not None and cost >= best[0]:
-            return True
+            return
         if k == len(path):
-            last = chosen[-1] if chosen else None
-            if last is not None:
-                a_only = [i for i in last.left if i in last.result and i not in last.right]
-                b_only = [i for i in last.right if i in last.result and i not in last.left]
-                batch = [i for i in last.result if i in last.left and i in last.right]
-                cost += copied(out, (batch, a_only, b_only), sizes)
+            if chosen:
+                cost += copied(out, chosen[-1].kept, sizes)
             if best is None or cost < best[0]:
                 best = (cost, list(chosen))
-            return True
+            return
         a, b = path[k]
-        opts = options(orders[a], orders[b], set(results[k]), sizes)
-        if any(i not in opts[0].result and ((i in orders[a]) != (i in orders[b])) for i in (*orders[a], *orders[b])):
-            return False
-        if not exhaustive:
-            opts = [min(opts, key=lambda o: o.copied)]
-        for opt in opts:
+        opts = options(orders[a], orders[b], held[k + len(legs)], sizes)
+        for opt in opts if exhaustive else [min(opts, key=lambda o: o.copied)]:
             chosen.append(opt)
-            ok = visit(k + 1, [*orders, opt.result], chosen, cost + opt.copied)
+            visit(k + 1, [*orders, opt.result], chosen, cost + opt.copied)
             chosen.pop()
-            if not ok:
-                return False
-        return True
 
-    if not visit(0, [tuple(lg) for lg in legs], [], 0):
-        return None
+    visit(0, [tuple(lg) for lg in legs], [], 0)
     assert best is not None
     return best[1]
