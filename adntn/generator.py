@@ -23,6 +23,7 @@ import tnplan
 from adntn import activations, layout
 from adntn.errors import AdntnError
 from adntn.graph import Graph, Node
+from adntn.kron import KronSplit, find_split
 from tnplan.contract import Program
 
 BATCH = "_n"  # the member axis of a batched group
@@ -151,6 +152,7 @@ class Generator(nn.Module):
         if self.streamable:
             for rows in STREAM_BUCKETS:
                 self._plan_stream(rows)
+        self.kron: KronSplit | None = find_split(self)
         self.fan_in = fan_in or in_features
         if self.executor in ("numba", "cuda"):
             from kernels.executor import compiled_steps
@@ -379,6 +381,39 @@ class Generator(nn.Module):
         y = self.streams[bucket].program(*ops, xs).reshape(rows, self.out_padded)
         return y[:, : self.out_features] if self.out_padded != self.out_features else y
 
+    def kron_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``A`` ``(R, M, P)`` and ``B`` ``(R, N, Q)`` with ``W = Σ_r A_r ⊗ B_r`` (differentiable)."""
+        if self.kron is None:
+            raise AdntnError(
+                "this generator's last segment is no Kronecker sum (it needs a linear root that splits into a "
+                "leading and a trailing half, like a TTN's); use mode='stream' or 'materialize'"
+            )
+        split = self.kron
+        outputs = self.run_groups(len(self.groups) - 1)
+        ops = [self._operand(op, outputs) for op in self.groups[-1].operands]
+        m, p, n, q = split.shape
+        a = split.programs[0](*(ops[i] for i in split.left)).reshape(split.rank, m, p)
+        b = split.programs[1](*(ops[i] for i in split.right)).reshape(split.rank, n, q)
+        return a, b
+
+    def stream_kron(self, x: torch.Tensor, *, backend: str = "auto", config: dict | None = None) -> torch.Tensor:
+        """``x @ W.T`` through the Kronecker factors (:func:`kernels.kronsum.kron_stream`), without ``W``."""
+        from kernels.kronsum import kron_stream
+
+        # The kernels take float32/float64: under autocast the factors and the stream run in the cores'
+        # dtype (TF32 where torch allows it, like the dense layer), the input cast to it.
+        with torch.autocast(x.device.type, enabled=False):
+            a, b = self.kron_factors()
+            rows = x.shape[0]
+            x = x.to(a.dtype)
+            if self.in_padded != self.in_features:
+                x = torch.nn.functional.pad(x, (0, self.in_padded - self.in_features))
+            _, p, _, q = self.kron.shape  # type: ignore[union-attr]
+            backend = "torch" if torch.compiler.is_compiling() else backend
+            y = kron_stream(x.reshape(rows, p, q), a, b, backend=backend, config=config)
+        y = y.reshape(rows, self.out_padded)
+        return y[:, : self.out_features] if self.out_padded != self.out_features else y
+
     @staticmethod
     def stream_bucket(rows: int) -> int:
         """The planned batch size closest to ``rows`` on a log scale (the path is valid for any)."""
@@ -404,6 +439,21 @@ class Generator(nn.Module):
         path = self.streams[self.stream_bucket(rows)].ssa_path
         streamed = tnplan.score_path(self._stream_network(rows), list(path))
         return self._groups_cost(self.groups[:-1], write_weight) + streamed.flops + round(write_weight * streamed.write)
+
+    def kron_cost_at(self, rows: int, write_weight: float = 0) -> int:
+        """Flops of streaming ``rows`` inputs through the Kronecker factors (every group but the last,
+        the factors, then two products per bond term), plus ``write_weight`` per element written (the
+        factors and the output; the fused kernels keep their intermediates on chip)."""
+        if self.kron is None:
+            raise AdntnError("this generator's last segment is no Kronecker sum")
+        m, p, n, q = self.kron.shape
+        written = self.kron.rank * (m * p + n * q) + rows * m * n
+        return (
+            self._groups_cost(self.groups[:-1], write_weight)
+            + self.kron.flops
+            + self.kron.stream_flops(rows)
+            + round(write_weight * written)
+        )
 
     @staticmethod
     def _groups_cost(groups: Any, write_weight: float) -> int:

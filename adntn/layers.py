@@ -14,7 +14,7 @@ from adntn.generator import STREAM_BUCKETS, Generator
 from adntn.generators import make_generator
 from adntn.overlap import overlapped_linear
 
-MODES = ("auto", "materialize", "stream")
+MODES = ("auto", "materialize", "stream", "kron")
 # mode="auto" compares planned flops plus this weight per element written. On the CPU flops decide
 # (benchmarks/results/layers.md: streaming won wherever it had fewer flops). On a GPU a written
 # element costs about a thousand flops of TF32 GEMM time: on an H200 at batch 8192
@@ -125,7 +125,10 @@ class TNLinear(_TNLayer):
         bond_dim: Bond size of the generator.
         bias: Learn an additive bias.
         mode: ``"materialize"`` (build ``W``, then ``x @ W.T``), ``"stream"`` (contract the input
-            through the last segment) or ``"auto"`` (the cheaper by planned flops at the batch size).
+            through the last segment), ``"kron"`` (stream through the last segment's Kronecker factors
+            with the fused Triton kernels of :mod:`kernels.kronsum` on CUDA, torch matmuls elsewhere;
+            TTN roots split this way) or ``"auto"`` (materialize or stream, the cheaper by planned
+            flops at the batch size).
         overlap: On a CUDA device, materialise the weight on a side stream so that the generator's
             backward runs while the main stream computes the input gradient (``adntn.overlap``).
         device: Where the parameters live.
@@ -163,6 +166,11 @@ class TNLinear(_TNLayer):
         self.generator = make_generator(arch, out_features, in_features, **kwargs)
         if mode == "stream" and not self.generator.streamable:
             raise AdntnError("mode='stream' needs a linear last segment; drop root_activation (or use mode='auto')")
+        if mode == "kron" and self.generator.kron is None:
+            raise AdntnError(
+                f"mode='kron' needs a last segment that splits into a Kronecker sum (a linear TTN root); "
+                f"arch={arch!r} with these options has none; use mode='auto'"
+            )
         # Decided once per device kind and planned batch size, so forward only looks the answer up.
         gen = self.generator
         self.stream_at = {
@@ -187,7 +195,7 @@ class TNLinear(_TNLayer):
         if self.mode == "auto":
             kind = "cuda" if getattr(device, "type", str(device)).startswith("cuda") else "cpu"
             return self.stream_at[kind][self.generator.stream_bucket(rows)]
-        return self.mode == "stream"
+        return self.mode in ("stream", "kron")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -196,6 +204,9 @@ class TNLinear(_TNLayer):
             )
         lead = x.shape[:-1]
         rows = math.prod(lead)
+        if rows > 0 and self.mode == "kron":
+            y = self.generator.stream_kron(x.reshape(rows, self.in_features)).reshape(*lead, self.out_features)
+            return y if self.bias is None else y + self.bias
         if rows > 0 and self.uses_stream(rows, x.device.type):
             y = self.generator.stream(x.reshape(rows, self.in_features)).reshape(*lead, self.out_features)
             return y if self.bias is None else y + self.bias
@@ -275,7 +286,7 @@ class TNConv2d(_TNLayer):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        if _mode(mode) == "stream":
+        if _mode(mode) in ("stream", "kron"):
             raise AdntnError("TNConv2d always builds its kernel; use mode='auto' or 'materialize'")
         self.in_channels = in_channels
         self.out_channels = out_channels

@@ -1,0 +1,109 @@
+"""The last segment of a generator as a Kronecker sum ``W = Σ_r A_r ⊗ B_r``, for streamed layers.
+
+A linear last segment whose tensors split into two sides, one holding the leading output legs and
+the leading input legs, the other the trailing ones, is such a sum over the bonds the split cuts:
+each side contracted on its own (bonds left open) is one factor. The root of a TTN splits this way
+with one cut bond, so ``x @ W.T`` runs through :func:`kernels.kronsum.kron_stream` without ``W``.
+The split is found once, at construction, by trying every bipartition of the segment's tensors and
+keeping the one whose cut is smallest; both factor networks are planned like every other network.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import tnplan
+from tnplan.contract import Program
+
+if TYPE_CHECKING:
+    from adntn.generator import Generator
+
+
+@dataclass(frozen=True)
+class KronSplit:
+    """Where the last segment splits, with the programs that build its two factors.
+
+    Attributes:
+        left: Positions (in the segment's operands) of the tensors that form ``A``.
+        right: Positions of the tensors that form ``B``.
+        programs: The ``A`` and ``B`` contractions, each writing ``(cut..., out legs..., in legs...)``.
+        rank: Size of the cut (``R``).
+        shape: ``(M, P, N, Q)``: ``A_r`` is ``M x P`` (leading output by leading input legs), ``B_r`` is ``N x Q``.
+        flops: Planned flops of building both factors.
+    """
+
+    left: tuple[int, ...]
+    right: tuple[int, ...]
+    programs: tuple[Program, Program]
+    rank: int
+    shape: tuple[int, int, int, int]
+    flops: int
+
+    def stream_flops(self, rows: int) -> int:
+        """Flops of ``Σ_r A_r X_b B_rᵀ`` over ``rows`` rows (two products per bond term)."""
+        m, p, n, q = self.shape
+        return 2 * rows * self.rank * (p * q * n + m * p * n)
+
+
+def find_split(generator: Generator) -> KronSplit | None:
+    """The cheapest Kronecker split of ``generator``'s last segment, or ``None`` when it has none.
+
+    A split needs a linear last segment with one member whose output and input legs each occur in
+    exactly one tensor, and two non-empty sides that each own a non-empty leading (``A``) or
+    trailing (``B``) run of both the output legs and the input legs.
+    """
+    if not generator.streamable:
+        return None
+    last = generator.groups[-1]
+    net = last.network
+    ids = dict(zip(last.labels[-1], net.output, strict=True))
+    outs = [ids[leg] for leg in generator.out_legs]
+    ins = [ids[leg] for leg in generator.in_legs]
+    owner: dict[str, int] = {}
+    for pos, labels in enumerate(net.inputs):
+        for label in labels:
+            if label in outs or label in ins:
+                if label in owner or labels.count(label) > 1:
+                    return None
+                owner[label] = pos
+    best: tuple[int, tuple[int, ...], tuple[int, ...], list[str]] | None = None
+    k = net.num_tensors
+    for size in range(1, k):
+        for left in itertools.combinations(range(k), size):
+            right = tuple(i for i in range(k) if i not in left)
+            lo = [leg for leg in outs if owner[leg] in left]
+            li = [leg for leg in ins if owner[leg] in left]
+            if not (0 < len(lo) < len(outs) and 0 < len(li) < len(ins)):
+                continue
+            if lo != outs[: len(lo)] or li != ins[: len(li)]:
+                continue
+            left_labels = {label for i in left for label in net.inputs[i]}
+            right_labels = {label for i in right for label in net.inputs[i]}
+            cut = sorted(left_labels & right_labels)
+            rank = math.prod(net.size_dict[c] for c in cut)
+            if best is None or rank < best[0]:
+                best = (rank, left, right, cut)
+    if best is None:
+        return None
+    rank, left, right, cut = best
+    sizes = net.size_dict
+    lo = outs[: sum(owner[leg] in left for leg in outs)]
+    li = ins[: sum(owner[leg] in left for leg in ins)]
+    ro, ri = outs[len(lo) :], ins[len(li) :]
+    programs = []
+    flops = 0
+    for side, o, i in ((left, lo, li), (right, ro, ri)):
+        side_net = tnplan.Network([net.inputs[t] for t in side], (*cut, *o, *i), sizes)
+        try:
+            plan = tnplan.plan(side_net, **generator._plan_kwargs)
+        except tnplan.PlanError:
+            # Only a cache miss under cache_only gets here (an export from before factors were
+            # planned); the split is optional, so the generator just lacks it.
+            return None
+        programs.append(plan.compile())
+        flops += plan.flops
+    shape = tuple(math.prod(sizes[x] for x in legs) for legs in (lo, li, ro, ri))
+    return KronSplit(left, right, (programs[0], programs[1]), rank, shape, flops)  # type: ignore[arg-type]

@@ -1,0 +1,126 @@
+"""Compile the Kronecker-sum Triton kernels for Hopper here, with no GPU: registers, spills, shared memory.
+
+Triton compiles for a named target without a device, and its package carries NVIDIA's ``ptxas``, so
+each kernel of ``kernels/kronsum_triton.py`` (``forward``; ``reduce``, which computes both factors'
+gradients: strides, runtime values, tell them apart) is built for sm_90a at the 4096x4096 TTN shape (64-wide
+halves, float32 in TF32) for every launch setting (rows per program x warps x pipeline stages) and
+``ptxas -v`` reports its registers and spills. A setting that spills or needs more than 227 KB of shared
+memory per program is left out of ``kron_gpu.py``'s sweep; the GPU then times only viable ones.
+
+    .venv/bin/python benchmarks/kernels/kron_compile.py          # -> benchmarks/results/kernels-kron-compile.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+for _p in (HERE.parent, REPO):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+SHARED_LIMIT = 227 * 1024  # bytes of shared memory one program may use on H100/H200
+SETTINGS = [(bb, w, st) for bb in (1, 2, 4) for w in (4, 8) for st in (1, 2, 3)]
+
+
+def compile_one(kernel: str, setting: tuple[int, int, int], width: int, bond: int) -> dict[str, Any]:
+    """Build one kernel for sm_90a and read ``ptxas -v``."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from kernels import kronsum_triton
+
+    fn = getattr(kronsum_triton, kernel)
+    rows, warps, stages = setting
+    const: dict[str, Any] = {k: width for k in ("M", "P", "N", "Q", "BM", "BP", "BN", "BQ")}
+    const.update(BB=rows, PRECISION="tf32", F64=False)
+    const["R" if kernel == "forward" else "PER_SLICE"] = bond if kernel == "forward" else 8
+    signature = {name: ("*fp32" if i < 4 else "i32") for i, name in enumerate(fn.arg_names)}
+    signature.update({k: "constexpr" for k in const})
+    src = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+    ptx = compiled.asm["ptx"]
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(ptx)
+    try:
+        out = subprocess.run([str(ptxas), "-v", "--gpu-name", "sm_90a", f.name, "-o", os.devnull],
+                             capture_output=True, text=True, check=True).stderr  # fmt: skip
+    finally:
+        os.unlink(f.name)
+    regs = re.search(r"Used (\d+) registers", out)
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", out)
+    shared = compiled.metadata.shared
+    row = {
+        "registers": int(regs.group(1)) if regs else None,
+        "spill_stores": int(spill.group(1)) if spill else None,
+        "spill_loads": int(spill.group(2)) if spill else None,
+        "shared": shared,
+        "wgmma": ptx.count("wgmma.mma_async"),
+    }
+    row["viable"] = row["spill_stores"] == 0 and row["spill_loads"] == 0 and shared <= SHARED_LIMIT
+    return row
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# Kronecker-sum Triton kernels compiled for Hopper (no GPU)",
+        "",
+        f"Triton {result['triton']} for sm_90a, `ptxas -v` from Triton's package; 64-wide halves, float32 in "
+        f"TF32, bond {result['bond']}. Produced by `benchmarks/kernels/kron_compile.py`. Setting: rows per "
+        "program x warps x pipeline stages. Viable: no spills and at most 227 KB of shared memory; "
+        "`kron_gpu.py` sweeps the viable settings on a GPU.",
+        "",
+        "| kernel | setting | registers | spill stores / loads (bytes) | shared (KB) | wgmma | viable |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for key, r in result["rows"].items():
+        kernel, setting = key.split(" ")
+        if "error" in r:
+            lines.append(f"| {kernel} | {setting} | error: {r['error'][:80]} | | | | no |")
+            continue
+        lines.append(
+            f"| {kernel} | {setting} | {r['registers']} | {r['spill_stores']} / {r['spill_loads']} | "
+            f"{r['shared'] / 1024:.0f} | {r['wgmma']} | {'yes' if r['viable'] else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--bond", type=int, default=16)
+    args = p.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise SystemExit("unset TRITON_INTERPRET: this script compiles the kernels, it does not interpret them")
+    import triton
+
+    rows: dict[str, Any] = {}
+    for kernel in ("forward", "reduce"):
+        for setting in SETTINGS:
+            key = f"{kernel} {'x'.join(map(str, setting))}"
+            try:
+                rows[key] = compile_one(kernel, setting, 64, args.bond)
+            except Exception as exc:
+                rows[key] = {"error": " ".join(str(exc).split())[:300], "viable": False}
+            print(key, json.dumps(rows[key]), flush=True)
+    result = {"triton": triton.__version__, "bond": args.bond, "rows": rows}
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "kernels-kron-compile.json").write_text(json.dumps(result, indent=1))
+    (args.results / "kernels-kron-compile.md").write_text(markdown(result))
+    print(f"wrote {args.results / 'kernels-kron-compile.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,252 @@
+"""A streamed layer through a Kronecker sum, ``Y_b = Σ_r A_r X_b B_rᵀ``, fused in Triton kernels.
+
+When the last segment of a generator splits into two halves joined by one bond of size ``R`` (the
+root of a TTN: the left subtree holds the high output and input legs, the right subtree the low
+ones), the weight is ``W = Σ_r A_r ⊗ B_r`` and ``x @ W.T`` needs no ``W``: with each input row
+``x_b`` read as a ``(P, Q)`` matrix ``X_b``, the output row is the ``(M, N)`` matrix
+``Σ_r A_r X_b B_rᵀ``. That is ``2 R (P Q N + M P N)`` flops per row against ``2 M N P Q`` for the
+dense product, half of it at ``R = 16`` on 64×64 halves, but the intermediate ``X_b B_rᵀ`` of every
+row and bond is ``R`` times the input: written to memory by separate matmuls (the planned torch
+stream) it costs far more than it saves. Here each program keeps it on chip: a block of rows stays
+in registers while the kernel walks the bond, and only ``X`` and ``Y`` touch memory.
+
+Why Triton and not numba-cuda: the products only pay on the tensor cores (TF32, like the dense
+layer they replace), and numba-cuda reaches no matrix instructions; Triton is on the GPU image and
+its interpreter (``TRITON_INTERPRET=1``) runs these kernels on CPU tensors, which is how CI checks
+them without a GPU.
+
+Backward: ``X̄_b = Σ_r A_rᵀ Ȳ_b B_r`` is the forward kernel on transposed factors; ``Ā_r = Σ_b Ȳ_b
+B_r X_bᵀ`` and ``B̄_r = Σ_b Ȳ_bᵀ A_r X_b`` reduce over rows (one kernel: ``B̄`` is ``Ā``'s sum on
+transposed rows), each program summing one bond's share of a slice of rows into its own slot of a
+workspace that torch then sums (no atomics, so the result is deterministic).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+
+from kernels.errors import KernelsError
+
+BACKENDS = ("auto", "triton", "torch")
+MIN_BLOCK = 16  # tl.dot needs every extent >= 16
+MAX_BLOCK = 128  # larger halves would not fit a program's registers with the row block
+DEFAULT_PROGRAMS = 528  # reduction programs to launch (4 per H100/H200 multiprocessor) without a device query
+KNOBS = ("rows_per_program", "num_warps", "num_stages")
+KERNELS = ("forward", "grad_a", "grad_b")
+BACKWARDS = ("fused", "gemm")  # the factors' gradients: fused row reductions, or through the dense dW GEMM
+# Launch settings used when kron_stream gets no config (what TNLinear(mode="kron") runs): the shared
+# KNOBS and per-kernel dicts under KERNELS. Benchmarks set it to a tuned choice.
+DEFAULT_CONFIG: dict = {}
+
+
+def _block(n: int) -> int:
+    return max(MIN_BLOCK, 1 << (n - 1).bit_length())
+
+
+def fits(m: int, p: int, n: int, q: int) -> bool:
+    """Whether halves of these extents fit the kernels (each padded to a power of two >= 16, at most 128)."""
+    return all(_block(e) <= MAX_BLOCK for e in (m, p, n, q))
+
+
+def interpreting() -> bool:
+    """Whether Triton runs in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def available(x: torch.Tensor) -> bool:
+    """Whether the Triton kernels can run on ``x``'s device here (CUDA, or any device while interpreting)."""
+    if not (x.is_cuda or (interpreting() and x.device.type == "cpu")):
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def reference(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``Σ_r A_r X_b B_rᵀ`` with torch matmuls (any device; the bond-sized intermediate is materialised)."""
+    u = torch.matmul(x.unsqueeze(1), b.transpose(1, 2).unsqueeze(0))  # (rows, R, P, N)
+    return torch.matmul(a.unsqueeze(0), u).sum(1)
+
+
+def kron_stream(
+    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, backend: str = "auto", config: dict | None = None
+) -> torch.Tensor:
+    """``Y_b = Σ_r A_r X_b B_rᵀ`` for every row ``b``, differentiable in all three.
+
+    Args:
+        x: ``(rows, P, Q)``.
+        a: ``(R, M, P)``.
+        b: ``(R, N, Q)``.
+        backend: ``"triton"`` (the fused kernels; CUDA tensors, or CPU tensors under
+            ``TRITON_INTERPRET=1``), ``"torch"`` (:func:`reference`) or ``"auto"`` (Triton where it runs).
+        config: Launch settings for the Triton kernels (:data:`DEFAULT_CONFIG` when ``None``): the
+            :data:`KNOBS` for all kernels, a dict of them under a kernel's name (:data:`KERNELS`;
+            ``forward`` also computes ``X̄``) for that kernel, ``programs`` for the reductions, and
+            ``backward``: ``"fused"`` (the reduction kernels) or ``"gemm"`` (``Ā`` and ``B̄`` from the
+            dense weight gradient ``Ȳᵀ X``, one GEMM, then two small contractions).
+
+    Returns:
+        ``(rows, M, N)``.
+
+    Raises:
+        KernelsError: On mismatched shapes or dtypes, an unknown backend, or ``"triton"`` where it
+            cannot run.
+    """
+    if backend not in BACKENDS:
+        raise KernelsError(f"unknown kron_stream backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    _check(x, a, b)
+    if backend == "torch" or (backend == "auto" and not (available(x) and fits(*a.shape[1:], *b.shape[1:]))):
+        return reference(x, a, b)
+    if not available(x):
+        raise KernelsError(
+            "backend='triton' needs CUDA tensors and the triton package (or TRITON_INTERPRET=1 for CPU "
+            "tensors); use backend='torch'"
+        )
+    if not fits(*a.shape[1:], *b.shape[1:]):
+        raise KernelsError(
+            f"kron_stream's Triton kernels take halves up to {MAX_BLOCK} wide; got A {tuple(a.shape)}, "
+            f"B {tuple(b.shape)}; use backend='torch'"
+        )
+    config = dict(DEFAULT_CONFIG if config is None else config)
+    _check_config(config)
+    return _KronSum.apply(x, a, b, config)
+
+
+def _check(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    if x.dim() != 3 or a.dim() != 3 or b.dim() != 3:
+        raise KernelsError(
+            f"kron_stream needs x (rows, P, Q), a (R, M, P) and b (R, N, Q); got {tuple(x.shape)}, "
+            f"{tuple(a.shape)}, {tuple(b.shape)}"
+        )
+    if a.shape[0] != b.shape[0] or a.shape[2] != x.shape[1] or b.shape[2] != x.shape[2]:
+        raise KernelsError(
+            f"kron_stream shapes disagree: x {tuple(x.shape)} needs a (R, M, {x.shape[1]}) and "
+            f"b (R, N, {x.shape[2]}) with one R; got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    if not (x.dtype == a.dtype == b.dtype) or x.dtype not in (torch.float32, torch.float64):
+        raise KernelsError(f"kron_stream needs one float32 or float64 dtype; got {x.dtype}, {a.dtype}, {b.dtype}")
+    if not (x.device == a.device == b.device):
+        raise KernelsError(f"kron_stream needs one device; got {x.device}, {a.device}, {b.device}")
+
+
+def _check_config(config: dict) -> None:
+    allowed = (*KNOBS, *KERNELS, "programs", "backward")
+    if config.get("backward", "fused") not in BACKWARDS:
+        raise KernelsError(f"kron_stream backward must be one of {', '.join(BACKWARDS)}, got {config['backward']!r}")
+    unknown = set(config) - set(allowed)
+    for kernel in KERNELS:
+        unknown |= set(config.get(kernel, {})) - set(KNOBS)
+    if unknown:
+        raise KernelsError(
+            f"unknown kron_stream config keys {sorted(unknown)}; use {', '.join(allowed)}, with the first "
+            f"{len(KNOBS)} also inside a kernel's dict"
+        )
+
+
+class _KronSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, config: dict) -> torch.Tensor:
+        ctx.save_for_backward(x, a, b)
+        ctx.config = config
+        return _forward(x, a, b, config)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, a, b = ctx.saved_tensors
+        dy = dy.contiguous()
+        need_x, need_a, need_b, _ = ctx.needs_input_grad
+        dx = _forward(dy, a.transpose(1, 2), b.transpose(1, 2), ctx.config) if need_x else None
+        if ctx.config.get("backward", "fused") == "gemm" and (need_a or need_b):
+            # The dense layer's weight gradient, then the factors' from it: at R = 16 on 64-wide halves
+            # the fused reductions do as many flops as this one GEMM, which cuBLAS may run faster.
+            rows, p, q = x.shape
+            m, n = dy.shape[1:]
+            dw = torch.mm(dy.reshape(rows, m * n).T, x.reshape(rows, p * q)).reshape(m, n, p, q)
+            da = torch.einsum("mnpq,rnq->rmp", dw, b) if need_a else None
+            db = torch.einsum("mnpq,rmp->rnq", dw, a) if need_b else None
+            return dx, da, db, None
+        da = _reduce("a", x, dy, b, a.shape, ctx.config) if need_a else None
+        db = _reduce("b", x, dy, a, b.shape, ctx.config) if need_b else None
+        return dx, da, db, None
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # Follow torch's own switch, so the fused layer is exactly as exact as the dense one it replaces.
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def _settings(config: dict, kernel: str, widths: tuple[int, ...]) -> tuple[int, dict]:
+    """Rows per program and launch options of one kernel: its own entry in ``config`` over the shared keys."""
+    merged = {k: config[k] for k in KNOBS if k in config}
+    merged.update(config.get(kernel, {}))
+    # Checked offline with Triton's sm_90a compiler and ptxas: with 8 warps no kernel spills at 64-wide
+    # halves for these row blocks; 4 warps spill in the reductions from 2 rows per program.
+    tile = 128 if kernel == "forward" else 64
+    rows = merged.get("rows_per_program", max(1, tile // max(_block(w) for w in widths)))
+    if rows < 1 or rows & (rows - 1):
+        raise KernelsError(f"rows_per_program must be a power of two >= 1, got {rows}")
+    return rows, {"num_warps": merged.get("num_warps", 8), "num_stages": merged.get("num_stages", 2)}
+
+
+def _forward(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, config: dict) -> torch.Tensor:
+    k = _kernels()
+    rows, p, q = x.shape
+    r, m, _ = a.shape
+    n = b.shape[1]
+    y = torch.empty((rows, m, n), dtype=x.dtype, device=x.device)
+    bb, options = _settings(config, "forward", (m, p, n, q))
+    grid = (max(1, math.ceil(rows / bb)),)
+    k.forward[grid](
+        x, a, b, y, rows,
+        *x.stride(), *a.stride(), *b.stride(), *y.stride(),
+        R=r, M=m, P=p, N=n, Q=q, BM=_block(m), BP=_block(p), BN=_block(n), BQ=_block(q), BB=bb,
+        PRECISION=_precision(x.dtype), F64=x.dtype == torch.float64, **options,
+    )  # fmt: skip
+    return y
+
+
+def _reduce(
+    which: str, x: torch.Tensor, dy: torch.Tensor, other: torch.Tensor, shape: torch.Size, config: dict
+) -> torch.Tensor:
+    """``Ā`` (``which="a"``, ``other`` is ``B``) or ``B̄`` (``"b"``, ``other`` is ``A``).
+
+    One kernel does both: ``B̄_r = Σ_b Ȳ_bᵀ A_r X_b`` is ``Ā``'s sum for the transposed rows ``X_bᵀ`` and
+    ``Ȳ_bᵀ`` with ``A`` in ``B``'s place, and a transposed row is only other strides.
+    """
+    kernel_name = f"grad_{which}"
+    if which == "b":
+        x, dy = x.transpose(1, 2), dy.transpose(1, 2)
+    rows, p, q = x.shape
+    m, n = dy.shape[1:]
+    r = shape[0]
+    bb, options = _settings(config, kernel_name, (m, p, n, q))
+    blocks = max(1, math.ceil(rows / bb))
+    programs = config.get("programs", DEFAULT_PROGRAMS)
+    slices = max(1, min(blocks, programs // max(r, 1)))
+    per_slice = math.ceil(blocks / slices)
+    slices = math.ceil(blocks / per_slice)
+    partial = torch.empty((slices, *shape), dtype=x.dtype, device=x.device)
+    _kernels().reduce[(r, slices)](
+        x, dy, other, partial, rows,
+        *x.stride(), *dy.stride(), *other.stride(), *partial.stride(),
+        PER_SLICE=per_slice, M=m, P=p, N=n, Q=q, BM=_block(m), BP=_block(p), BN=_block(n), BQ=_block(q), BB=bb,
+        PRECISION=_precision(x.dtype), F64=x.dtype == torch.float64, **options,
+    )  # fmt: skip
+    return partial.sum(0)
+
+
+def _kernels() -> Any:
+    """The jitted kernels, imported on first use so ``TRITON_INTERPRET`` is read when a launch needs them."""
+    try:
+        from kernels import kronsum_triton
+    except ImportError as exc:  # pragma: no cover - available() checks first
+        raise KernelsError("the fused Kronecker-sum kernels need the triton package") from exc
+    return kronsum_triton

@@ -1,0 +1,200 @@
+"""The Kronecker-sum stream: Triton kernels (in Triton's CPU interpreter), the split, and mode='kron'."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import adntn
+from adntn.errors import AdntnError
+from kernels import KernelsError
+from kernels.kronsum import kron_stream, reference
+
+torch.set_num_threads(1)
+pytest.importorskip("triton", reason="dev extras install triton (pyproject.toml)")
+if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":  # pragma: no cover
+    pytest.fail("tests/conftest.py sets TRITON_INTERPRET=1 on machines without a GPU", pytrace=False)
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def _rel(u: torch.Tensor, v: torch.Tensor) -> float:
+    return float((u - v).detach().norm() / v.detach().norm())
+
+
+def _operands(rows, r, m, p, n, q, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(shape, generator=g, dtype=dtype, requires_grad=True)
+        for shape in ((rows, p, q), (r, m, p), (r, n, q))
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    ("rows", "r", "m", "p", "n", "q", "config"),
+    [
+        (5, 3, 16, 16, 16, 16, {}),  # one program, a partial row block
+        (7, 2, 20, 12, 9, 33, {}),  # every extent padded to a power of two, masked
+        (37, 4, 16, 32, 16, 16, {"rows_per_program": 2, "programs": 5}),  # several slices, a ragged last one
+        (21, 2, 16, 16, 16, 16, {"forward": {"rows_per_program": 4}, "grad_b": {"rows_per_program": 2}}),
+        (11, 3, 20, 16, 16, 24, {"backward": "gemm"}),  # the factors' gradients through dW
+        (3, 1, 16, 16, 32, 16, {"rows_per_program": 1}),
+    ],
+)
+def test_triton_matches_reference_forward_and_gradients(dtype, rows, r, m, p, n, q, config):
+    x, a, b = _operands(rows, r, m, p, n, q, dtype, seed=rows)
+    y = kron_stream(x, a, b, backend="triton", config=config)
+    dy = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, a, b), dy)
+    want_y = torch.einsum("rmp,bpq,rnq->bmn", a, x, b)
+    want = torch.autograd.grad(want_y, (x, a, b), dy)
+    assert y.shape == (rows, m, n)
+    assert _rel(y, want_y) < TOL[dtype]
+    for g, w in zip(got, want, strict=True):
+        assert _rel(g, w) < TOL[dtype]
+
+
+def test_reference_is_the_kronecker_sum_of_the_factors():
+    x, a, b = (t.detach() for t in _operands(4, 3, 2, 5, 3, 4, torch.float64, seed=1))
+    w = sum(torch.kron(a[i], b[i]) for i in range(3))  # rows (m, n), columns (p, q)
+    want = (x.reshape(4, -1) @ w.T).reshape(4, 2, 3)
+    assert _rel(reference(x, a, b), want) < 1e-12
+
+
+def test_only_the_needed_gradients_are_computed():
+    x, a, b = _operands(6, 2, 16, 16, 16, 16, torch.float64, seed=2)
+    x = x.detach()
+    y = kron_stream(x, a, b, backend="triton")
+    ga, gb = torch.autograd.grad(y.sum(), (a, b))
+    ra, rb = torch.autograd.grad(reference(x, a, b).sum(), (a, b))
+    assert _rel(ga, ra) < 1e-10 and _rel(gb, rb) < 1e-10
+
+
+def test_same_inputs_give_identical_bits():
+    x, a, b = _operands(19, 3, 16, 16, 16, 16, torch.float32, seed=3)
+    cfg = {"rows_per_program": 2, "programs": 4}
+    runs = []
+    for _ in range(2):
+        y = kron_stream(x, a, b, backend="triton", config=cfg)
+        runs.append([y, *torch.autograd.grad(y.square().sum(), (x, a, b))])
+    for u, v in zip(*runs, strict=True):
+        assert torch.equal(u, v)
+
+
+def test_auto_uses_torch_where_triton_cannot_run(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x, a, b = (t.detach() for t in _operands(3, 2, 16, 16, 16, 16, torch.float64, seed=4))
+    assert torch.equal(kron_stream(x, a, b), reference(x, a, b))
+    with pytest.raises(KernelsError, match="needs CUDA tensors"):
+        kron_stream(x, a, b, backend="triton")
+
+
+@pytest.mark.parametrize(
+    ("shapes", "dtypes", "match"),
+    [
+        (((3, 4, 5), (2, 6, 4), (2, 7, 5)), None, None),  # the valid case, checked below
+        (((3, 4, 5), (2, 6, 4), (3, 7, 5)), None, "shapes disagree"),
+        (((3, 4, 5), (2, 6, 5), (2, 7, 5)), None, "shapes disagree"),
+        (((3, 4), (2, 6, 4), (2, 7, 5)), None, r"needs x \(rows, P, Q\)"),
+        (((3, 4, 5), (2, 6, 4), (2, 7, 5)), (torch.float32, torch.float64, torch.float64), "one float32 or float64"),
+        (((3, 4, 5), (2, 6, 4), (2, 7, 5)), (torch.float16,) * 3, "one float32 or float64"),
+    ],
+)
+def test_bad_inputs_get_one_line_errors(shapes, dtypes, match):
+    dtypes = dtypes or (torch.float64,) * 3
+    x, a, b = (torch.randn(s, dtype=d) for s, d in zip(shapes, dtypes, strict=True))
+    if match is None:
+        assert kron_stream(x, a, b, backend="torch").shape == (3, 6, 7)
+        return
+    with pytest.raises(KernelsError, match=match):
+        kron_stream(x, a, b)
+
+
+def test_unknown_backend_and_too_wide_halves():
+    x, a, b = (torch.randn(s, dtype=torch.float64) for s in ((2, 200, 4), (1, 3, 200), (1, 5, 4)))
+    with pytest.raises(KernelsError, match="unknown kron_stream backend 'cuda'"):
+        kron_stream(x, a, b, backend="cuda")
+    with pytest.raises(KernelsError, match="halves up to 128 wide"):
+        kron_stream(x, a, b, backend="triton")
+    assert kron_stream(x, a, b).shape == (2, 3, 5)  # auto falls back to torch
+    x, a = x[:, :16], a[:, :, :16]
+    with pytest.raises(KernelsError, match="rows_per_program must be a power of two"):
+        kron_stream(x, a, b, backend="triton", config={"rows_per_program": 3})
+    with pytest.raises(KernelsError, match=r"unknown kron_stream config keys \['warps'\]"):
+        kron_stream(x, a, b, backend="triton", config={"warps": 4})
+    with pytest.raises(KernelsError, match=r"unknown kron_stream config keys \['stages'\]"):
+        kron_stream(x, a, b, backend="triton", config={"grad_a": {"stages": 4}})
+    with pytest.raises(KernelsError, match="backward must be one of fused, gemm, got 'dense'"):
+        kron_stream(x, a, b, backend="triton", config={"backward": "dense"})
+
+
+# ------------------------------------------------------------------------------------ the split
+
+
+@pytest.mark.parametrize(("arch", "bond", "rank"), [("ttn", 3, 3), ("ttn", 5, 5), ("mera", 2, 2), ("attn", 2, 4)])
+def test_split_factors_rebuild_the_weight(arch, bond, rank):
+    gen = adntn.make_generator(arch, 64, 64, bond_dim=bond, cache=False).double()
+    split = gen.kron
+    assert split is not None and split.rank == rank
+    a, b = gen.kron_factors()
+    m, p, n, q = split.shape
+    assert m * n == gen.out_padded and p * q == gen.in_padded
+    # W[(m, n), (p, q)] = Σ_r A_r[m, p] B_r[n, q]
+    w = torch.einsum("rmp,rnq->mnpq", a, b).reshape(gen.out_padded, gen.in_padded)
+    assert _rel(w, gen.padded_weight()) < 1e-12
+
+
+def test_a_ttn_root_splits_at_its_bond():
+    gen = adntn.make_generator("ttn", 4096, 4096, bond_dim=16, cache=False)
+    assert gen.kron.rank == 16 and gen.kron.shape == (64, 64, 64, 64)
+    assert gen.kron.stream_flops(8192) == 2 * 8192 * 16 * 2 * 64**3
+    # Half the dense product's flops at this bond, and the intermediates never written.
+    assert gen.kron_cost_at(8192) < gen.materialize_cost(8192)
+    assert gen.kron_cost_at(8192, 1024) < gen.stream_cost_at(8192, 1024)
+
+
+def test_no_split_without_a_linear_root():
+    gen = adntn.make_generator("ttn", 64, 64, bond_dim=3, root_activation="tanh", cache=False)
+    assert gen.kron is None
+    with pytest.raises(AdntnError, match="no Kronecker sum"):
+        gen.kron_factors()
+    with pytest.raises(AdntnError, match="mode='kron' needs"):
+        adntn.TNLinear(64, 64, "ttn", 3, mode="kron", root_activation="tanh", cache=False)
+    with pytest.raises(AdntnError, match="always builds its kernel"):
+        adntn.TNConv2d(4, 8, 3, mode="kron", cache=False)
+
+
+# ------------------------------------------------------------------------------------ the layer
+
+
+@pytest.mark.parametrize("interpret", ["1", "0"])
+@pytest.mark.parametrize(("in_f", "out_f"), [(64, 64), (40, 48)])
+def test_kron_layer_matches_materialize(monkeypatch, interpret, in_f, out_f):
+    monkeypatch.setenv("TRITON_INTERPRET", interpret)
+    torch.manual_seed(0)
+    kron = adntn.TNLinear(in_f, out_f, "ttn", 3, mode="kron", cache=False).double()
+    dense = adntn.TNLinear(in_f, out_f, "ttn", 3, mode="materialize", cache=False).double()
+    dense.load_state_dict(kron.state_dict())
+    x = torch.randn(2, 5, in_f, dtype=torch.float64, requires_grad=True)
+    ys = [layer(x) for layer in (kron, dense)]
+    assert ys[0].shape == (2, 5, out_f)
+    assert _rel(ys[0], ys[1]) < 1e-10
+    dy = torch.randn_like(ys[0])
+    grads = [torch.autograd.grad(y, (x, *layer.parameters()), dy) for y, layer in zip(ys, (kron, dense), strict=True)]
+    for g, w in zip(*grads, strict=True):
+        assert _rel(g, w) < 1e-10
+    assert kron.uses_stream(10) and not dense.uses_stream(10)
+
+
+def test_kron_layer_under_bf16_autocast_runs_in_the_cores_dtype():
+    torch.manual_seed(0)
+    layer = adntn.TNLinear(64, 64, "ttn", 3, mode="kron", cache=False)
+    x = torch.randn(4, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x.bfloat16())
+    assert y.dtype == torch.float32
+    want = layer(x.bfloat16().float())
+    assert _rel(y, want) < 1e-6
