@@ -21,6 +21,8 @@ from tnplan.contract import Program
 if TYPE_CHECKING:
     from adntn.generator import Generator
 
+MAX_TENSORS = 16  # bipartitions tried: 2^k; generator roots have a handful of tensors
+
 
 @dataclass(frozen=True)
 class KronSplit:
@@ -71,6 +73,8 @@ def find_split(generator: Generator) -> KronSplit | None:
                 owner[label] = pos
     best: tuple[int, tuple[int, ...], tuple[int, ...], list[str]] | None = None
     k = net.num_tensors
+    if k > MAX_TENSORS:
+        return None
     for size in range(1, k):
         for left in itertools.combinations(range(k), size):
             right = tuple(i for i in range(k) if i not in left)

@@ -35,6 +35,7 @@ BACKENDS = ("auto", "triton", "torch")
 MIN_BLOCK = 16  # tl.dot needs every extent >= 16
 MAX_BLOCK = 128  # larger halves would not fit a program's registers with the row block
 DEFAULT_PROGRAMS = 528  # reduction programs to launch (4 per H100/H200 multiprocessor) without a device query
+MAX_ELEMENTS = 2**31 - 1  # offsets are int32 in the kernels (cheaper address arithmetic than int64)
 KNOBS = ("rows_per_program", "num_warps", "num_stages")
 KERNELS = ("forward", "grad_a", "grad_b")
 BACKWARDS = ("fused", "gemm")  # the factors' gradients: fused row reductions, or through the dense dW GEMM
@@ -112,6 +113,12 @@ def kron_stream(
         raise KernelsError(
             f"kron_stream's Triton kernels take halves up to {MAX_BLOCK} wide; got A {tuple(a.shape)}, "
             f"B {tuple(b.shape)}; use backend='torch'"
+        )
+    largest = max(x.numel(), x.shape[0] * a.shape[1] * b.shape[1])
+    if largest > MAX_ELEMENTS:
+        raise KernelsError(
+            f"kron_stream's Triton kernels index with 32-bit offsets, so a tensor holds at most {MAX_ELEMENTS:,} "
+            f"elements; this batch makes {largest:,}: split it into smaller batches"
         )
     config = dict(DEFAULT_CONFIG if config is None else config)
     _check_config(config)

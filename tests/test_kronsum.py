@@ -121,6 +121,10 @@ def test_unknown_backend_and_too_wide_halves():
         kron_stream(x, a, b, backend="triton")
     assert kron_stream(x, a, b).shape == (2, 3, 5)  # auto falls back to torch
     x, a = x[:, :16], a[:, :, :16]
+    huge = torch.zeros(1, 1, 1, dtype=torch.float64).expand(2**24, 16, 4)  # 2^30 inputs, no memory
+    wide = torch.zeros(1, 1, 1, dtype=torch.float64).expand(1, 32, 16)  # 2^24 * 32 * 5 outputs
+    with pytest.raises(KernelsError, match=r"32-bit offsets.* 2,684,354,560: split it"):
+        kron_stream(huge, wide, b, backend="triton")
     with pytest.raises(KernelsError, match="rows_per_program must be a power of two"):
         kron_stream(x, a, b, backend="triton", config={"rows_per_program": 3})
     with pytest.raises(KernelsError, match=r"unknown kron_stream config keys \['warps'\]"):
