@@ -5,7 +5,9 @@ the leading input legs, the other the trailing ones, is such a sum over the bond
 each side contracted on its own (bonds left open) is one factor. The root of a TTN splits this way
 with one cut bond, so ``x @ W.T`` runs through :func:`kernels.kronsum.kron_stream` without ``W``.
 The split is found once, at construction, by trying every bipartition of the segment's tensors and
-keeping the one whose cut is smallest; both factor networks are planned like every other network.
+keeping the cheapest to stream whose halves the fused kernels take (a MERA's root splits off one
+subtree with a bond of 2 but halves of 8 and 512, or two subtrees with a cut of 4 and halves of 64);
+both factor networks are planned like every other network.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import tnplan
+from kernels.kronsum import fits
 from tnplan.contract import Program
 
 if TYPE_CHECKING:
@@ -50,8 +53,14 @@ class KronSplit:
         return 2 * rows * self.rank * (p * q * n + m * p * n)
 
 
+def _extent(legs: list[str], sizes: dict[str, int]) -> int:
+    """The extent of a group of legs (the product of their sizes)."""
+    return math.prod(sizes[x] for x in legs)
+
+
 def find_split(generator: Generator) -> KronSplit | None:
-    """The cheapest Kronecker split of ``generator``'s last segment, or ``None`` when it has none.
+    """The best Kronecker split of ``generator``'s last segment, or ``None`` when it has none: among the
+    splits whose halves fit the fused kernels (if any do), the one with the fewest streamed flops.
 
     A split needs a linear last segment with one member whose output and input legs each occur in
     exactly one tensor, and two non-empty sides that each own a non-empty leading (``A``) or
@@ -71,7 +80,8 @@ def find_split(generator: Generator) -> KronSplit | None:
                 if label in owner or labels.count(label) > 1:
                     return None
                 owner[label] = pos
-    best: tuple[int, tuple[int, ...], tuple[int, ...], list[str]] | None = None
+    sizes = net.size_dict
+    best: tuple[tuple[bool, int, int], tuple[int, ...], tuple[int, ...], list[str]] | None = None
     k = net.num_tensors
     if k > MAX_TENSORS:
         return None
@@ -87,13 +97,17 @@ def find_split(generator: Generator) -> KronSplit | None:
             left_labels = {label for i in left for label in net.inputs[i]}
             right_labels = {label for i in right for label in net.inputs[i]}
             cut = sorted(left_labels & right_labels)
-            rank = math.prod(net.size_dict[c] for c in cut)
-            if best is None or rank < best[0]:
-                best = (rank, left, right, cut)
+            rank = math.prod(sizes[c] for c in cut)
+            m, p = _extent(lo, sizes), _extent(li, sizes)
+            n, q = _extent(outs[len(lo) :], sizes), _extent(ins[len(li) :], sizes)
+            # Halves the fused kernels take first, then the fewest streamed flops per row.
+            key = (not fits(m, p, n, q), rank * (p * q * n + m * p * n), rank)
+            if best is None or key < best[0]:
+                best = (key, left, right, cut)
     if best is None:
         return None
-    rank, left, right, cut = best
-    sizes = net.size_dict
+    _, left, right, cut = best
+    rank = math.prod(sizes[c] for c in cut)
     lo = outs[: sum(owner[leg] in left for leg in outs)]
     li = ins[: sum(owner[leg] in left for leg in ins)]
     ro, ri = outs[len(lo) :], ins[len(li) :]
@@ -109,5 +123,5 @@ def find_split(generator: Generator) -> KronSplit | None:
             return None
         programs.append(plan.compile())
         flops += plan.flops
-    shape = tuple(math.prod(sizes[x] for x in legs) for legs in (lo, li, ro, ri))
+    shape = tuple(_extent(legs, sizes) for legs in (lo, li, ro, ri))
     return KronSplit(left, right, (programs[0], programs[1]), rank, shape, flops)  # type: ignore[arg-type]

@@ -160,6 +160,14 @@ def test_a_ttn_root_splits_at_its_bond():
     assert gen.kron_cost_at(8192, 1024) < gen.stream_cost_at(8192, 1024)
 
 
+def test_a_mera_root_splits_into_halves_the_kernels_take():
+    # The smallest cut (one subtree, bond 2) leaves halves 8 and 512 wide; two subtrees (cut 2x2) give
+    # 64-wide halves and, with half the bond-2 split's flops, an eighth of the dense layer's.
+    gen = adntn.make_generator("mera", 4096, 4096, bond_dim=2, cache=False)
+    assert gen.kron.rank == 4 and gen.kron.shape == (64, 64, 64, 64)
+    assert 8 * gen.kron.stream_flops(8192) == 2 * 8192 * 4096 * 4096
+
+
 def test_no_split_without_a_linear_root():
     gen = adntn.make_generator("ttn", 64, 64, bond_dim=3, root_activation="tanh", cache=False)
     assert gen.kron is None
