@@ -5,8 +5,9 @@ the leading input legs, the other the trailing ones, is such a sum over the bond
 each side contracted on its own (bonds left open) is one factor. The root of a TTN splits this way
 with one cut bond, so ``x @ W.T`` runs through :func:`kernels.kronsum.kron_stream` without ``W``.
 The split is found once, at construction, by trying every bipartition of the segment's tensors and
-keeping the cheapest to stream whose halves the fused kernels take (a MERA's root splits off one
-subtree with a bond of 2 but halves of 8 and 512, or two subtrees with a cut of 4 and halves of 64);
+keeping the cheapest to stream whose factors the fused kernels take (one factor at most 128 wide in
+both extents; a MERA's root splits off one subtree with a bond of 2 but factors 8x8 and 512x512, or
+two subtrees with a cut of 4 and 64x64 factors: the second streams with half the flops);
 both factor networks are planned like every other network.
 """
 

@@ -33,7 +33,10 @@ from kernels.errors import KernelsError
 
 BACKENDS = ("auto", "triton", "torch")
 MIN_BLOCK = 16  # tl.dot needs every extent >= 16
-MAX_BLOCK = 128  # larger halves would not fit a program's registers with the row block
+MAX_BLOCK = 128  # widest extent held whole in a program's registers with the row block
+# A wider factor is tiled in blocks of this: built for sm_90a, 128-wide tiles of a 256x512 factor
+# spilled at every row block above one, 64-wide ones at none up to four rows with 8 warps.
+TILE = 64
 DEFAULT_PROGRAMS = 528  # reduction programs to launch (4 per H100/H200 multiprocessor) without a device query
 MAX_ELEMENTS = 2**31 - 1  # offsets are int32 in the kernels (cheaper address arithmetic than int64)
 KNOBS = ("rows_per_program", "num_warps", "num_stages")
@@ -48,9 +51,20 @@ def _block(n: int) -> int:
     return max(MIN_BLOCK, 1 << (n - 1).bit_length())
 
 
+def _narrow(*extents: int) -> bool:
+    return all(_block(e) <= MAX_BLOCK for e in extents)
+
+
 def fits(m: int, p: int, n: int, q: int) -> bool:
-    """Whether halves of these extents fit the kernels (each padded to a power of two >= 16, at most 128)."""
-    return all(_block(e) <= MAX_BLOCK for e in (m, p, n, q))
+    """Whether the kernels take factors with ``A_r`` ``M x P`` and ``B_r`` ``N x Q``: one factor's
+    extents at most 128 (each padded to a power of two >= 16); the other's are tiled."""
+    return _narrow(n, q) or _narrow(m, p)
+
+
+def reduces(m: int, p: int, n: int, q: int) -> bool:
+    """Whether the fused reductions take these factors (all four extents at most 128); otherwise the
+    factors' gradients go through the dense ``dW`` GEMM."""
+    return _narrow(m, p, n, q)
 
 
 def interpreting() -> bool:
@@ -111,8 +125,8 @@ def kron_stream(
         )
     if not fits(*a.shape[1:], *b.shape[1:]):
         raise KernelsError(
-            f"kron_stream's Triton kernels take halves up to {MAX_BLOCK} wide; got A {tuple(a.shape)}, "
-            f"B {tuple(b.shape)}; use backend='torch'"
+            f"kron_stream's Triton kernels need one factor with both extents at most {MAX_BLOCK}; got A "
+            f"{tuple(a.shape)}, B {tuple(b.shape)}; use backend='torch'"
         )
     largest = max(x.numel(), x.shape[0] * a.shape[1] * b.shape[1])
     if largest > MAX_ELEMENTS:
@@ -122,7 +136,10 @@ def kron_stream(
         )
     config = dict(DEFAULT_CONFIG if config is None else config)
     _check_config(config)
-    return _KronSum.apply(x, a, b, config)
+    if _narrow(*b.shape[1:]):
+        return _KronSum.apply(x, a, b, config)
+    # B is the wide factor: Y_bᵀ = Σ_r B_r X_bᵀ A_rᵀ puts it in A's place, which the kernels tile.
+    return _KronSum.apply(x.transpose(1, 2), b, a, config).transpose(1, 2)
 
 
 def _check(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -169,9 +186,11 @@ class _KronSum(torch.autograd.Function):
         dy = dy.contiguous()
         need_x, need_a, need_b, _ = ctx.needs_input_grad
         dx = _forward(dy, a.transpose(1, 2), b.transpose(1, 2), ctx.config) if need_x else None
-        if ctx.config.get("backward", "fused") == "gemm" and (need_a or need_b):
+        fused = ctx.config.get("backward", "fused") == "fused" and reduces(*a.shape[1:], *b.shape[1:])
+        if not fused and (need_a or need_b):
             # The dense layer's weight gradient, then the factors' from it: at R = 16 on 64-wide halves
-            # the fused reductions do as many flops as this one GEMM, which cuBLAS may run faster.
+            # the fused reductions do as many flops as this one GEMM, which cuBLAS may run faster; and
+            # the reductions hold all four extents whole, so a wide factor always comes this way.
             rows, p, q = x.shape
             m, n = dy.shape[1:]
             dw = torch.mm(dy.reshape(rows, m * n).T, x.reshape(rows, p * q)).reshape(m, n, p, q)
@@ -204,17 +223,18 @@ def _settings(config: dict, kernel: str, widths: tuple[int, ...]) -> tuple[int, 
 
 
 def _forward(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, config: dict) -> torch.Tensor:
-    k = _kernels()
     rows, p, q = x.shape
     r, m, _ = a.shape
     n = b.shape[1]
     y = torch.empty((rows, m, n), dtype=x.dtype, device=x.device)
-    bb, options = _settings(config, "forward", (m, p, n, q))
-    grid = (max(1, math.ceil(rows / bb)),)
-    k.forward[grid](
+    wide = not _narrow(m, p)
+    bm, bp = (min(_block(m), TILE), min(_block(p), TILE)) if wide else (_block(m), _block(p))
+    bb, options = _settings(config, "forward", (bm, bp, n, q))
+    grid = (max(1, math.ceil(rows / bb)), math.ceil(m / bm))
+    _kernels().forward[grid](
         x, a, b, y, rows,
         *x.stride(), *a.stride(), *b.stride(), *y.stride(),
-        R=r, M=m, P=p, N=n, Q=q, BM=_block(m), BP=_block(p), BN=_block(n), BQ=_block(q), BB=bb,
+        R=r, M=m, P=p, N=n, Q=q, BM=bm, BP=bp, BN=_block(n), BQ=_block(q), BB=bb, P_CHUNKS=math.ceil(p / bp),
         PRECISION=_precision(x.dtype), F64=x.dtype == torch.float64, **options,
     )  # fmt: skip
     return y

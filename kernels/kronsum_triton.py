@@ -25,29 +25,31 @@ def forward(
     sx0, sx1, sx2, sa0, sa1, sa2, sb0, sb1, sb2, sy0, sy1, sy2,
     R: tl.constexpr, M: tl.constexpr, P: tl.constexpr, N: tl.constexpr, Q: tl.constexpr,
     BM: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr, BQ: tl.constexpr, BB: tl.constexpr,
-    PRECISION: tl.constexpr, F64: tl.constexpr,
+    P_CHUNKS: tl.constexpr, PRECISION: tl.constexpr, F64: tl.constexpr,
 ):  # fmt: skip
+    # Program (row block, tile of BM output rows m); P is walked in P_CHUNKS chunks of BP, so a half
+    # wider than one block (M or P) costs a reload of A and B per chunk, not registers.
     acc_t = tl.float64 if F64 else tl.float32
     row0 = tl.program_id(0) * BB
-    # The row block of X as one (BB*BP, BQ) matrix: rows (row, p).
-    i = tl.arange(0, BB * BP)
+    mm = tl.program_id(1) * BM + tl.arange(0, BM)
+    i = tl.arange(0, BB * BP)  # rows (row, p) of the X chunk as one (BB*BP, BQ) matrix
     xr = row0 + i // BP
-    xp = i % BP
     qq = tl.arange(0, BQ)
-    xmask = ((xr < rows) & (xp < P))[:, None] & (qq < Q)[None, :]
-    xt = tl.load(x + xr[:, None] * sx0 + xp[:, None] * sx1 + qq[None, :] * sx2, mask=xmask, other=0.0)
-    mm = tl.arange(0, BM)
-    pp = tl.arange(0, BP)
     nn = tl.arange(0, BN)
-    amask = (mm < M)[:, None] & (pp < P)[None, :]
     bmask = (qq < Q)[:, None] & (nn < N)[None, :]
     acc = tl.zeros((BM, BB * BN), dtype=acc_t)  # columns (row, n)
-    for r in range(R):
-        bt = tl.load(b + r * sb0 + qq[:, None] * sb2 + nn[None, :] * sb1, mask=bmask, other=0.0)
-        u = tl.dot(xt, bt, input_precision=PRECISION, out_dtype=acc_t)  # X_b B_rᵀ, rows (row, p)
-        u = _swap_rows(u, BB, BP, BN).to(xt.dtype)  # (BP, BB*BN)
-        ar = tl.load(a + r * sa0 + mm[:, None] * sa1 + pp[None, :] * sa2, mask=amask, other=0.0)
-        acc += tl.dot(ar, u, input_precision=PRECISION, out_dtype=acc_t)
+    for c in range(P_CHUNKS):
+        xp = c * BP + i % BP
+        xmask = ((xr < rows) & (xp < P))[:, None] & (qq < Q)[None, :]
+        xt = tl.load(x + xr[:, None] * sx0 + xp[:, None] * sx1 + qq[None, :] * sx2, mask=xmask, other=0.0)
+        pp = c * BP + tl.arange(0, BP)
+        amask = (mm < M)[:, None] & (pp < P)[None, :]
+        for r in range(R):
+            bt = tl.load(b + r * sb0 + qq[:, None] * sb2 + nn[None, :] * sb1, mask=bmask, other=0.0)
+            u = tl.dot(xt, bt, input_precision=PRECISION, out_dtype=acc_t)  # X_b B_rᵀ, rows (row, p)
+            u = _swap_rows(u, BB, BP, BN).to(xt.dtype)  # (BP, BB*BN)
+            ar = tl.load(a + r * sa0 + mm[:, None] * sa1 + pp[None, :] * sa2, mask=amask, other=0.0)
+            acc += tl.dot(ar, u, input_precision=PRECISION, out_dtype=acc_t)
     j = tl.arange(0, BB * BN)
     yr = row0 + j // BN
     yn = j % BN

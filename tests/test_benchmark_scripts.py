@@ -222,7 +222,7 @@ def test_kron_kernels_compile_for_hopper_at_their_default_settings() -> None:
     code = (
         "import json, sys; sys.path.insert(0, 'benchmarks/kernels'); import kron_compile as k; "
         "print(json.dumps([k.compile_one(n, s, 64, 16) for n, s in "
-        "(('forward', (2, 8, 2)), ('reduce', (1, 8, 2)))]))"
+        "(('forward', (2, 8, 2)), ('reduce', (1, 8, 2)))] + [k.compile_one('forward', (2, 8, 2), 64, 24, wide=True)]))"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

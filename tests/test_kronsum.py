@@ -57,6 +57,26 @@ def test_triton_matches_reference_forward_and_gradients(dtype, rows, r, m, p, n,
         assert _rel(g, w) < TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    ("rows", "r", "m", "p", "n", "q"),
+    [
+        (3, 2, 130, 140, 16, 20),  # A wide: tiles of output rows, P in chunks
+        (3, 2, 16, 20, 150, 130),  # B wide: the transposed problem puts it in A's place
+    ],
+)
+def test_a_wide_factor_is_tiled_and_its_gradients_go_through_dw(dtype, rows, r, m, p, n, q):
+    x, a, b = _operands(rows, r, m, p, n, q, dtype, seed=m)
+    y = kron_stream(x, a, b, backend="triton")
+    dy = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, a, b), dy)
+    want_y = reference(x, a, b)
+    want = torch.autograd.grad(want_y, (x, a, b), dy)
+    assert y.shape == (rows, m, n) and _rel(y, want_y) < TOL[dtype]
+    for g, w in zip(got, want, strict=True):
+        assert _rel(g, w) < TOL[dtype]
+
+
 def test_reference_is_the_kronecker_sum_of_the_factors():
     x, a, b = (t.detach() for t in _operands(4, 3, 2, 5, 3, 4, torch.float64, seed=1))
     w = sum(torch.kron(a[i], b[i]) for i in range(3))  # rows (m, n), columns (p, q)
@@ -113,13 +133,14 @@ def test_bad_inputs_get_one_line_errors(shapes, dtypes, match):
         kron_stream(x, a, b)
 
 
-def test_unknown_backend_and_too_wide_halves():
-    x, a, b = (torch.randn(s, dtype=torch.float64) for s in ((2, 200, 4), (1, 3, 200), (1, 5, 4)))
+def test_unknown_backend_and_too_wide_factors():
+    x, a, b = (torch.randn(s, dtype=torch.float64) for s in ((2, 200, 4), (1, 3, 200), (1, 150, 4)))
     with pytest.raises(KernelsError, match="unknown kron_stream backend 'cuda'"):
         kron_stream(x, a, b, backend="cuda")
-    with pytest.raises(KernelsError, match="halves up to 128 wide"):
+    with pytest.raises(KernelsError, match="one factor with both extents at most 128"):
         kron_stream(x, a, b, backend="triton")
-    assert kron_stream(x, a, b).shape == (2, 3, 5)  # auto falls back to torch
+    assert kron_stream(x, a, b).shape == (2, 3, 150)  # auto falls back to torch
+    b = b[:, :5]
     x, a = x[:, :16], a[:, :, :16]
     huge = torch.zeros(1, 1, 1, dtype=torch.float64).expand(2**24, 16, 4)  # 2^30 inputs, no memory
     wide = torch.zeros(1, 1, 1, dtype=torch.float64).expand(1, 32, 16)  # 2^24 * 32 * 5 outputs

@@ -32,8 +32,11 @@ SHARED_LIMIT = 227 * 1024  # bytes of shared memory one program may use on H100/
 SETTINGS = [(bb, w, st) for bb in (1, 2, 4) for w in (4, 8) for st in (1, 2, 3)]
 
 
-def compile_one(kernel: str, setting: tuple[int, int, int], width: int, bond: int) -> dict[str, Any]:
-    """Build one kernel for sm_90a and read ``ptxas -v``."""
+def compile_one(
+    kernel: str, setting: tuple[int, int, int], width: int, bond: int, wide: bool = False
+) -> dict[str, Any]:
+    """Build one kernel for sm_90a and read ``ptxas -v``; ``wide``: the forward at the 25088x4096 TTN's
+    factors (A 256x512, tiled 64 wide in 8 chunks; B 16x49)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -44,7 +47,12 @@ def compile_one(kernel: str, setting: tuple[int, int, int], width: int, bond: in
     rows, warps, stages = setting
     const: dict[str, Any] = {k: width for k in ("M", "P", "N", "Q", "BM", "BP", "BN", "BQ")}
     const.update(BB=rows, PRECISION="tf32", F64=False)
-    const["R" if kernel == "forward" else "PER_SLICE"] = bond if kernel == "forward" else 8
+    if kernel == "forward":
+        const.update(R=bond, P_CHUNKS=1)
+        if wide:
+            const.update(M=256, P=512, N=16, Q=49, BM=64, BP=64, BN=16, BQ=64, P_CHUNKS=8)
+    else:
+        const["PER_SLICE"] = 8
     signature = {name: ("*fp32" if i < 4 else "i32") for i, name in enumerate(fn.arg_names)}
     signature.update({k: "constexpr" for k in const})
     src = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
