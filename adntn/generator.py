@@ -409,7 +409,6 @@ class Generator(nn.Module):
             if self.in_padded != self.in_features:
                 x = torch.nn.functional.pad(x, (0, self.in_padded - self.in_features))
             _, p, _, q = self.kron.shape  # type: ignore[union-attr]
-            backend = "torch" if torch.compiler.is_compiling() else backend
             y = kron_stream(x.reshape(rows, p, q), a, b, backend=backend, config=config)
         y = y.reshape(rows, self.out_padded)
         return y[:, : self.out_features] if self.out_padded != self.out_features else y

@@ -23,6 +23,7 @@ workspace that torch then sums (no atomics, so the result is deterministic).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Any
@@ -136,10 +137,11 @@ def kron_stream(
         )
     config = dict(DEFAULT_CONFIG if config is None else config)
     _check_config(config)
+    text = _encode(config)
     if _narrow(*b.shape[1:]):
-        return _KronSum.apply(x, a, b, config)
+        return _forward_op(x, a, b, text)
     # B is the wide factor: Y_bᵀ = Σ_r B_r X_bᵀ A_rᵀ puts it in A's place, which the kernels tile.
-    return _KronSum.apply(x.transpose(1, 2), b, a, config).transpose(1, 2)
+    return _forward_op(x.transpose(1, 2), b, a, text).transpose(1, 2)
 
 
 def _check(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -159,6 +161,12 @@ def _check(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         raise KernelsError(f"kron_stream needs one device; got {x.device}, {a.device}, {b.device}")
 
 
+@torch.compiler.assume_constant_result
+def _encode(config: dict) -> str:
+    # The operators take the config as a string; under torch.compile it is a constant of the graph.
+    return json.dumps(config, sort_keys=True)
+
+
 def _check_config(config: dict) -> None:
     allowed = (*KNOBS, *KERNELS, "programs", "backward")
     if config.get("backward", "fused") not in BACKWARDS:
@@ -173,33 +181,61 @@ def _check_config(config: dict) -> None:
         )
 
 
-class _KronSum(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, config: dict) -> torch.Tensor:
-        ctx.save_for_backward(x, a, b)
-        ctx.config = config
-        return _forward(x, a, b, config)
+# The kernels run inside custom operators, so torch.compile and torch.export see one opaque call with a
+# known output shape (and keep the kernels) instead of tracing into Triton's launcher.
+@torch.library.custom_op("adntn::kron_forward", mutates_args=())
+def _forward_op(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, config: str) -> torch.Tensor:
+    return _forward(x, a, b, json.loads(config))
 
-    @staticmethod
-    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, a, b = ctx.saved_tensors
-        dy = dy.contiguous()
-        need_x, need_a, need_b, _ = ctx.needs_input_grad
-        dx = _forward(dy, a.transpose(1, 2), b.transpose(1, 2), ctx.config) if need_x else None
-        fused = ctx.config.get("backward", "fused") == "fused" and reduces(*a.shape[1:], *b.shape[1:])
-        if not fused and (need_a or need_b):
-            # The dense layer's weight gradient, then the factors' from it: at R = 16 on 64-wide halves
-            # the fused reductions do as many flops as this one GEMM, which cuBLAS may run faster; and
-            # the reductions hold all four extents whole, so a wide factor always comes this way.
-            rows, p, q = x.shape
-            m, n = dy.shape[1:]
-            dw = torch.mm(dy.reshape(rows, m * n).T, x.reshape(rows, p * q)).reshape(m, n, p, q)
-            da = torch.einsum("mnpq,rnq->rmp", dw, b) if need_a else None
-            db = torch.einsum("mnpq,rmp->rnq", dw, a) if need_b else None
-            return dx, da, db, None
-        da = _reduce("a", x, dy, b, a.shape, ctx.config) if need_a else None
-        db = _reduce("b", x, dy, a, b.shape, ctx.config) if need_b else None
+
+@_forward_op.register_fake
+def _(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, config: str) -> torch.Tensor:
+    return x.new_empty((x.shape[0], a.shape[1], b.shape[1]))
+
+
+@torch.library.custom_op("adntn::kron_reduce", mutates_args=())
+def _reduce_op(
+    which: str, x: torch.Tensor, dy: torch.Tensor, other: torch.Tensor, shape: list[int], config: str
+) -> torch.Tensor:
+    return _reduce(which, x, dy, other, torch.Size(shape), json.loads(config))
+
+
+@_reduce_op.register_fake
+def _(
+    which: str, x: torch.Tensor, dy: torch.Tensor, other: torch.Tensor, shape: list[int], config: str
+) -> torch.Tensor:
+    return x.new_empty(shape)
+
+
+def _save(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+    x, a, b, config = inputs
+    ctx.save_for_backward(x, a, b)
+    ctx.config = config
+
+
+def _backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    x, a, b = ctx.saved_tensors
+    config = json.loads(ctx.config)
+    dy = dy.contiguous()
+    need_x, need_a, need_b, _ = ctx.needs_input_grad
+    dx = _forward_op(dy, a.transpose(1, 2), b.transpose(1, 2), ctx.config) if need_x else None
+    fused = config.get("backward", "fused") == "fused" and reduces(*a.shape[1:], *b.shape[1:])
+    if not fused and (need_a or need_b):
+        # The dense layer's weight gradient, then the factors' from it: at R = 16 on 64-wide halves
+        # the fused reductions do as many flops as this one GEMM, which cuBLAS may run faster; and
+        # the reductions hold all four extents whole, so a wide factor always comes this way.
+        rows, p, q = x.shape
+        m, n = dy.shape[1:]
+        dw = torch.mm(dy.reshape(rows, m * n).T, x.reshape(rows, p * q)).reshape(m, n, p, q)
+        da = torch.einsum("mnpq,rnq->rmp", dw, b) if need_a else None
+        db = torch.einsum("mnpq,rmp->rnq", dw, a) if need_b else None
         return dx, da, db, None
+    da = _reduce_op("a", x, dy, b, list(a.shape), ctx.config) if need_a else None
+    db = _reduce_op("b", x, dy, a, list(b.shape), ctx.config) if need_b else None
+    return dx, da, db, None
+
+
+_forward_op.register_autograd(_backward, setup_context=_save)
 
 
 def _precision(dtype: torch.dtype) -> str:

@@ -231,3 +231,21 @@ def test_kron_layer_under_bf16_autocast_runs_in_the_cores_dtype():
     assert y.dtype == torch.float32
     want = layer(x.bfloat16().float())
     assert _rel(y, want) < 1e-6
+
+
+def test_compile_and_export_keep_the_kernels_as_operators():
+    torch.manual_seed(0)
+    layer = adntn.TNLinear(64, 64, "ttn", 3, mode="kron", cache=False).double()
+    x = torch.randn(5, 64, dtype=torch.float64, requires_grad=True)
+    want = layer(x)
+    want_grads = torch.autograd.grad(want.sum(), [x, *layer.parameters()])
+    compiled = torch.compile(layer, fullgraph=True)  # no graph break at the Triton launch
+    got = compiled(x)
+    got_grads = torch.autograd.grad(got.sum(), [x, *layer.parameters()])
+    assert _rel(got, want) < 1e-12
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert _rel(g, w) < 1e-10
+    exported = torch.export.export(layer, (x.detach(),))
+    code = "".join(m.code for m in exported.graph_module.modules() if hasattr(m, "code"))
+    assert "adntn.kron_forward" in code
+    assert _rel(exported.module()(x.detach()), want) < 1e-12
