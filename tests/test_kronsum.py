@@ -233,6 +233,7 @@ def test_kron_layer_under_bf16_autocast_runs_in_the_cores_dtype():
     assert _rel(y, want) < 1e-6
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside dynamo
 def test_compile_and_export_keep_the_kernels_as_operators():
     torch.manual_seed(0)
     layer = adntn.TNLinear(64, 64, "ttn", 3, mode="kron", cache=False).double()
