@@ -29,7 +29,8 @@ checked against the serial layer's gradients). Each TN step also runs once under
 host-device synchronisations and planner calls.
 The ``kron-triton`` rows stream through the root's Kronecker factors with the fused Triton kernels
 (``kernels/kronsum.py``), with the launch settings ``kron_gpu.py`` tuned (``--kron-config``) or the
-defaults; configurations whose root has no split that fits them say n/a.
+defaults; configurations whose root has no split that they take and that costs fewer flops than
+materialising say n/a.
 A sweep of ``kernels.cuda.BLAS_MIN_K`` on the first configuration says where cuBLAS should take over.
 Results are rewritten after every configuration; ``--deadline S`` starts none after S seconds, so a
 time-limited call still returns what it measured.
@@ -367,8 +368,8 @@ def layer_rows(spec: tuple, device: Any, timer: Timer, batch: int, cache: Any, h
         replays["dense-tf32"] = _graphed(step_of(dense), device)
     reference: Any = None  # the serial layer's gradients, for the overlapped ones to match
     for name, (mode, executor, graphed, overlap, carveout) in (HIDDEN_VARIANTS if hidden else LAYER_VARIANTS).items():
-        if mode == "kron" and not _kron_fits(arch, bond, n_in, n_out, cache):
-            rows[name] = {"skipped": "no Kronecker split of the root that fits the Triton kernels"}
+        if mode == "kron" and not _kron_applies(arch, bond, n_in, n_out, cache, batch):
+            rows[name] = {"skipped": "no Kronecker split of the root cheaper than materialising that the kernels take"}
             continue
         try:
             adntn.overlap.SM_CARVEOUT = carveout
@@ -419,11 +420,13 @@ def layer_rows(spec: tuple, device: Any, timer: Timer, batch: int, cache: Any, h
     return rows
 
 
-def _kron_fits(arch: str, bond: int, n_in: int, n_out: int, cache: Any) -> bool:
+def _kron_applies(arch: str, bond: int, n_in: int, n_out: int, cache: Any, batch: int) -> bool:
+    """Whether the root splits into factors the Triton kernels take, with fewer planned flops than
+    materialising (the others would only spend device time on a known loss: aTTN χ=9, MERA χ=8)."""
     from kernels.kronsum import fits
 
-    split = build_generator(arch, bond, n_in, n_out, cache, True).kron
-    return split is not None and fits(*split.shape)
+    g = build_generator(arch, bond, n_in, n_out, cache, True)
+    return g.kron is not None and fits(*g.kron.shape) and g.kron_cost_at(batch) < g.materialize_cost(batch)
 
 
 def auto_pick(spec: tuple, batch: int, cache: Any, device: str = "cuda") -> str:
