@@ -61,7 +61,7 @@ def _extent(legs: list[str], sizes: dict[str, int]) -> int:
 
 def find_split(generator: Generator) -> KronSplit | None:
     """The best Kronecker split of ``generator``'s last segment, or ``None`` when it has none: among the
-    splits whose halves fit the fused kernels (if any do), the one with the fewest streamed flops.
+    splits whose factors the fused kernels take (if any), the one with the fewest streamed flops.
 
     A split needs a linear last segment with one member whose output and input legs each occur in
     exactly one tensor, and two non-empty sides that each own a non-empty leading (``A``) or
@@ -101,7 +101,7 @@ def find_split(generator: Generator) -> KronSplit | None:
             rank = math.prod(sizes[c] for c in cut)
             m, p = _extent(lo, sizes), _extent(li, sizes)
             n, q = _extent(outs[len(lo) :], sizes), _extent(ins[len(li) :], sizes)
-            # Halves the fused kernels take first, then the fewest streamed flops per row.
+            # Factors the fused kernels take first, then the fewest streamed flops per row.
             key = (not fits(m, p, n, q), rank * (p * q * n + m * p * n), rank)
             if best is None or key < best[0]:
                 best = (key, left, right, cut)
