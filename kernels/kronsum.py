@@ -85,9 +85,17 @@ def available(x: torch.Tensor) -> bool:
 
 
 def reference(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``Σ_r A_r X_b B_rᵀ`` with torch matmuls (any device; the bond-sized intermediate is materialised)."""
-    u = torch.matmul(x.unsqueeze(1), b.transpose(1, 2).unsqueeze(0))  # (rows, R, P, N)
-    return torch.matmul(a.unsqueeze(0), u).sum(1)
+    """``Σ_r A_r X_b B_rᵀ`` with two torch matmuls (any device; the bond-sized intermediate is
+    materialised: ``X_b B_rᵀ`` or ``A_r X_b``, whichever is smaller, and the bond summed inside the
+    second product)."""
+    rows, p, q = x.shape
+    r, m, _ = a.shape
+    n = b.shape[1]
+    if p * n <= m * q:
+        u = torch.matmul(x.unsqueeze(1), b.transpose(1, 2).unsqueeze(0))  # (rows, R, P, N)
+        return torch.matmul(a.transpose(0, 1).reshape(m, r * p), u.reshape(rows, r * p, n))
+    v = torch.matmul(a.unsqueeze(0), x.unsqueeze(1))  # (rows, R, M, Q)
+    return torch.matmul(v.transpose(1, 2).reshape(rows, m, r * q), b.transpose(1, 2).reshape(r * q, n))
 
 
 def kron_stream(
