@@ -1,0 +1,103 @@
+"""``TNLinear(mode="kron")`` on the CPU: its torch fallback against the materialised and streamed layers.
+
+Off CUDA the Kronecker-sum stream runs as two torch matmuls (``kernels.kronsum.reference``); this
+times one training step (``zero_grad``, forward, backward with ``x`` needing no gradient) of each mode
+at one batch size, one thread, the modes taking turns call by call (the order rotating), and reports
+medians. It says where the fallback is worth choosing by hand; ``mode="auto"`` does not consider it.
+
+    .venv/bin/python benchmarks/kernels/kron_cpu.py            # -> benchmarks/results/kernels-kron-cpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+for _p in (HERE.parent, REPO):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+CONFIGS = [("ttn", 2), ("ttn", 16), ("mera", 2), ("attn", 2)]
+MODES = ("materialize", "stream", "kron")
+
+
+def measure(arch: str, bond: int, width: int, batch: int, reps: int) -> dict[str, float]:
+    """Median seconds per training step of each mode, the modes interleaved call by call."""
+    import torch
+
+    import adntn
+
+    x = torch.randn(batch, width)
+    dy = torch.randn(batch, width)
+    steps = {}
+    for mode in MODES:
+        torch.manual_seed(0)
+        layer = adntn.TNLinear(width, width, arch, bond, mode=mode)
+
+        def step(layer: Any = layer) -> None:
+            layer.zero_grad(set_to_none=False)
+            layer(x).backward(dy)
+
+        step()  # warm: first-call allocations
+        steps[mode] = step
+    samples: dict[str, list[float]] = {m: [] for m in MODES}
+    for k in range(reps):
+        order = MODES[k % len(MODES) :] + MODES[: k % len(MODES)]
+        for mode in order:
+            t = time.perf_counter()
+            steps[mode]()
+            samples[mode].append(time.perf_counter() - t)
+    return {m: statistics.median(v) for m, v in samples.items()}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# Kronecker-sum layers on the CPU (torch fallback)",
+        "",
+        f"Machine: {result['machine']}; torch {result['torch']}, 1 thread; {result['date']}. Produced by "
+        f"`benchmarks/kernels/kron_cpu.py`. One training step of `TNLinear({result['width']}, {result['width']})` "
+        f"at batch {result['batch']} (forward + backward, x without gradient); median seconds of "
+        f"{result['reps']} steps per mode, the modes taking turns call by call.",
+        "",
+        "| config | materialize | stream | kron | fastest |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for label, row in result["rows"].items():
+        best = min(MODES, key=lambda m: row[m])
+        lines.append(f"| {label} | {row['materialize']:.3f} | {row['stream']:.3f} | {row['kron']:.3f} | {best} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--width", type=int, default=4096)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    args = p.parse_args(argv)
+    import torch
+    from machine import describe
+
+    torch.set_num_threads(1)
+    result: dict[str, Any] = {"machine": describe(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+                              "batch": args.batch, "width": args.width, "reps": args.reps, "rows": {}}  # fmt: skip
+    for arch, bond in CONFIGS:
+        label = f"{arch} χ={bond}"
+        result["rows"][label] = measure(arch, bond, args.width, args.batch, args.reps)
+        print(label, json.dumps(result["rows"][label]), flush=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "kernels-kron-cpu.json").write_text(json.dumps(result, indent=1))
+    (args.results / "kernels-kron-cpu.md").write_text(markdown(result))
+    print(f"wrote {args.results / 'kernels-kron-cpu.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
