@@ -82,7 +82,7 @@ def find_split(generator: Generator) -> KronSplit | None:
                     return None
                 owner[label] = pos
     sizes = net.size_dict
-    best: tuple[tuple[bool, int, int], tuple[int, ...], tuple[int, ...], list[str]] | None = None
+    best: tuple[tuple[bool, int, int], tuple[int, ...], tuple[int, ...], list[str], list[str], list[str]] | None = None
     k = net.num_tensors
     if k > MAX_TENSORS:
         return None
@@ -104,13 +104,10 @@ def find_split(generator: Generator) -> KronSplit | None:
             # Factors the fused kernels take first, then the fewest streamed flops per row.
             key = (not fits(m, p, n, q), rank * (p * q * n + m * p * n), rank)
             if best is None or key < best[0]:
-                best = (key, left, right, cut)
+                best = (key, left, right, cut, lo, li)
     if best is None:
         return None
-    _, left, right, cut = best
-    rank = math.prod(sizes[c] for c in cut)
-    lo = outs[: sum(owner[leg] in left for leg in outs)]
-    li = ins[: sum(owner[leg] in left for leg in ins)]
+    (_, _, rank), left, right, cut, lo, li = best
     ro, ri = outs[len(lo) :], ins[len(li) :]
     programs = []
     flops = 0

@@ -367,8 +367,10 @@ def layer_rows(spec: tuple, device: Any, timer: Timer, batch: int, cache: Any, h
     if device.type == "cuda":
         replays["dense-tf32"] = _graphed(step_of(dense), device)
     reference: Any = None  # the serial layer's gradients, for the overlapped ones to match
-    for name, (mode, executor, graphed, overlap, carveout) in (HIDDEN_VARIANTS if hidden else LAYER_VARIANTS).items():
-        if mode == "kron" and not _kron_applies(arch, bond, n_in, n_out, cache, batch):
+    variants = HIDDEN_VARIANTS if hidden else LAYER_VARIANTS
+    kron = any(v[0] == "kron" for v in variants.values()) and kron_applies(arch, bond, n_in, n_out, cache, batch)
+    for name, (mode, executor, graphed, overlap, carveout) in variants.items():
+        if mode == "kron" and not kron:
             rows[name] = {"skipped": "no Kronecker split of the root cheaper than materialising that the kernels take"}
             continue
         try:
@@ -420,7 +422,7 @@ def layer_rows(spec: tuple, device: Any, timer: Timer, batch: int, cache: Any, h
     return rows
 
 
-def _kron_applies(arch: str, bond: int, n_in: int, n_out: int, cache: Any, batch: int) -> bool:
+def kron_applies(arch: str, bond: int, n_in: int, n_out: int, cache: Any, batch: int) -> bool:
     """Whether the root splits into factors the Triton kernels take, with fewer planned flops than
     materialising (the others would only spend device time on a known loss: aTTN χ=9, MERA χ=8)."""
     from kernels.kronsum import fits
