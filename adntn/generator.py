@@ -381,8 +381,9 @@ class Generator(nn.Module):
         y = self.streams[bucket].program(*ops, xs).reshape(rows, self.out_padded)
         return y[:, : self.out_features] if self.out_padded != self.out_features else y
 
-    def kron_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``A`` ``(R, M, P)`` and ``B`` ``(R, N, Q)`` with ``W = Σ_r A_r ⊗ B_r`` (differentiable)."""
+    def kron_factors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``A`` ``(R, M, P)``, ``B`` ``(R, N, Q)`` and the mixer ``(C, K)`` (``None`` without one), with
+        ``W = Σ_r A_r ⊗ B_r`` followed by the mixer (see :mod:`adntn.kron`); differentiable."""
         if self.kron is None:
             raise AdntnError(
                 "this generator's last segment is no Kronecker sum (it needs a linear root that splits into a "
@@ -394,7 +395,10 @@ class Generator(nn.Module):
         m, p, n, q = split.shape
         a = split.programs[0](*(ops[i] for i in split.left)).reshape(split.rank, m, p)
         b = split.programs[1](*(ops[i] for i in split.right)).reshape(split.rank, n, q)
-        return a, b
+        if split.mixer_program is None or split.mix_shape is None:
+            return a, b, None
+        _, c, k, _ = split.mix_shape
+        return a, b, split.mixer_program(*(ops[i] for i in split.mixer)).reshape(c, k)
 
     def stream_kron(self, x: torch.Tensor, *, backend: str = "auto", config: dict | None = None) -> torch.Tensor:
         """``x @ W.T`` through the Kronecker factors (:func:`kernels.kronsum.kron_stream`), without ``W``."""
@@ -403,13 +407,17 @@ class Generator(nn.Module):
         # The kernels take float32/float64: under autocast the factors and the stream run in the cores'
         # dtype (TF32 where torch allows it, like the dense layer), the input cast to it.
         with torch.autocast(x.device.type, enabled=False):
-            a, b = self.kron_factors()
+            a, b, mix = self.kron_factors()
             rows = x.shape[0]
             x = x.to(a.dtype)
             if self.in_padded != self.in_features:
                 x = torch.nn.functional.pad(x, (0, self.in_padded - self.in_features))
             _, p, _, q = self.kron.shape  # type: ignore[union-attr]
             y = kron_stream(x.reshape(rows, p, q), a, b, backend=backend, config=config)
+            if mix is not None:
+                lead, c, _, trail = self.kron.mix_shape  # type: ignore[union-attr, misc]
+                # Each row's (L, C, N') block times the mixer's (C, K): one product for all rows.
+                y = torch.einsum("zcn,ck->zkn", y.reshape(rows * lead, c, trail), mix)
         y = y.reshape(rows, self.out_padded)
         return y[:, : self.out_features] if self.out_padded != self.out_features else y
 
@@ -441,16 +449,21 @@ class Generator(nn.Module):
 
     def kron_cost_at(self, rows: int, write_weight: float = 0) -> int:
         """Flops of streaming ``rows`` inputs through the Kronecker factors (every group but the last,
-        the factors, then two products per bond term), plus ``write_weight`` per element written (the
-        factors and the output; the fused kernels keep their intermediates on chip)."""
+        the factors and mixer, then two products per bond term and the mixer's product), plus
+        ``write_weight`` per element written (the factors, the output and, with a mixer, the streamed
+        output it reads; the fused kernels keep their intermediates on chip)."""
         if self.kron is None:
             raise AdntnError("this generator's last segment is no Kronecker sum")
-        m, p, n, q = self.kron.shape
-        written = self.kron.rank * (m * p + n * q) + rows * m * n
+        split = self.kron
+        m, p, n, q = split.shape
+        written = split.rank * (m * p + n * q) + rows * m * n
+        if split.mix_shape is not None:
+            lead, c, k, trail = split.mix_shape
+            written += c * k + rows * lead * k * trail
         return (
             self._groups_cost(self.groups[:-1], write_weight)
-            + self.kron.flops
-            + self.kron.stream_flops(rows)
+            + split.flops
+            + split.stream_flops(rows)
             + round(write_weight * written)
         )
 

@@ -4,17 +4,26 @@ A linear last segment whose tensors split into two sides, one holding the leadin
 the leading input legs, the other the trailing ones, is such a sum over the bonds the split cuts:
 each side contracted on its own (bonds left open) is one factor. The root of a TTN splits this way
 with one cut bond, so ``x @ W.T`` runs through :func:`kernels.kronsum.kron_stream` without ``W``.
-The split is found once, at construction, by trying every bipartition of the segment's tensors and
+
+Tensors that hold a middle run of the output legs and no input legs (an aTTN's boundary
+disentangler, bonded to both halves) may stay out of both sides as a *mixer*: the sides then also
+leave open their bonds to it (``A``'s after its output legs, ``B``'s before), and the mixer maps
+those bond pairs of the streamed output to its output legs, one small product per row. Kept inside
+a side, the disentangler would multiply the cut by its legs (an aTTN at bond 9: rank 72 and more
+flops than the dense product); as a mixer, the cut is the root bond (rank 9, 0.30 of them).
+
+The split is found once, at construction, by trying every assignment of the segment's tensors and
 keeping the cheapest to stream whose factors the fused kernels take (one factor at most 128 wide in
 both extents; a MERA's root splits off one subtree with a bond of 2 but factors 8x8 and 512x512, or
-two subtrees with a cut of 4 and 64x64 factors: the second streams with half the flops);
-both factor networks are planned like every other network.
+two subtrees with a cut of 4 and 64x64 factors: the second streams with half the flops); the
+factor networks and the mixer's are planned like every other network.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,19 +35,26 @@ if TYPE_CHECKING:
     from adntn.generator import Generator
 
 MAX_TENSORS = 16  # bipartitions tried: 2^k; generator roots have a handful of tensors
+MAX_MIXED = 8  # segments this small also try every mixer: 3^k assignments
 
 
 @dataclass(frozen=True)
 class KronSplit:
-    """Where the last segment splits, with the programs that build its two factors.
+    """Where the last segment splits, with the programs that build its factors (and mixer).
 
     Attributes:
         left: Positions (in the segment's operands) of the tensors that form ``A``.
         right: Positions of the tensors that form ``B``.
-        programs: The ``A`` and ``B`` contractions, each writing ``(cut..., out legs..., in legs...)``.
+        programs: The ``A`` and ``B`` contractions, writing ``(cut..., out legs..., mixer bonds..., in legs...)``
+            and ``(cut..., mixer bonds..., out legs..., in legs...)``.
         rank: Size of the cut (``R``).
-        shape: ``(M, P, N, Q)``: ``A_r`` is ``M x P`` (leading output by leading input legs), ``B_r`` is ``N x Q``.
-        flops: Planned flops of building both factors.
+        shape: ``(M, P, N, Q)``: ``A_r`` is ``M x P`` (leading output legs and ``A``'s mixer bonds by
+            leading input legs), ``B_r`` is ``N x Q``.
+        flops: Planned flops of building both factors and the mixer.
+        mixer: Positions of the mixer's tensors (empty: the streamed output is the layer's).
+        mixer_program: The mixer's contraction, writing ``(A's bonds..., B's bonds..., its output legs...)``.
+        mix_shape: ``(L, C, K, N')``: the streamed output of a row, read as ``(L, C, N')`` (``A``'s output
+            legs, both sides' mixer bonds, ``B``'s output legs), becomes ``(L, K, N')``.
     """
 
     left: tuple[int, ...]
@@ -47,16 +63,82 @@ class KronSplit:
     rank: int
     shape: tuple[int, int, int, int]
     flops: int
+    mixer: tuple[int, ...] = ()
+    mixer_program: Program | None = None
+    mix_shape: tuple[int, int, int, int] | None = None
 
     def stream_flops(self, rows: int) -> int:
-        """Flops of ``Σ_r A_r X_b B_rᵀ`` over ``rows`` rows (two products per bond term)."""
+        """Flops of ``Σ_r A_r X_b B_rᵀ`` over ``rows`` rows (two products per bond term), and of the mixer."""
         m, p, n, q = self.shape
-        return 2 * rows * self.rank * (p * q * n + m * p * n)
+        flops = 2 * rows * self.rank * (p * q * n + m * p * n)
+        if self.mix_shape is not None:
+            flops += 2 * rows * math.prod(self.mix_shape)
+        return flops
 
 
 def _extent(legs: list[str], sizes: dict[str, int]) -> int:
     """The extent of a group of legs (the product of their sizes)."""
     return math.prod(sizes[x] for x in legs)
+
+
+Sides = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # (left, right, mixer) positions
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    key: tuple[bool, int, int, int]
+    sides: Sides
+    legs: dict[str, list[str]]
+
+
+def _assignments(k: int, can_mix: list[bool]) -> Iterator[Sides]:
+    """Every ``(left, right, mixer)`` partition of ``range(k)`` with non-empty sides, mixers drawn from
+    ``can_mix`` (only when ``k <= MAX_MIXED``), in a fixed order."""
+    pool = [i for i in range(k) if can_mix[i]] if k <= MAX_MIXED else []
+    for n_mix in range(len(pool) + 1):
+        for mixer in itertools.combinations(pool, n_mix):
+            rest = [i for i in range(k) if i not in mixer]
+            for size in range(1, len(rest)):
+                for left in itertools.combinations(rest, size):
+                    yield left, tuple(i for i in rest if i not in left), mixer
+
+
+def _candidate(
+    net: tnplan.Network, outs: list[str], ins: list[str], owner: dict[str, int], sides: Sides
+) -> _Candidate | None:
+    """The legs and cost key of one partition, or ``None`` when it is no Kronecker split."""
+    mixer = sides[2]
+    side_of = {i: s for s, members in enumerate(sides) for i in members}
+    where = [side_of[owner[leg]] for leg in outs]
+    runs = [(0, 2, 1)[s] for s in where]  # the left's run leads, the mixer's follows, the right's trails
+    if runs != sorted(runs) or (2 in where) != bool(mixer):
+        return None
+    lo = [leg for leg, s in zip(outs, where, strict=True) if s == 0]
+    mo = [leg for leg, s in zip(outs, where, strict=True) if s == 2]
+    ro = [leg for leg, s in zip(outs, where, strict=True) if s == 1]
+    li = [leg for leg in ins if side_of[owner[leg]] == 0]
+    ri = [leg for leg in ins if side_of[owner[leg]] == 1]
+    if not li or not ri or ins != li + ri:
+        return None
+    if not mixer and not (lo and ro):
+        return None
+    labels = [{label for i in members for label in net.inputs[i]} for members in sides]
+    if labels[0] & labels[1] & labels[2]:
+        return None  # a hyperedge through all three: no product of factors and mixer
+    sizes = net.size_dict
+    cut = sorted(labels[0] & labels[1])
+    la = sorted(labels[0] & labels[2])
+    rb = sorted(labels[1] & labels[2])
+    rank = _extent(cut, sizes)
+    m, p = _extent(lo + la, sizes), _extent(li, sizes)
+    n, q = _extent(rb + ro, sizes), _extent(ri, sizes)
+    flops = rank * (p * q * n + m * p * n)
+    if mixer:
+        flops += _extent(lo + la + rb + ro + mo, sizes)
+    # Factors the fused kernels take first, then the fewest streamed flops per row, then smaller cuts.
+    key = (not fits(m, p, n, q), flops, rank, len(mixer))
+    legs = {"cut": cut, "lo": lo, "la": la, "li": li, "ro": ro, "rb": rb, "ri": ri, "mo": mo}
+    return _Candidate(key, sides, legs)
 
 
 def find_split(generator: Generator) -> KronSplit | None:
@@ -65,7 +147,8 @@ def find_split(generator: Generator) -> KronSplit | None:
 
     A split needs a linear last segment with one member whose output and input legs each occur in
     exactly one tensor, and two non-empty sides that each own a non-empty leading (``A``) or
-    trailing (``B``) run of both the output legs and the input legs.
+    trailing (``B``) run of the input legs and, without a mixer, of the output legs; a mixer owns
+    the middle run of the output legs and no input leg.
     """
     if not generator.streamable:
         return None
@@ -81,38 +164,35 @@ def find_split(generator: Generator) -> KronSplit | None:
                 if label in owner or labels.count(label) > 1:
                     return None
                 owner[label] = pos
-    sizes = net.size_dict
-    best: tuple[tuple[bool, int, int], tuple[int, ...], tuple[int, ...], list[str], list[str], list[str]] | None = None
     k = net.num_tensors
     if k > MAX_TENSORS:
         return None
-    for size in range(1, k):
-        for left in itertools.combinations(range(k), size):
-            right = tuple(i for i in range(k) if i not in left)
-            lo = [leg for leg in outs if owner[leg] in left]
-            li = [leg for leg in ins if owner[leg] in left]
-            if not (0 < len(lo) < len(outs) and 0 < len(li) < len(ins)):
-                continue
-            if lo != outs[: len(lo)] or li != ins[: len(li)]:
-                continue
-            left_labels = {label for i in left for label in net.inputs[i]}
-            right_labels = {label for i in right for label in net.inputs[i]}
-            cut = sorted(left_labels & right_labels)
-            rank = math.prod(sizes[c] for c in cut)
-            m, p = _extent(lo, sizes), _extent(li, sizes)
-            n, q = _extent(outs[len(lo) :], sizes), _extent(ins[len(li) :], sizes)
-            # Factors the fused kernels take first, then the fewest streamed flops per row.
-            key = (not fits(m, p, n, q), rank * (p * q * n + m * p * n), rank)
-            if best is None or key < best[0]:
-                best = (key, left, right, cut, lo, li)
+    can_mix = [not any(label in ins for label in labels) for labels in net.inputs]
+    best: _Candidate | None = None
+    for sides in _assignments(k, can_mix):
+        found = _candidate(net, outs, ins, owner, sides)
+        if found is not None and (best is None or found.key < best.key):
+            best = found
     if best is None:
         return None
-    (_, _, rank), left, right, cut, lo, li = best
-    ro, ri = outs[len(lo) :], ins[len(li) :]
+    return _build(generator, net, best)
+
+
+def _build(generator: Generator, net: tnplan.Network, best: _Candidate) -> KronSplit | None:
+    """Plan the chosen partition's factor (and mixer) networks."""
+    sizes = net.size_dict
+    legs = best.legs
+    left, right, mixer = best.sides
+    wanted = [
+        (left, (*legs["cut"], *legs["lo"], *legs["la"], *legs["li"])),
+        (right, (*legs["cut"], *legs["rb"], *legs["ro"], *legs["ri"])),
+    ]
+    if mixer:
+        wanted.append((mixer, (*legs["la"], *legs["rb"], *legs["mo"])))
     programs = []
     flops = 0
-    for side, o, i in ((left, lo, li), (right, ro, ri)):
-        side_net = tnplan.Network([net.inputs[t] for t in side], (*cut, *o, *i), sizes)
+    for side, output in wanted:
+        side_net = tnplan.Network([net.inputs[t] for t in side], output, sizes)
         try:
             plan = tnplan.plan(side_net, **generator._plan_kwargs)
         except tnplan.PlanError:
@@ -121,5 +201,28 @@ def find_split(generator: Generator) -> KronSplit | None:
             return None
         programs.append(plan.compile())
         flops += plan.flops
-    shape = tuple(_extent(legs, sizes) for legs in (lo, li, ro, ri))
-    return KronSplit(left, right, (programs[0], programs[1]), rank, shape, flops)  # type: ignore[arg-type]
+    shape = (
+        _extent(legs["lo"] + legs["la"], sizes),
+        _extent(legs["li"], sizes),
+        _extent(legs["rb"] + legs["ro"], sizes),
+        _extent(legs["ri"], sizes),
+    )
+    mix_shape = None
+    if mixer:
+        mix_shape = (
+            _extent(legs["lo"], sizes),
+            _extent(legs["la"] + legs["rb"], sizes),
+            _extent(legs["mo"], sizes),
+            _extent(legs["ro"], sizes),
+        )
+    return KronSplit(
+        left,
+        right,
+        (programs[0], programs[1]),
+        _extent(legs["cut"], sizes),
+        shape,  # type: ignore[arg-type]
+        flops,
+        mixer,
+        programs[2] if mixer else None,
+        mix_shape,
+    )

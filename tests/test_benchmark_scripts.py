@@ -236,6 +236,6 @@ def test_kron_cpu_benchmark_times_every_mode(tmp_path: Path) -> None:
     _run([str(REPO / "benchmarks" / "kernels" / "kron_cpu.py"), "--batch", "8", "--width", "64", "--reps", "1",
           "--results", str(tmp_path)])  # fmt: skip
     result = json.loads((tmp_path / "kernels-kron-cpu.json").read_text())
-    assert set(result["rows"]) == {"ttn χ=2", "ttn χ=16", "mera χ=2", "attn χ=2"}
+    assert set(result["rows"]) == {"ttn χ=2", "ttn χ=16", "mera χ=2", "attn χ=2", "attn χ=9"}
     assert all(row[m] > 0 for row in result["rows"].values() for m in ("materialize", "stream", "kron"))
     assert "| mera χ=2 |" in (tmp_path / "kernels-kron-cpu.md").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -159,17 +160,49 @@ def test_unknown_backend_and_too_wide_factors():
 # ------------------------------------------------------------------------------------ the split
 
 
-@pytest.mark.parametrize(("arch", "bond", "rank"), [("ttn", 3, 3), ("ttn", 5, 5), ("mera", 2, 2), ("attn", 2, 4)])
-def test_split_factors_rebuild_the_weight(arch, bond, rank):
+def _rebuilt_weight(gen):
+    """``W`` from the split's factors (and mixer), by one einsum."""
+    a, b, mix = gen.kron_factors()
+    split = gen.kron
+    m, p, n, q = split.shape
+    if mix is None:
+        # W[(m, n), (p, q)] = Σ_r A_r[m, p] B_r[n, q]
+        w = torch.einsum("rmp,rnq->mnpq", a, b)
+    else:
+        # A's rows are (its output legs, its mixer bonds), B's (its mixer bonds, its output legs); the
+        # mixer maps the bond pair to the middle output legs.
+        lead, c, k, trail = split.mix_shape
+        a = a.reshape(split.rank, lead, m // lead, p)
+        b = b.reshape(split.rank, n // trail, trail, q)
+        w = torch.einsum("rlap,rbnq,abk->lknpq", a, b, mix.reshape(m // lead, n // trail, k))
+        assert c == (m // lead) * (n // trail)
+    return w.reshape(gen.out_padded, gen.in_padded)
+
+
+@pytest.mark.parametrize(
+    ("arch", "bond", "rank", "mixed"),
+    [("ttn", 3, 3, False), ("ttn", 5, 5, False), ("mera", 2, 2, False), ("attn", 2, 2, True), ("attn", 3, 3, True)],
+)
+def test_split_factors_rebuild_the_weight(arch, bond, rank, mixed):
     gen = adntn.make_generator(arch, 64, 64, bond_dim=bond, cache=False).double()
     split = gen.kron
-    assert split is not None and split.rank == rank
-    a, b = gen.kron_factors()
+    assert split is not None and split.rank == rank and bool(split.mixer) == mixed
     m, p, n, q = split.shape
-    assert m * n == gen.out_padded and p * q == gen.in_padded
-    # W[(m, n), (p, q)] = Σ_r A_r[m, p] B_r[n, q]
-    w = torch.einsum("rmp,rnq->mnpq", a, b).reshape(gen.out_padded, gen.in_padded)
-    assert _rel(w, gen.padded_weight()) < 1e-12
+    assert p * q == gen.in_padded
+    assert m * n == gen.out_padded if not mixed else math.prod(split.mix_shape[i] for i in (0, 2, 3)) == gen.out_padded
+    assert _rel(_rebuilt_weight(gen), gen.padded_weight()) < 1e-12
+
+
+def test_an_attn_root_streams_with_its_disentangler_as_mixer():
+    # Inside a half, the boundary disentangler multiplies the cut by its leg (rank 72 at bond 9, more
+    # flops than the dense product); kept out as a mixer, the cut is the root bond.
+    gen = adntn.make_generator("attn", 4096, 4096, bond_dim=9, cache=False)
+    split = gen.kron
+    assert split.rank == 9 and split.shape == (64, 64, 64, 64) and split.mix_shape == (8, 64, 64, 8)
+    dense = 2 * 8192 * 4096 * 4096
+    assert split.stream_flops(8192) == 2 * 8192 * (9 * 2 * 64**3 + 8 * 64 * 64 * 8)
+    assert split.stream_flops(8192) < 0.3 * dense
+    assert gen.kron_cost_at(8192, 1024) < gen.materialize_cost(8192, 1024)
 
 
 def test_a_ttn_root_splits_at_its_bond():
@@ -205,11 +238,13 @@ def test_no_split_without_a_linear_root():
 
 @pytest.mark.parametrize("interpret", ["1", "0"])
 @pytest.mark.parametrize(("in_f", "out_f"), [(64, 64), (40, 48)])
-def test_kron_layer_matches_materialize(monkeypatch, interpret, in_f, out_f):
+@pytest.mark.parametrize("arch", ["ttn", "attn"])
+def test_kron_layer_matches_materialize(monkeypatch, interpret, in_f, out_f, arch):
     monkeypatch.setenv("TRITON_INTERPRET", interpret)
     torch.manual_seed(0)
-    kron = adntn.TNLinear(in_f, out_f, "ttn", 3, mode="kron", cache=False).double()
-    dense = adntn.TNLinear(in_f, out_f, "ttn", 3, mode="materialize", cache=False).double()
+    kron = adntn.TNLinear(in_f, out_f, arch, 3, mode="kron", cache=False).double()
+    dense = adntn.TNLinear(in_f, out_f, arch, 3, mode="materialize", cache=False).double()
+    assert bool(kron.generator.kron.mixer) == (arch == "attn")
     dense.load_state_dict(kron.state_dict())
     x = torch.randn(2, 5, in_f, dtype=torch.float64, requires_grad=True)
     ys = [layer(x) for layer in (kron, dense)]
@@ -234,9 +269,10 @@ def test_kron_layer_under_bf16_autocast_runs_in_the_cores_dtype():
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inside dynamo
-def test_compile_and_export_keep_the_kernels_as_operators():
+@pytest.mark.parametrize("arch", ["ttn", "attn"])  # attn: with the mixer's product after the kernel
+def test_compile_and_export_keep_the_kernels_as_operators(arch):
     torch.manual_seed(0)
-    layer = adntn.TNLinear(64, 64, "ttn", 3, mode="kron", cache=False).double()
+    layer = adntn.TNLinear(64, 64, arch, 3, mode="kron", cache=False).double()
     x = torch.randn(5, 64, dtype=torch.float64, requires_grad=True)
     want = layer(x)
     want_grads = torch.autograd.grad(want.sum(), [x, *layer.parameters()])

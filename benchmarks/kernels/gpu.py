@@ -76,7 +76,7 @@ CONFIGS = [
     ("mera", 8, 4096, 4096),
     ("ttn", 24, 25088, 4096),
 ]
-SMOKE_CONFIGS = [("ttn", 3, 64, 64), ("mera", 2, 64, 64)]
+SMOKE_CONFIGS = [("ttn", 3, 64, 64), ("mera", 2, 64, 64), ("attn", 3, 64, 64)]
 GEN_METHODS = ("torch-eager", "cuda", "torch-graph", "cuda-graph", "compile-default", "compile-reduce-overhead")
 TARGET_MS = 1.0
 

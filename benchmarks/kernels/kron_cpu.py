@@ -24,7 +24,7 @@ for _p in (HERE.parent, REPO):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-CONFIGS = [("ttn", 2), ("ttn", 16), ("mera", 2), ("attn", 2)]
+CONFIGS = [("ttn", 2), ("ttn", 16), ("mera", 2), ("attn", 2), ("attn", 9)]
 MODES = ("materialize", "stream", "kron")
 
 

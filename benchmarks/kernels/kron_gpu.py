@@ -39,7 +39,7 @@ for _p in (HERE, HERE.parent, REPO):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-SMOKE_CONFIGS = [("ttn", 3, 64, 64)]
+SMOKE_CONFIGS = [("ttn", 3, 64, 64), ("attn", 3, 64, 64)]  # attn: the mixer after the kernel
 COMPILED = REPO / "benchmarks" / "results" / "kernels-kron-compile.json"
 
 
@@ -227,7 +227,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     rows = 32 if args.smoke else args.batch
     cache = gpu.imported_plans(args.plans)
     # gpu.py's configurations whose root splits into factors the kernels take with fewer planned flops
-    # than materialising (all but aTTN χ=9 and MERA χ=8); the first, TTN χ=16, sets the swept bond.
+    # than materialising (all but MERA χ=8, whose root is a full-rank Tucker core); the first, TTN χ=16,
+    # sets the swept bond.
     configs = SMOKE_CONFIGS if args.smoke else [c for c in gpu.CONFIGS if gpu.kron_applies(*c, cache, rows)]
     timer = gpu.Timer(device, args.warmup, args.reps)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter)"
