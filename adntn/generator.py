@@ -415,11 +415,24 @@ class Generator(nn.Module):
             _, p, _, q = self.kron.shape  # type: ignore[union-attr]
             y = kron_stream(x.reshape(rows, p, q), a, b, backend=backend, config=config)
             if mix is not None:
-                lead, c, _, trail = self.kron.mix_shape  # type: ignore[union-attr, misc]
-                # Each row's (L, C, N') block times the mixer's (C, K): one product for all rows.
-                y = torch.einsum("zcn,ck->zkn", y.reshape(rows * lead, c, trail), mix)
+                y = self._mix(y, mix, backend)
         y = y.reshape(rows, self.out_padded)
         return y[:, : self.out_features] if self.out_padded != self.out_features else y
+
+    def _mix(self, y: torch.Tensor, mix: torch.Tensor, backend: str) -> torch.Tensor:
+        """The mixer on the streamed rows: each row's ``(L, C, N')`` block becomes ``(L, K, N')``."""
+        from kernels.kronsum import available, fits, kron_stream
+
+        _, c, k, trail = self.kron.mix_shape  # type: ignore[union-attr, misc]
+        z = y.reshape(-1, c, trail)
+        if backend == "triton" or (backend == "auto" and available(z) and fits(k, c, trail, trail)):
+            # Per (row, l) it is Mᵀ Z I: a one-term Kronecker sum, so the fused kernels read the
+            # streamed rows once and write the mixed ones once, where an einsum copies them permuted
+            # both ways (its backward too). Default launches: a tuned config fits the factors' shapes.
+            eye = torch.eye(trail, dtype=z.dtype, device=z.device)
+            return kron_stream(z, mix.T.unsqueeze(0), eye.unsqueeze(0), backend="triton", config={})
+        # The torch route's two matmuls (the identity's among them) cost more than one einsum on the CPU.
+        return torch.einsum("zcn,ck->zkn", z, mix)
 
     @staticmethod
     def stream_bucket(rows: int) -> int:
