@@ -253,14 +253,22 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def _settings(config: dict, kernel: str, widths: tuple[int, ...]) -> tuple[int, dict]:
-    """Rows per program and launch options of one kernel: its own entry in ``config`` over the shared keys."""
+def _settings(config: dict, kernel: str, blocks: tuple[int, int, int, int]) -> tuple[int, dict]:
+    """Rows per program and launch options of one kernel: its own entry in ``config`` over the shared keys.
+
+    ``blocks`` are the kernel's ``(BM, BP, BN, BQ)``. By default a program takes as many rows as keep its
+    largest on-chip tile at the size checked offline with Triton's sm_90a compiler and ptxas (no spills
+    with 8 warps): 2 rows of 64-wide halves in the forward, 1 in the reductions; 8 and 4 for a mixer's
+    64x64 by 8-wide product.
+    """
     merged = {k: config[k] for k in KNOBS if k in config}
     merged.update(config.get(kernel, {}))
-    # Checked offline with Triton's sm_90a compiler and ptxas: with 8 warps no kernel spills at 64-wide
-    # halves for these row blocks; 4 warps spill in the reductions from 2 rows per program.
-    tile = 128 if kernel == "forward" else 64
-    rows = merged.get("rows_per_program", max(1, tile // max(_block(w) for w in widths)))
+    bm, bp, bn, bq = blocks
+    if kernel == "forward":  # per row: X (BP, BQ), X B_rᵀ (BP, BN), output (BM, BN)
+        budget, tile = 2 * 64 * 64, max(bp * bq, bp * bn, bm * bn)
+    else:  # per row: Ȳ (BM, BN), Ȳ B_r (BM, BQ), Xᵀ (BQ, BP)
+        budget, tile = 64 * 64, max(bm * bn, bm * bq, bq * bp)
+    rows = merged.get("rows_per_program", 1 << max(0, (budget // tile).bit_length() - 1))
     if rows < 1 or rows & (rows - 1):
         raise KernelsError(f"rows_per_program must be a power of two >= 1, got {rows}")
     return rows, {"num_warps": merged.get("num_warps", 8), "num_stages": merged.get("num_stages", 2)}
@@ -273,7 +281,7 @@ def _forward(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, config: dict) ->
     y = torch.empty((rows, m, n), dtype=x.dtype, device=x.device)
     wide = not _narrow(m, p)
     bm, bp = (min(_block(m), TILE), min(_block(p), TILE)) if wide else (_block(m), _block(p))
-    bb, options = _settings(config, "forward", (bm, bp, n, q))
+    bb, options = _settings(config, "forward", (bm, bp, _block(n), _block(q)))
     grid = (max(1, math.ceil(rows / bb)), math.ceil(m / bm))
     _kernels().forward[grid](
         x, a, b, y, rows,
@@ -298,7 +306,7 @@ def _reduce(
     rows, p, q = x.shape
     m, n = dy.shape[1:]
     r = shape[0]
-    bb, options = _settings(config, kernel_name, (m, p, n, q))
+    bb, options = _settings(config, kernel_name, (_block(m), _block(p), _block(n), _block(q)))
     blocks = max(1, math.ceil(rows / bb))
     programs = config.get("programs", DEFAULT_PROGRAMS)
     slices = max(1, min(blocks, programs // max(r, 1)))

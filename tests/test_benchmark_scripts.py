@@ -219,10 +219,14 @@ def test_kron_kernels_compile_for_hopper_at_their_default_settings() -> None:
     # The interpreter checks the maths; only the real compiler checks what the GPU will run. Triton
     # builds for sm_90a without a device, so the default launches are compiled here (no spills, wgmma).
     pytest.importorskip("triton")
+    # The mixer's launches at their default rows per program (8 forward, 4 in both reductions).
     code = (
         "import json, sys; sys.path.insert(0, 'benchmarks/kernels'); import kron_compile as k; "
+        "TRANSPOSED = {'M': 8, 'P': 8, 'N': 64, 'Q': 64, 'BM': 16, 'BP': 16, 'BN': 64, 'BQ': 64}; "
         "print(json.dumps([k.compile_one(n, s, 64, 16) for n, s in "
-        "(('forward', (2, 8, 2)), ('reduce', (1, 8, 2)))] + [k.compile_one('forward', (2, 8, 2), 64, 24, wide=True)]))"
+        "(('forward', (2, 8, 2)), ('reduce', (1, 8, 2)))] + [k.compile_one('forward', (2, 8, 2), 64, 24, wide=True)]"
+        " + [k.compile_one('forward', (8, 8, 2), 64, 1, shape=k.MIXER), k.compile_one('reduce', (4, 8, 2), 64, 1, "
+        "shape=k.MIXER), k.compile_one('reduce', (4, 8, 2), 64, 1, shape=TRANSPOSED)]))"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

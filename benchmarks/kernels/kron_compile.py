@@ -32,11 +32,15 @@ SHARED_LIMIT = 227 * 1024  # bytes of shared memory one program may use on H100/
 SETTINGS = [(bb, w, st) for bb in (1, 2, 4) for w in (4, 8) for st in (1, 2, 3)]
 
 
+MIXER = {"M": 64, "P": 64, "N": 8, "Q": 8, "BM": 64, "BP": 64, "BN": 16, "BQ": 16}  # an aTTN's mixer: Mᵀ ⊗ I
+
+
 def compile_one(
-    kernel: str, setting: tuple[int, int, int], width: int, bond: int, wide: bool = False
+    kernel: str, setting: tuple[int, int, int], width: int, bond: int, wide: bool = False, shape: dict | None = None
 ) -> dict[str, Any]:
     """Build one kernel for sm_90a and read ``ptxas -v``; ``wide``: the forward at the 25088x4096 TTN's
-    factors (A 256x512, tiled 64 wide in 8 chunks; B 16x49)."""
+    factors (A 256x512, tiled 64 wide in 8 chunks; B 16x49); ``shape``: other extents and blocks
+    (``MIXER``: the 4096² aTTN's mixer, 64x64 by the 8-wide identity)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -53,6 +57,7 @@ def compile_one(
             const.update(M=256, P=512, N=16, Q=49, BM=64, BP=64, BN=16, BQ=64, P_CHUNKS=8)
     else:
         const["PER_SLICE"] = 8
+    const.update(shape or {})
     signature = {name: ("*fp32" if i < 4 else "i32") for i, name in enumerate(fn.arg_names)}
     signature.update({k: "constexpr" for k in const})
     src = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
