@@ -401,7 +401,12 @@ class Generator(nn.Module):
         return a, b, split.mixer_program(*(ops[i] for i in split.mixer)).reshape(c, k)
 
     def stream_kron(self, x: torch.Tensor, *, backend: str = "auto", config: dict | None = None) -> torch.Tensor:
-        """``x @ W.T`` through the Kronecker factors (:func:`kernels.kronsum.kron_stream`), without ``W``."""
+        """``x @ W.T`` through the Kronecker factors (:func:`kernels.kronsum.kron_stream`), without ``W``.
+
+        ``backend`` and ``config`` go to the factors' stream; a mixer after it runs on the same backend
+        at the kernels' default launches (a config tuned for the factors' shapes does not fit its own;
+        on the GPU its identity product, padded to 16 wide, adds work that ``kron_cost_at`` leaves out).
+        """
         from kernels.kronsum import kron_stream
 
         # The kernels take float32/float64: under autocast the factors and the stream run in the cores'
@@ -421,11 +426,12 @@ class Generator(nn.Module):
 
     def _mix(self, y: torch.Tensor, mix: torch.Tensor, backend: str) -> torch.Tensor:
         """The mixer on the streamed rows: each row's ``(L, C, N')`` block becomes ``(L, K, N')``."""
-        from kernels.kronsum import available, fits, kron_stream
+        from kernels.kronsum import MAX_ELEMENTS, available, fits, kron_stream
 
         _, c, k, trail = self.kron.mix_shape  # type: ignore[union-attr, misc]
         z = y.reshape(-1, c, trail)
-        if backend == "triton" or (backend == "auto" and available(z) and fits(k, c, trail, trail)):
+        kernels = available(z) and fits(k, c, trail, trail) and z.shape[0] * max(c, k) * trail <= MAX_ELEMENTS
+        if backend == "triton" or (backend == "auto" and kernels):
             # Per (row, l) it is Mᵀ Z I: a one-term Kronecker sum, so the fused kernels read the
             # streamed rows once and write the mixed ones once, where an einsum copies them permuted
             # both ways (its backward too). Default launches: a tuned config fits the factors' shapes.

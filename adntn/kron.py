@@ -168,14 +168,11 @@ def find_split(generator: Generator) -> KronSplit | None:
     if k > MAX_TENSORS:
         return None
     can_mix = [not any(label in ins for label in labels) for labels in net.inputs]
-    best: _Candidate | None = None
-    for sides in _assignments(k, can_mix):
-        found = _candidate(net, outs, ins, owner, sides)
-        if found is not None and (best is None or found.key < best.key):
-            best = found
-    if best is None:
+    found = [c for sides in _assignments(k, can_mix) if (c := _candidate(net, outs, ins, owner, sides)) is not None]
+    if not found:
         return None
-    return _build(generator, net, best)
+    # The first of equals, in the assignments' fixed order.
+    return _build(generator, net, min(found, key=lambda c: c.key))
 
 
 def _build(generator: Generator, net: tnplan.Network, best: _Candidate) -> KronSplit | None:
@@ -196,8 +193,8 @@ def _build(generator: Generator, net: tnplan.Network, best: _Candidate) -> KronS
         try:
             plan = tnplan.plan(side_net, **generator._plan_kwargs)
         except tnplan.PlanError:
-            # Only a cache miss under cache_only gets here (an export from before factors were
-            # planned); the split is optional, so the generator just lacks it.
+            # Only a cache miss under cache_only gets here (an export from before this split's
+            # networks were planned); the split is optional, so the generator may lack it.
             return None
         programs.append(plan.compile())
         flops += plan.flops

@@ -85,17 +85,18 @@ def available(x: torch.Tensor) -> bool:
 
 
 def reference(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``Σ_r A_r X_b B_rᵀ`` with two torch matmuls (any device; the bond-sized intermediate is
+    """``Σ_r A_r X_b B_rᵀ`` with two torch einsums (any device; the bond-sized intermediate is
     materialised: ``X_b B_rᵀ`` or ``A_r X_b``, whichever is smaller, and the bond summed inside the
     second product)."""
-    rows, p, q = x.shape
-    r, m, _ = a.shape
-    n = b.shape[1]
+    p, q = x.shape[1:]
+    m, n = a.shape[1], b.shape[1]
+    # Einsums, not broadcasting matmuls: those copy the factor once per row (rows x R x Q x N
+    # elements; 34 GB for a MERA χ=8 root at 4096 rows) where these make one GEMM of each product.
     if p * n <= m * q:
-        u = torch.matmul(x.unsqueeze(1), b.transpose(1, 2).unsqueeze(0))  # (rows, R, P, N)
-        return torch.matmul(a.transpose(0, 1).reshape(m, r * p), u.reshape(rows, r * p, n))
-    v = torch.matmul(a.unsqueeze(0), x.unsqueeze(1))  # (rows, R, M, Q)
-    return torch.matmul(v.transpose(1, 2).reshape(rows, m, r * q), b.transpose(1, 2).reshape(r * q, n))
+        u = torch.einsum("bpq,rnq->bprn", x, b)
+        return torch.einsum("bprn,rmp->bmn", u, a)
+    v = torch.einsum("bpq,rmp->bmrq", x, a)
+    return torch.einsum("bmrq,rnq->bmn", v, b)
 
 
 def kron_stream(
@@ -258,17 +259,18 @@ def _settings(config: dict, kernel: str, blocks: tuple[int, int, int, int]) -> t
 
     ``blocks`` are the kernel's ``(BM, BP, BN, BQ)``. By default a program takes as many rows as keep its
     largest on-chip tile at the size checked offline with Triton's sm_90a compiler and ptxas (no spills
-    with 8 warps): 2 rows of 64-wide halves in the forward, 1 in the reductions; 8 and 4 for a mixer's
-    64x64 by 8-wide product.
+    with 8 warps), at most 8 in the forward and 4 in the reductions: 2 and 1 rows of 64-wide halves; 8
+    and 4 for a mixer's 64x64 by 8-wide product.
     """
     merged = {k: config[k] for k in KNOBS if k in config}
     merged.update(config.get(kernel, {}))
     bm, bp, bn, bq = blocks
     if kernel == "forward":  # per row: X (BP, BQ), X B_rᵀ (BP, BN), output (BM, BN)
-        budget, tile = 2 * 64 * 64, max(bp * bq, bp * bn, bm * bn)
+        budget, tile, most = 2 * 64 * 64, max(bp * bq, bp * bn, bm * bn), 8
     else:  # per row: Ȳ (BM, BN), Ȳ B_r (BM, BQ), Xᵀ (BQ, BP)
-        budget, tile = 64 * 64, max(bm * bn, bm * bq, bq * bp)
-    rows = merged.get("rows_per_program", 1 << max(0, (budget // tile).bit_length() - 1))
+        budget, tile, most = 64 * 64, max(bm * bn, bm * bq, bq * bp), 4
+    # At most the mixer's rows: more would leave few programs per wave at narrow extents.
+    rows = merged.get("rows_per_program", min(most, 1 << max(0, (budget // tile).bit_length() - 1)))
     if rows < 1 or rows & (rows - 1):
         raise KernelsError(f"rows_per_program must be a power of two >= 1, got {rows}")
     return rows, {"num_warps": merged.get("num_warps", 8), "num_stages": merged.get("num_stages", 2)}

@@ -219,27 +219,37 @@ def test_kron_kernels_compile_for_hopper_at_their_default_settings() -> None:
     # The interpreter checks the maths; only the real compiler checks what the GPU will run. Triton
     # builds for sm_90a without a device, so the default launches are compiled here (no spills, wgmma).
     pytest.importorskip("triton")
-    # The mixer's launches at their default rows per program (8 forward, 4 in both reductions).
+    # Then other shapes at their default rows per program: the mixer's (8 forward, 4 reducing its
+    # weight's gradient), 16-wide halves (8, 4) and a 1024² MERA's 8x8|128x128 split (4, 2; its B̄
+    # reduction runs on the transposed extents).
     code = (
         "import json, sys; sys.path.insert(0, 'benchmarks/kernels'); import kron_compile as k; "
-        "TRANSPOSED = {'M': 8, 'P': 8, 'N': 64, 'Q': 64, 'BM': 16, 'BP': 16, 'BN': 64, 'BQ': 64}; "
+        "NARROW = {'M': 16, 'P': 16, 'N': 16, 'Q': 16, 'BM': 16, 'BP': 16, 'BN': 16, 'BQ': 16}; "
+        "MERA = {'M': 8, 'P': 8, 'N': 128, 'Q': 128, 'BM': 16, 'BP': 16, 'BN': 128, 'BQ': 128}; "
+        "TRANSPOSED = {'M': 128, 'P': 128, 'N': 8, 'Q': 8, 'BM': 128, 'BP': 128, 'BN': 16, 'BQ': 16}; "
         "print(json.dumps([k.compile_one(n, s, 64, 16) for n, s in "
         "(('forward', (2, 8, 2)), ('reduce', (1, 8, 2)))] + [k.compile_one('forward', (2, 8, 2), 64, 24, wide=True)]"
-        " + [k.compile_one('forward', (8, 8, 2), 64, 1, shape=k.MIXER), k.compile_one('reduce', (4, 8, 2), 64, 1, "
-        "shape=k.MIXER), k.compile_one('reduce', (4, 8, 2), 64, 1, shape=TRANSPOSED)]))"
+        " + [k.compile_one(n, s, 64, 1, shape=sh) for n, s, sh in (('forward', (8, 8, 2), k.MIXER), "
+        "('reduce', (4, 8, 2), k.MIXER), ('forward', (8, 8, 2), NARROW), ('reduce', (4, 8, 2), NARROW), "
+        "('forward', (4, 8, 2), MERA), ('reduce', (2, 8, 2), MERA), ('reduce', (2, 8, 2), TRANSPOSED))]))"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
-    for row in rows:
-        assert row["viable"] and row["wgmma"] > 0, row
+    for i, row in enumerate(rows):
+        assert row["viable"], row
+        # The MERA split's Ā reduction: its products have BB*16 and 16 rows, below the 64 of wgmma's
+        # warpgroup tiles at 1 or 2 rows per program, so they compile to mma.sync (no spills).
+        assert (row["wgmma"] > 0) == (i != 8), (i, row)
 
 
 def test_kron_cpu_benchmark_times_every_mode(tmp_path: Path) -> None:
     _run([str(REPO / "benchmarks" / "kernels" / "kron_cpu.py"), "--batch", "8", "--width", "64", "--reps", "1",
           "--results", str(tmp_path)])  # fmt: skip
     result = json.loads((tmp_path / "kernels-kron-cpu.json").read_text())
-    assert set(result["rows"]) == {"ttn χ=2", "ttn χ=16", "mera χ=2", "attn χ=2", "attn χ=9"}
+    assert set(result["rows"]) == {"ttn χ=2", "ttn χ=16", "mera χ=2", "mera χ=8", "attn χ=2", "attn χ=9"}
     assert all(row[m] > 0 for row in result["rows"].values() for m in ("materialize", "stream", "kron"))
+    # Materialising costs the dense product and the generator on top.
+    assert all(row["flops"]["materialize"] > 1 for row in result["rows"].values())
     assert "| mera χ=2 |" in (tmp_path / "kernels-kron-cpu.md").read_text()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import adntn
+import tnplan
 from adntn.errors import AdntnError
 from kernels import KernelsError
 from kernels.kronsum import kron_stream, reference
@@ -222,6 +223,43 @@ def test_a_mera_root_splits_into_halves_the_kernels_take():
     assert 8 * gen.kron.stream_flops(8192) == 2 * 8192 * 4096 * 4096
 
 
+def test_no_mixer_through_a_hyperedge_of_all_three_sets():
+    from adntn.kron import _candidate
+
+    # o0 and i0 on T0, o2 and i1 on T1, the middle output leg o1 on D; h is on all three.
+    net = tnplan.Network([("o0", "i0", "h"), ("o2", "i1", "h"), ("o1", "h")], ("o0", "o1", "o2", "i0", "i1"),
+                         dict.fromkeys(("o0", "o1", "o2", "i0", "i1", "h"), 2))  # fmt: skip
+    owner = {"o0": 0, "i0": 0, "o2": 1, "i1": 1, "o1": 2}
+    outs, ins = ["o0", "o1", "o2"], ["i0", "i1"]
+    assert _candidate(net, outs, ins, owner, ((0,), (1,), (2,))) is None
+    # Without the shared label the same partition is a split with a mixer.
+    labels = ("o0", "o1", "o2", "i0", "i1", "h", "a", "b")
+    net = tnplan.Network([("o0", "i0", "h", "a"), ("o2", "i1", "h", "b"), ("o1", "a", "b")],
+                         ("o0", "o1", "o2", "i0", "i1"), dict.fromkeys(labels, 2))  # fmt: skip
+    found = _candidate(net, outs, ins, owner, ((0,), (1,), (2,)))
+    assert found is not None and found.legs["cut"] == ["h"] and found.legs["la"] == ["a"] and found.legs["rb"] == ["b"]
+
+
+@pytest.mark.parametrize(
+    ("kernel", "blocks", "rows"),
+    [
+        ("forward", (64, 64, 64, 64), 2),
+        ("grad_a", (64, 64, 64, 64), 1),
+        ("forward", (64, 64, 16, 16), 8),  # the mixer: Mᵀ by the 8-wide identity
+        ("grad_a", (64, 64, 16, 16), 4),
+        ("forward", (16, 16, 16, 16), 8),  # capped: more rows would leave few programs per wave
+        ("grad_b", (128, 128, 16, 16), 2),
+        ("forward", (128, 128, 128, 128), 1),
+    ],
+)
+def test_default_rows_per_program_follow_the_on_chip_tiles(kernel, blocks, rows):
+    from kernels.kronsum import _settings
+
+    assert _settings({}, kernel, blocks)[0] == rows
+    assert _settings({"rows_per_program": 4}, kernel, blocks)[0] == 4
+    assert _settings({"rows_per_program": 4, kernel: {"rows_per_program": 1}}, kernel, blocks)[0] == 1
+
+
 def test_no_split_without_a_linear_root():
     gen = adntn.make_generator("ttn", 64, 64, bond_dim=3, root_activation="tanh", cache=False)
     assert gen.kron is None
@@ -284,5 +322,6 @@ def test_compile_and_export_keep_the_kernels_as_operators(arch):
         assert _rel(g, w) < 1e-10
     exported = torch.export.export(layer, (x.detach(),))
     code = "".join(m.code for m in exported.graph_module.modules() if hasattr(m, "code"))
-    assert "adntn.kron_forward" in code
+    # The aTTN's mixer runs through the kernels too (a second launch), not an einsum.
+    assert code.count("adntn.kron_forward") == (2 if arch == "attn" else 1)
     assert _rel(exported.module()(x.detach()), want) < 1e-12

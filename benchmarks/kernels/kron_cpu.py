@@ -24,12 +24,13 @@ for _p in (HERE.parent, REPO):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-CONFIGS = [("ttn", 2), ("ttn", 16), ("mera", 2), ("attn", 2), ("attn", 9)]
+CONFIGS = [("ttn", 2), ("ttn", 16), ("mera", 2), ("mera", 8), ("attn", 2), ("attn", 9)]
 MODES = ("materialize", "stream", "kron")
 
 
-def measure(arch: str, bond: int, width: int, batch: int, reps: int) -> dict[str, float]:
-    """Median seconds per training step of each mode, the modes interleaved call by call."""
+def measure(arch: str, bond: int, width: int, batch: int, reps: int) -> dict[str, Any]:
+    """Median seconds per training step of each mode, the modes interleaved call by call, and each
+    mode's planned forward flops over the dense product's (``flops``)."""
     import torch
 
     import adntn
@@ -37,9 +38,10 @@ def measure(arch: str, bond: int, width: int, batch: int, reps: int) -> dict[str
     x = torch.randn(batch, width)
     dy = torch.randn(batch, width)
     steps = {}
+    layers = {}
     for mode in MODES:
         torch.manual_seed(0)
-        layer = adntn.TNLinear(width, width, arch, bond, mode=mode)
+        layer = layers[mode] = adntn.TNLinear(width, width, arch, bond, mode=mode)
 
         def step(layer: Any = layer) -> None:
             layer.zero_grad(set_to_none=False)
@@ -47,6 +49,13 @@ def measure(arch: str, bond: int, width: int, batch: int, reps: int) -> dict[str
 
         step()  # warm: first-call allocations
         steps[mode] = step
+    gen = layers["kron"].generator
+    dense = 2 * batch * width * width
+    flops = {
+        "materialize": gen.materialize_cost(batch) / dense,
+        "stream": gen.stream_cost_at(batch) / dense,
+        "kron": gen.kron_cost_at(batch) / dense,
+    }
     samples: dict[str, list[float]] = {m: [] for m in MODES}
     for k in range(reps):
         order = MODES[k % len(MODES) :] + MODES[: k % len(MODES)]
@@ -54,7 +63,7 @@ def measure(arch: str, bond: int, width: int, batch: int, reps: int) -> dict[str
             t = time.perf_counter()
             steps[mode]()
             samples[mode].append(time.perf_counter() - t)
-    return {m: statistics.median(v) for m, v in samples.items()}
+    return {**{m: statistics.median(v) for m, v in samples.items()}, "flops": flops}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -66,12 +75,19 @@ def markdown(result: dict[str, Any]) -> str:
         f"at batch {result['batch']} (forward + backward, x without gradient); median seconds of "
         f"{result['reps']} steps per mode, the modes taking turns call by call.",
         "",
-        "| config | materialize | stream | kron | fastest |",
-        "|---|---:|---:|---:|---|",
+        "Planned forward flops over the dense product's (`2 x batch x width²`) beside each time: the",
+        "generator's groups, then `W` and one product (materialize), the planned stream through the last",
+        "segment, or the Kronecker factors (and mixer) and their products (kron; adntn/kron.py).",
+        "",
+        "| config | materialize | stream | kron | fastest | flops / dense: materialize | stream | kron |",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     for label, row in result["rows"].items():
         best = min(MODES, key=lambda m: row[m])
-        lines.append(f"| {label} | {row['materialize']:.3f} | {row['stream']:.3f} | {row['kron']:.3f} | {best} |")
+        ratios = " | ".join(f"{row['flops'][m]:.3f}" for m in MODES)
+        lines.append(
+            f"| {label} | {row['materialize']:.3f} | {row['stream']:.3f} | {row['kron']:.3f} | {best} | {ratios} |"
+        )
     return "\n".join(lines) + "\n"
 
 
