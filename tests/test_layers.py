@@ -74,9 +74,10 @@ def test_forward_and_backward_never_call_the_planner(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("planner called during forward")
 
+    assert layer.generator.kron is not None and layer.generator.kron.mixer  # kron: factors and mixer
     monkeypatch.setattr(tnplan, "plan", forbidden)
     monkeypatch.setattr(tnplan.planner, "plan", forbidden)
-    for mode in ("materialize", "stream"):
+    for mode in ("materialize", "stream", "kron"):
         layer.mode = mode
         layer(torch.randn(5, 64)).sum().backward()
 
