@@ -436,7 +436,8 @@ class Generator(nn.Module):
             # streamed rows once and write the mixed ones once, where an einsum copies them permuted
             # both ways (its backward too). Default launches: a tuned config fits the factors' shapes.
             eye = torch.eye(trail, dtype=z.dtype, device=z.device)
-            return kron_stream(z, mix.T.unsqueeze(0), eye.unsqueeze(0), backend="triton", config={})
+            # Mᵀ copied contiguous (C x K elements) so every program reads its rows coalesced.
+            return kron_stream(z, mix.T.contiguous().unsqueeze(0), eye.unsqueeze(0), backend="triton", config={})
         # The torch route's two matmuls (the identity's among them) cost more than one einsum on the CPU.
         return torch.einsum("zcn,ck->zkn", z, mix)
 
