@@ -409,8 +409,9 @@ class Generator(nn.Module):
         """
         from kernels.kronsum import kron_stream
 
-        # The kernels take float32/float64: under autocast the factors and the stream run in the cores'
-        # dtype (TF32 where torch allows it, like the dense layer), the input cast to it.
+        # Under autocast the factors and the stream run in the cores' dtype (float32 cores: the kernels,
+        # in TF32 where torch allows it, like the dense layer), the input cast to it. Cores cast to a
+        # half dtype take the torch route (the kernels take float32/float64).
         with torch.autocast(x.device.type, enabled=False):
             a, b, mix = self.kron_factors()
             rows = x.shape[0]
@@ -426,18 +427,17 @@ class Generator(nn.Module):
 
     def _mix(self, y: torch.Tensor, mix: torch.Tensor, backend: str) -> torch.Tensor:
         """The mixer on the streamed rows: each row's ``(L, C, N')`` block becomes ``(L, K, N')``."""
-        from kernels.kronsum import MAX_ELEMENTS, available, fits, kron_stream
+        from kernels.kronsum import kron_stream, unsupported
 
-        _, c, k, trail = self.kron.mix_shape  # type: ignore[union-attr, misc]
+        _, c, _, trail = self.kron.mix_shape  # type: ignore[union-attr, misc]
         z = y.reshape(-1, c, trail)
-        kernels = available(z) and fits(k, c, trail, trail) and z.shape[0] * max(c, k) * trail <= MAX_ELEMENTS
-        if backend == "triton" or (backend == "auto" and kernels):
-            # Per (row, l) it is Mᵀ Z I: a one-term Kronecker sum, so the fused kernels read the
-            # streamed rows once and write the mixed ones once, where an einsum copies them permuted
-            # both ways (its backward too). Default launches: a tuned config fits the factors' shapes.
-            eye = torch.eye(trail, dtype=z.dtype, device=z.device)
-            # Mᵀ copied contiguous (C x K elements) so every program reads its rows coalesced.
-            return kron_stream(z, mix.T.contiguous().unsqueeze(0), eye.unsqueeze(0), backend="triton", config={})
+        # Per (row, l) it is Mᵀ Z I: a one-term Kronecker sum, so the fused kernels read the streamed
+        # rows once and write the mixed ones once, where an einsum copies them permuted both ways (its
+        # backward too). Mᵀ copied contiguous (C x K elements) so every program reads its rows coalesced.
+        ops = (z, mix.T.contiguous().unsqueeze(0), torch.eye(trail, dtype=z.dtype, device=z.device).unsqueeze(0))
+        if backend == "triton" or (backend == "auto" and unsupported(*ops) is None):
+            # Default launches: a tuned config fits the factors' shapes, not these.
+            return kron_stream(*ops, backend="triton", config={})
         # The torch route's two matmuls (the identity's among them) cost more than one einsum on the CPU.
         return torch.einsum("zcn,ck->zkn", z, mix)
 

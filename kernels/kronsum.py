@@ -109,7 +109,8 @@ def kron_stream(
         a: ``(R, M, P)``.
         b: ``(R, N, Q)``.
         backend: ``"triton"`` (the fused kernels; CUDA tensors, or CPU tensors under
-            ``TRITON_INTERPRET=1``), ``"torch"`` (:func:`reference`) or ``"auto"`` (Triton where it runs).
+            ``TRITON_INTERPRET=1``), ``"torch"`` (:func:`reference`) or ``"auto"`` (Triton where it runs:
+            see :func:`unsupported`).
         config: Launch settings for the Triton kernels (:data:`DEFAULT_CONFIG` when ``None``): the
             :data:`KNOBS` for all kernels, a dict of them under a kernel's name (:data:`KERNELS`;
             ``forward`` also computes ``X̄``) for that kernel, ``programs`` for the reductions, and
@@ -126,24 +127,11 @@ def kron_stream(
     if backend not in BACKENDS:
         raise KernelsError(f"unknown kron_stream backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     _check(x, a, b)
-    if backend == "torch" or (backend == "auto" and not (available(x) and fits(*a.shape[1:], *b.shape[1:]))):
+    reason = unsupported(x, a, b)
+    if backend == "torch" or (backend == "auto" and reason is not None):
         return reference(x, a, b)
-    if not available(x):
-        raise KernelsError(
-            "backend='triton' needs CUDA tensors and the triton package (or TRITON_INTERPRET=1 for CPU "
-            "tensors); use backend='torch'"
-        )
-    if not fits(*a.shape[1:], *b.shape[1:]):
-        raise KernelsError(
-            f"kron_stream's Triton kernels need one factor with both extents at most {MAX_BLOCK}; got A "
-            f"{tuple(a.shape)}, B {tuple(b.shape)}; use backend='torch'"
-        )
-    largest = max(x.numel(), x.shape[0] * a.shape[1] * b.shape[1])
-    if largest > MAX_ELEMENTS:
-        raise KernelsError(
-            f"kron_stream's Triton kernels index with 32-bit offsets, so a tensor holds at most {MAX_ELEMENTS:,} "
-            f"elements; this batch makes {largest:,}: split it into smaller batches"
-        )
+    if reason is not None:
+        raise KernelsError(f"{reason}; use backend='torch' (or 'auto', which falls back to it)")
     config = dict(DEFAULT_CONFIG if config is None else config)
     _check_config(config)
     text = _encode(config)
@@ -151,6 +139,26 @@ def kron_stream(
         return _forward_op(x, a, b, text)
     # B is the wide factor: Y_bᵀ = Σ_r B_r X_bᵀ A_rᵀ puts it in A's place, which the kernels tile.
     return _forward_op(x.transpose(1, 2), b, a, text).transpose(1, 2)
+
+
+def unsupported(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> str | None:
+    """Why the Triton kernels cannot run ``kron_stream(x, a, b)`` here, or ``None`` when they can."""
+    if not available(x):
+        return "backend='triton' needs CUDA tensors and the triton package (or TRITON_INTERPRET=1 for CPU tensors)"
+    if x.dtype not in (torch.float32, torch.float64):
+        return f"kron_stream's Triton kernels take float32 or float64, got {x.dtype}"
+    if not fits(*a.shape[1:], *b.shape[1:]):
+        return (
+            f"kron_stream's Triton kernels need one factor with both extents at most {MAX_BLOCK}; got A "
+            f"{tuple(a.shape)}, B {tuple(b.shape)}"
+        )
+    largest = max(x.numel(), x.shape[0] * a.shape[1] * b.shape[1])
+    if largest > MAX_ELEMENTS:
+        return (
+            f"kron_stream's Triton kernels index with 32-bit offsets, so a tensor holds at most {MAX_ELEMENTS:,} "
+            f"elements; this batch makes {largest:,} (split it into smaller batches)"
+        )
+    return None
 
 
 def _check(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -164,8 +172,8 @@ def _check(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
             f"kron_stream shapes disagree: x {tuple(x.shape)} needs a (R, M, {x.shape[1]}) and "
             f"b (R, N, {x.shape[2]}) with one R; got {tuple(a.shape)} and {tuple(b.shape)}"
         )
-    if not (x.dtype == a.dtype == b.dtype) or x.dtype not in (torch.float32, torch.float64):
-        raise KernelsError(f"kron_stream needs one float32 or float64 dtype; got {x.dtype}, {a.dtype}, {b.dtype}")
+    if not (x.dtype == a.dtype == b.dtype) or not x.dtype.is_floating_point:
+        raise KernelsError(f"kron_stream needs one floating-point dtype; got {x.dtype}, {a.dtype}, {b.dtype}")
     if not (x.device == a.device == b.device):
         raise KernelsError(f"kron_stream needs one device; got {x.device}, {a.device}, {b.device}")
 
