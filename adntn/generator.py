@@ -407,19 +407,26 @@ class Generator(nn.Module):
         at the kernels' default launches (a config tuned for the factors' shapes does not fit its own;
         on the GPU its identity product, padded to 16 wide, adds work that ``kron_cost_at`` leaves out).
         """
-        from kernels.kronsum import kron_stream
+        from kernels.kronsum import DTYPES, kron_stream, unsupported
 
-        # Under autocast the factors and the stream run in the cores' dtype (float32 cores: the kernels,
-        # in TF32 where torch allows it, like the dense layer), the input cast to it. Cores cast to a
-        # half dtype take the torch route (the kernels take float32/float64).
-        with torch.autocast(x.device.type, enabled=False):
+        device = x.device.type
+        cast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        # Autocast runs the stream in its dtype where the kernels take it (float16: tensor-core products
+        # with float32 accumulators, like the dense layer's); otherwise the factors and the stream run
+        # in the cores' dtype (float32 cores: the kernels, in TF32 where torch allows it), the input
+        # cast to it. Cores cast to bfloat16 take the torch route.
+        with torch.autocast(device, enabled=False):
             a, b, mix = self.kron_factors()
             rows = x.shape[0]
             x = x.to(a.dtype)
             if self.in_padded != self.in_features:
                 x = torch.nn.functional.pad(x, (0, self.in_padded - self.in_features))
             _, p, _, q = self.kron.shape  # type: ignore[union-attr]
-            y = kron_stream(x.reshape(rows, p, q), a, b, backend=backend, config=config)
+            x = x.reshape(rows, p, q)
+            if cast in DTYPES and cast != a.dtype and backend != "torch" and unsupported(x, a, b) is None:
+                x, a, b = x.to(cast), a.to(cast), b.to(cast)
+                mix = None if mix is None else mix.to(cast)
+            y = kron_stream(x, a, b, backend=backend, config=config)
             if mix is not None:
                 y = self._mix(y, mix, backend)
         y = y.reshape(rows, self.out_padded)

@@ -15,6 +15,11 @@ layer they replace), and numba-cuda reaches no matrix instructions; Triton is on
 its interpreter (``TRITON_INTERPRET=1``) runs these kernels on CPU tensors, which is how CI checks
 them without a GPU.
 
+Operands are float16 (tensor-core products with float32 accumulators; the on-chip intermediate is
+rounded to float16 between the two products, as a float16 GEMM chain would round it), float32 (TF32
+where torch allows it) or float64. bfloat16 goes to the torch route: Triton's interpreter returns
+garbage for it, so no test here could check the kernels in it.
+
 Backward: ``X̄_b = Σ_r A_rᵀ Ȳ_b B_r`` is the forward kernel on transposed factors; ``Ā_r = Σ_b Ȳ_b
 B_r X_bᵀ`` and ``B̄_r = Σ_b Ȳ_bᵀ A_r X_b`` reduce over rows (one kernel: ``B̄`` is ``Ā``'s sum on
 transposed rows), each program summing one bond's share of a slice of rows into its own slot of a
@@ -33,6 +38,7 @@ import torch
 from kernels.errors import KernelsError
 
 BACKENDS = ("auto", "triton", "torch")
+DTYPES = (torch.float16, torch.float32, torch.float64)  # what the kernels take (float32 accumulators below float64)
 MIN_BLOCK = 16  # tl.dot needs every extent >= 16
 MAX_BLOCK = 128  # widest extent held whole in a program's registers with the row block
 # A wider factor is tiled in blocks of this: built for sm_90a, 128-wide tiles of a 256x512 factor
@@ -145,8 +151,10 @@ def unsupported(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> str | None
     """Why the Triton kernels cannot run ``kron_stream(x, a, b)`` here, or ``None`` when they can."""
     if not available(x):
         return "backend='triton' needs CUDA tensors and the triton package (or TRITON_INTERPRET=1 for CPU tensors)"
-    if x.dtype not in (torch.float32, torch.float64):
-        return f"kron_stream's Triton kernels take float32 or float64, got {x.dtype}"
+    if x.dtype not in DTYPES:
+        # bfloat16 is left out: Triton's CPU interpreter, which is how CI checks the kernels, returns
+        # garbage for it, so it could not be tested.
+        return f"kron_stream's Triton kernels take float16, float32 or float64, got {x.dtype}"
     if not fits(*a.shape[1:], *b.shape[1:]):
         return (
             f"kron_stream's Triton kernels need one factor with both extents at most {MAX_BLOCK}; got A "
@@ -322,14 +330,16 @@ def _reduce(
     slices = max(1, min(blocks, programs // max(r, 1)))
     per_slice = math.ceil(blocks / slices)
     slices = math.ceil(blocks / per_slice)
-    partial = torch.empty((slices, *shape), dtype=x.dtype, device=x.device)
+    # Float32 slots for float16 inputs: the sum over slices stays as exact as the kernel's accumulators.
+    slot = torch.float64 if x.dtype == torch.float64 else torch.float32
+    partial = torch.empty((slices, *shape), dtype=slot, device=x.device)
     _kernels().reduce[(r, slices)](
         x, dy, other, partial, rows,
         *x.stride(), *dy.stride(), *other.stride(), *partial.stride(),
         PER_SLICE=per_slice, M=m, P=p, N=n, Q=q, BM=_block(m), BP=_block(p), BN=_block(n), BQ=_block(q), BB=bb,
         PRECISION=_precision(x.dtype), F64=x.dtype == torch.float64, **options,
     )  # fmt: skip
-    return partial.sum(0)
+    return partial.sum(0).to(x.dtype)
 
 
 def _kernels() -> Any:

@@ -221,7 +221,7 @@ def test_kron_kernels_compile_for_hopper_at_their_default_settings() -> None:
     pytest.importorskip("triton")
     # Then other shapes at their default rows per program: the mixer's (8 forward, 4 reducing its
     # weight's gradient), 16-wide halves (8, 4) and a 1024² MERA's 8x8|128x128 split (4, 2; its B̄
-    # reduction runs on the transposed extents).
+    # reduction runs on the transposed extents); last, the 64-wide defaults on float16 operands.
     code = (
         "import json, sys; sys.path.insert(0, 'benchmarks/kernels'); import kron_compile as k; "
         "NARROW = {'M': 16, 'P': 16, 'N': 16, 'Q': 16, 'BM': 16, 'BP': 16, 'BN': 16, 'BQ': 16}; "
@@ -231,7 +231,8 @@ def test_kron_kernels_compile_for_hopper_at_their_default_settings() -> None:
         "(('forward', (2, 8, 2)), ('reduce', (1, 8, 2)))] + [k.compile_one('forward', (2, 8, 2), 64, 24, wide=True)]"
         " + [k.compile_one(n, s, 64, 1, shape=sh) for n, s, sh in (('forward', (8, 8, 2), k.MIXER), "
         "('reduce', (4, 8, 2), k.MIXER), ('forward', (8, 8, 2), NARROW), ('reduce', (4, 8, 2), NARROW), "
-        "('forward', (4, 8, 2), MERA), ('reduce', (2, 8, 2), MERA), ('reduce', (2, 8, 2), TRANSPOSED))]))"
+        "('forward', (4, 8, 2), MERA), ('reduce', (2, 8, 2), MERA), ('reduce', (2, 8, 2), TRANSPOSED))]"
+        " + [k.compile_one(n, s, 64, 16, half=True) for n, s in (('forward', (2, 8, 2)), ('reduce', (1, 8, 2)))]))"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -295,12 +295,25 @@ def test_kron_layer_matches_materialize(monkeypatch, interpret, in_f, out_f, arc
     assert kron.uses_stream(10) and not dense.uses_stream(10)
 
 
-def test_half_precision_takes_the_torch_route():
-    # The kernels take float32/float64; auto runs other float dtypes through torch, and asking for
-    # the kernels says so.
+@pytest.mark.parametrize("config", [{}, {"rows_per_program": 2, "programs": 5}, {"backward": "gemm"}])
+def test_float16_runs_on_the_kernels_with_float32_accumulators(config):
+    x, a, b = _operands(37, 3, 20, 12, 9, 33, torch.float64, seed=5)
+    dy = torch.randn((37, 20, 9), dtype=torch.float64)
+    want = [reference(x, a, b).detach(), *torch.autograd.grad(reference(x, a, b), (x, a, b), dy)]
+    half = [t.detach().half().requires_grad_() for t in (x, a, b)]
+    y = kron_stream(*half, backend="triton", config=config)
+    got = [y.detach(), *torch.autograd.grad(y, half, dy.half())]
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == torch.float16 and _rel(g.double(), w) < 2e-3
+
+
+def test_bfloat16_takes_the_torch_route():
+    # Triton's interpreter cannot check bfloat16 kernels, so the kernels refuse it and auto uses torch.
     x, a, b = (t.detach().to(torch.bfloat16) for t in _operands(5, 2, 16, 16, 16, 16, torch.float32, seed=9))
     assert torch.equal(kron_stream(x, a, b), reference(x, a, b))
-    with pytest.raises(KernelsError, match=r"take float32 or float64, got torch\.bfloat16; use backend='torch'"):
+    with pytest.raises(
+        KernelsError, match=r"take float16, float32 or float64, got torch\.bfloat16; use backend='torch'"
+    ):
         kron_stream(x, a, b, backend="triton")
     for arch in ("ttn", "attn"):
         torch.manual_seed(0)
@@ -311,6 +324,33 @@ def test_half_precision_takes_the_torch_route():
         want = dense(x)
         got = kron.bfloat16()(x.bfloat16())
         assert got.dtype == torch.bfloat16 and _rel(got.float(), want) < 0.05
+
+
+@pytest.mark.parametrize("arch", ["ttn", "attn"])
+def test_float16_autocast_runs_the_stream_in_float16(monkeypatch, arch):
+    from kernels import kronsum
+
+    seen = []
+    real = kronsum._forward
+
+    def spy(x, a, b, config):
+        seen.append(x.dtype)
+        return real(x, a, b, config)
+
+    monkeypatch.setattr(kronsum, "_forward", spy)
+    torch.manual_seed(0)
+    layer = adntn.TNLinear(64, 64, arch, 3, mode="kron", cache=False)
+    x = torch.randn(6, 64)
+    want = layer(x).detach()
+    assert set(seen) == {torch.float32}
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.float16):
+        y = layer(x)
+    # The factors' launch and, for the aTTN, the mixer's: both in float16.
+    assert seen == [torch.float16] * (2 if arch == "attn" else 1)
+    assert _rel(y.float(), want) < 2e-3
+    y.float().sum().backward()
+    assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in layer.parameters())
 
 
 def test_kron_layer_under_bf16_autocast_runs_in_the_cores_dtype():

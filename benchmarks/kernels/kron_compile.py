@@ -36,11 +36,18 @@ MIXER = {"M": 64, "P": 64, "N": 8, "Q": 8, "BM": 64, "BP": 64, "BN": 16, "BQ": 1
 
 
 def compile_one(
-    kernel: str, setting: tuple[int, int, int], width: int, bond: int, wide: bool = False, shape: dict | None = None
+    kernel: str,
+    setting: tuple[int, int, int],
+    width: int,
+    bond: int,
+    wide: bool = False,
+    shape: dict | None = None,
+    half: bool = False,
 ) -> dict[str, Any]:
     """Build one kernel for sm_90a and read ``ptxas -v``; ``wide``: the forward at the 25088x4096 TTN's
     factors (A 256x512, tiled 64 wide in 8 chunks; B 16x49); ``shape``: other extents and blocks
-    (``MIXER``: the 4096² aTTN's mixer, 64x64 by the 8-wide identity)."""
+    (``MIXER``: the 4096² aTTN's mixer, 64x64 by the 8-wide identity); ``half``: float16 operands
+    (the reduction's slots stay float32)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -50,7 +57,7 @@ def compile_one(
     fn = getattr(kronsum_triton, kernel)
     rows, warps, stages = setting
     const: dict[str, Any] = {k: width for k in ("M", "P", "N", "Q", "BM", "BP", "BN", "BQ")}
-    const.update(BB=rows, PRECISION="tf32", F64=False)
+    const.update(BB=rows, PRECISION="ieee" if half else "tf32", F64=False)
     if kernel == "forward":
         const.update(R=bond, P_CHUNKS=1)
         if wide:
@@ -58,7 +65,9 @@ def compile_one(
     else:
         const["PER_SLICE"] = 8
     const.update(shape or {})
-    signature = {name: ("*fp32" if i < 4 else "i32") for i, name in enumerate(fn.arg_names)}
+    operand = "*fp16" if half else "*fp32"
+    signature = {name: (operand if i < 3 else "i32") for i, name in enumerate(fn.arg_names)}
+    signature[fn.arg_names[3]] = operand if kernel == "forward" else "*fp32"  # y, or the reduction's slots
     signature.update({k: "constexpr" for k in const})
     src = ASTSource(fn=fn, signature=signature, constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
