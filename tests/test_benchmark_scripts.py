@@ -212,7 +212,11 @@ def test_kron_gpu_script_runs_in_the_triton_interpreter(tmp_path: Path) -> None:
     assert result["sweep"]["gemm_backward_ms"]["3"] > 0
     for row in result["layers"].values():
         assert row["grad_rel_err"] < 1e-5 and row["ms"]["kron"] > 0
-    assert "| ttn χ=3 64x64 input |" in (tmp_path / "kernels-gpu-kron.md").read_text()
+    assert set(result["autocast"]) == {"ttn χ=3 64x64 input", "ttn χ=3 64x64 hidden"}
+    for row in result["autocast"].values():  # float16 kernels against the float16 materialised layer
+        assert row["grad_rel_err"] < 1e-2 and row["ms"]["kron"] > 0 and row["ms"]["dense-fp16"] > 0
+    text = (tmp_path / "kernels-gpu-kron.md").read_text()
+    assert "| ttn χ=3 64x64 input |" in text and "## Under float16 autocast" in text
 
 
 def test_kron_kernels_compile_for_hopper_at_their_default_settings() -> None:

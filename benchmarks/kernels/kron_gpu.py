@@ -166,8 +166,11 @@ def best_config(swept: dict[str, Any], bond: int, target: int | None = None) -> 
     return config
 
 
-def layer(spec: tuple, device: Any, timer: Any, batch: int, cache: Any, hidden: bool) -> dict[str, Any]:
-    """Dense, materialised and Kronecker-streamed training steps, interleaved (graphed on a GPU)."""
+def layer(
+    spec: tuple, device: Any, timer: Any, batch: int, cache: Any, hidden: bool, half: bool = False
+) -> dict[str, Any]:
+    """Dense, materialised and Kronecker-streamed training steps, interleaved (graphed on a GPU);
+    ``half``: every forward under float16 autocast (the dense column is then dense float16)."""
     import gpu
     import torch
     from torch import nn
@@ -180,11 +183,14 @@ def layer(spec: tuple, device: Any, timer: Any, batch: int, cache: Any, hidden: 
         def step() -> None:
             module.zero_grad(set_to_none=False)
             x.grad = None
-            module(x).backward(dy)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=half):
+                y = module(x)
+            y.backward(dy.to(y.dtype))
 
         return step
 
-    layers: dict[str, nn.Module] = {"dense-tf32": nn.Linear(n_in, n_out).to(device)}
+    dense = "dense-fp16" if half else "dense-tf32"
+    layers: dict[str, nn.Module] = {dense: nn.Linear(n_in, n_out).to(device)}
     grads = {}
     for mode in ("materialize", "kron"):
         torch.manual_seed(1234)
@@ -201,7 +207,7 @@ def layer(spec: tuple, device: Any, timer: Any, batch: int, cache: Any, hidden: 
     if device.type == "cuda":
         runs = {name: gpu._graphed(step, device) for name, step in runs.items()}
     ms = timer.interleaved(runs, rounds=4)
-    return {"ms": ms, "grad_rel_err": err, "speedup": ms["dense-tf32"] / ms["kron"]}
+    return {"ms": ms, "grad_rel_err": err, "speedup": ms[dense] / ms["kron"]}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -268,6 +274,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             result["layers"][f"{label} {where}"] = {**row, "config": config}
             print(label, where, json.dumps(row), flush=True)
             _write(result, args.results)
+    # Float16 autocast, the issue's TTN χ=16 only: dense float16 GEMMs against the float16 kernels.
+    result["autocast"] = {}
+    spec = configs[0]
+    config = tuned.get(str(spec[1]), {})
+    kronsum.DEFAULT_CONFIG = config
+    for where, hidden in (("input", False), ("hidden", True)):
+        label = f"{spec[0]} χ={spec[1]} {spec[2]}x{spec[3]} {where}"
+        try:
+            row = layer(spec, device, timer, rows, cache, hidden, half=True)
+        except Exception as exc:
+            row = {"error": _one_line(exc)}
+            traceback.print_exc(limit=-6)
+        result["autocast"][label] = {**row, "config": config}
+        print(label, "float16 autocast", json.dumps(row), flush=True)
+        _write(result, args.results)
     kronsum.DEFAULT_CONFIG = {}
     (args.results / "kron-config.json").write_text(json.dumps(tuned, indent=1))
     print(f"wrote {args.results / 'kernels-gpu-kron.md'}")
@@ -330,21 +351,28 @@ def markdown(result: dict[str, Any]) -> str:
             ]
     elif "error" in sw:
         lines += ["", f"Sweep error: {sw['error']}"]
-    if result.get("layers"):
+    tables = (
+        ("layers", "Layer training step (graphed, interleaved; median ms)", "dense-tf32", "fp32"),
+        ("autocast", "Under float16 autocast (dense: float16 GEMMs; kron: the float16 kernels)", "dense-fp16", "fp16"),
+    )
+    for key, title, dense, precision in tables:
+        if not result.get(key):
+            continue
         lines += [
             "",
-            "## Layer training step (graphed, interleaved; median ms)",
+            f"## {title}",
             "",
-            "| config | dense-tf32 | materialize | kron | dense / kron | kron grads vs materialize (fp32) | backward |",
+            f"| config | {dense} | materialize | kron | dense / kron | kron grads vs materialize ({precision}) "
+            "| backward |",
             "|---|---:|---:|---:|---:|---:|---|",
         ]
-        for label, row in result["layers"].items():
+        for label, row in result[key].items():
             if "error" in row:
                 lines.append(f"| {label} | error: {row['error'][:120]} | | | | | |")
                 continue
             ms = row["ms"]
             lines.append(
-                f"| {label} | {ms['dense-tf32']:.3f} | {ms['materialize']:.3f} | {ms['kron']:.3f} | "
+                f"| {label} | {ms[dense]:.3f} | {ms['materialize']:.3f} | {ms['kron']:.3f} | "
                 f"{row['speedup']:.2f}x | {row['grad_rel_err']:.1e} | {row['config'].get('backward', 'fused')} |"
             )
     return "\n".join(lines) + "\n"
