@@ -411,10 +411,11 @@ class Generator(nn.Module):
 
         device = x.device.type
         cast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-        # Autocast runs the stream in its dtype where the kernels take it (float16: tensor-core products
-        # with float32 accumulators, like the dense layer's); otherwise the factors and the stream run
-        # in the cores' dtype (float32 cores: the kernels, in TF32 where torch allows it), the input
-        # cast to it. Cores cast to bfloat16 take the torch route.
+        # Autocast runs the stream in its dtype where the kernels take it (float16 on float32 cores:
+        # tensor-core products with float32 accumulators, like the dense layer's); otherwise the factors
+        # and the stream run in the cores' dtype (float32: the kernels, in TF32 where torch allows it),
+        # the input cast to it. Either way the output comes in autocast's dtype, as nn.Linear's does.
+        # Cores cast to bfloat16 take the torch route.
         with torch.autocast(device, enabled=False):
             a, b, mix = self.kron_factors()
             rows = x.shape[0]
@@ -423,12 +424,14 @@ class Generator(nn.Module):
                 x = torch.nn.functional.pad(x, (0, self.in_padded - self.in_features))
             _, p, _, q = self.kron.shape  # type: ignore[union-attr]
             x = x.reshape(rows, p, q)
-            if cast in DTYPES and cast != a.dtype and backend != "torch" and unsupported(x, a, b) is None:
+            if cast in DTYPES and a.dtype == torch.float32 and backend != "torch" and unsupported(x, a, b) is None:
                 x, a, b = x.to(cast), a.to(cast), b.to(cast)
                 mix = None if mix is None else mix.to(cast)
             y = kron_stream(x, a, b, backend=backend, config=config)
             if mix is not None:
                 y = self._mix(y, mix, backend)
+            if cast is not None and y.dtype == torch.float32:
+                y = y.to(cast)
         y = y.reshape(rows, self.out_padded)
         return y[:, : self.out_features] if self.out_padded != self.out_features else y
 

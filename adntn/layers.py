@@ -204,12 +204,12 @@ class TNLinear(_TNLayer):
             )
         lead = x.shape[:-1]
         rows = math.prod(lead)
-        if rows > 0 and self.mode == "kron":
-            y = self.generator.stream_kron(x.reshape(rows, self.in_features)).reshape(*lead, self.out_features)
-            return y if self.bias is None else y + self.bias
-        if rows > 0 and self.uses_stream(rows, x.device.type):
-            y = self.generator.stream(x.reshape(rows, self.in_features)).reshape(*lead, self.out_features)
-            return y if self.bias is None else y + self.bias
+        if rows > 0 and (self.mode == "kron" or self.uses_stream(rows, x.device.type)):
+            flat = x.reshape(rows, self.in_features)
+            y = self.generator.stream_kron(flat) if self.mode == "kron" else self.generator.stream(flat)
+            y = y.reshape(*lead, self.out_features)
+            # In the output's dtype, as nn.Linear adds it under autocast (a float32 bias would promote).
+            return y if self.bias is None else y + self.bias.to(y.dtype)
         if self.overlap and x.is_cuda and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             return overlapped_linear(x, self.generator, self.bias)
         return functional.linear(x, self.generator(), self.bias)

@@ -16,8 +16,9 @@ its interpreter (``TRITON_INTERPRET=1``) runs these kernels on CPU tensors, whic
 them without a GPU.
 
 Operands are float16 (tensor-core products with float32 accumulators; the on-chip intermediate is
-rounded to float16 between the two products, as a float16 GEMM chain would round it), float32 (TF32
-where torch allows it) or float64. bfloat16 goes to the torch route: Triton's interpreter returns
+rounded to float16 between the two products, as a chain of two float16 GEMMs would round, and
+overflow, it; the reductions sum in float32 slots and round once), float32 (TF32 where torch allows
+it) or float64. bfloat16 goes to the torch route: Triton's interpreter returns
 garbage for it, so no test here could check the kernels in it.
 
 Backward: ``X̄_b = Σ_r A_rᵀ Ȳ_b B_r`` is the forward kernel on transposed factors; ``Ā_r = Σ_b Ȳ_b
@@ -96,13 +97,15 @@ def reference(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
     second product)."""
     p, q = x.shape[1:]
     m, n = a.shape[1], b.shape[1]
-    # Einsums, not broadcasting matmuls: those copy the factor once per row (rows x R x Q x N
-    # elements; 34 GB for a MERA χ=8 root at 4096 rows) where these make one GEMM of each product.
+    r = a.shape[0]
+    # The first product as an einsum (one GEMM over all rows and bonds; a broadcasting matmul copies the
+    # factor once per row: rows x R x Q x N elements, 34 GB for a MERA χ=8 root at 4096 rows), the
+    # second as a matmul whose factor side is 2-D, laid out so no copy of the intermediate is made.
     if p * n <= m * q:
-        u = torch.einsum("bpq,rnq->bprn", x, b)
-        return torch.einsum("bprn,rmp->bmn", u, a)
-    v = torch.einsum("bpq,rmp->bmrq", x, a)
-    return torch.einsum("bmrq,rnq->bmn", v, b)
+        u = torch.einsum("bpq,rnq->bprn", x, b).reshape(x.shape[0], p * r, n)
+        return torch.matmul(a.permute(1, 2, 0).reshape(m, p * r), u)
+    v = torch.einsum("bpq,rmp->bmrq", x, a).reshape(x.shape[0], m, r * q)
+    return torch.matmul(v, b.permute(0, 2, 1).reshape(r * q, n))
 
 
 def kron_stream(
@@ -141,6 +144,15 @@ def kron_stream(
     config = dict(DEFAULT_CONFIG if config is None else config)
     _check_config(config)
     text = _encode(config)
+    per_launch = MAX_ELEMENTS // max(x.shape[1] * x.shape[2], a.shape[1] * b.shape[1])
+    if x.shape[0] > per_launch:
+        # The kernels' offsets are 32-bit: a batch that makes a larger input or output goes through
+        # in slices of rows (still differentiable; each slice its own launches).
+        return torch.cat([_launch(part, a, b, text) for part in x.split(per_launch)])
+    return _launch(x, a, b, text)
+
+
+def _launch(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, text: str) -> torch.Tensor:
     if _narrow(*b.shape[1:]):
         return _forward_op(x, a, b, text)
     # B is the wide factor: Y_bᵀ = Σ_r B_r X_bᵀ A_rᵀ puts it in A's place, which the kernels tile.
@@ -148,7 +160,9 @@ def kron_stream(
 
 
 def unsupported(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> str | None:
-    """Why the Triton kernels cannot run ``kron_stream(x, a, b)`` here, or ``None`` when they can."""
+    """Why the Triton kernels cannot run ``kron_stream(x, a, b)`` here, or ``None`` when they can
+    (operands already of valid shapes and one dtype; a batch past the kernels' 32-bit offsets runs in
+    slices of rows, so only a single row that large is refused)."""
     if not available(x):
         return "backend='triton' needs CUDA tensors and the triton package (or TRITON_INTERPRET=1 for CPU tensors)"
     if x.dtype not in DTYPES:
@@ -160,11 +174,11 @@ def unsupported(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> str | None
             f"kron_stream's Triton kernels need one factor with both extents at most {MAX_BLOCK}; got A "
             f"{tuple(a.shape)}, B {tuple(b.shape)}"
         )
-    largest = max(x.numel(), x.shape[0] * a.shape[1] * b.shape[1])
+    largest = max(x.shape[1] * x.shape[2], a.shape[1] * b.shape[1])
     if largest > MAX_ELEMENTS:
         return (
-            f"kron_stream's Triton kernels index with 32-bit offsets, so a tensor holds at most {MAX_ELEMENTS:,} "
-            f"elements; this batch makes {largest:,} (split it into smaller batches)"
+            f"kron_stream's Triton kernels index with 32-bit offsets, so a row holds at most {MAX_ELEMENTS:,} "
+            f"elements; this one has {largest:,}"
         )
     return None
 
@@ -180,8 +194,10 @@ def _check(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
             f"kron_stream shapes disagree: x {tuple(x.shape)} needs a (R, M, {x.shape[1]}) and "
             f"b (R, N, {x.shape[2]}) with one R; got {tuple(a.shape)} and {tuple(b.shape)}"
         )
-    if not (x.dtype == a.dtype == b.dtype) or not x.dtype.is_floating_point:
-        raise KernelsError(f"kron_stream needs one floating-point dtype; got {x.dtype}, {a.dtype}, {b.dtype}")
+    if not (x.dtype == a.dtype == b.dtype) or x.dtype not in (*DTYPES, torch.bfloat16):
+        raise KernelsError(
+            f"kron_stream needs one dtype of float16, bfloat16, float32 or float64; got {x.dtype}, {a.dtype}, {b.dtype}"
+        )
     if not (x.device == a.device == b.device):
         raise KernelsError(f"kron_stream needs one device; got {x.device}, {a.device}, {b.device}")
 
@@ -252,8 +268,11 @@ def _backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         rows, p, q = x.shape
         m, n = dy.shape[1:]
         dw = torch.mm(dy.reshape(rows, m * n).T, x.reshape(rows, p * q)).reshape(m, n, p, q)
-        da = torch.einsum("mnpq,rnq->rmp", dw, b) if need_a else None
-        db = torch.einsum("mnpq,rmp->rnq", dw, a) if need_b else None
+        # Float16 operands: the two contractions in float32, rounding once at the end.
+        wide = torch.float32 if dw.dtype == torch.float16 else dw.dtype
+        dw = dw.to(wide)
+        da = torch.einsum("mnpq,rnq->rmp", dw, b.to(wide)).to(a.dtype) if need_a else None
+        db = torch.einsum("mnpq,rmp->rnq", dw, a.to(wide)).to(b.dtype) if need_b else None
         return dx, da, db, None
     da = _reduce_op("a", x, dy, b, list(a.shape), ctx.config) if need_a else None
     db = _reduce_op("b", x, dy, a, list(b.shape), ctx.config) if need_b else None
