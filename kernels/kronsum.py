@@ -259,7 +259,11 @@ def _backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     config = json.loads(ctx.config)
     dy = dy.contiguous()
     need_x, need_a, need_b, _ = ctx.needs_input_grad
-    dx = _forward_op(dy, a.transpose(1, 2), b.transpose(1, 2), ctx.config) if need_x else None
+    # The factors transposed into contiguous copies (R x M x P elements each), so the dx kernel's
+    # programs read their tiles row by row, as the forward's do.
+    dx = None
+    if need_x:
+        dx = _forward_op(dy, a.transpose(1, 2).contiguous(), b.transpose(1, 2).contiguous(), ctx.config)
     fused = config.get("backward", "fused") == "fused" and reduces(*a.shape[1:], *b.shape[1:])
     if not fused and (need_a or need_b):
         # The dense layer's weight gradient, then the factors' from it: at R = 16 on 64-wide halves
