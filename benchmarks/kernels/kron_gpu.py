@@ -256,13 +256,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             traceback.print_exc(limit=-6)
         print(key, json.dumps(result[key])[:2000], flush=True)
         _write(result, args.results)
-    tuned: dict[str, Any] = {}
+    swept = result.get("sweep", {})
+    tuned = {str(bond): best_config(swept, bonds[0], bond) if "kernels" in swept else {} for bond in bonds}
+    # Written before the layer steps: gpu.py run (next in the session) needs it even if they overrun.
+    (args.results / "kron-config.json").write_text(json.dumps(tuned, indent=1))
     result["layers"] = {}
     for spec in configs:
         arch, bond, n_in, n_out = spec
-        swept = result.get("sweep", {})
-        config = best_config(swept, bonds[0], bond) if "kernels" in swept else {}
-        tuned[str(bond)] = config
+        config = tuned[str(bond)]
         kronsum.DEFAULT_CONFIG = config
         label = f"{arch} χ={bond} {n_in}x{n_out}"
         for where, hidden in (("input", False), ("hidden", True)):
@@ -290,7 +291,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(label, "float16 autocast", json.dumps(row), flush=True)
         _write(result, args.results)
     kronsum.DEFAULT_CONFIG = {}
-    (args.results / "kron-config.json").write_text(json.dumps(tuned, indent=1))
     print(f"wrote {args.results / 'kernels-gpu-kron.md'}")
     return 0
 

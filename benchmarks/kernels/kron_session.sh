@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One device call for the fused Kronecker-sum stream (issue 5): kron_gpu.py (check, launch-setting sweep,
-# layer steps; ~1-2 min, most of it Triton compiling ~30 settings), then gpu.py run with the tuned launches,
-# so the kron-triton rows enter kernels-gpu.md's verdicts (~3 min under --deadline).
+# layer steps for the 7 configurations with a split and the float16-autocast pair; ~2-4 min, much of it
+# Triton compiling; the tuned launches are written right after the sweep, so a timeout in the steps
+# loses only their last rows), then gpu.py run with the tuned launches, so the kron-triton rows enter
+# kernels-gpu.md's verdicts (~3 min under --deadline).
 #
 # Here, first:   .venv/bin/python benchmarks/kernels/gpu.py plan          # -> out/kernels-gpu/plans.json
 # Device call:   carry out/kernels-gpu; command: bash benchmarks/kernels/kron_session.sh; timeout_s 540
