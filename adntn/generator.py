@@ -444,10 +444,11 @@ class Generator(nn.Module):
         # Per (row, l) it is Mᵀ Z I: a one-term Kronecker sum, so the fused kernels read the streamed
         # rows once and write the mixed ones once, where an einsum copies them permuted both ways (its
         # backward too). Mᵀ copied contiguous (C x K elements) so every program reads its rows coalesced.
-        ops = (z, mix.T.contiguous().unsqueeze(0), torch.eye(trail, dtype=z.dtype, device=z.device).unsqueeze(0))
-        if backend == "triton" or (backend == "auto" and unsupported(*ops) is None):
-            # Default launches: a tuned config fits the factors' shapes, not these.
-            return kron_stream(*ops, backend="triton", config={})
+        if backend != "torch":
+            ops = (z, mix.T.contiguous().unsqueeze(0), torch.eye(trail, dtype=z.dtype, device=z.device).unsqueeze(0))
+            if backend == "triton" or unsupported(*ops) is None:
+                # Default launches: a tuned config fits the factors' shapes, not these.
+                return kron_stream(*ops, backend="triton", config={})
         # The torch route's two matmuls (the identity's among them) cost more than one einsum on the CPU.
         return torch.einsum("zcn,ck->zkn", z, mix)
 

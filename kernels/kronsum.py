@@ -92,7 +92,7 @@ def available(x: torch.Tensor) -> bool:
 
 
 def reference(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``Σ_r A_r X_b B_rᵀ`` with two torch einsums (any device; the bond-sized intermediate is
+    """``Σ_r A_r X_b B_rᵀ`` with an einsum and a matmul (any device; the bond-sized intermediate is
     materialised: ``X_b B_rᵀ`` or ``A_r X_b``, whichever is smaller, and the bond summed inside the
     second product)."""
     p, q = x.shape[1:]
@@ -347,7 +347,8 @@ def _reduce(
     rows, p, q = x.shape
     m, n = dy.shape[1:]
     r = shape[0]
-    bb, options = _settings(config, kernel_name, (_block(m), _block(p), _block(n), _block(q)))
+    bm, bp, bn, bq = (_block(e) for e in (m, p, n, q))
+    bb, options = _settings(config, kernel_name, (bm, bp, bn, bq))
     blocks = max(1, math.ceil(rows / bb))
     programs = config.get("programs", DEFAULT_PROGRAMS)
     slices = max(1, min(blocks, programs // max(r, 1)))
@@ -359,7 +360,7 @@ def _reduce(
     _kernels().reduce[(r, slices)](
         x, dy, other, partial, rows,
         *x.stride(), *dy.stride(), *other.stride(), *partial.stride(),
-        PER_SLICE=per_slice, M=m, P=p, N=n, Q=q, BM=_block(m), BP=_block(p), BN=_block(n), BQ=_block(q), BB=bb,
+        PER_SLICE=per_slice, M=m, P=p, N=n, Q=q, BM=bm, BP=bp, BN=bn, BQ=bq, BB=bb,
         PRECISION=_precision(x.dtype), F64=x.dtype == torch.float64, **options,
     )  # fmt: skip
     return partial.sum(0).to(x.dtype)
