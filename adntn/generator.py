@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,16 @@ from tnplan.contract import Program
 BATCH = "_n"  # the member axis of a batched group
 ROWS = "_b"  # the batch axis of a streamed input
 STREAM_BUCKETS = (1, 8, 64, 512, 4096)  # batch sizes the streaming network is planned for
+
+
+def nearest_size(rows: int, sizes: Sequence[int]) -> int:
+    """The entry of ``sizes`` (ascending) nearest to ``rows`` on a log scale; the smaller on a tie."""
+    # A plain loop (not min with a key), so torch.compile traces it.
+    best = sizes[0]
+    for b in sizes[1:]:
+        if abs(math.log(max(rows, 1) / b)) < abs(math.log(max(rows, 1) / best)):
+            best = b
+    return best
 
 
 @dataclass(frozen=True)
@@ -410,13 +420,15 @@ class Generator(nn.Module):
         from kernels.kronsum import DTYPES, kron_stream, unsupported
 
         device = x.device.type
-        cast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        # Meta tensors (the CPU mode model traces on them, adntn/timing.py) have no autocast.
+        amp = torch.amp.is_autocast_available(device)
+        cast = torch.get_autocast_dtype(device) if amp and torch.is_autocast_enabled(device) else None
         # Autocast runs the stream in its dtype where the kernels take it (float16 on float32 cores:
         # tensor-core products with float32 accumulators, like the dense layer's); otherwise the factors
         # and the stream run in the cores' dtype (float32: the kernels, in TF32 where torch allows it),
         # the input cast to it. Either way the output comes in autocast's dtype, as nn.Linear's does.
         # Cores cast to bfloat16 take the torch route.
-        with torch.autocast(device, enabled=False):
+        with torch.autocast(device if amp else "cpu", enabled=False):
             a, b, mix = self.kron_factors()
             rows = x.shape[0]
             x = x.to(a.dtype)
@@ -455,12 +467,7 @@ class Generator(nn.Module):
     @staticmethod
     def stream_bucket(rows: int) -> int:
         """The planned batch size closest to ``rows`` on a log scale (the path is valid for any)."""
-        # A plain loop (not min with a key), so torch.compile traces it.
-        best = STREAM_BUCKETS[0]
-        for b in STREAM_BUCKETS[1:]:
-            if abs(math.log(max(rows, 1) / b)) < abs(math.log(max(rows, 1) / best)):
-                best = b
-        return best
+        return nearest_size(rows, STREAM_BUCKETS)
 
     # ------------------------------------------------------------------ costs
 

@@ -10,17 +10,26 @@ from torch import nn
 from torch.nn import functional
 
 from adntn.errors import AdntnError
-from adntn.generator import STREAM_BUCKETS, Generator
+from adntn.generator import Generator, nearest_size
 from adntn.generators import make_generator
 from adntn.overlap import overlapped_linear
 
 MODES = ("auto", "materialize", "stream", "kron")
-# mode="auto" compares planned flops plus this weight per element written. On the CPU flops decide
-# (benchmarks/results/layers.md: streaming won wherever it had fewer flops). On a GPU a written
-# element costs about a thousand flops of TF32 GEMM time: on an H200 at batch 8192
+# On a GPU mode="auto" compares planned flops plus this weight per element written: a written element
+# costs about a thousand flops of TF32 GEMM time. On an H200 at batch 8192
 # (benchmarks/results/kernels-gpu.md) the weight that picks the faster mode in every measured
-# configuration lies between 663 and 2,520; by flops alone streaming was picked where it ran 2-13x slower.
-WRITE_WEIGHT = {"cpu": 0, "cuda": 1024}
+# configuration lies between 663 and 2,520; by flops alone streaming was picked where it ran 2-13x
+# slower. On the CPU the modes' predicted seconds decide (adntn/timing.py): flops alone streamed a
+# TTN χ=16 at 4096 rows, 2.2x slower than materialising (benchmarks/results/layers-auto-cpu.md).
+WRITE_WEIGHT = {"cuda": 1024}
+# Batch sizes auto decides at (a batch takes the nearest on a log scale). Finer than the stream plans'
+# buckets: TTN χ=16 and MERA χ=8 4096x4096 stream fastest at 256 rows and materialise fastest at 1024.
+DECISION_ROWS = (1, 4, 16, 64, 256, 1024, 4096, 16384)
+
+
+def decision_rows(rows: int) -> int:
+    """The entry of :data:`DECISION_ROWS` nearest to ``rows`` on a log scale (the smaller on a tie)."""
+    return nearest_size(rows, DECISION_ROWS)
 
 
 def _mode(mode: str) -> str:
@@ -127,8 +136,9 @@ class TNLinear(_TNLayer):
         mode: ``"materialize"`` (build ``W``, then ``x @ W.T``), ``"stream"`` (contract the input
             through the last segment), ``"kron"`` (stream through the last segment's Kronecker factors
             with the fused Triton kernels of :mod:`kernels.kronsum` on CUDA, torch matmuls elsewhere;
-            TTN roots split this way) or ``"auto"`` (materialize or stream, the cheaper by planned
-            flops at the batch size).
+            TTN roots split this way) or ``"auto"`` (per planned batch size, device and whether ``x``
+            needs its gradient: on the CPU the fastest of the three by predicted seconds,
+            :mod:`adntn.timing`; on a GPU materialize or stream by planned flops and writes).
         overlap: On a CUDA device, materialise the weight on a side stream so that the generator's
             backward runs while the main stream computes the input gradient (``adntn.overlap``).
         device: Where the parameters live.
@@ -171,15 +181,13 @@ class TNLinear(_TNLayer):
                 f"mode='kron' needs a last segment that splits into a Kronecker sum (a linear TTN root); "
                 f"arch={arch!r} with these options has none; use mode='auto'"
             )
-        # Decided once per device kind and planned batch size, so forward only looks the answer up.
-        gen = self.generator
-        self.stream_at = {
-            kind: {
-                b: gen.streamable and gen.stream_cost_at(b, weight) < gen.materialize_cost(b, weight)
-                for b in STREAM_BUCKETS
-            }
-            for kind, weight in WRITE_WEIGHT.items()
-        }
+        # Decided once per device kind, batch size (DECISION_ROWS) and whether x needs its gradient, so forward
+        # only looks the answer up: on the CPU the fastest of the modes this generator has by predicted
+        # seconds (adntn/timing.py, the Kronecker sum through its torch route); on a GPU materialize or
+        # stream by planned flops and writes (the Triton Kronecker sum is not yet measured there).
+        self.auto_modes: dict[str, dict[tuple[int, bool], str]] = {"cpu": {}, "cuda": {}}
+        if mode == "auto":
+            self.auto_modes = self._decide()
         self._finish_init(out_features, bias, device, dtype)
 
     def generate_weight(self) -> torch.Tensor:
@@ -190,12 +198,44 @@ class TNLinear(_TNLayer):
         """``out_features * in_features``."""
         return self.out_features * self.in_features
 
-    def uses_stream(self, rows: int, device: str | torch.device = "cpu") -> bool:
-        """Whether a batch of ``rows`` samples on ``device`` is streamed rather than multiplied by a built ``W``."""
-        if self.mode == "auto":
-            kind = "cuda" if getattr(device, "type", str(device)).startswith("cuda") else "cpu"
-            return self.stream_at[kind][self.generator.stream_bucket(rows)]
-        return self.mode in ("stream", "kron")
+    def _decide(self) -> dict[str, dict[tuple[int, bool], str]]:
+        from adntn import timing
+
+        gen = self.generator
+        modes = ["materialize"] + ["stream"] * gen.streamable + ["kron"] * (gen.kron is not None)
+        weight = WRITE_WEIGHT["cuda"]
+        decided: dict[str, dict[tuple[int, bool], str]] = {"cpu": {}, "cuda": {}}
+        for b in DECISION_ROWS:
+            cuda = gen.streamable and gen.stream_cost_at(b, weight) < gen.materialize_cost(b, weight)
+            for needs_dx in (False, True):
+                decided["cuda"][b, needs_dx] = "stream" if cuda else "materialize"
+                if len(modes) == 1:
+                    decided["cpu"][b, needs_dx] = "materialize"
+                    continue
+                try:
+                    seconds = [timing.mode_seconds(gen, m, b, needs_dx) for m in modes]
+                except (RuntimeError, NotImplementedError):
+                    # An activation callable without meta kernels cannot be traced: planned flops decide.
+                    fewer = gen.streamable and gen.stream_cost_at(b) < gen.materialize_cost(b)
+                    decided["cpu"][b, needs_dx] = "stream" if fewer else "materialize"
+                    continue
+                # The first of equal predictions (plain min over the list), so every run picks alike.
+                decided["cpu"][b, needs_dx] = modes[seconds.index(min(seconds))]
+        return decided
+
+    def mode_for(self, rows: int, device: str | torch.device = "cpu", needs_dx: bool = True) -> str:
+        """The mode a batch of ``rows`` samples on ``device`` runs in: ``"materialize"``, ``"stream"`` or
+        ``"kron"`` (``needs_dx``: whether the input needs its gradient, as a hidden layer's does)."""
+        if self.mode != "auto":
+            return self.mode
+        if not self.auto_modes["cpu"]:  # built in another mode and switched to auto since
+            self.auto_modes = self._decide()
+        kind = "cuda" if getattr(device, "type", str(device)).startswith("cuda") else "cpu"
+        return self.auto_modes[kind][decision_rows(rows), needs_dx]
+
+    def uses_stream(self, rows: int, device: str | torch.device = "cpu", needs_dx: bool = True) -> bool:
+        """Whether a batch of ``rows`` samples on ``device`` avoids building ``W`` (streams, or kron)."""
+        return self.mode_for(rows, device, needs_dx) != "materialize"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -204,9 +244,14 @@ class TNLinear(_TNLayer):
             )
         lead = x.shape[:-1]
         rows = math.prod(lead)
-        if rows > 0 and (self.mode == "kron" or self.uses_stream(rows, x.device.type)):
+        mode = self.mode_for(rows, x.device, x.requires_grad and torch.is_grad_enabled()) if rows > 0 else "materialize"
+        if mode != "materialize":
             flat = x.reshape(rows, self.in_features)
-            y = self.generator.stream_kron(flat) if self.mode == "kron" else self.generator.stream(flat)
+            if mode == "stream":
+                y = self.generator.stream(flat)
+            else:
+                # auto picks kron on the CPU only, where its model timed the torch route.
+                y = self.generator.stream_kron(flat, backend="auto" if self.mode == "kron" else "torch")
             y = y.reshape(*lead, self.out_features)
             # In the output's dtype, as nn.Linear adds it under autocast (a float32 bias would promote).
             return y if self.bias is None else y + self.bias.to(y.dtype)

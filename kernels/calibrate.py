@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ def cache_file() -> Path:
     return Path(root) / f"kernels-calibration-{torch.get_num_threads()}t.json"
 
 
-def _best(fn: Any, reps: int = 5) -> float:
+def best_seconds(fn: Callable[[], Any], reps: int = 5) -> float:
+    """The fastest of ``reps`` timed calls of ``fn``, after one untimed call."""
     fn()
     best = math.inf
     for _ in range(reps):
@@ -48,6 +50,25 @@ def _best(fn: Any, reps: int = 5) -> float:
         fn()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def stored(path: Path, version: int, valid: Callable[[dict], bool], measure: Callable[[], dict]) -> dict[str, Any]:
+    """The JSON calibration at ``path`` if it has this ``version``, torch's current thread count and
+    ``valid`` accepts it; else ``measure()``, written there whole (a temporary file, renamed)."""
+    import torch
+
+    try:
+        cal = json.loads(path.read_text())
+        if cal["version"] == version and cal["threads"] == torch.get_num_threads() and valid(cal):
+            return cal
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    cal = measure()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cal, indent=2))
+    os.replace(tmp, path)
+    return cal
 
 
 def _time_point(k: int, m: int = 2048, n: int = 1024) -> tuple[float, float, float]:
@@ -88,7 +109,7 @@ def _time_point(k: int, m: int = 2048, n: int = 1024) -> tuple[float, float, flo
         torch.matmul(xt, yt, out=z)
         torch.matmul(z, yt.T), torch.matmul(xt.T, z)
 
-    return _best(fused) / st.flops, _best(blas) / st.flops, _best(direct) / st.flops
+    return best_seconds(fused) / st.flops, best_seconds(blas) / st.flops, best_seconds(direct) / st.flops
 
 
 def measure() -> dict[str, Any]:
@@ -122,21 +143,13 @@ def calibration() -> dict[str, Any]:
     threads = torch.get_num_threads()
     if threads in _MEMO:
         return _MEMO[threads]
-    path = cache_file()
-    try:
-        cal = json.loads(path.read_text())
-        if cal.get("version") != VERSION or cal.get("threads") != threads:
-            raise ValueError("another version or thread count")
+
+    def valid(cal: dict[str, Any]) -> bool:
         keys = [str(k) for k in _POINTS] + [f"large-{k}" for k in _LARGE_POINTS]
         values = [cal[side][key] for side in ("numba", "blas", "direct") for key in keys]
-        if not all(isinstance(v, float) and v > 0 for v in values):
-            raise ValueError("a bad entry")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        cal = measure()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cal, indent=2))
-        os.replace(tmp, path)
+        return all(isinstance(v, float) and v > 0 for v in values)
+
+    cal = stored(cache_file(), VERSION, valid, measure)
     _MEMO[threads] = cal
     return cal
 

@@ -258,3 +258,14 @@ def test_kron_cpu_benchmark_times_every_mode(tmp_path: Path) -> None:
     # Materialising costs the dense product and the generator on top.
     assert all(row["flops"]["materialize"] > 1 for row in result["rows"].values())
     assert "| mera χ=2 |" in (tmp_path / "kernels-kron-cpu.md").read_text()
+
+
+def test_auto_cpu_benchmark_scores_the_pick_against_every_mode(tmp_path: Path) -> None:
+    _run([str(REPO / "benchmarks" / "layers" / "auto_cpu.py"), "--quick", "--results", str(tmp_path)])
+    result = json.loads((tmp_path / "layers-auto-cpu-quick.json").read_text())
+    assert len(result["rows"]) == 8  # two configs, two batches, both regimes
+    for row in result["rows"]:
+        assert set(row["seconds"]) == set(row["predicted"]) == {"materialize", "stream", "kron"}
+        assert row["fastest"] == min(row["seconds"], key=row["seconds"].__getitem__)
+        assert row["auto"] in row["seconds"] and row["auto_regret"] >= 1 and row["flops_regret"] >= 1
+    assert "auto picked the fastest mode in" in (tmp_path / "layers-auto-cpu-quick.md").read_text()

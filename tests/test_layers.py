@@ -10,8 +10,7 @@ from torch.nn import functional
 import adntn
 import tnplan
 from adntn import AdntnError, TNConv2d, TNLinear, compress
-from adntn.generator import STREAM_BUCKETS
-from adntn.layers import WRITE_WEIGHT
+from adntn.layers import DECISION_ROWS, WRITE_WEIGHT
 
 STREAMABLE = [
     ("ttn", {"bond_dim": 3, "n_factors": 3}),
@@ -47,17 +46,17 @@ def test_leading_dimensions_are_kept_like_nn_linear():
     torch.testing.assert_close(layer(x), functional.linear(x, layer.generate_weight(), layer.bias))
 
 
-def test_auto_mode_follows_the_planned_costs():
+def test_auto_mode_follows_the_planned_costs_on_cuda():
     layer = TNLinear(4096, 4096, "ttn", bond_dim=8)
     gen = layer.generator
-    for b in STREAM_BUCKETS:
-        assert layer.uses_stream(b) == (gen.stream_cost_at(b) < gen.materialize_cost(b))
+    for b in DECISION_ROWS:
         cuda_cost = gen.stream_cost_at(b, WRITE_WEIGHT["cuda"]) < gen.materialize_cost(b, WRITE_WEIGHT["cuda"])
-        assert layer.uses_stream(b, torch.device("cuda")) == layer.uses_stream(b, "cuda:1") == cuda_cost
-    assert layer.uses_stream(1)  # one sample through the root segment beats building 16.7M weights
-    # Streaming 4096 rows writes ~10x the elements of materialising: fewer flops (CPU streams), but on
-    # a GPU, where GEMM flops are cheap and writes are not, the built weight wins.
-    assert layer.uses_stream(4096, "cpu") and not layer.uses_stream(4096, "cuda")
+        for needs_dx in (False, True):
+            assert layer.uses_stream(b, torch.device("cuda"), needs_dx) == layer.uses_stream(b, "cuda:1") == cuda_cost
+    # Streaming 4096 rows writes ~10x the elements of materialising: on a GPU, where GEMM flops are
+    # cheap and writes are not, the built weight wins; one sample through the root beats building 16.7M weights.
+    assert layer.uses_stream(1, "cuda") and not layer.uses_stream(4096, "cuda")
+    assert layer.mode_for(1) != "materialize"  # on the CPU too (adntn/timing.py; tests/test_timing.py)
     assert layer.compression_ratio() >= 2000
 
 

@@ -435,7 +435,7 @@ def auto_pick(spec: tuple, batch: int, cache: Any, device: str = "cuda") -> str:
     """What a default ``TNLinear`` (``mode="auto"``, ``adntn.layers.WRITE_WEIGHT``) does at ``batch`` rows."""
     arch, bond, n_in, n_out = spec
     layer = build_layer(arch, bond, n_in, n_out, cache, True, "auto")
-    return "stream" if layer.uses_stream(batch, device) else "materialize"
+    return layer.mode_for(batch, device)
 
 
 def blas_sweep(g: Any, device: Any, timer: Timer) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Off CUDA the Kronecker-sum stream runs as two torch matmuls (``kernels.kronsum.reference``); this
 times one training step (``zero_grad``, forward, backward with ``x`` needing no gradient) of each mode
 at one batch size, one thread, the modes taking turns call by call (the order rotating), and reports
-medians. It says where the fallback is worth choosing by hand; ``mode="auto"`` does not consider it.
+medians. On the CPU ``mode="auto"`` weighs this route against the others (adntn/timing.py).
 
     .venv/bin/python benchmarks/kernels/kron_cpu.py            # -> benchmarks/results/kernels-kron-cpu.md
 """

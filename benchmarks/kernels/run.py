@@ -336,8 +336,8 @@ def layer_steps(spec: dict, kinds: list[str], log: Any) -> dict[str, Any]:
                 kwargs = {"executor": executor} if executor else {}
                 layer = adntn.TNLinear(n_in, n_out, spec["arch"], spec["bond"], mode=mode, **kwargs)
             if kind != "dense":
-                streams = layer.uses_stream(BATCH)
-                res["path"] = "stream" if streams else "materialize"
+                res["path"] = layer.mode_for(BATCH)
+                streams = res["path"] != "materialize"
                 res["executor"] = "torch" if streams or not layer.generator.uses_kernels() else "numba"
 
             def step(layer: Any = layer) -> None:

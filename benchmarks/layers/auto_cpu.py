@@ -1,0 +1,159 @@
+"""Does ``TNLinear(mode="auto")`` pick the fastest mode on the CPU? Measured against every mode.
+
+For each configuration (4096x4096, TTN/aTTN/MERA at two bond sizes), batch size and regime (``x``
+needing its gradient, as a hidden layer's does, or not, as an input layer's): one training step
+(``zero_grad``, forward, backward) of each mode the generator has (materialize, stream, kron through
+its torch route), the modes taking turns call by call, one thread; median seconds. Beside them: the
+seconds :mod:`adntn.timing` predicts, the mode auto picks, the mode the old flops rule picked
+(stream where its planned flops are fewer), and each pick's regret (its time over the fastest's).
+
+    .venv/bin/python benchmarks/layers/auto_cpu.py          # -> benchmarks/results/layers-auto-cpu.{md,json}
+    .venv/bin/python benchmarks/layers/auto_cpu.py --quick  # two configs, small: layers-auto-cpu-quick.*
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+for _p in (HERE.parent, REPO):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+CONFIGS = [("ttn", 2), ("ttn", 16), ("attn", 2), ("attn", 9), ("mera", 2), ("mera", 8)]
+BATCHES = (1, 64, 256, 1024, 4096)
+MODES = ("materialize", "stream", "kron")
+
+
+def _reps(batch: int) -> int:
+    return 7 if batch <= 64 else 5 if batch <= 256 else 3
+
+
+def measure(arch: str, bond: int, width: int, batch: int, needs_dx: bool) -> dict[str, Any]:
+    """Median step seconds per mode, predicted seconds, and the picks of auto and of the flops rule."""
+    import torch
+
+    import adntn
+    from adntn import timing
+
+    x = torch.randn(batch, width, requires_grad=needs_dx)
+    dy = torch.randn(batch, width)
+    torch.manual_seed(0)
+    auto = adntn.TNLinear(width, width, arch, bond)
+    gen = auto.generator
+    modes = [m for m in MODES if m == "materialize" or (m == "stream" and gen.streamable) or (m == "kron" and gen.kron)]
+    steps = {}
+    for mode in modes:
+        torch.manual_seed(0)
+        layer = adntn.TNLinear(width, width, arch, bond, mode=mode)
+        if mode == "kron":
+            # The route auto times and takes on the CPU (mode="kron" would take Triton's interpreter if set).
+            layer.forward = lambda x, layer=layer: layer.generator.stream_kron(x, backend="torch") + layer.bias
+
+        def step(layer: Any = layer) -> None:
+            layer.zero_grad(set_to_none=False)
+            x.grad = None
+            layer(x).backward(dy)
+
+        step()  # warm: first-call allocations
+        steps[mode] = step
+    samples: dict[str, list[float]] = {m: [] for m in modes}
+    for k in range(_reps(batch)):
+        for mode in modes[k % len(modes) :] + modes[: k % len(modes)]:
+            start = time.perf_counter()
+            steps[mode]()
+            samples[mode].append(time.perf_counter() - start)
+    seconds = {m: statistics.median(v) for m, v in samples.items()}
+    fastest = min(seconds, key=seconds.__getitem__)
+    fewer = gen.streamable and gen.stream_cost_at(batch) < gen.materialize_cost(batch)
+    flops_pick = "stream" if fewer else "materialize"
+    pick = auto.mode_for(batch, "cpu", needs_dx)
+    return {
+        "seconds": seconds,
+        "predicted": {m: timing.mode_seconds(gen, m, batch, needs_dx) for m in modes},
+        "fastest": fastest,
+        "auto": pick,
+        "auto_regret": seconds[pick] / seconds[fastest],
+        "flops_rule": flops_pick,
+        "flops_regret": seconds[flops_pick] / seconds[fastest],
+        "compression": auto.compression_ratio(),
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows = result["rows"]
+    n = len(rows)
+    hits = sum(r["auto"] == r["fastest"] for r in rows)
+    old = sum(r["flops_rule"] == r["fastest"] for r in rows)
+    worst = max(rows, key=lambda r: r["auto_regret"])
+    worst_old = max(rows, key=lambda r: r["flops_regret"])
+    lines = [
+        '# mode="auto" on the CPU: its pick against every mode',
+        "",
+        f"Machine: {result['machine']}; torch {result['torch']}, 1 thread; {result['date']}. Produced by "
+        f"`benchmarks/layers/auto_cpu.py`. `TNLinear({result['width']}, {result['width']})`; one training step "
+        "(zero_grad, forward, backward) per mode, the modes taking turns call by call; median seconds "
+        "(7 steps at batch <= 64, 5 at 256, 3 above). kron runs its torch route (the one auto takes on the CPU). "
+        "`dx`: whether x needs its gradient (a hidden layer) or not (an input layer).",
+        "",
+        "Predicted: `adntn.timing.mode_seconds` (the step traced on meta tensors, priced by this machine's "
+        "calibration). Flops rule: what auto picked before (stream where its planned flops are fewer). "
+        "Regret: the pick's time over the fastest mode's.",
+        "",
+        f"**auto picked the fastest mode in {hits} of {n} cases; worst regret {worst['auto_regret']:.2f}x "
+        f"({worst['label']}); median regret {statistics.median(r['auto_regret'] for r in rows):.2f}x.** "
+        f"The flops rule: {old} of {n}, worst regret {worst_old['flops_regret']:.2f}x ({worst_old['label']}).",
+        "",
+        "| config | batch | dx | materialize | stream | kron | predicted m / s / k | fastest | auto | regret | "
+        "flops rule | regret |",
+        "|---|---:|---|---:|---:|---:|---|---|---|---:|---|---:|",
+    ]
+    for r in rows:
+        sec = " | ".join(f"{r['seconds'][m]:.4f}" if m in r["seconds"] else "—" for m in MODES)
+        pred = " / ".join(f"{r['predicted'][m]:.4f}" if m in r["predicted"] else "—" for m in MODES)
+        lines.append(
+            f"| {r['config']} | {r['batch']} | {'yes' if r['dx'] else 'no'} | {sec} | {pred} | {r['fastest']} | "
+            f"{r['auto']} | {r['auto_regret']:.2f}x | {r['flops_rule']} | {r['flops_regret']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--width", type=int, default=4096)
+    p.add_argument("--quick", action="store_true", help="two configs at width 512, batches 1 and 64 (smoke test)")
+    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    args = p.parse_args(argv)
+    import torch
+    from machine import describe
+
+    torch.set_num_threads(1)
+    configs, batches, width = (CONFIGS[:2], (1, 64), 512) if args.quick else (CONFIGS, BATCHES, args.width)
+    result: dict[str, Any] = {"machine": describe(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+                              "width": width, "rows": []}  # fmt: skip
+    for batch in batches:
+        for arch, bond in configs:
+            for needs_dx in (False, True):
+                row = measure(arch, bond, width, batch, needs_dx)
+                row.update(config=f"{arch} χ={bond}", batch=batch, dx=needs_dx)
+                row["label"] = f"{row['config']}, batch {batch}, dx {'yes' if needs_dx else 'no'}"
+                result["rows"].append(row)
+                print(json.dumps(row), flush=True)
+                # Rewritten after every row, so an interrupted run keeps what it measured.
+                name = "layers-auto-cpu-quick" if args.quick else "layers-auto-cpu"
+                args.results.mkdir(parents=True, exist_ok=True)
+                (args.results / f"{name}.json").write_text(json.dumps(result, indent=1))
+                (args.results / f"{name}.md").write_text(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
