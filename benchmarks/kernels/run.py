@@ -20,8 +20,9 @@ call (the warm-up; for the compiled methods it includes compilation) is timed an
 not timed) and its core gradients are compared too; then ``--reps`` timed steps (median and min).
 
 A full layer training step at batch 256 is measured as well: ``TNLinear(mode="materialize")`` with the
-torch and the numba executor, ``TNLinear(mode="auto")`` with the default executor (it may stream), and the
-dense ``nn.Linear``; one step is ``zero_grad(); y = layer(x); y.sum().backward()`` with ``x`` requiring grad.
+torch and the numba executor, ``TNLinear(mode="auto")`` with the default executor (it may stream, or take
+the Kronecker route), and the dense ``nn.Linear``; one step is
+``zero_grad(); y = layer(x); y.sum().backward()`` with ``x`` requiring grad.
 
 Everything runs once at 1 thread and once at 2 (``torch.set_num_threads`` and ``numba.set_num_threads``,
 ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``), each (threads, shape, config) in a fresh process. Plans, the
@@ -708,7 +709,8 @@ def markdown(result: dict) -> str:
         f"**Layer training step** at batch {result['batch']}: `zero_grad(); y = layer(x); y.sum().backward()` "
         f"with `x` of shape `({result['batch']}, in)` requiring grad, for `nn.Linear`, "
         '`TNLinear(..., mode="materialize")` with `executor="torch"` and `"numba"`, and `TNLinear(mode="auto")` '
-        "with the default executor (it streams when the planned flops say so; when it picks materialize with "
+        "with the default executor (it picks materialize, stream or kron by seconds predicted for this machine, "
+        "`adntn/timing.py`; when it picks materialize with "
         "numba it runs exactly the materialize-numba code path, so that measurement is reused). One warm-up "
         "step, then the same number of timed steps.",
         "",
