@@ -20,7 +20,7 @@ MODES = ("auto", "materialize", "stream", "kron")
 # (benchmarks/results/kernels-gpu.md) the weight that picks the faster mode in every measured
 # configuration lies between 663 and 2,520; by flops alone streaming was picked where it ran 2-13x
 # slower. On the CPU the modes' predicted seconds decide (adntn/timing.py): flops alone streamed a
-# TTN χ=16 at 4096 rows, 2.2x slower than materialising (benchmarks/results/layers-auto-cpu.md).
+# TTN χ=16 at 4096 rows, 2.2x slower than materialising (benchmarks/results/kernels-kron-cpu.md).
 WRITE_WEIGHT = {"cuda": 1024}
 # Batch sizes auto decides at (a batch takes the nearest on a log scale). Finer than the stream plans'
 # buckets: TTN χ=16 and MERA χ=8 4096x4096 stream fastest at 256 rows and materialise fastest at 1024.
@@ -136,9 +136,9 @@ class TNLinear(_TNLayer):
         mode: ``"materialize"`` (build ``W``, then ``x @ W.T``), ``"stream"`` (contract the input
             through the last segment), ``"kron"`` (stream through the last segment's Kronecker factors
             with the fused Triton kernels of :mod:`kernels.kronsum` on CUDA, torch matmuls elsewhere;
-            TTN roots split this way) or ``"auto"`` (per planned batch size, device and whether ``x``
-            needs its gradient: on the CPU the fastest of the three by predicted seconds,
-            :mod:`adntn.timing`; on a GPU materialize or stream by planned flops and writes).
+            TTN roots split this way) or ``"auto"`` (per batch size, device and regime, see
+            :meth:`mode_for`: on the CPU the fastest of the modes the generator has by predicted
+            seconds, :mod:`adntn.timing`; on a GPU materialize or stream by planned flops and writes).
         overlap: On a CUDA device, materialise the weight on a side stream so that the generator's
             backward runs while the main stream computes the input gradient (``adntn.overlap``).
         device: Where the parameters live.
@@ -170,24 +170,17 @@ class TNLinear(_TNLayer):
         self.in_features = in_features
         self.out_features = out_features
         self.arch = arch
-        self.mode = _mode(mode)
+        _mode(mode)  # an unknown name fails before the generator is built
         if bond_dim is not None:
             kwargs["bond_dim"] = bond_dim
         self.generator = make_generator(arch, out_features, in_features, **kwargs)
-        if mode == "stream" and not self.generator.streamable:
-            raise AdntnError("mode='stream' needs a linear last segment; drop root_activation (or use mode='auto')")
-        if mode == "kron" and self.generator.kron is None:
-            raise AdntnError(
-                f"mode='kron' needs a last segment that splits into a Kronecker sum (a linear TTN root); "
-                f"arch={arch!r} with these options has none; use mode='auto'"
-            )
-        # Decided once per device kind, batch size (DECISION_ROWS) and whether x needs its gradient, so forward
-        # only looks the answer up: on the CPU the fastest of the modes this generator has by predicted
-        # seconds (adntn/timing.py, the Kronecker sum through its torch route); on a GPU materialize or
-        # stream by planned flops and writes (the Triton Kronecker sum is not yet measured there).
-        self.auto_modes: dict[str, dict[tuple[int, bool], str]] = {"cpu": {}, "cuda": {}}
-        if mode == "auto":
-            self.auto_modes = self._decide()
+        # Decided once per device kind, batch size (DECISION_ROWS) and regime (timing.REGIMES: forward
+        # only, backward to the cores, to the cores and x), so forward only looks the answer up: on the
+        # CPU the fastest of the modes this generator has by predicted seconds (adntn/timing.py, the
+        # Kronecker sum through its torch route); on a GPU materialize or stream by planned flops and
+        # writes (the Triton Kronecker sum is not yet measured there). Filled when the mode becomes auto.
+        self.auto_modes: dict[str, dict[tuple[int, str], str]] = {"cpu": {}, "cuda": {}}
+        self.mode = mode
         self._finish_init(out_features, bias, device, dtype)
 
     def generate_weight(self) -> torch.Tensor:
@@ -198,44 +191,79 @@ class TNLinear(_TNLayer):
         """``out_features * in_features``."""
         return self.out_features * self.in_features
 
-    def _decide(self) -> dict[str, dict[tuple[int, bool], str]]:
+    @property
+    def mode(self) -> str:
+        """``"auto"``, ``"materialize"``, ``"stream"`` or ``"kron"``; setting ``"auto"`` decides its picks then."""
+        return self._mode_name
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        gen = self.generator
+        if _mode(value) == "stream" and not gen.streamable:
+            raise AdntnError("mode='stream' needs a linear last segment; drop root_activation (or use mode='auto')")
+        if value == "kron" and gen.kron is None:
+            raise AdntnError(
+                f"mode='kron' needs a last segment that splits into a Kronecker sum (a linear TTN root); "
+                f"arch={self.arch!r} with these options has none; use mode='auto'"
+            )
+        self.__dict__["_mode_name"] = value
+        if value == "auto" and not self.auto_modes["cpu"]:
+            self.auto_modes = self._decide()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Layers pickled before auto decided by predicted seconds kept "mode" and "stream_at".
+        state.pop("stream_at", None)
+        if "mode" in state:
+            state["_mode_name"] = state.pop("mode")
+        super().__setstate__(state)
+        if "auto_modes" not in self.__dict__:
+            self.auto_modes = {"cpu": {}, "cuda": {}}
+            self.mode = self._mode_name
+
+    def _decide(self) -> dict[str, dict[tuple[int, str], str]]:
         from adntn import timing
 
         gen = self.generator
         modes = ["materialize"] + ["stream"] * gen.streamable + ["kron"] * (gen.kron is not None)
+        # Outside the try below: a calibration that fails is an error, not a reason to fall back.
+        prices = timing.calibration() if len(modes) > 1 else {}
         weight = WRITE_WEIGHT["cuda"]
-        decided: dict[str, dict[tuple[int, bool], str]] = {"cpu": {}, "cuda": {}}
+        decided: dict[str, dict[tuple[int, str], str]] = {"cpu": {}, "cuda": {}}
         for b in DECISION_ROWS:
             cuda = gen.streamable and gen.stream_cost_at(b, weight) < gen.materialize_cost(b, weight)
-            for needs_dx in (False, True):
-                decided["cuda"][b, needs_dx] = "stream" if cuda else "materialize"
+            fewer = gen.streamable and gen.stream_cost_at(b) < gen.materialize_cost(b)
+            for regime in timing.REGIMES:
+                decided["cuda"][b, regime] = "stream" if cuda else "materialize"
                 if len(modes) == 1:
-                    decided["cpu"][b, needs_dx] = "materialize"
+                    decided["cpu"][b, regime] = "materialize"
                     continue
                 try:
-                    seconds = [timing.mode_seconds(gen, m, b, needs_dx) for m in modes]
-                except (RuntimeError, NotImplementedError):
-                    # An activation callable without meta kernels cannot be traced: planned flops decide.
-                    fewer = gen.streamable and gen.stream_cost_at(b) < gen.materialize_cost(b)
-                    decided["cpu"][b, needs_dx] = "stream" if fewer else "materialize"
+                    seconds = [timing.mode_seconds(gen, m, b, regime, prices) for m in modes]
+                except Exception:
+                    # The trace runs the generator's activations on meta tensors, and a user's callable
+                    # may refuse them with any exception (reading a value, numpy, a device check): then
+                    # planned flops decide for this layer, as they did before the timing model.
+                    decided["cpu"][b, regime] = "stream" if fewer else "materialize"
                     continue
                 # The first of equal predictions (plain min over the list), so every run picks alike.
-                decided["cpu"][b, needs_dx] = modes[seconds.index(min(seconds))]
+                decided["cpu"][b, regime] = modes[seconds.index(min(seconds))]
         return decided
 
-    def mode_for(self, rows: int, device: str | torch.device = "cpu", needs_dx: bool = True) -> str:
+    def mode_for(self, rows: int, device: str | torch.device = "cpu", regime: str = "input") -> str:
         """The mode a batch of ``rows`` samples on ``device`` runs in: ``"materialize"``, ``"stream"`` or
-        ``"kron"`` (``needs_dx``: whether the input needs its gradient, as a hidden layer's does)."""
+        ``"kron"``. ``regime``: ``"forward"`` (no backward: grad disabled), ``"weights"`` (x needs no
+        gradient, as an input layer's) or ``"input"`` (x needs one, as a hidden layer's)."""
         if self.mode != "auto":
             return self.mode
-        if not self.auto_modes["cpu"]:  # built in another mode and switched to auto since
-            self.auto_modes = self._decide()
         kind = "cuda" if getattr(device, "type", str(device)).startswith("cuda") else "cpu"
-        return self.auto_modes[kind][decision_rows(rows), needs_dx]
+        try:
+            return self.auto_modes[kind][decision_rows(rows), regime]
+        except KeyError:
+            raise AdntnError(f"unknown regime {regime!r}; choose one of forward, weights, input") from None
 
-    def uses_stream(self, rows: int, device: str | torch.device = "cpu", needs_dx: bool = True) -> bool:
+    def uses_stream(self, rows: int, device: str | torch.device = "cpu", regime: str = "input") -> bool:
         """Whether a batch of ``rows`` samples on ``device`` avoids building ``W`` (streams, or kron)."""
-        return self.mode_for(rows, device, needs_dx) != "materialize"
+        return self.mode_for(rows, device, regime) != "materialize"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -244,7 +272,8 @@ class TNLinear(_TNLayer):
             )
         lead = x.shape[:-1]
         rows = math.prod(lead)
-        mode = self.mode_for(rows, x.device, x.requires_grad and torch.is_grad_enabled()) if rows > 0 else "materialize"
+        regime = "forward" if not torch.is_grad_enabled() else "input" if x.requires_grad else "weights"
+        mode = self.mode_for(rows, x.device, regime) if rows > 0 else "materialize"
         if mode != "materialize":
             flat = x.reshape(rows, self.in_features)
             if mode == "stream":

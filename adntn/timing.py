@@ -3,15 +3,16 @@
 Planned flops alone mislead on the CPU: a streamed TTN χ=16 at 4096 rows does half the dense layer's
 flops but ran 2.2x slower than it (benchmarks/results/kernels-kron-cpu.md), because its products have
 a narrow summed extent and write large intermediates. So each candidate mode is traced once on meta
-tensors (shapes, no data): its forward and backward at a planned batch size, under a dispatch mode
-that records every matrix product and every operation that writes memory. Their seconds come from a
+tensors (shapes, no data): its forward (and backward, in the training regimes) at a batch size, under
+a dispatch mode that records every matrix product and every operation that writes memory. Their seconds come from a
 model of this machine fitted to timings of a fixed set of shapes, measured once (a few seconds)
 and cached as JSON in ``$ADNTN_CACHE_DIR`` (default ``~/.cache/adntn``).
 
 A matrix product ``(b, m, k, n)`` costs ``2bmkn · per_flop · (1 + dm/m)(1 + dk/k)(1 + dn/n)`` (BLAS
 runs narrow operands below its peak) plus a price per element read and per element written, the
 latter higher for outputs larger than the caches (fresh pages); any other operation that writes
-memory costs a price per element read and written; every operation pays a dispatch overhead.
+memory costs a price per element read and written (higher past 2^20 elements written); views cost
+nothing; every operation pays a dispatch overhead.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from adntn.errors import AdntnError
 from kernels.calibrate import best_seconds, stored
 
 VERSION = 3
@@ -52,8 +54,12 @@ _MM = {
     torch.ops.aten.addmm.default: 1,
     torch.ops.aten.baddbmm.default: 1,
 }
-# Operations that allocate without writing, or only describe memory.
-_FREE = {"aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty", "aten::new_empty_strided"}
+# Operations that allocate without writing, or only describe memory (_unsafe_view shares its input's
+# storage, though its schema does not say it is a view).
+_FREE = {
+    "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty", "aten::new_empty_strided",
+    "aten::_unsafe_view",
+}  # fmt: skip
 
 
 def cache_file() -> Path:
@@ -175,14 +181,22 @@ def _positive_lstsq(a: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def measure() -> dict[str, Any]:
     """Time the fixed shapes in float32 at torch's current thread count and fit the model (seconds)."""
+    with torch.inference_mode(False), torch.enable_grad():  # whatever mode the first layer is built in
+        return _measure()
+
+
+def _measure() -> dict[str, Any]:
+    # Explicit device and dtype: a model built under torch.device("meta") or another default dtype
+    # must not time (and cache) something else.
+    cpu = {"device": "cpu", "dtype": torch.float32}
     gen = torch.Generator().manual_seed(0)
     gemms = []
     for b, m, k, n in GEMM_SHAPES:
-        x, y = torch.randn(b, m, k, generator=gen), torch.randn(b, k, n, generator=gen)
+        x, y = torch.randn(b, m, k, generator=gen, **cpu), torch.randn(b, k, n, generator=gen, **cpu)
         gemms.append((b, m, k, n, best_seconds(functools.partial(torch.bmm, x, y), reps=2)))
     # Dispatch, autograd and Python bookkeeping, which decide at a few rows: a training step of tiny
     # einsums (as the plans' programs run), its time over the operations it dispatches.
-    tiny = [torch.ones(2, 2, 2, requires_grad=True) for _ in range(8)]
+    tiny = [torch.ones(2, 2, 2, requires_grad=True, **cpu) for _ in range(8)]
 
     def chain() -> None:
         z = tiny[0]
@@ -198,7 +212,7 @@ def measure() -> dict[str, Any]:
     copies = []
     for size in COPY_SIZES:
         side = math.isqrt(size)
-        x = torch.randn(side, side, generator=gen)
+        x = torch.randn(side, side, generator=gen, **cpu)
         copies.append((size, best_seconds(x.t().contiguous, reps=2)))
     return {
         "version": VERSION, "machine": platform.machine(), "threads": torch.get_num_threads(),
@@ -217,7 +231,9 @@ def calibration() -> dict[str, float]:
 
     def valid(cal: dict[str, Any]) -> bool:
         keys = ("per_flop", "dm", "dk", "dn", "write", "write_large", "read", "move", "move_large", "per_op")
-        return all(isinstance(cal["params"][key], float) and cal["params"][key] >= 0 for key in keys)
+        values = [cal["params"][key] for key in keys]
+        # A CPU core does well under 10^14 flops a second: a smaller price was not timed on real data.
+        return all(isinstance(v, float) and math.isfinite(v) and v >= 0 for v in values) and values[0] > 1e-14
 
     cal = stored(cache_file(), VERSION, valid, measure)
     _MEMO[threads] = cal["params"]
@@ -227,16 +243,31 @@ def calibration() -> dict[str, float]:
 # ---------------------------------------------------------------- layers
 
 
-def _step(generator: Any, mode: str, rows: int, needs_dx: bool) -> Callable[[], Any]:
-    """A training step of one mode on meta copies of ``generator``'s cores (bias left out: every mode adds it)."""
+REGIMES = ("forward", "weights", "input")  # no backward; backward to the cores; to the cores and x
+
+
+def _step(generator: Any, mode: str, rows: int, regime: str) -> Callable[[], Any]:
+    """One step of ``mode`` in ``regime`` on meta copies of ``generator``'s cores, in their dtype
+    (the bias left out: every mode adds it)."""
     from torch.func import functional_call
 
-    params = {name: torch.empty_like(p, device="meta").requires_grad_() for name, p in generator.named_parameters()}
-    x = torch.empty(rows, generator.in_features, device="meta", requires_grad=needs_dx)
+    if regime not in REGIMES:
+        raise AdntnError(f"unknown regime {regime!r}; choose one of {', '.join(REGIMES)}")
+    backward = regime != "forward"
+    dtype = next(generator.parameters()).dtype
 
     def run() -> None:
-        y = functional_call(_Probe(generator, mode), {f"generator.{k}": v for k, v in params.items()}, (x,))
-        y.backward(torch.empty_like(y))
+        # Whatever the caller's grad mode (a model built under no_grad or inference_mode), the step
+        # records what it runs in training or, forward only, in inference.
+        with torch.inference_mode(False), torch.set_grad_enabled(backward):
+            params = {
+                f"generator.{name}": torch.empty_like(p, device="meta").requires_grad_(backward)
+                for name, p in generator.named_parameters()
+            }
+            x = torch.empty(rows, generator.in_features, device="meta", dtype=dtype, requires_grad=regime == "input")
+            y = functional_call(_Probe(generator, mode), params, (x,))
+            if backward:
+                y.backward(torch.empty_like(y))
 
     return run
 
@@ -260,6 +291,10 @@ class _Probe(torch.nn.Module):
         return torch.nn.functional.linear(x, w)
 
 
-def mode_seconds(generator: Any, mode: str, rows: int, needs_dx: bool, params: dict[str, float] | None = None) -> float:
-    """Predicted seconds of a CPU training step of ``rows`` samples in ``mode`` (forward and backward)."""
-    return seconds(trace(_step(generator, mode, rows, needs_dx)), params or calibration())
+def mode_seconds(
+    generator: Any, mode: str, rows: int, regime: str = "input", params: dict[str, float] | None = None
+) -> float:
+    """Predicted CPU seconds of one step of ``rows`` samples in ``mode`` (``"materialize"``, ``"stream"`` or
+    ``"kron"``) and ``regime``: ``"forward"`` (no backward), ``"weights"`` (backward to the cores, as
+    an input layer's) or ``"input"`` (to the cores and the input, as a hidden layer's)."""
+    return seconds(trace(_step(generator, mode, rows, regime)), params or calibration())

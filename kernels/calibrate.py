@@ -16,7 +16,9 @@ import json
 import math
 import os
 import platform
+import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,8 @@ def best_seconds(fn: Callable[[], Any], reps: int = 5) -> float:
 
 def stored(path: Path, version: int, valid: Callable[[dict], bool], measure: Callable[[], dict]) -> dict[str, Any]:
     """The JSON calibration at ``path`` if it has this ``version``, torch's current thread count and
-    ``valid`` accepts it; else ``measure()``, written there whole (a temporary file, renamed)."""
+    ``valid`` accepts it; else ``measure()``, written there whole (a temporary file, renamed; a
+    directory that cannot be written gets a warning, and the measurement is still returned)."""
     import torch
 
     try:
@@ -64,10 +67,16 @@ def stored(path: Path, version: int, valid: Callable[[dict], bool], measure: Cal
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     cal = measure()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cal, indent=2))
-    os.replace(tmp, path)
+    # Per process and thread, so concurrent writers never share a temporary file.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(cal, indent=2))
+        os.replace(tmp, path)
+    except OSError as exc:
+        # The measurement stands for this process; the next one measures again.
+        warnings.warn(f"could not store the calibration in {path} ({exc}); set ADNTN_CACHE_DIR to a writable directory",
+                      stacklevel=3)  # fmt: skip
     return cal
 
 

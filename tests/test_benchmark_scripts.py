@@ -263,7 +263,7 @@ def test_kron_cpu_benchmark_times_every_mode(tmp_path: Path) -> None:
 def test_auto_cpu_benchmark_scores_the_pick_against_every_mode(tmp_path: Path) -> None:
     _run([str(REPO / "benchmarks" / "layers" / "auto_cpu.py"), "--quick", "--results", str(tmp_path)])
     result = json.loads((tmp_path / "layers-auto-cpu-quick.json").read_text())
-    assert len(result["rows"]) == 8  # two configs, two batches, both regimes
+    assert len(result["rows"]) == 12  # two configs, two batches, three regimes
     for row in result["rows"]:
         assert set(row["seconds"]) == set(row["predicted"]) == {"materialize", "stream", "kron"}
         assert row["fastest"] == min(row["seconds"], key=row["seconds"].__getitem__)

@@ -51,8 +51,8 @@ def test_auto_mode_follows_the_planned_costs_on_cuda():
     gen = layer.generator
     for b in DECISION_ROWS:
         cuda_cost = gen.stream_cost_at(b, WRITE_WEIGHT["cuda"]) < gen.materialize_cost(b, WRITE_WEIGHT["cuda"])
-        for needs_dx in (False, True):
-            assert layer.uses_stream(b, torch.device("cuda"), needs_dx) == layer.uses_stream(b, "cuda:1") == cuda_cost
+        for regime in ("forward", "weights", "input"):
+            assert layer.uses_stream(b, torch.device("cuda"), regime) == layer.uses_stream(b, "cuda:1") == cuda_cost
     # Streaming 4096 rows writes ~10x the elements of materialising: on a GPU, where GEMM flops are
     # cheap and writes are not, the built weight wins; one sample through the root beats building 16.7M weights.
     assert layer.uses_stream(1, "cuda") and not layer.uses_stream(4096, "cuda")

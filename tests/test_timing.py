@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,19 +20,28 @@ def _products(ops):
     return [op.dims for op in ops if op.kind == "mm"]
 
 
-@pytest.mark.parametrize("needs_dx", [False, True])
-def test_trace_records_the_layer_products_of_a_materialised_step(needs_dx):
+@pytest.mark.parametrize(
+    ("regime", "expected"),
+    [
+        ("forward", [(1, 5, 64, 32)]),  # y = x Wᵀ
+        ("weights", [(1, 5, 64, 32), (1, 32, 5, 64)]),  # and dW = dyᵀ x
+        ("input", [(1, 5, 64, 32), (1, 32, 5, 64), (1, 5, 32, 64)]),  # and dx = dy W
+    ],
+)
+def test_trace_records_the_layer_products_of_a_materialised_step(regime, expected):
     layer = TNLinear(64, 32, "ttn", 2, n_factors=2, mode="materialize")
-    products = _products(timing.trace(timing._step(layer.generator, "materialize", 5, needs_dx)))
-    # The 5-row products: y = x Wᵀ, dW = dyᵀ x and, for a hidden layer, dx = dy W.
-    with_rows = sorted(p for p in products if 5 in p[1:])
-    expected = sorted([(1, 5, 64, 32), (1, 32, 5, 64)] + [(1, 5, 32, 64)] * needs_dx)
-    assert with_rows == expected
+    products = _products(timing.trace(timing._step(layer.generator, "materialize", 5, regime)))
+    assert sorted(p for p in products if 5 in p[1:]) == sorted(expected)
+    # The generator's own products: forward only, or forward and both operands' gradients.
+    built = [p for p in products if 5 not in p[1:]]
+    forward = [p for p in _products(timing.trace(timing._step(layer.generator, "materialize", 5, "forward")))
+               if 5 not in p[1:]]  # fmt: skip
+    assert len(built) == (len(forward) if regime == "forward" else 3 * len(forward))
 
 
 def test_trace_sees_no_data_and_costs_nothing_to_run_at_any_batch():
     layer = TNLinear(4096, 4096, "ttn", 16, mode="materialize")
-    ops = timing.trace(timing._step(layer.generator, "stream", 1 << 20, True))
+    ops = timing.trace(timing._step(layer.generator, "stream", 1 << 20, "input"))
     # A million-row stream would need gigabytes; on meta tensors it is shapes only.
     assert any(op.kind == "mm" and op.dims[0] * op.dims[1] * op.dims[3] >= 1 << 30 for op in ops)
 
@@ -52,11 +62,11 @@ def test_the_model_ranks_modes_as_measured_on_this_machine():
     # benchmarks/results/kernels-kron-cpu.md, batch 4096, x without gradient: TTN χ=16 materialize
     # 2.92 s, stream 6.50 s; MERA χ=2 kron 1.28 s, materialize 2.96 s, stream 3.33 s. Flops said stream for both.
     ttn = TNLinear(4096, 4096, "ttn", 16, mode="materialize").generator
-    sec = {m: timing.mode_seconds(ttn, m, 4096, False, EPYC) for m in ("materialize", "stream")}
+    sec = {m: timing.mode_seconds(ttn, m, 4096, "weights", EPYC) for m in ("materialize", "stream")}
     assert sec["materialize"] < sec["stream"]
     assert ttn.stream_cost_at(4096) < ttn.materialize_cost(4096)
     mera = TNLinear(4096, 4096, "mera", 2, mode="materialize").generator
-    sec = {m: timing.mode_seconds(mera, m, 4096, False, EPYC) for m in ("materialize", "stream", "kron")}
+    sec = {m: timing.mode_seconds(mera, m, 4096, "weights", EPYC) for m in ("materialize", "stream", "kron")}
     assert sec["kron"] < sec["materialize"] < sec["stream"]
 
 
@@ -65,10 +75,12 @@ def test_auto_takes_the_predicted_fastest_mode_per_bucket_and_regime():
     gen = layer.generator
     assert gen.streamable and gen.kron is not None
     for b in DECISION_ROWS:
-        for needs_dx in (False, True):
-            sec = {m: timing.mode_seconds(gen, m, b, needs_dx) for m in ("materialize", "stream", "kron")}
-            assert layer.mode_for(b, "cpu", needs_dx) == min(sec, key=sec.__getitem__)
-            assert layer.uses_stream(b, "cpu", needs_dx) == (layer.mode_for(b, "cpu", needs_dx) != "materialize")
+        for regime in timing.REGIMES:
+            sec = {m: timing.mode_seconds(gen, m, b, regime) for m in ("materialize", "stream", "kron")}
+            assert layer.mode_for(b, "cpu", regime) == min(sec, key=sec.__getitem__)
+            assert layer.uses_stream(b, "cpu", regime) == (layer.mode_for(b, "cpu", regime) != "materialize")
+    with pytest.raises(adntn.AdntnError, match="unknown regime 'train'"):
+        layer.mode_for(8, "cpu", "train")
 
 
 @pytest.mark.parametrize("picked", ["materialize", "stream", "kron"])
@@ -78,7 +90,7 @@ def test_every_mode_auto_can_pick_gives_the_layer_output_and_gradients(picked):
     reference = TNLinear(48, 40, "attn", 3, n_factors=4, mode="materialize").double()
     reference.load_state_dict(layer.state_dict())
     x = torch.randn(3, 48, dtype=torch.float64, requires_grad=True)
-    layer.auto_modes["cpu"][decision_rows(3), True] = picked
+    layer.auto_modes["cpu"][decision_rows(3), "input"] = picked
     assert layer.mode_for(3) == picked
     ys = [m(x) for m in (layer, reference)]
     torch.testing.assert_close(ys[0], ys[1], rtol=1e-10, atol=1e-12)
@@ -92,11 +104,82 @@ def test_a_batch_takes_the_nearest_decision_size():
     assert [decision_rows(r) for r in (0, 1, 2, 3, 5, 200, 300, 1 << 20)] == [1, 1, 1, 4, 4, 256, 256, 16384]
 
 
-def test_a_layer_switched_to_auto_decides_then():
+def test_a_layer_switched_to_auto_decides_at_the_switch_and_compiles():
     layer = TNLinear(32, 32, "ttn", 2, n_factors=2, mode="stream")
     assert layer.mode_for(4096) == "stream" and not layer.auto_modes["cpu"]
     layer.mode = "auto"
-    assert layer.mode_for(4096) in ("materialize", "stream", "kron") and layer.auto_modes["cpu"]
+    assert layer.auto_modes == TNLinear(32, 32, "ttn", 2, n_factors=2).auto_modes
+    x = torch.randn(3, 32)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), layer(x))
+    with pytest.raises(adntn.AdntnError, match="mode='kron' needs a last segment"):
+        TNLinear(32, 32, "ttn", 2, n_factors=2, root_activation="tanh").mode = "kron"
+
+
+def test_forward_looks_up_the_regime_it_runs_in():
+    layer = TNLinear(48, 40, "ttn", 3, n_factors=2)
+    key = decision_rows(6)
+    picks = {(key, "forward"): "kron", (key, "weights"): "stream", (key, "input"): "materialize"}
+    layer.auto_modes["cpu"].update(picks)
+    ran = []
+    for name in ("stream", "stream_kron"):
+        real = getattr(layer.generator, name)
+        setattr(layer.generator, name, lambda x, *a, real=real, name=name, **k: ran.append(name) or real(x, *a, **k))
+    x = torch.randn(6, 48)
+    with torch.no_grad():
+        layer(x)
+    layer(x).sum().backward()
+    layer(x.requires_grad_()).sum().backward()
+    assert ran == ["stream_kron", "stream"]  # forward, then weights; the hidden layer materialised
+
+
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode", "meta_device", "float64_default"])
+def test_construction_context_does_not_change_the_picks(context, monkeypatch):
+    reference = TNLinear(64, 64, "ttn", 2, n_factors=4).auto_modes
+    monkeypatch.setattr(timing, "_MEMO", {})  # so the calibration is measured inside the context
+    timing.cache_file().unlink(missing_ok=True)
+    contexts = {
+        "no_grad": torch.no_grad,
+        "inference_mode": torch.inference_mode,
+        "meta_device": lambda: torch.device("meta"),
+        "float64_default": lambda: _DefaultDtype(torch.float64),
+    }
+    with contexts[context]():
+        layer = TNLinear(64, 64, "ttn", 2, n_factors=4)
+    assert layer.auto_modes == reference
+    assert timing.calibration()["per_flop"] > 1e-14  # timed on real CPU data, not on meta tensors
+    assert "kron" in layer.auto_modes["cpu"].values()  # the model decided, not the flops fallback
+
+
+class _DefaultDtype:
+    def __init__(self, dtype):
+        self.dtype, self.saved = dtype, torch.get_default_dtype()
+
+    def __enter__(self):
+        torch.set_default_dtype(self.dtype)
+
+    def __exit__(self, *exc):
+        torch.set_default_dtype(self.saved)
+
+
+def test_a_float64_layer_switched_to_auto_is_traced_in_its_dtype():
+    layer = TNLinear(64, 64, "ttn", 2, n_factors=2, mode="stream").double()
+    layer.mode = "auto"
+    assert layer.auto_modes == TNLinear(64, 64, "ttn", 2, n_factors=2).double().auto_modes
+    assert timing.mode_seconds(layer.generator, "stream", 4, "input") > 0
+
+
+def test_a_layer_pickled_before_the_timing_model_loads_and_decides():
+    layer = TNLinear(32, 32, "ttn", 2, n_factors=2)
+    state = layer.__getstate__()
+    # What an older TNLinear pickled: a plain "mode" and the flops table "stream_at".
+    old = {k: v for k, v in state.items() if k not in ("auto_modes", "_mode_name")}
+    old.update(mode="auto", stream_at={"cpu": {1: True}, "cuda": {1: True}})
+    loaded = TNLinear.__new__(TNLinear)
+    loaded.__setstate__(old)
+    assert loaded.mode == "auto" and loaded.auto_modes == layer.auto_modes and "stream_at" not in loaded.__dict__
+    x = torch.randn(2, 32)
+    torch.testing.assert_close(loaded(x), layer(x))
 
 
 def test_calibration_reads_its_cache_and_remeasures_a_bad_one(monkeypatch):
@@ -114,9 +197,16 @@ def test_calibration_reads_its_cache_and_remeasures_a_bad_one(monkeypatch):
     assert adntn.timing is timing
 
 
-def test_an_untraceable_activation_falls_back_to_planned_flops():
-    def scaled(z):  # reads a value: fine on data, impossible on meta tensors
-        return torch.tanh(z / float(z.detach().abs().max().clamp_min(1.0)))
+@pytest.mark.parametrize("refusal", ["item", "numpy", "device_check"])
+def test_an_untraceable_activation_falls_back_to_planned_flops(refusal):
+    def scaled(z):  # fine on data, impossible on meta tensors, each in its own way
+        if refusal == "item":
+            return torch.tanh(z / float(z.detach().abs().max().clamp_min(1.0)))
+        if refusal == "numpy":
+            return torch.as_tensor(np.tanh(z.detach().numpy())) + (z - z.detach())
+        if z.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"unsupported device {z.device}")
+        return torch.tanh(z)
 
     layer = TNLinear(64, 64, "ttn", 2, n_factors=4, activation=scaled)
     gen = layer.generator
@@ -125,3 +215,37 @@ def test_an_untraceable_activation_falls_back_to_planned_flops():
         assert layer.mode_for(b) == ("stream" if fewer else "materialize")
     x = torch.randn(5, 64, requires_grad=True)
     torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.generate_weight(), layer.bias))
+
+
+def test_a_calibration_that_cannot_be_stored_warns_and_still_serves(tmp_path):
+    from kernels.calibrate import stored
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    made = {"version": 7, "threads": torch.get_num_threads(), "value": 1.5}
+    with pytest.warns(UserWarning, match="could not store the calibration .* set ADNTN_CACHE_DIR"):
+        assert stored(blocked / "cal.json", 7, lambda cal: True, lambda: dict(made)) == made
+
+
+def test_concurrent_writers_each_store_a_whole_calibration(tmp_path):
+    import threading
+
+    from kernels.calibrate import stored
+
+    path, errors = tmp_path / "cal.json", []
+
+    def write(k):
+        try:
+            stored(path, 1, lambda cal: False, lambda: {"version": 1, "threads": 1, "writer": k, "pad": "x" * 100_000})
+        except Exception as exc:  # any failure of any writer fails the test below
+            errors.append(exc)
+
+    for _ in range(5):
+        threads = [threading.Thread(target=write, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert json.loads(path.read_text())["writer"] in range(8)  # one writer's whole file, never a mix
+    assert not list(tmp_path.glob("*.tmp"))

@@ -1,9 +1,10 @@
 """Does ``TNLinear(mode="auto")`` pick the fastest mode on the CPU? Measured against every mode.
 
-For each configuration (4096x4096, TTN/aTTN/MERA at two bond sizes), batch size and regime (``x``
-needing its gradient, as a hidden layer's does, or not, as an input layer's): one training step
-(``zero_grad``, forward, backward) of each mode the generator has (materialize, stream, kron through
-its torch route), the modes taking turns call by call, one thread; median seconds. Beside them: the
+For each configuration (4096x4096, TTN/aTTN/MERA at two bond sizes), batch size and regime
+(``forward``: no backward, under ``no_grad``; ``weights``: backward to the cores, ``x`` needing no
+gradient, as an input layer's; ``input``: ``x`` needing its gradient too, as a hidden layer's): one step
+of each mode the generator has (materialize, stream, kron through its torch route), the modes taking
+turns call by call, one thread; median seconds. Batch 512 lies between two of ``DECISION_ROWS``. Beside them: the
 seconds :mod:`adntn.timing` predicts, the mode auto picks, the mode the old flops rule picked
 (stream where its planned flops are fewer), and each pick's regret (its time over the fastest's).
 
@@ -28,7 +29,8 @@ for _p in (HERE.parent, REPO):
         sys.path.insert(0, str(_p))
 
 CONFIGS = [("ttn", 2), ("ttn", 16), ("attn", 2), ("attn", 9), ("mera", 2), ("mera", 8)]
-BATCHES = (1, 64, 256, 1024, 4096)
+BATCHES = (1, 64, 256, 512, 1024, 4096)
+REGIMES = ("forward", "weights", "input")
 MODES = ("materialize", "stream", "kron")
 
 
@@ -36,14 +38,14 @@ def _reps(batch: int) -> int:
     return 7 if batch <= 64 else 5 if batch <= 256 else 3
 
 
-def measure(arch: str, bond: int, width: int, batch: int, needs_dx: bool) -> dict[str, Any]:
+def measure(arch: str, bond: int, width: int, batch: int, regime: str) -> dict[str, Any]:
     """Median step seconds per mode, predicted seconds, and the picks of auto and of the flops rule."""
     import torch
 
     import adntn
     from adntn import timing
 
-    x = torch.randn(batch, width, requires_grad=needs_dx)
+    x = torch.randn(batch, width, requires_grad=regime == "input")
     dy = torch.randn(batch, width)
     torch.manual_seed(0)
     auto = adntn.TNLinear(width, width, arch, bond)
@@ -58,6 +60,10 @@ def measure(arch: str, bond: int, width: int, batch: int, needs_dx: bool) -> dic
             layer.forward = lambda x, layer=layer: layer.generator.stream_kron(x, backend="torch") + layer.bias
 
         def step(layer: Any = layer) -> None:
+            if regime == "forward":
+                with torch.no_grad():
+                    layer(x)
+                return
             layer.zero_grad(set_to_none=False)
             x.grad = None
             layer(x).backward(dy)
@@ -74,10 +80,10 @@ def measure(arch: str, bond: int, width: int, batch: int, needs_dx: bool) -> dic
     fastest = min(seconds, key=seconds.__getitem__)
     fewer = gen.streamable and gen.stream_cost_at(batch) < gen.materialize_cost(batch)
     flops_pick = "stream" if fewer else "materialize"
-    pick = auto.mode_for(batch, "cpu", needs_dx)
+    pick = auto.mode_for(batch, "cpu", regime)
     return {
         "seconds": seconds,
-        "predicted": {m: timing.mode_seconds(gen, m, batch, needs_dx) for m in modes},
+        "predicted": {m: timing.mode_seconds(gen, m, batch, regime) for m in modes},
         "fastest": fastest,
         "auto": pick,
         "auto_regret": seconds[pick] / seconds[fastest],
@@ -101,7 +107,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"`benchmarks/layers/auto_cpu.py`. `TNLinear({result['width']}, {result['width']})`; one training step "
         "(zero_grad, forward, backward) per mode, the modes taking turns call by call; median seconds "
         "(7 steps at batch <= 64, 5 at 256, 3 above). kron runs its torch route (the one auto takes on the CPU). "
-        "`dx`: whether x needs its gradient (a hidden layer) or not (an input layer).",
+        "Regime: `forward` (no backward, under no_grad), `weights` (backward to the cores; x needs no gradient, "
+        "an input layer) or `input` (x needs its gradient too, a hidden layer). Batch 512 lies between two "
+        "decision sizes (auto uses the one for 256).",
         "",
         "Predicted: `adntn.timing.mode_seconds` (the step traced on meta tensors, priced by this machine's "
         "calibration). Flops rule: what auto picked before (stream where its planned flops are fewer). "
@@ -111,7 +119,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"({worst['label']}); median regret {statistics.median(r['auto_regret'] for r in rows):.2f}x.** "
         f"The flops rule: {old} of {n}, worst regret {worst_old['flops_regret']:.2f}x ({worst_old['label']}).",
         "",
-        "| config | batch | dx | materialize | stream | kron | predicted m / s / k | fastest | auto | regret | "
+        "| config | batch | regime | materialize | stream | kron | predicted m / s / k | fastest | auto | regret | "
         "flops rule | regret |",
         "|---|---:|---|---:|---:|---:|---|---|---|---:|---|---:|",
     ]
@@ -119,7 +127,7 @@ def markdown(result: dict[str, Any]) -> str:
         sec = " | ".join(f"{r['seconds'][m]:.4f}" if m in r["seconds"] else "—" for m in MODES)
         pred = " / ".join(f"{r['predicted'][m]:.4f}" if m in r["predicted"] else "—" for m in MODES)
         lines.append(
-            f"| {r['config']} | {r['batch']} | {'yes' if r['dx'] else 'no'} | {sec} | {pred} | {r['fastest']} | "
+            f"| {r['config']} | {r['batch']} | {r['regime']} | {sec} | {pred} | {r['fastest']} | "
             f"{r['auto']} | {r['auto_regret']:.2f}x | {r['flops_rule']} | {r['flops_regret']:.2f}x |"
         )
     return "\n".join(lines) + "\n"
@@ -140,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
                               "width": width, "rows": []}  # fmt: skip
     for batch in batches:
         for arch, bond in configs:
-            for needs_dx in (False, True):
-                row = measure(arch, bond, width, batch, needs_dx)
-                row.update(config=f"{arch} χ={bond}", batch=batch, dx=needs_dx)
-                row["label"] = f"{row['config']}, batch {batch}, dx {'yes' if needs_dx else 'no'}"
+            for regime in REGIMES:
+                row = measure(arch, bond, width, batch, regime)
+                row.update(config=f"{arch} χ={bond}", batch=batch, regime=regime)
+                row["label"] = f"{row['config']}, batch {batch}, {regime}"
                 result["rows"].append(row)
                 print(json.dumps(row), flush=True)
                 # Rewritten after every row, so an interrupted run keeps what it measured.
