@@ -485,6 +485,11 @@ class Generator(nn.Module):
         streamed = tnplan.score_path(self._stream_network(rows), list(path))
         return self._groups_cost(self.groups[:-1], write_weight) + streamed.flops + round(write_weight * streamed.write)
 
+    def streams_cheaper(self, rows: int, write_weight: float = 0) -> bool:
+        """Whether streaming ``rows`` inputs costs fewer planned flops (plus ``write_weight`` per element
+        written) than materialising: the planned-cost rule of ``mode="auto"`` (CUDA, and CPU fallback)."""
+        return self.streamable and self.stream_cost_at(rows, write_weight) < self.materialize_cost(rows, write_weight)
+
     def kron_cost_at(self, rows: int, write_weight: float = 0) -> int:
         """Flops of streaming ``rows`` inputs through the Kronecker factors (every group but the last,
         the factors and mixer, then two products per bond term and the mixer's product), plus

@@ -89,6 +89,9 @@ class _Candidate:
     key: tuple[bool, int, int, int]
     sides: Sides
     legs: dict[str, list[str]]
+    rank: int
+    shape: tuple[int, int, int, int]
+    mix_shape: tuple[int, int, int, int] | None
 
 
 def _assignments(k: int, can_mix: list[bool]) -> Iterator[Sides]:
@@ -133,12 +136,14 @@ def _candidate(
     m, p = _extent(lo + la, sizes), _extent(li, sizes)
     n, q = _extent(rb + ro, sizes), _extent(ri, sizes)
     flops = rank * (p * q * n + m * p * n)
+    mix_shape = None
     if mixer:
         flops += _extent(lo + la + rb + ro + mo, sizes)
+        mix_shape = (_extent(lo, sizes), _extent(la + rb, sizes), _extent(mo, sizes), _extent(ro, sizes))
     # Factors the fused kernels take first, then the fewest streamed flops per row, then smaller cuts.
     key = (not fits(m, p, n, q), flops, rank, len(mixer))
     legs = {"cut": cut, "lo": lo, "la": la, "li": li, "ro": ro, "rb": rb, "ri": ri, "mo": mo}
-    return _Candidate(key, sides, legs)
+    return _Candidate(key, sides, legs, rank, (m, p, n, q), mix_shape)
 
 
 def find_split(generator: Generator) -> KronSplit | None:
@@ -198,28 +203,14 @@ def _build(generator: Generator, net: tnplan.Network, best: _Candidate) -> KronS
             return None
         programs.append(plan.compile())
         flops += plan.flops
-    shape = (
-        _extent(legs["lo"] + legs["la"], sizes),
-        _extent(legs["li"], sizes),
-        _extent(legs["rb"] + legs["ro"], sizes),
-        _extent(legs["ri"], sizes),
-    )
-    mix_shape = None
-    if mixer:
-        mix_shape = (
-            _extent(legs["lo"], sizes),
-            _extent(legs["la"] + legs["rb"], sizes),
-            _extent(legs["mo"], sizes),
-            _extent(legs["ro"], sizes),
-        )
     return KronSplit(
         left,
         right,
         (programs[0], programs[1]),
-        _extent(legs["cut"], sizes),
-        shape,  # type: ignore[arg-type]
+        best.rank,
+        best.shape,
         flops,
         mixer,
         programs[2] if mixer else None,
-        mix_shape,
+        best.mix_shape,
     )

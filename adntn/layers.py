@@ -227,13 +227,11 @@ class TNLinear(_TNLayer):
         modes = ["materialize"] + ["stream"] * gen.streamable + ["kron"] * (gen.kron is not None)
         # Outside the try below: a calibration that fails is an error, not a reason to fall back.
         prices = timing.calibration() if len(modes) > 1 else {}
-        weight = WRITE_WEIGHT["cuda"]
         decided: dict[str, dict[tuple[int, str], str]] = {"cpu": {}, "cuda": {}}
         for b in DECISION_ROWS:
-            cuda = gen.streamable and gen.stream_cost_at(b, weight) < gen.materialize_cost(b, weight)
-            fewer = gen.streamable and gen.stream_cost_at(b) < gen.materialize_cost(b)
+            cuda = "stream" if gen.streams_cheaper(b, WRITE_WEIGHT["cuda"]) else "materialize"
             for regime in timing.REGIMES:
-                decided["cuda"][b, regime] = "stream" if cuda else "materialize"
+                decided["cuda"][b, regime] = cuda
                 if len(modes) == 1:
                     decided["cpu"][b, regime] = "materialize"
                     continue
@@ -243,7 +241,7 @@ class TNLinear(_TNLayer):
                     # The trace runs the generator's activations on meta tensors, and a user's callable
                     # may refuse them with any exception (reading a value, numpy, a device check): then
                     # planned flops decide for this layer, as they did before the timing model.
-                    decided["cpu"][b, regime] = "stream" if fewer else "materialize"
+                    decided["cpu"][b, regime] = "stream" if gen.streams_cheaper(b) else "materialize"
                     continue
                 # The first of equal predictions (plain min over the list), so every run picks alike.
                 decided["cpu"][b, regime] = modes[seconds.index(min(seconds))]

@@ -78,8 +78,7 @@ def measure(arch: str, bond: int, width: int, batch: int, regime: str) -> dict[s
             samples[mode].append(time.perf_counter() - start)
     seconds = {m: statistics.median(v) for m, v in samples.items()}
     fastest = min(seconds, key=seconds.__getitem__)
-    fewer = gen.streamable and gen.stream_cost_at(batch) < gen.materialize_cost(batch)
-    flops_pick = "stream" if fewer else "materialize"
+    flops_pick = "stream" if gen.streams_cheaper(batch) else "materialize"
     pick = auto.mode_for(batch, "cpu", regime)
     return {
         "seconds": seconds,
