@@ -51,6 +51,8 @@ RUN_KEEP = 32
 # BLAS cannot address in place: the chunk stays in cache from the GEMM that writes it to the pass
 # that reads it, and no output-sized temporary is faulted in (MERA χ=14's 411 MB root step).
 CHUNK_ELEMENTS = 1 << 19
+# Fewest columns a chunk's product is given (if the step has them): below, BLAS runs far from peak.
+CHUNK_MIN_WIDTH = 256
 
 
 def _best_form(a: int, b: int, legs: dict, out: tuple[int, ...], sizes: Any) -> Step:
@@ -192,10 +194,10 @@ class _CPU:
         elif st.blas:
             xc = _x_canonical(st, x)
             y3 = yc.reshape(bb, kk, nn)
-            zb, zm, _ = st.z_tables
-            for cols, zn_c, run, c in _chunks(st, x.dtype):
-                torch.matmul(xc, y3[:, :, cols], out=c)
-                run_scatter(c.view(-1).numpy(), z.numpy(), pre.numpy(), zb, zm, zn_c, run, code)
+            zb = st.z_tables[0]
+            for rows, cols, zm_c, zn_c, run, c in _chunks(st, x.dtype):
+                torch.matmul(xc[:, rows], y3[:, :, cols], out=c)
+                run_scatter(c.view(-1).numpy(), z.numpy(), pre.numpy(), zb, zm_c, zn_c, run, code)
         else:
             run_forward(
                 x.numpy(), yc.numpy(), z.numpy(), pre.numpy(), *st.x_tables, kk, nn, *st.z_tables, st.run, code,
@@ -235,11 +237,12 @@ class _CPU:
             y3 = yc.reshape(bb, kk, nn)
             yc_bar = memory.empty(yc.numel(), g.dtype)
             ycb3 = yc_bar.reshape(bb, kk, nn)
-            zb, zm, _ = st.z_tables
-            for cols, zn_c, run, c in _chunks(st, g.dtype):
-                run_gather(g.numpy(), out.numpy(), pre.numpy(), code, zb, zm, zn_c, run, c.view(-1).numpy())
-                xc_bar.baddbmm_(c, y3[:, :, cols].transpose(1, 2))
-                ycb3[:, :, cols] = torch.matmul(xc_t, c)
+            zb = st.z_tables[0]
+            for rows, cols, zm_c, zn_c, run, c in _chunks(st, g.dtype):
+                run_gather(g.numpy(), out.numpy(), pre.numpy(), code, zb, zm_c, zn_c, run, c.view(-1).numpy())
+                xc_bar[:, rows].baddbmm_(c, y3[:, :, cols].transpose(1, 2))
+                # The first row block writes its columns of Ȳc, the others add to them.
+                ycb3[:, :, cols].baddbmm_(xc_t[:, :, rows], c, beta=0 if rows.start == 0 else 1)
             return memory.permuted(xc_bar, st.x_shape, inverse), yc_bar
         x_bar = memory.zeros(x.numel(), g.dtype)
         yc_bar = memory.zeros(yc.numel(), g.dtype)
@@ -251,24 +254,33 @@ class _CPU:
 
 
 def _chunks(st: Step, dtype: torch.dtype) -> Any:
-    """``(cols, zn, run, C)`` per chunk of a BLAS step's ``n`` columns: the column slice of ``Yc``,
-    the chunk's outer ``Z`` offsets and run length, and a reused ``(B, M, width)`` buffer for the
-    canonical product of those columns. Chunks are whole runs, or pieces of one long run."""
-    bb, _, _ = st.bkn
-    zn, run = st.z_tables[2], st.run
-    rows = bb * st.x_tables[1].size
-    per = CHUNK_ELEMENTS // max(1, rows * run)
-    if per >= 1:  # whole runs per chunk
-        parts = [(o * run, zn[o : o + per], run) for o in range(0, zn.size, per)]
+    """``(rows, cols, zm, zn, run, C)`` per chunk of a BLAS step's ``(M, n)`` product: the row slice of
+    ``Xc``, the column slice of ``Yc``, the chunk's ``Z`` row and outer offsets and run length, and a
+    reused ``(B, rows, width)`` buffer for the canonical product of that block. Columns come in whole
+    runs, or pieces of one long run, at least :data:`CHUNK_MIN_WIDTH` wide where the product is; rows
+    fill the rest of :data:`CHUNK_ELEMENTS`."""
+    bb, _, nn = st.bkn
+    _, zm, zn = st.z_tables
+    run = st.run
+    # A narrow chunk starves BLAS: (131072 x 24) @ (24 x 4) pieces ran the 25088x4096 TTN χ=24 root
+    # step 8x slower than whole-width blocks of fewer rows.
+    width = min(nn, max(CHUNK_MIN_WIDTH, CHUNK_ELEMENTS // max(1, bb * zm.size)))
+    if width >= run:  # whole runs per chunk
+        per = width // run
+        cols = [(o * run, zn[o : o + per], run) for o in range(0, zn.size, per)]
     else:  # one run is too long: split it
-        piece = max(1, CHUNK_ELEMENTS // max(1, rows))
-        parts = [
-            (o * run + r, zn[o : o + 1] + r, min(piece, run - r)) for o in range(zn.size) for r in range(0, run, piece)
+        cols = [
+            (o * run + r, zn[o : o + 1] + r, min(width, run - r)) for o in range(zn.size) for r in range(0, run, width)
         ]
-    buf = memory.empty(rows * max(offsets.size * length for _, offsets, length in parts), dtype)
-    for start, offsets, length in parts:
-        width = offsets.size * length
-        yield slice(start, start + width), offsets, length, buf[: rows * width].view(bb, -1, width)
+    widest = max(offsets.size * length for _, offsets, length in cols)
+    block = max(1, min(zm.size, CHUNK_ELEMENTS // max(1, bb * widest)))
+    buf = memory.empty(bb * block * widest, dtype)
+    for r0 in range(0, zm.size, block):
+        r1 = min(zm.size, r0 + block)
+        for start, offsets, length in cols:
+            w = offsets.size * length
+            c = buf[: bb * (r1 - r0) * w].view(bb, r1 - r0, w)
+            yield slice(r0, r1), slice(start, start + w), zm[r0:r1], offsets, length, c
 
 
 def _x_canonical(st: Step, x: torch.Tensor) -> torch.Tensor:

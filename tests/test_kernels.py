@@ -3,6 +3,7 @@
 import json
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -303,9 +304,11 @@ def test_host_buffers_permute_and_zero_like_torch(monkeypatch):
         assert memory.empty(7, torch.float64).shape == (7,)
 
 
-@pytest.mark.parametrize("chunk", [1, 48])  # 1: every run split; 48: whole short runs, long ones split
+# (1, 1): every run split, one row per chunk; (48, 1): whole short runs, long ones split, row blocks;
+# (48, 256): whole-width chunks of a few rows.
+@pytest.mark.parametrize(("chunk", "min_width"), [(1, 1), (48, 1), (48, 256)])
 @pytest.mark.parametrize(("arch", "kwargs"), ARCHS)
-def test_blas_steps_in_chunks_match_torch(arch, kwargs, chunk, monkeypatch):
+def test_blas_steps_in_chunks_match_torch(arch, kwargs, chunk, min_width, monkeypatch):
     import kernels.executor as ex
 
     chunks = []
@@ -314,10 +317,19 @@ def test_blas_steps_in_chunks_match_torch(arch, kwargs, chunk, monkeypatch):
     def counted(st, dtype):
         parts = list(split(st, dtype))
         chunks.append(len(parts))
+        # The chunks tile the (M, n) product exactly once.
+        cover = np.zeros((st.z_tables[1].size, st.bkn[2]), dtype=int)
+        for rows, cols, zm_c, zn_c, run, c in parts:
+            cover[rows, cols] += 1
+            assert c.shape == (st.bkn[0], rows.stop - rows.start, cols.stop - cols.start) == (
+                st.bkn[0], zm_c.size, zn_c.size * run,
+            )  # fmt: skip
+        assert (cover == 1).all()
         return iter(parts)
 
     # Small chunks, and the scatter-to-Z path for every BLAS step.
     monkeypatch.setattr(ex, "CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(ex, "CHUNK_MIN_WIDTH", min_width)
     monkeypatch.setattr(ex, "_chunks", counted)
     monkeypatch.setattr(kernels.steps, "_blocks", lambda *a: None)
     torch.manual_seed(0)
