@@ -382,8 +382,9 @@ PARALLEL_MIN_WORK = 1 << 16
 def threads() -> int:
     """Threads the CPU kernels may use: torch's count (within numba's pool), applied to numba.
 
-    numba's OpenMP layer shares the OpenMP runtime with torch, so a parallel launch at another
-    count would change torch's thread count too; every launch therefore runs at torch's count.
+    numba's OpenMP layer runs its own pool (the system libgomp; torch ships another), so the two
+    pools take turns on the same cores; launching at torch's count keeps the process at the number
+    of threads the user set, never more.
     """
     import torch
 
