@@ -382,9 +382,8 @@ PARALLEL_MIN_WORK = 1 << 16
 def threads() -> int:
     """Threads the CPU kernels may use: torch's count (within numba's pool), applied to numba.
 
-    numba's OpenMP layer runs its own pool (the system libgomp; torch ships another), so the two
-    pools take turns on the same cores; launching at torch's count keeps the process at the number
-    of threads the user set, never more.
+    numba's OpenMP layer runs its own pool (the system libgomp; torch ships another); launching at
+    torch's count keeps each pool at the number of threads the user set.
     """
     import torch
 
