@@ -25,9 +25,13 @@ from typing import Any
 
 import numpy as np
 
-VERSION = 8
+# 9: big buffers are reused (kernels.memory keeps freed ones), so the timed steps no longer fault pages
+# in; and a point at K = 24, where the two paths cross.
+VERSION = 9
 LARGE_Y = 1 << 18  # Yc elements beyond which the fused loop streams Yc from memory once per row
-_POINTS = (8, 64)
+# Interpolating K = 24 between 8 and 64 picked the fused loop or BLAS by calibration noise (the 25088x4096
+# TTN χ=24 root step, K = 24: fused 430 ms, BLAS 320 ms forward+backward), hence the middle point.
+_POINTS = (8, 24, 64)
 # With Yc out of cache both paths are bound by memory, and how much each moves per flop depends on K:
 # at K = 3 (a MERA's 25088x4096 root step) the fused loop was 1.6x faster than BLAS plus its copies,
 # at K = 64 BLAS is 4.7x faster, so a single large-Yc point chose BLAS for both. The crossover lies

@@ -9,7 +9,7 @@ import torch
 
 import adntn
 import kernels
-from kernels import KernelsError, get_executor, numba_weight
+from kernels import KernelsError, calibrate, get_executor, numba_weight
 from kernels.calibrate import cache_file, calibration
 
 ARCHS = [
@@ -89,7 +89,7 @@ def test_parallel_kernels_match_torch_with_two_threads(arch, kwargs, monkeypatch
 def _pinned_calibration(monkeypatch, numba: float, blas: float) -> None:
     """A calibration with fixed per-flop costs: the choice then follows the cost model, not the timings
     this process happened to measure (on a tiny generator they may go either way)."""
-    keys = ["8", "64", "large-4", "large-16", "large-64"]
+    keys = [str(k) for k in calibrate._POINTS] + [f"large-{k}" for k in calibrate._LARGE_POINTS]
     cal = {side: dict.fromkeys(keys, v) for side, v in (("numba", numba), ("blas", blas), ("direct", blas))}
     monkeypatch.setattr("kernels.calibrate._MEMO", {torch.get_num_threads(): cal})
 
@@ -175,7 +175,7 @@ def test_cost_model_interpolates_piecewise_in_log_k():
 def test_cost_model_prices_in_place_blas_apart(monkeypatch):
     from kernels.calibrate import step_seconds
 
-    keys = ["8", "64", "large-4", "large-16", "large-64"]
+    keys = [str(k) for k in calibrate._POINTS] + [f"large-{k}" for k in calibrate._LARGE_POINTS]
     cal = {side: dict.fromkeys(keys, value) for side, value in (("numba", 2.0), ("blas", 3.0), ("direct", 1.0))}
     monkeypatch.setattr("kernels.calibrate._MEMO", {torch.get_num_threads(): cal})
     assert step_seconds(10, 8, blas=False) == pytest.approx(20.0)
@@ -343,3 +343,61 @@ def test_blas_steps_in_chunks_match_torch(arch, kwargs, chunk, min_width, monkey
     torch.testing.assert_close(w.detach(), w_ref, rtol=1e-10, atol=1e-10 * float(w_ref.abs().max()))
     for key, p in g.cores.items():
         torch.testing.assert_close(p.grad, g_ref[key], rtol=1e-10, atol=1e-10 * float(g_ref[key].abs().max()))
+
+
+def test_host_buffer_cache_reuses_only_what_nothing_refers_to(monkeypatch):
+    from kernels import memory
+
+    memory.empty_cache()
+    n = memory.HUGE_BYTES // 4  # a big float32 buffer
+    a = memory.empty(n, torch.float32)
+    a.fill_(7.0)
+    ptr = a.data_ptr()
+    view, arr = a[1:], a.numpy()
+    del a
+    b = memory.empty(n, torch.float32)
+    assert b.data_ptr() != ptr  # a view and a numpy array still hold the first buffer
+    del view, arr
+    c = memory.zeros(n, torch.float32)
+    assert c.data_ptr() == ptr and not c.any()  # reused, and zeroed as asked
+    assert memory.cached_bytes() == (2 * n * 4, 0)
+    del b, c
+    assert memory.cached_bytes() == (0, 2 * n * 4)
+    memory.empty_cache()
+    assert memory.cached_bytes() == (0, 0)
+
+    # Over the cap the oldest free buffers go; a cap of 0 keeps none.
+    monkeypatch.setattr(memory, "CACHE_BYTES", n * 4)
+    for _ in range(3):
+        memory.empty(n, torch.float32)
+    assert memory.cached_bytes() == (0, n * 4)
+    monkeypatch.setattr(memory, "CACHE_BYTES", 0)
+    memory.empty_cache()
+    memory.empty(n, torch.float32)
+    assert memory.cached_bytes() == (0, 0)
+
+
+def test_host_buffer_cache_never_hands_one_buffer_to_two_threads():
+    from kernels import memory
+
+    memory.empty_cache()
+    n = memory.HUGE_BYTES // 4
+    held, errors = [], []
+
+    def grab():
+        try:
+            for _ in range(20):
+                t = memory.empty(n, torch.float32)
+                held.append(t)  # every buffer stays in use, so none may be handed out twice
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=grab) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len({t.data_ptr() for t in held}) == len(held) == 80
+    held.clear()
+    memory.empty_cache()
