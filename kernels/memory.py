@@ -8,7 +8,8 @@ allocator, whose heap reuses them.
 
 Even huge pages are zeroed by the kernel on first touch (~7 ms for 64 MiB here), and a training loop
 asks for the same big buffers every step, so freed big buffers are kept, like torch's CUDA caching
-allocator does, up to :data:`CACHE_BYTES` (:func:`empty_cache` releases them). A buffer is free once
+allocator does, up to :data:`CACHE_BYTES` of free ones (trimmed whenever a new buffer is made;
+:func:`empty_cache` releases them). A buffer is free once
 no tensor, view or array refers to it any more, which CPython's reference count tells exactly.
 """
 
