@@ -25,8 +25,7 @@ from typing import Any
 
 import numpy as np
 
-# 9: big buffers are reused (kernels.memory keeps freed ones), so the timed steps no longer fault pages
-# in; and a point at K = 24, where the two paths cross.
+# 9: big buffers are reused (kernels.memory), so the timed steps no longer fault pages in; K = 24 point.
 VERSION = 9
 LARGE_Y = 1 << 18  # Yc elements beyond which the fused loop streams Yc from memory once per row
 # Interpolating K = 24 between 8 and 64 picked the fused loop or BLAS by calibration noise (the 25088x4096
@@ -37,6 +36,8 @@ _POINTS = (8, 24, 64)
 # at K = 64 BLAS is 4.7x faster, so a single large-Yc point chose BLAS for both. The crossover lies
 # below K = 14 (MERA χ=14 and aTTN χ=24 root steps were faster through BLAS), hence the middle point.
 _LARGE_POINTS = (4, 16, 64)
+# The keys of each side's table in a calibration.
+KEYS = tuple(str(k) for k in _POINTS) + tuple(f"large-{k}" for k in _LARGE_POINTS)
 
 
 def cache_file() -> Path:
@@ -158,8 +159,7 @@ def calibration() -> dict[str, Any]:
         return _MEMO[threads]
 
     def valid(cal: dict[str, Any]) -> bool:
-        keys = [str(k) for k in _POINTS] + [f"large-{k}" for k in _LARGE_POINTS]
-        values = [cal[side][key] for side in ("numba", "blas", "direct") for key in keys]
+        values = [cal[side][key] for side in ("numba", "blas", "direct") for key in KEYS]
         return all(isinstance(v, float) and v > 0 for v in values)
 
     cal = stored(cache_file(), VERSION, valid, measure)

@@ -56,6 +56,11 @@ def _is_free(i: int) -> bool:
     return _refs(_BUFFERS, i) <= _FREE_REFS
 
 
+def _free_bytes() -> int:
+    """Bytes of the cached buffers nothing else refers to (under ``_LOCK``)."""
+    return sum(_BUFFERS[i].nbytes for i in range(len(_BUFFERS)) if _is_free(i))
+
+
 def _fits(arr: np.ndarray, n: int, dtype: np.dtype) -> bool:
     return arr.size == n and arr.dtype == dtype
 
@@ -83,7 +88,7 @@ def _allocate(n: int, dtype: torch.dtype, fill: str) -> torch.Tensor:
 
 def _trim() -> None:
     """Drop the oldest free buffers until the free ones fit in :data:`CACHE_BYTES` (under ``_LOCK``)."""
-    free = sum(_BUFFERS[i].nbytes for i in range(len(_BUFFERS)) if _is_free(i))
+    free = _free_bytes()
     i = 0
     while free > CACHE_BYTES and i < len(_BUFFERS):
         if _is_free(i):
@@ -96,7 +101,7 @@ def _trim() -> None:
 def cached_bytes() -> tuple[int, int]:
     """``(in use, free)`` bytes of the big buffers this module keeps."""
     with _LOCK:
-        free = sum(_BUFFERS[i].nbytes for i in range(len(_BUFFERS)) if _is_free(i))
+        free = _free_bytes()
         return sum(a.nbytes for a in _BUFFERS) - free, free
 
 

@@ -89,7 +89,7 @@ def test_parallel_kernels_match_torch_with_two_threads(arch, kwargs, monkeypatch
 def _pinned_calibration(monkeypatch, numba: float, blas: float) -> None:
     """A calibration with fixed per-flop costs: the choice then follows the cost model, not the timings
     this process happened to measure (on a tiny generator they may go either way)."""
-    keys = [str(k) for k in calibrate._POINTS] + [f"large-{k}" for k in calibrate._LARGE_POINTS]
+    keys = calibrate.KEYS
     cal = {side: dict.fromkeys(keys, v) for side, v in (("numba", numba), ("blas", blas), ("direct", blas))}
     monkeypatch.setattr("kernels.calibrate._MEMO", {torch.get_num_threads(): cal})
 
@@ -175,7 +175,7 @@ def test_cost_model_interpolates_piecewise_in_log_k():
 def test_cost_model_prices_in_place_blas_apart(monkeypatch):
     from kernels.calibrate import step_seconds
 
-    keys = [str(k) for k in calibrate._POINTS] + [f"large-{k}" for k in calibrate._LARGE_POINTS]
+    keys = calibrate.KEYS
     cal = {side: dict.fromkeys(keys, value) for side, value in (("numba", 2.0), ("blas", 3.0), ("direct", 1.0))}
     monkeypatch.setattr("kernels.calibrate._MEMO", {torch.get_num_threads(): cal})
     assert step_seconds(10, 8, blas=False) == pytest.approx(20.0)
