@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 # 9: big buffers are reused (kernels.memory), so the timed steps no longer fault pages in; K = 24 point.
-VERSION = 9
+VERSION = 10
 LARGE_Y = 1 << 18  # Yc elements beyond which the fused loop streams Yc from memory once per row
 # Interpolating K = 24 between 8 and 64 picked the fused loop or BLAS by calibration noise (the 25088x4096
 # TTN χ=24 root step, K = 24: fused 430 ms, BLAS 320 ms forward+backward), hence the middle point.
@@ -86,8 +86,9 @@ def stored(path: Path, version: int, valid: Callable[[dict], bool], measure: Cal
 
 
 def _time_point(k: int, m: int = 2048, n: int = 1024) -> tuple[float, float, float]:
-    """Seconds per multiply-add, forward+backward, of ``X[m, k] ⊗ Y[k, n]``: fused loop, BLAS with its
-    scatter and gather passes, and BLAS reading and writing the output in place."""
+    """Seconds per multiply-add, forward+backward, of ``X[m, k] ⊗ Y[k, n]`` in float32 (what layers
+    train in): fused loop, BLAS with its scatter and gather passes, and BLAS reading and writing the
+    output in place."""
     import torch
 
     from kernels import memory
@@ -97,17 +98,18 @@ def _time_point(k: int, m: int = 2048, n: int = 1024) -> tuple[float, float, flo
 
     rng = np.random.default_rng(0)
     st = make_step(0, 1, (0, 1), (1, 2), (0, 2), [m, k, n])  # index ids: 0 = m, 1 = k, 2 = n
-    x, y = rng.standard_normal(m * k), rng.standard_normal(k * n)
-    empty = np.empty(0)
+    x = rng.standard_normal(m * k).astype(np.float32)
+    y = rng.standard_normal(k * n).astype(np.float32)
+    empty = np.empty(0, dtype=np.float32)
     xb, xm, xk = st.x_tables
     zb, zm, zn = st.z_tables
     xt, yt = torch.from_numpy(x.reshape(m, k)), torch.from_numpy(y.reshape(k, n))
 
     # Both paths allocate their outputs fresh, from the executor's allocator, as a real step does.
     def fused() -> None:
-        z = memory.empty(m * n, torch.float64).numpy()
+        z = memory.empty(m * n, torch.float32).numpy()
         run_forward(x, y, z, empty, xb, xm, xk, k, n, zb, zm, zn, st.run, IDENTITY, st.flops)
-        zeros = memory.zeros(m * k, torch.float64).numpy(), memory.zeros(k * n, torch.float64).numpy()
+        zeros = memory.zeros(m * k, torch.float32).numpy(), memory.zeros(k * n, torch.float32).numpy()
         run_backward(x, y, z, z, empty, IDENTITY, *zeros, xb, xm, xk, k, n, zb, zm, zn, st.run, st.flops)
 
     # The executor's own BLAS step (chunked product, scatter and gather), so the price is what runs.
@@ -119,7 +121,7 @@ def _time_point(k: int, m: int = 2048, n: int = 1024) -> tuple[float, float, flo
         _CPU.backward_step(scattered, x_flat, y_flat, z, z, pre, IDENTITY)
 
     def direct() -> None:  # an output BLAS can write in place (Step.z_strides): no scatter, no gather
-        z = memory.empty(m * n, torch.float64).reshape(m, n)
+        z = memory.empty(m * n, torch.float32).reshape(m, n)
         torch.matmul(xt, yt, out=z)
         torch.matmul(z, yt.T), torch.matmul(xt.T, z)
 
@@ -140,10 +142,13 @@ def measure() -> dict[str, Any]:
     }  # fmt: skip
     for k in _POINTS:
         out["numba"][str(k)], out["blas"][str(k)], out["direct"][str(k)] = _time_point(k)
-    # Few rows against a right operand far larger than any cache: the fused loop re-reads it per row.
+    # A right operand larger than any core's cache: the fused loop re-reads it per block of rows, and
+    # BLAS copies it into column tiles once per step. 256 rows, as the root steps that meet such an
+    # operand have hundreds: with 128 (split by single tiles at two threads) the point put BLAS behind
+    # the fused loop (0.8x) while the 4096² aTTN χ=2 root step ran 1.8x faster on BLAS (24 vs 43 ms).
     for k in _LARGE_POINTS:
         key = f"large-{k}"
-        out["numba"][key], out["blas"][key], out["direct"][key] = _time_point(k, m=32, n=(1 << 20) // k)
+        out["numba"][key], out["blas"][key], out["direct"][key] = _time_point(k, m=256, n=(1 << 18) // k)
     return out
 
 

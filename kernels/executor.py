@@ -9,6 +9,7 @@ evaluated along the same plan). ``auto`` picks by a calibrated cost model
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -47,12 +48,12 @@ class GroupSteps:
 
 # An intermediate is written in its consumer's layout only if its own output runs stay this long.
 RUN_KEEP = 32
-# Elements of one chunk of a BLAS product that is scattered into (or gathered from) an output
-# BLAS cannot address in place: the chunk stays in cache from the GEMM that writes it to the pass
-# that reads it, and no output-sized temporary is faulted in (MERA χ=14's 411 MB root step).
-CHUNK_ELEMENTS = 1 << 19
-# Fewest columns a chunk's product is given (if the step has them): below, BLAS runs far from peak.
-CHUNK_MIN_WIDTH = 256
+# Elements of one tile of a BLAS step's product (rows x columns): a tile is computed by one GEMM and
+# scattered into (or gathered from) the output while it is still in the core's L2, and no
+# output-sized temporary is faulted in (MERA χ=14's 411 MB root step).
+TILE_ELEMENTS = 1 << 15
+# Widest column tile: wider output rows leave too few rows per tile for the GEMM.
+TILE_MAX_WIDTH = 512
 
 
 def _best_form(a: int, b: int, legs: dict, out: tuple[int, ...], sizes: Any) -> Step:
@@ -178,7 +179,7 @@ class _CPU:
 
     @staticmethod
     def forward_step(st: Step, x: torch.Tensor, yc: torch.Tensor, code: int, keep_pre: bool) -> tuple:
-        from kernels.numba_cpu import GELU, IDENTITY, TANH, run_forward, run_scatter
+        from kernels.numba_cpu import GELU, IDENTITY, TANH, run_blas_forward, run_forward
 
         # tanh and GELU are libm calls per element in numba (~30 ns each, 7x torch's vectorised
         # tanh): the kernel writes the pre-activation and torch applies them in one pass.
@@ -192,12 +193,13 @@ class _CPU:
             zv = _z_blocks(st, z)
             torch.bmm(xc.expand(zv.shape[0], -1, -1), _y_blocks(st, yc), out=zv)
         elif st.blas:
-            xc = _x_canonical(st, x)
-            y3 = yc.reshape(bb, kk, nn)
-            zb = st.z_tables[0]
-            for rows, cols, zm_c, zn_c, run, c in _chunks(st, x.dtype):
-                torch.matmul(xc[:, rows], y3[:, :, cols], out=c)
-                run_scatter(c.view(-1).numpy(), z.numpy(), pre.numpy(), zb, zm_c, zn_c, run, code)
+            # One numba kernel per step: per tile a GEMM (single-threaded BLAS on each of numba's
+            # threads) and the scatter, so torch's and numba's thread pools never take turns within it.
+            tiles, block = _tiles(nn, st.run, st.z_tables[2].size, st.z_tables[1].size)
+            run_blas_forward(
+                _x_canonical(st, x).contiguous().numpy(), yc.reshape(bb, kk, nn).numpy(), z.numpy(), pre.numpy(),
+                *st.z_tables, code, tiles, block, st.flops,
+            )  # fmt: skip
         else:
             run_forward(
                 x.numpy(), yc.numpy(), z.numpy(), pre.numpy(), *st.x_tables, kk, nn, *st.z_tables, st.run, code,
@@ -214,7 +216,7 @@ class _CPU:
     def backward_step(
         st: Step, x: torch.Tensor, yc: torch.Tensor, g: torch.Tensor, out: torch.Tensor, pre: torch.Tensor, code: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        from kernels.numba_cpu import GELU, IDENTITY, run_backward, run_gather
+        from kernels.numba_cpu import GELU, IDENTITY, run_backward, run_blas_backward
 
         if code == GELU:  # σ' by torch, as in the forward
             g_act = memory.empty(g.numel(), g.dtype)
@@ -232,17 +234,14 @@ class _CPU:
             torch.bmm(xc.t().expand(gv.shape[0], -1, -1), gv, out=_y_blocks(st, yc_bar))
             return memory.permuted(xc_bar, st.x_shape, inverse), yc_bar
         if st.blas:
-            xc_bar = memory.zeros(x.numel(), g.dtype).reshape(bb, -1, kk)
-            xc_t = _x_canonical(st, x).transpose(1, 2)
-            y3 = yc.reshape(bb, kk, nn)
+            xc = _x_canonical(st, x).contiguous()
+            xc_bar = memory.empty(x.numel(), g.dtype).reshape(xc.shape)  # every row is written
             yc_bar = memory.empty(yc.numel(), g.dtype)
-            ycb3 = yc_bar.reshape(bb, kk, nn)
-            zb = st.z_tables[0]
-            for rows, cols, zm_c, zn_c, run, c in _chunks(st, g.dtype):
-                run_gather(g.numpy(), out.numpy(), pre.numpy(), code, zb, zm_c, zn_c, run, c.view(-1).numpy())
-                xc_bar[:, rows].baddbmm_(c, y3[:, :, cols].transpose(1, 2))
-                # The first row block writes its columns of Ȳc, the others add to them.
-                ycb3[:, :, cols].baddbmm_(xc_t[:, :, rows], c, beta=0 if rows.start == 0 else 1)
+            tiles, block = _tiles(nn, st.run, st.z_tables[2].size, st.z_tables[1].size)
+            run_blas_backward(
+                xc.numpy(), yc.reshape(bb, kk, nn).numpy(), g.numpy(), out.numpy(), pre.numpy(), code,
+                xc_bar.numpy(), yc_bar.reshape(bb, kk, nn).numpy(), *st.z_tables, tiles, block, st.flops,
+            )  # fmt: skip
             return memory.permuted(xc_bar, st.x_shape, inverse), yc_bar
         x_bar = memory.zeros(x.numel(), g.dtype)
         yc_bar = memory.zeros(yc.numel(), g.dtype)
@@ -253,34 +252,24 @@ class _CPU:
         return x_bar, yc_bar
 
 
-def _chunks(st: Step, dtype: torch.dtype) -> Any:
-    """``(rows, cols, zm, zn, run, C)`` per chunk of a BLAS step's ``(M, n)`` product: the row slice of
-    ``Xc``, the column slice of ``Yc``, the chunk's ``Z`` row and outer offsets and run length, and a
-    reused ``(B, rows, width)`` buffer for the canonical product of that block. Columns come in whole
-    runs, or pieces of one long run, at least :data:`CHUNK_MIN_WIDTH` wide where the product is; rows
-    fill the rest of :data:`CHUNK_ELEMENTS`."""
-    bb, _, nn = st.bkn
-    _, zm, zn = st.z_tables
-    run = st.run
-    # A narrow chunk starves BLAS: (131072 x 24) @ (24 x 4) pieces ran the 25088x4096 TTN χ=24 root
-    # step 8x slower than whole-width blocks of fewer rows.
-    width = min(nn, max(CHUNK_MIN_WIDTH, CHUNK_ELEMENTS // max(1, bb * zm.size)))
-    if width >= run:  # whole runs per chunk
+@functools.cache
+def _tiles(nn: int, run: int, outer: int, rows: int) -> tuple[np.ndarray, int]:
+    """The column tiles (one row of fields :data:`kernels.numba_cpu.T_LO`... each) and rows per tile of a BLAS
+    step whose ``rows x nn`` outputs (per batch) are written as ``outer`` runs of ``run`` per row.
+
+    Columns come in whole runs, or pieces of one long run, up to :data:`TILE_MAX_WIDTH` wide; rows
+    fill the rest of :data:`TILE_ELEMENTS`.
+    """
+    width = min(nn, TILE_MAX_WIDTH)
+    if width >= run:  # whole runs per tile
         per = width // run
-        cols = [(o * run, zn[o : o + per], run) for o in range(0, zn.size, per)]
+        spans = [(o, min(outer, o + per), 0, run) for o in range(0, outer, per)]
     else:  # one run is too long: split it
-        cols = [
-            (o * run + r, zn[o : o + 1] + r, min(width, run - r)) for o in range(zn.size) for r in range(0, run, width)
-        ]
-    widest = max(offsets.size * length for _, offsets, length in cols)
-    block = max(1, min(zm.size, CHUNK_ELEMENTS // max(1, bb * widest)))
-    buf = memory.empty(bb * block * widest, dtype)
-    for r0 in range(0, zm.size, block):
-        r1 = min(zm.size, r0 + block)
-        for start, offsets, length in cols:
-            w = offsets.size * length
-            c = buf[: bb * (r1 - r0) * w].view(bb, r1 - r0, w)
-            yield slice(r0, r1), slice(start, start + w), zm[r0:r1], offsets, length, c
+        spans = [(o, o + 1, r, min(width, run - r)) for o in range(outer) for r in range(0, run, width)]
+    table = np.array([(lo, hi, r0, n, lo * run + r0, (hi - lo) * n) for lo, hi, r0, n in spans], dtype=np.int64)
+    table.flags.writeable = False  # shared by every call
+    widest = int(table[:, 5].max())
+    return table, max(1, min(rows, TILE_ELEMENTS // widest))
 
 
 def _x_canonical(st: Step, x: torch.Tensor) -> torch.Tensor:

@@ -7,11 +7,21 @@ the same pass. Both release the GIL, and their inner loops run over contiguous m
 vectorises. When torch runs several threads, big steps split their output rows over numba's threads
 (``*_parallel``, chosen by :func:`run_forward` / :func:`run_backward`); the right operand's adjoint is
 then summed per block of rows and the blocks are added in order.
+
+Steps with a long summed extent go to BLAS instead: ``blas_forward`` / ``blas_backward`` cut the product
+into tiles, multiply each with ``np.dot`` (scipy's BLAS, held at one thread) and scatter it into the
+output (or gather the adjoint) while it is in cache, all in one call, and in one parallel region when
+torch allows several threads.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import numba
 import numpy as np
@@ -375,6 +385,158 @@ def gather_rows_parallel(G, OUT, PRE, code, zb, zm, zn, run, C):
     return C
 
 
+# One column tile of a BLAS step (a row of the ``tiles`` table built by ``kernels.executor``): the
+# slice ``zn[lo:hi]`` of the outer output offsets, the offset ``r0`` into each run and the tile's run
+# length, and the tile's first canonical column and width. Tiles cover the columns in order, so a
+# tile's ``(K, width)`` block of the packed ``Yc`` starts at ``K * c0``.
+T_LO, T_HI, T_R0, T_RUN, T_C0, T_WIDTH = range(6)
+
+
+@numba.njit(cache=True, inline="always")
+def _pack(Yc, tiles):
+    """``Yc`` (B, K, N) with each tile's columns made one contiguous ``(K, width)`` block, so a tile's
+    GEMM reads a dense operand."""
+    B, K, N = Yc.shape
+    packed = np.empty((B, K * N), dtype=Yc.dtype)
+    for b in range(B):
+        for t in range(tiles.shape[0]):
+            c0, w = tiles[t, T_C0], tiles[t, T_WIDTH]
+            at = K * c0
+            for k in range(K):
+                packed[b, at + k * w : at + (k + 1) * w] = Yc[b, k, c0 : c0 + w]
+    return packed
+
+
+@numba.njit(cache=True, inline="always")
+def _items(p, parts, B, M, block, T, by_tile):
+    """Part ``p`` of ``parts`` of a tiled step's items ``(b, row block, tile)`` (tile fastest): a range
+    of whole row blocks, or with ``by_tile`` of single tiles (steps with too few rows to go round)."""
+    per_b = (M + block - 1) // block
+    unit = 1 if by_tile else T
+    total = B * per_b * T
+    per = ((total // unit + parts - 1) // parts) * unit
+    return p * per, min(total, (p + 1) * per), per_b
+
+
+@numba.njit(cache=True, inline="always")
+def _blas_forward_part(p, parts, by_tile, Xc, Yp, Z, Zpre, zb, zm, zn, code, tiles, block, buf):
+    B, M, K = Xc.shape
+    T = tiles.shape[0]
+    lo, hi, per_b = _items(p, parts, B, M, block, T, by_tile)
+    for j in range(lo, hi):
+        t = j % T
+        b = j // (T * per_b)
+        r0 = (j // T - b * per_b) * block
+        rows = min(M, r0 + block) - r0
+        w, at, run = tiles[t, T_WIDTH], K * tiles[t, T_C0], tiles[t, T_RUN]
+        outer = zn[tiles[t, T_LO] : tiles[t, T_HI]]
+        np.dot(Xc[b][r0 : r0 + rows], Yp[b, at : at + K * w].reshape(K, w), buf[: rows * w].reshape(rows, w))
+        for i in range(rows):
+            _put_row(buf, i * w, Z, Zpre, zb[b] + zm[r0 + i] + tiles[t, T_R0], outer, run, code)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def blas_forward(Xc, Yc, Z, Zpre, zb, zm, zn, code, tiles, block):
+    """``Z = act(Xc @ Yc)`` by BLAS GEMMs on tiles of ``block`` rows and one column tile, each written
+    through ``Z``'s offsets while it is in cache. ``Xc`` is the canonical ``(B, M, K)`` left operand."""
+    Yp = _pack(Yc, tiles)
+    buf = np.empty(block * np.max(tiles[:, T_WIDTH]), dtype=Z.dtype)
+    _blas_forward_part(0, 1, False, Xc, Yp, Z, Zpre, zb, zm, zn, code, tiles, block, buf)
+    return Z
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)
+def blas_forward_parallel(Xc, Yc, Z, Zpre, zb, zm, zn, code, tiles, block, parts, by_tile):
+    """:func:`blas_forward` with the tiles split over ``parts`` of numba's threads, each running its
+    own single-threaded GEMMs (one parallel region for the whole step)."""
+    Yp = _pack(Yc, tiles)
+    width = np.max(tiles[:, T_WIDTH])
+    for p in numba.prange(parts):
+        buf = np.empty(block * width, dtype=Z.dtype)
+        _blas_forward_part(p, parts, by_tile, Xc, Yp, Z, Zpre, zb, zm, zn, code, tiles, block, buf)
+    return Z
+
+
+@numba.njit(cache=True, inline="always")
+def _blas_backward_part(
+    p, parts, by_tile, Xc, Yp, G, OUT, PRE, code, Xbar, Ybar, zb, zm, zn, tiles, block, buf, tx, ty
+):
+    """Part ``p``'s share of a tiled step's adjoints. Split by row blocks, the part owns those rows of
+    ``X̄c`` (a block's first tile writes them) and adds into its own ``Ȳc``; split by tiles, it owns
+    those columns of ``Ȳc`` (a tile's first block writes them) and adds into its own ``X̄c``."""
+    B, M, K = Xc.shape
+    T = tiles.shape[0]
+    per_b = (M + block - 1) // block
+    inner = per_b if by_tile else T
+    units = B * (T if by_tile else per_b)
+    per = (units + parts - 1) // parts
+    for u in range(p * per, min(units, (p + 1) * per)):
+        b = u // (units // B)
+        outer_i = u - b * (units // B)
+        for v in range(inner):
+            t, blk = (outer_i, v) if by_tile else (v, outer_i)
+            r0 = blk * block
+            rows = min(M, r0 + block) - r0
+            w, at, c0, run = tiles[t, T_WIDTH], K * tiles[t, T_C0], tiles[t, T_C0], tiles[t, T_RUN]
+            outer = zn[tiles[t, T_LO] : tiles[t, T_HI]]
+            for i in range(rows):
+                _take_row(G, OUT, PRE, code, zb[b] + zm[r0 + i] + tiles[t, T_R0], outer, run, buf, i * w)
+            g = buf[: rows * w].reshape(rows, w)
+            yt = Yp[b, at : at + K * w].reshape(K, w)
+            xbar = Xbar[b][r0 : r0 + rows]
+            if not by_tile and t == 0:
+                np.dot(g, yt.T, xbar)
+            else:
+                part = tx[: rows * K].reshape(rows, K)
+                np.dot(g, yt.T, part)
+                xbar += part
+            gy = ty[: K * w].reshape(K, w)
+            np.dot(Xc[b][r0 : r0 + rows].T, g, gy)
+            for k in range(K):
+                dst = Ybar[b, k, c0 : c0 + w]
+                if by_tile and blk == 0:
+                    dst[:] = gy[k]
+                else:
+                    dst += gy[k]
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def blas_backward(Xc, Yc, G, OUT, PRE, code, Xcb, Ycb, zb, zm, zn, tiles, block):
+    """Both canonical adjoints of a :func:`blas_forward` step: per tile, ``Ḡ ⊙ σ'`` gathered through
+    ``Z``'s offsets, then ``X̄c = Ḡ Ycᵀ`` and ``Ȳc += Xcᵀ Ḡ`` by BLAS. ``Xcb`` and ``Ycb`` are written."""
+    K = Xc.shape[2]
+    Yp = _pack(Yc, tiles)
+    width = np.max(tiles[:, T_WIDTH])
+    buf = np.empty(block * width, dtype=G.dtype)
+    tx, ty = np.empty(block * K, dtype=G.dtype), np.empty(K * width, dtype=G.dtype)
+    Ycb[:] = 0.0
+    _blas_backward_part(0, 1, False, Xc, Yp, G, OUT, PRE, code, Xcb, Ycb, zb, zm, zn, tiles, block, buf, tx, ty)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)
+def blas_backward_parallel(Xc, Yc, G, OUT, PRE, code, Xcb, Ycb, zb, zm, zn, tiles, block, parts, by_tile):
+    """:func:`blas_backward` split over ``parts`` threads by row blocks, or ``by_tile``. The adjoint
+    every part adds to (``Ȳc``, or ``X̄c`` by tile) gets one copy per part, summed in part order, so the
+    same ``parts`` give the same result."""
+    B, M, K = Xc.shape
+    Yp = _pack(Yc, tiles)
+    width = np.max(tiles[:, T_WIDTH])
+    Xacc = np.zeros((parts if by_tile else 0, B, M, K), dtype=G.dtype)
+    Yacc = np.zeros((0 if by_tile else parts, B, K, Yc.shape[2]), dtype=G.dtype)
+    for p in numba.prange(parts):
+        buf = np.empty(block * width, dtype=G.dtype)
+        tx, ty = np.empty(block * K, dtype=G.dtype), np.empty(K * width, dtype=G.dtype)
+        xbar = Xacc[p] if by_tile else Xcb
+        ybar = Ycb if by_tile else Yacc[p]
+        _blas_backward_part(
+            p, parts, by_tile, Xc, Yp, G, OUT, PRE, code, xbar, ybar, zb, zm, zn, tiles, block, buf, tx, ty
+        )
+    acc, dst = (Xacc, Xcb) if by_tile else (Yacc, Ycb)
+    dst[:] = acc[0]
+    for q in range(1, parts):
+        dst += acc[q]
+
+
 # Below this many multiply-adds plus outputs a step runs serially: a parallel launch costs ~10 us.
 PARALLEL_MIN_WORK = 1 << 16
 
@@ -429,3 +591,64 @@ def run_gather(G, OUT, PRE, code, zb, zm, zn, run, C):
     if _parallel(zb.size * zm.size, G.size):
         return gather_rows_parallel(G, OUT, PRE, code, zb, zm, zn, run, C)
     return gather_rows(G, OUT, PRE, code, zb, zm, zn, run, C)
+
+
+def _blas_split(Xc, tiles, block: int, work: int) -> tuple[int, bool]:
+    """Threads for a tiled BLAS step (0: the serial kernel), and whether they split it by single
+    tiles (too few row blocks for two each) rather than by whole row blocks."""
+    batches, rows = Xc.shape[0], Xc.shape[1]
+    blocks = batches * -(-rows // block)
+    n = _parallel(blocks * tiles.shape[0], work)
+    return n, bool(n) and blocks < 2 * n
+
+
+def run_blas_forward(Xc, Yc, Z, Zpre, zb, zm, zn, code, tiles, block, flops):
+    """:func:`blas_forward`, or its parallel form when torch allows several threads and the step is big."""
+    n, by_tile = _blas_split(Xc, tiles, block, flops + Z.size)
+    with _one_blas_thread():
+        if n:
+            return blas_forward_parallel(Xc, Yc, Z, Zpre, zb, zm, zn, code, tiles, block, n, by_tile)
+        return blas_forward(Xc, Yc, Z, Zpre, zb, zm, zn, code, tiles, block)
+
+
+def run_blas_backward(Xc, Yc, G, OUT, PRE, code, Xcb, Ycb, zb, zm, zn, tiles, block, flops):
+    """:func:`blas_backward`, or its parallel form when torch allows several threads and the step is big."""
+    n, by_tile = _blas_split(Xc, tiles, block, flops + G.size)
+    with _one_blas_thread():
+        if n:
+            return blas_backward_parallel(Xc, Yc, G, OUT, PRE, code, Xcb, Ycb, zb, zm, zn, tiles, block, n, by_tile)
+        return blas_backward(Xc, Yc, G, OUT, PRE, code, Xcb, Ycb, zb, zm, zn, tiles, block)
+
+
+@functools.cache
+def _blas_libraries() -> Any:  # a threadpoolctl ThreadpoolController
+    # numba's np.dot calls scipy's BLAS: load it first so the controller finds it.
+    import scipy.linalg.cython_blas  # noqa: F401
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(user_api="blas")
+
+
+_BLAS_LOCK = threading.Lock()
+_blas_users = 0
+_blas_limit = None
+
+
+@contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """Hold the BLAS behind numba's ``np.dot`` at one thread while kernels run: numba's threads split
+    the step, and a multi-threaded OpenBLAS inside them would oversubscribe the cores (OpenBLAS warns
+    that it may hang). The first of concurrent callers sets the limit and the last restores it."""
+    global _blas_users, _blas_limit
+    with _BLAS_LOCK:
+        if _blas_users == 0:
+            _blas_limit = _blas_libraries().limit(limits=1)
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limit.restore_original_limits()
+                _blas_limit = None

@@ -3,7 +3,6 @@
 import json
 import threading
 
-import numpy as np
 import pytest
 import torch
 
@@ -45,12 +44,22 @@ def test_numba_matches_torch_forward_and_gradients(arch, kwargs, blas, dtype, to
         torch.testing.assert_close(p.grad, g_ref[key], rtol=tol, atol=tol * float(g_ref[key].abs().max()))
 
 
+# Fused loops; BLAS tiles split by row blocks (tiles of 64 elements: many blocks); BLAS split by
+# single tiles (columns two wide, the default elements: every row of these small steps in one block).
+@pytest.mark.parametrize(
+    ("blas", "tile"), [(False, None), (True, ("TILE_ELEMENTS", 64)), (True, ("TILE_MAX_WIDTH", 2))]
+)
 @pytest.mark.parametrize(("arch", "kwargs"), [ARCHS[1], ARCHS[2], ARCHS[4]])
-def test_parallel_kernels_match_torch_with_two_threads(arch, kwargs, monkeypatch):
+def test_parallel_kernels_match_torch_with_two_threads(arch, kwargs, blas, tile, monkeypatch):
     import kernels.numba_cpu as cpu
 
     calls = {"forward": 0, "backward": 0}
-    forward, backward = cpu.forward_step_parallel, cpu.backward_step_parallel
+    names = ("forward_step_parallel", "backward_step_parallel")
+    if blas:
+        names = ("blas_forward_parallel", "blas_backward_parallel")
+    splits = []
+    split = cpu._blas_split
+    monkeypatch.setattr(cpu, "_blas_split", lambda *a: splits.append(split(*a)) or splits[-1])
 
     def count(name, fn):
         def wrapped(*args):
@@ -59,9 +68,13 @@ def test_parallel_kernels_match_torch_with_two_threads(arch, kwargs, monkeypatch
 
         return wrapped
 
-    monkeypatch.setattr(cpu, "forward_step_parallel", count("forward", forward))
-    monkeypatch.setattr(cpu, "backward_step_parallel", count("backward", backward))
+    for side, name in zip(("forward", "backward"), names, strict=True):
+        monkeypatch.setattr(cpu, name, count(side, getattr(cpu, name)))
     monkeypatch.setattr(cpu, "PARALLEL_MIN_WORK", 0)  # the test shapes are small: force the parallel form
+    if blas:  # every BLAS step through the tiled kernels (none written in place by torch)
+        monkeypatch.setattr(kernels.steps, "_blocks", lambda *a: None)
+        monkeypatch.setattr(f"kernels.executor.{tile[0]}", tile[1])
+        kernels.executor._tiles.cache_clear()
     torch.manual_seed(3)
     g = adntn.make_generator(arch, 40, 60, executor="torch", **kwargs).to(torch.float64)
     grad = torch.randn(g.out_padded, g.in_padded, dtype=torch.float64)
@@ -72,12 +85,16 @@ def test_parallel_kernels_match_torch_with_two_threads(arch, kwargs, monkeypatch
         results = []
         for _ in range(2):
             g.zero_grad()
-            w = numba_weight(g, False)
+            w = numba_weight(g, blas)
             (w * grad).sum().backward()
             results.append((w.detach(), {k: p.grad.clone() for k, p in g.cores.items()}))
     finally:
         torch.set_num_threads(before)
+        kernels.executor._tiles.cache_clear()
     assert calls["forward"] > 0 and calls["backward"] > 0
+    if blas:  # the split the case is for ran (with tiles of 64 elements, by row blocks only)
+        by_tile = {t for n, t in splits if n}
+        assert by_tile == {False} if tile[0] == "TILE_ELEMENTS" else True in by_tile
     w, grads = results[0]
     torch.testing.assert_close(w, w_ref, rtol=1e-10, atol=1e-10 * float(w_ref.abs().max()))
     for key in g.cores:
@@ -304,45 +321,60 @@ def test_host_buffers_permute_and_zero_like_torch(monkeypatch):
         assert memory.empty(7, torch.float64).shape == (7,)
 
 
-# (1, 1): every run split, one row per chunk; (48, 1): whole short runs, long ones split, row blocks;
-# (48, 256): whole-width chunks of a few rows.
-@pytest.mark.parametrize(("chunk", "min_width"), [(1, 1), (48, 1), (48, 256)])
+# (1, 1): every run split into single columns, one row per tile; (48, 4): whole short runs, long
+# ones split, blocks of rows; the defaults: whole-width tiles of many rows.
+@pytest.mark.parametrize(("elements", "width"), [(1, 1), (48, 4), (None, None)])
 @pytest.mark.parametrize(("arch", "kwargs"), ARCHS)
-def test_blas_steps_in_chunks_match_torch(arch, kwargs, chunk, min_width, monkeypatch):
+def test_blas_steps_in_tiles_match_torch(arch, kwargs, elements, width, monkeypatch):
     import kernels.executor as ex
 
-    chunks = []
-    split = ex._chunks
+    seen = []
+    tiles = ex._tiles
 
-    def counted(st, dtype):
-        parts = list(split(st, dtype))
-        chunks.append(len(parts))
-        # The chunks tile the (M, n) product exactly once.
-        cover = np.zeros((st.z_tables[1].size, st.bkn[2]), dtype=int)
-        for rows, cols, zm_c, zn_c, run, c in parts:
-            cover[rows, cols] += 1
-            assert c.shape == (st.bkn[0], rows.stop - rows.start, cols.stop - cols.start) == (
-                st.bkn[0], zm_c.size, zn_c.size * run,
-            )  # fmt: skip
-        assert (cover == 1).all()
-        return iter(parts)
+    def checked(nn, run, outer, rows):
+        table, block = tiles(nn, run, outer, rows)
+        seen.append((len(table), -(-rows // block)))
+        lo, hi, r0, length, c0, w = table.T
+        # The tiles cover the nn columns once, in order: whole runs, or pieces of one run.
+        assert c0[0] == 0 and (c0[1:] == c0[:-1] + w[:-1]).all() and c0[-1] + w[-1] == nn
+        assert (c0 == lo * run + r0).all() and (w == (hi - lo) * length).all() and (r0 + length <= run).all()
+        assert ((r0 == 0) & (length == run) | (hi - lo == 1)).all()
+        assert 1 <= block <= rows
+        return table, block
 
-    # Small chunks, and the scatter-to-Z path for every BLAS step.
-    monkeypatch.setattr(ex, "CHUNK_ELEMENTS", chunk)
-    monkeypatch.setattr(ex, "CHUNK_MIN_WIDTH", min_width)
-    monkeypatch.setattr(ex, "_chunks", counted)
+    # Small tiles, and the scatter-to-Z path for every BLAS step.
+    if elements is not None:
+        monkeypatch.setattr(ex, "TILE_ELEMENTS", elements)
+        monkeypatch.setattr(ex, "TILE_MAX_WIDTH", width)
+    monkeypatch.setattr(ex, "_tiles", checked)
     monkeypatch.setattr(kernels.steps, "_blocks", lambda *a: None)
     torch.manual_seed(0)
     g = adntn.make_generator(arch, 20, 30, executor="torch", **kwargs).double()
     grad = torch.randn(g.out_padded, g.in_padded, dtype=torch.float64)
     w_ref, g_ref = _reference(g, grad)
     g.zero_grad()
-    w = numba_weight(g, True)
-    (w * grad).sum().backward()
-    assert max(chunks) > 1  # the steps really ran in several chunks
+    try:
+        w = numba_weight(g, True)
+        (w * grad).sum().backward()
+    finally:
+        tiles.cache_clear()
+    if elements is not None:  # the steps really ran in several tiles and row blocks
+        assert max(n for n, _ in seen) > 1 and max(b for _, b in seen) > 1
     torch.testing.assert_close(w.detach(), w_ref, rtol=1e-10, atol=1e-10 * float(w_ref.abs().max()))
     for key, p in g.cores.items():
         torch.testing.assert_close(p.grad, g_ref[key], rtol=1e-10, atol=1e-10 * float(g_ref[key].abs().max()))
+
+
+def test_blas_kernels_leave_the_blas_thread_count_as_they_found_it():
+    import kernels.numba_cpu as cpu
+
+    libraries = cpu._blas_libraries()
+    before = [lib["num_threads"] for lib in libraries.info()]
+    with cpu._one_blas_thread():
+        with cpu._one_blas_thread():  # nested (or concurrent) users share the limit
+            assert all(lib["num_threads"] == 1 for lib in libraries.info())
+        assert all(lib["num_threads"] == 1 for lib in libraries.info())
+    assert [lib["num_threads"] for lib in libraries.info()] == before
 
 
 def test_host_buffer_cache_reuses_only_what_nothing_refers_to(monkeypatch):

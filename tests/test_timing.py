@@ -135,7 +135,7 @@ def test_forward_looks_up_the_regime_it_runs_in():
 
 @pytest.mark.parametrize("context", ["no_grad", "inference_mode", "meta_device", "float64_default"])
 def test_construction_context_does_not_change_the_picks(context, monkeypatch):
-    reference = TNLinear(64, 64, "ttn", 2, n_factors=4).auto_modes
+    outside = timing.calibration()
     monkeypatch.setattr(timing, "_MEMO", {})  # so the calibration is measured inside the context
     timing.cache_file().unlink(missing_ok=True)
     contexts = {
@@ -146,8 +146,15 @@ def test_construction_context_does_not_change_the_picks(context, monkeypatch):
     }
     with contexts[context]():
         layer = TNLinear(64, 64, "ttn", 2, n_factors=4)
-    assert layer.auto_modes == reference
-    assert timing.calibration()["per_flop"] > 1e-14  # timed on real CPU data, not on meta tensors
+    inside = timing.calibration()
+    # Timed on real CPU float32 data, as outside: two timings of the same thing vary by ~15% here,
+    # float64 GEMMs would take ~2x, meta tensors nothing.
+    assert inside["per_flop"] > 1e-14
+    for key in ("per_flop", "per_op"):
+        assert outside[key] / 1.5 < inside[key] < outside[key] * 1.5, key
+    # With that calibration, the picks are those of a layer built outside the context (comparing picks
+    # across two calibrations would test timing noise at near ties).
+    assert layer.auto_modes == TNLinear(64, 64, "ttn", 2, n_factors=4).auto_modes
     assert "kron" in layer.auto_modes["cpu"].values()  # the model decided, not the flops fallback
 
 

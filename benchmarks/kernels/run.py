@@ -488,7 +488,10 @@ def main(argv: list[str] | None = None) -> int:
         for job in jobs:
             what = "dense nn.Linear" if job["kind"] == "dense" else f"{ARCH_NAMES[job['arch']]} χ={job['bond']}"
             print(f"{job['threads']} thread(s)  {shape_name(job['shape']):>12}  {what}")
-        print(f"{len(jobs)} worker runs (+1 calibration), {reps} timed reps each ({large_reps} on large shapes)")
+        print(
+            f"{len(jobs)} worker runs (+{len(threads)} calibrations), {reps} timed reps each"
+            f" ({large_reps} on large shapes)"
+        )
         return 0
 
     wall = time.perf_counter()
@@ -519,17 +522,21 @@ def main(argv: list[str] | None = None) -> int:
             "tolerance": TOLERANCE,
             "methods": methods,
             "cache_dirs": {k: str(v) for k, v in dirs.items()},
-            "calibration": None,
+            "calibrations": None,
             "runs": [],
         }
         out_dir.mkdir(parents=True, exist_ok=True)
-        print("[calibrate] numba cost model at 1 thread (shared by every worker)", flush=True)
-        cal = run_job({"kind": "calibrate", "threads": 1, "shape": None, "arch": None, "bond": None}, env, 600)
-        result["calibration"] = cal
-        if "error" in cal:
-            print(f"  FAILED: {cal['error']}", flush=True)
-        else:
-            print(f"  measured in {cal['calibration_s']:.1f} s: {json.dumps(cal['calibration'])}", flush=True)
+        # One calibration per thread count (the cost model is per thread count), before any worker,
+        # so every worker at that count reads the same one.
+        result["calibrations"] = {}
+        for n in threads:
+            print(f"[calibrate] numba cost model at {n} thread(s)", flush=True)
+            cal = run_job({"kind": "calibrate", "threads": n, "shape": None, "arch": None, "bond": None}, env, 600)
+            result["calibrations"][str(n)] = cal
+            if "error" in cal:
+                print(f"  FAILED: {cal['error']}", flush=True)
+            else:
+                print(f"  measured in {cal['calibration_s']:.1f} s: {json.dumps(cal['calibration'])}", flush=True)
         for k, job in enumerate(jobs, 1):
             what = "dense nn.Linear" if job["kind"] == "dense" else f"{ARCH_NAMES[job['arch']]} χ={job['bond']}"
             print(f"[{k}/{len(jobs)}] {job['threads']} thread(s) {shape_name(job['shape'])} {what}", flush=True)
@@ -665,16 +672,22 @@ def markdown(result: dict) -> str:
     title = "# Generator executors on the CPU: numba vs torch eager, torch.compile, opt_einsum, cotengra"
     if result["quick"]:
         title += " (quick smoke run)"
-    cal = result.get("calibration") or {}
-    if "calibration" in cal:
+    # Older results hold one calibration, measured at 1 thread.
+    cals = result.get("calibrations") or {"1": result.get("calibration") or {}}
+    parts = []
+    for n, cal in cals.items():
+        if "calibration" not in cal:
+            parts.append(f"at {n} thread(s) failed: {cal.get('error', 'not run')}")
+            continue
         c = cal["calibration"]
-        cal_text = (
-            "seconds per multiply-add, forward+backward, fused loop / BLAS: "
+        parts.append(
+            f"at {n} thread(s), measured in {cal['calibration_s']:.1f} s: "
             + ", ".join(f"K={k}: {c['numba'][k]:.2e} / {c['blas'][k]:.2e}" for k in c["numba"])
-            + f" (measured once at 1 thread in {cal['calibration_s']:.1f} s, shared by every worker)"
         )
-    else:
-        cal_text = f"failed: {cal.get('error', 'not run')}"
+    cal_text = (
+        "seconds per multiply-add, forward+backward, fused loop / BLAS, one calibration per thread count "
+        "shared by its workers: " + "; ".join(parts)
+    )
     wall = result.get("wall_s")
     lines = [
         title,
