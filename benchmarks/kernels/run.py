@@ -716,8 +716,8 @@ def markdown(result: dict) -> str:
         f"gradients are compared too. Then {_reps_text(result)}: median (min in the JSON and the detail "
         f"table). Each (threads, shape, config) runs in a fresh process with `torch.set_num_threads(n)`, "
         f"`numba.set_num_threads(n)` and `OMP_NUM_THREADS=MKL_NUM_THREADS=n`; at n > 1 the numba loops of big "
-        f"steps split their output rows over n threads (`kernels.numba_cpu.*_parallel`). Speed-up = torch-eager "
-        f"median / numba median.",
+        f"steps split their output rows over n threads, and BLAS steps their tiles (each a single-threaded GEMM "
+        f"and its scatter; `kernels.numba_cpu.*_parallel`). Speed-up = torch-eager median / numba median.",
         "",
         f"**Layer training step** at batch {result['batch']}: `zero_grad(); y = layer(x); y.sum().backward()` "
         f"with `x` of shape `({result['batch']}, in)` requiring grad, for `nn.Linear`, "
