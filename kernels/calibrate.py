@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 # 9: big buffers are reused (kernels.memory), so the timed steps no longer fault pages in; K = 24 point.
+# 10: BLAS steps as tiled numba kernels; float32 points; the out-of-cache point has 256 rows.
 VERSION = 10
 LARGE_Y = 1 << 18  # Yc elements beyond which the fused loop streams Yc from memory once per row
 # Interpolating K = 24 between 8 and 64 picked the fused loop or BLAS by calibration noise (the 25088x4096
@@ -112,7 +113,7 @@ def _time_point(k: int, m: int = 2048, n: int = 1024) -> tuple[float, float, flo
         zeros = memory.zeros(m * k, torch.float32).numpy(), memory.zeros(k * n, torch.float32).numpy()
         run_backward(x, y, z, z, empty, IDENTITY, *zeros, xb, xm, xk, k, n, zb, zm, zn, st.run, st.flops)
 
-    # The executor's own BLAS step (chunked product, scatter and gather), so the price is what runs.
+    # The executor's own BLAS step (tiled products, scatter and gather), so the price is what runs.
     scattered = dataclasses.replace(st, blas=True, z_strides=None)
     x_flat, y_flat = xt.reshape(-1), yt.reshape(-1)
 

@@ -195,7 +195,7 @@ class _CPU:
         elif st.blas:
             # One numba kernel per step: per tile a GEMM (single-threaded BLAS on each of numba's
             # threads) and the scatter, so torch's and numba's thread pools never take turns within it.
-            tiles, block = _tiles(nn, st.run, st.z_tables[2].size, st.z_tables[1].size)
+            tiles, block = _step_tiles(st)
             run_blas_forward(
                 _x_canonical(st, x).contiguous().numpy(), yc.reshape(bb, kk, nn).numpy(), z.numpy(), pre.numpy(),
                 *st.z_tables, code, tiles, block, st.flops,
@@ -237,7 +237,7 @@ class _CPU:
             xc = _x_canonical(st, x).contiguous()
             xc_bar = memory.empty(x.numel(), g.dtype).reshape(xc.shape)  # every row is written
             yc_bar = memory.empty(yc.numel(), g.dtype)
-            tiles, block = _tiles(nn, st.run, st.z_tables[2].size, st.z_tables[1].size)
+            tiles, block = _step_tiles(st)
             run_blas_backward(
                 xc.numpy(), yc.reshape(bb, kk, nn).numpy(), g.numpy(), out.numpy(), pre.numpy(), code,
                 xc_bar.numpy(), yc_bar.reshape(bb, kk, nn).numpy(), *st.z_tables, tiles, block, st.flops,
@@ -270,6 +270,12 @@ def _tiles(nn: int, run: int, outer: int, rows: int) -> tuple[np.ndarray, int]:
     table.flags.writeable = False  # shared by every call
     widest = int(table[:, 5].max())
     return table, max(1, min(rows, TILE_ELEMENTS // widest))
+
+
+def _step_tiles(st: Step) -> tuple[np.ndarray, int]:
+    """:func:`_tiles` of a BLAS step."""
+    _, zm, zn = st.z_tables
+    return _tiles(st.bkn[2], st.run, zn.size, zm.size)
 
 
 def _x_canonical(st: Step, x: torch.Tensor) -> torch.Tensor:

@@ -408,31 +408,31 @@ def _pack(Yc, tiles):
 
 
 @numba.njit(cache=True, inline="always")
-def _items(p, parts, B, M, block, T, by_tile):
-    """Part ``p`` of ``parts`` of a tiled step's items ``(b, row block, tile)`` (tile fastest): a range
-    of whole row blocks, or with ``by_tile`` of single tiles (steps with too few rows to go round)."""
-    per_b = (M + block - 1) // block
-    unit = 1 if by_tile else T
-    total = B * per_b * T
-    per = ((total // unit + parts - 1) // parts) * unit
-    return p * per, min(total, (p + 1) * per), per_b
+def _units(p, parts, B, per_b, T, by_tile):
+    """Part ``p`` of ``parts`` of a tiled step's work: a range of units, each ``(b, row block)`` with all
+    its tiles, or ``by_tile`` each ``(b, tile)`` with all its row blocks (steps with too few row blocks
+    to go round). Returns the range, the units per batch and the items per unit."""
+    per = T if by_tile else per_b
+    units = B * per
+    share = (units + parts - 1) // parts
+    return p * share, min(units, (p + 1) * share), per, per_b if by_tile else T
 
 
 @numba.njit(cache=True, inline="always")
 def _blas_forward_part(p, parts, by_tile, Xc, Yp, Z, Zpre, zb, zm, zn, code, tiles, block, buf):
     B, M, K = Xc.shape
-    T = tiles.shape[0]
-    lo, hi, per_b = _items(p, parts, B, M, block, T, by_tile)
-    for j in range(lo, hi):
-        t = j % T
-        b = j // (T * per_b)
-        r0 = (j // T - b * per_b) * block
-        rows = min(M, r0 + block) - r0
-        w, at, run = tiles[t, T_WIDTH], K * tiles[t, T_C0], tiles[t, T_RUN]
-        outer = zn[tiles[t, T_LO] : tiles[t, T_HI]]
-        np.dot(Xc[b][r0 : r0 + rows], Yp[b, at : at + K * w].reshape(K, w), buf[: rows * w].reshape(rows, w))
-        for i in range(rows):
-            _put_row(buf, i * w, Z, Zpre, zb[b] + zm[r0 + i] + tiles[t, T_R0], outer, run, code)
+    lo, hi, per, inner = _units(p, parts, B, (M + block - 1) // block, tiles.shape[0], by_tile)
+    for u in range(lo, hi):
+        b = u // per
+        for v in range(inner):
+            t, blk = (u - b * per, v) if by_tile else (v, u - b * per)
+            r0 = blk * block
+            rows = min(M, r0 + block) - r0
+            w, at, run = tiles[t, T_WIDTH], K * tiles[t, T_C0], tiles[t, T_RUN]
+            outer = zn[tiles[t, T_LO] : tiles[t, T_HI]]
+            np.dot(Xc[b][r0 : r0 + rows], Yp[b, at : at + K * w].reshape(K, w), buf[: rows * w].reshape(rows, w))
+            for i in range(rows):
+                _put_row(buf, i * w, Z, Zpre, zb[b] + zm[r0 + i] + tiles[t, T_R0], outer, run, code)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
@@ -465,16 +465,11 @@ def _blas_backward_part(
     ``X̄c`` (a block's first tile writes them) and adds into its own ``Ȳc``; split by tiles, it owns
     those columns of ``Ȳc`` (a tile's first block writes them) and adds into its own ``X̄c``."""
     B, M, K = Xc.shape
-    T = tiles.shape[0]
-    per_b = (M + block - 1) // block
-    inner = per_b if by_tile else T
-    units = B * (T if by_tile else per_b)
-    per = (units + parts - 1) // parts
-    for u in range(p * per, min(units, (p + 1) * per)):
-        b = u // (units // B)
-        outer_i = u - b * (units // B)
+    lo, hi, per, inner = _units(p, parts, B, (M + block - 1) // block, tiles.shape[0], by_tile)
+    for u in range(lo, hi):
+        b = u // per
         for v in range(inner):
-            t, blk = (outer_i, v) if by_tile else (v, outer_i)
+            t, blk = (u - b * per, v) if by_tile else (v, u - b * per)
             r0 = blk * block
             rows = min(M, r0 + block) - r0
             w, at, c0, run = tiles[t, T_WIDTH], K * tiles[t, T_C0], tiles[t, T_C0], tiles[t, T_RUN]
