@@ -419,15 +419,21 @@ def _units(p, parts, B, per_b, T, by_tile):
 
 
 @numba.njit(cache=True, inline="always")
+def _item(u, v, per, by_tile, block, M):
+    """Item ``v`` of unit ``u`` (see :func:`_units`): its batch, tile, first row and rows."""
+    b = u // per
+    t, blk = (u - b * per, v) if by_tile else (v, u - b * per)
+    r0 = blk * block
+    return b, t, r0, min(M, r0 + block) - r0
+
+
+@numba.njit(cache=True, inline="always")
 def _blas_forward_part(p, parts, by_tile, Xc, Yp, Z, Zpre, zb, zm, zn, code, tiles, block, buf):
     B, M, K = Xc.shape
     lo, hi, per, inner = _units(p, parts, B, (M + block - 1) // block, tiles.shape[0], by_tile)
     for u in range(lo, hi):
-        b = u // per
         for v in range(inner):
-            t, blk = (u - b * per, v) if by_tile else (v, u - b * per)
-            r0 = blk * block
-            rows = min(M, r0 + block) - r0
+            b, t, r0, rows = _item(u, v, per, by_tile, block, M)
             w, at, run = tiles[t, T_WIDTH], K * tiles[t, T_C0], tiles[t, T_RUN]
             outer = zn[tiles[t, T_LO] : tiles[t, T_HI]]
             np.dot(Xc[b][r0 : r0 + rows], Yp[b, at : at + K * w].reshape(K, w), buf[: rows * w].reshape(rows, w))
@@ -467,11 +473,8 @@ def _blas_backward_part(
     B, M, K = Xc.shape
     lo, hi, per, inner = _units(p, parts, B, (M + block - 1) // block, tiles.shape[0], by_tile)
     for u in range(lo, hi):
-        b = u // per
         for v in range(inner):
-            t, blk = (u - b * per, v) if by_tile else (v, u - b * per)
-            r0 = blk * block
-            rows = min(M, r0 + block) - r0
+            b, t, r0, rows = _item(u, v, per, by_tile, block, M)
             w, at, c0, run = tiles[t, T_WIDTH], K * tiles[t, T_C0], tiles[t, T_C0], tiles[t, T_RUN]
             outer = zn[tiles[t, T_LO] : tiles[t, T_HI]]
             for i in range(rows):
@@ -489,7 +492,7 @@ def _blas_backward_part(
             np.dot(Xc[b][r0 : r0 + rows].T, g, gy)
             for k in range(K):
                 dst = Ybar[b, k, c0 : c0 + w]
-                if by_tile and blk == 0:
+                if by_tile and r0 == 0:  # a tile's first row block writes its columns
                     dst[:] = gy[k]
                 else:
                     dst += gy[k]
