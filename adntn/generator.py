@@ -345,6 +345,17 @@ class Generator(nn.Module):
                 raise AdntnError("executor='numba' needs float32/float64 parameters on the CPU; use 'torch' or 'auto'")
             # auto on a GPU: torch until the CUDA kernels are measured to win there (kernels-gpu.md).
             return False
+        return self.cpu_kernels()
+
+    def cpu_kernels(self) -> bool:
+        """Whether ``forward`` builds the weight with the numba kernels for float32/float64 CPU
+        parameters, wherever the parameters are now (``uses_kernels`` also checks them).
+
+        Raises:
+            KernelsError: With ``executor="numba"``, if a segment has no fused kernel.
+        """
+        if self.executor not in ("numba", "auto"):
+            return False
         if "_kernels_ok" not in self.__dict__:
             from kernels import KernelsError
             from kernels.executor import compiled_steps

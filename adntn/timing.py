@@ -13,12 +13,21 @@ runs narrow operands below its peak) plus a price per element read and per eleme
 latter higher for outputs larger than the caches (fresh pages); any other operation that writes
 memory costs a price per element read and written (higher past 2^20 elements written); views cost
 nothing; every operation pays a dispatch overhead.
+
+A weight the numba kernels build (``Generator.cpu_kernels``, the CPU default) is not traced: its
+price is the kernels' own time, forward and forward plus backward, measured once per kernel program
+on float32 copies of the cores and cached beside the model. The kernels' step model ranks the fused
+loop against BLAS at one step's shape, and is 0.45-2.9x off in absolute seconds on the benchmark
+generators (memory-bound steps with a summed extent of 2, tiles of narrow products), too far to
+weigh a whole weight against streaming.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
+import json
 import math
 import os
 import platform
@@ -32,7 +41,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from adntn.errors import AdntnError
-from kernels.calibrate import best_seconds, stored
+from kernels.calibrate import best_seconds, store, stored
 
 VERSION = 3
 LARGE = 1 << 22  # output elements past which a write streams to fresh memory (16 MiB in float32)
@@ -240,6 +249,103 @@ def calibration() -> dict[str, float]:
     return cal["params"]
 
 
+# ---------------------------------------------------------------- weights the kernels build
+
+WEIGHT_VERSION = 1
+
+
+def weight_cache_file() -> Path:
+    """Where the kernels' measured weight times for torch's current thread count are stored."""
+    return cache_file().with_name(f"kernel-weights-{torch.get_num_threads()}t.json")
+
+
+def _program_key(generator: Any) -> str:
+    """What the kernels' time depends on: every step's shapes, layouts and path (fused or BLAS), the
+    activations, and the threads they may use."""
+    import numba
+
+    from kernels.executor import compiled_steps
+
+    # numba.config, not numba.get_num_threads(): starting numba's pool changes the thread count torch
+    # reads back (kernels.numba_cpu.threads).
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+
+    groups = [
+        (g.code, g.input_sizes, [(s.left, s.right, s.out_legs, s.bkn, s.flops, s.run, s.blas, s.z_strides,
+                                  s.y_axes, s.y_in_shape, s.x_axes, s.x_in_shape) for s in g.steps])
+        for g in compiled_steps(generator)
+    ]  # fmt: skip
+    text = repr((generator.out_padded, generator.in_padded, threads, groups))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _read_weights(path: Path) -> dict[str, dict[str, float]]:
+    try:
+        data = json.loads(path.read_text())
+        if data["version"] != WEIGHT_VERSION or data["threads"] != torch.get_num_threads():
+            return {}
+        return {
+            key: {"forward": float(v["forward"]), "backward": float(v["backward"])}
+            for key, v in data["entries"].items()
+            if all(isinstance(v[k], float) and math.isfinite(v[k]) and v[k] > 0 for k in ("forward", "backward"))
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _measure_weight(generator: Any) -> dict[str, float]:
+    from kernels.executor import numba_weight
+
+    # The cores' values where they have data (the magnitudes training sees), else seeded normals; in
+    # float32 on the CPU whatever the layer's dtype and device, as the rest of the model prices.
+    gen = torch.Generator().manual_seed(0)
+    cores = [
+        (p.detach().to("cpu", torch.float32, copy=True) if p.device.type == "cpu" and p.is_floating_point()
+         else torch.randn(p.shape, generator=gen, dtype=torch.float32)).requires_grad_()
+        for p in generator.cores.values()
+    ]  # fmt: skip
+    grad = torch.ones(generator.out_padded, generator.in_padded)
+
+    def forward() -> None:
+        with torch.no_grad():
+            numba_weight(generator, None, cores)
+
+    def backward() -> None:
+        numba_weight(generator, None, cores).backward(grad)
+        for c in cores:
+            c.grad = None
+
+    return {"forward": best_seconds(forward, reps=3), "backward": best_seconds(backward, reps=3)}
+
+
+_WEIGHTS: dict[tuple[int, str], dict[str, float]] = {}
+
+
+def kernel_weight_seconds(generator: Any) -> dict[str, float]:
+    """Seconds the numba kernels take to build ``generator``'s weight on this machine at torch's
+    current thread count: ``"forward"`` (no backward) and ``"backward"`` (forward, then backward to
+    the cores), float32. Measured once per kernel program (a few calls), then cached in
+    :func:`weight_cache_file`, one entry per program (entries that cannot be read are measured again).
+    """
+    key = _program_key(generator)
+    memo = (torch.get_num_threads(), key)
+    if memo in _WEIGHTS:
+        return _WEIGHTS[memo]
+    path = weight_cache_file()
+    entries = _read_weights(path)
+    if key not in entries:
+        # Whatever the caller's context (a layer built under torch.device("meta"), no_grad or
+        # inference_mode): time real CPU data with autograd on.
+        with torch.device("cpu"), torch.inference_mode(False), torch.enable_grad():
+            measured = _measure_weight(generator)
+        entries = {**_read_weights(path), key: measured}  # re-read: another process may have added some
+        data = {"version": WEIGHT_VERSION, "threads": torch.get_num_threads(), "machine": platform.machine(),
+                "entries": entries}  # fmt: skip
+        store(path, data, stacklevel=3)
+    _WEIGHTS[memo] = entries[key]
+    return entries[key]
+
+
 # ---------------------------------------------------------------- layers
 
 
@@ -248,7 +354,8 @@ REGIMES = ("forward", "weights", "input")  # no backward; backward to the cores;
 
 def _step(generator: Any, mode: str, rows: int, regime: str) -> Callable[[], Any]:
     """One step of ``mode`` in ``regime`` on meta copies of ``generator``'s cores, in their dtype
-    (the bias left out: every mode adds it)."""
+    (the bias left out: every mode adds it). A weight the kernels build is a meta leaf here: its
+    own time is :func:`kernel_weight_seconds`."""
     from torch.func import functional_call
 
     if regime not in REGIMES:
@@ -265,7 +372,11 @@ def _step(generator: Any, mode: str, rows: int, regime: str) -> Callable[[], Any
                 for name, p in generator.named_parameters()
             }
             x = torch.empty(rows, generator.in_features, device="meta", dtype=dtype, requires_grad=regime == "input")
-            y = functional_call(_Probe(generator, mode), params, (x,))
+            if mode == "materialize" and generator.cpu_kernels():
+                w = torch.empty(generator.out_features, generator.in_features, device="meta", dtype=dtype)
+                y = torch.nn.functional.linear(x, w.requires_grad_(backward))
+            else:
+                y = functional_call(_Probe(generator, mode), params, (x,))
             if backward:
                 y.backward(torch.empty_like(y))
 
@@ -286,7 +397,7 @@ class _Probe(torch.nn.Module):
             return gen.stream(x)
         if self.mode == "kron":
             return gen.stream_kron(x, backend="torch")
-        # The torch programs, whichever executor builds W on real data (the numba one is not traceable).
+        # The torch programs (a weight the kernels build is priced apart, by kernel_weight_seconds).
         w = gen.padded_weight()[: gen.out_features, : gen.in_features]
         return torch.nn.functional.linear(x, w)
 
@@ -297,4 +408,8 @@ def mode_seconds(
     """Predicted CPU seconds of one step of ``rows`` samples in ``mode`` (``"materialize"``, ``"stream"`` or
     ``"kron"``) and ``regime``: ``"forward"`` (no backward), ``"weights"`` (backward to the cores, as
     an input layer's) or ``"input"`` (to the cores and the input, as a hidden layer's)."""
-    return seconds(trace(_step(generator, mode, rows, regime)), params or calibration())
+    traced = seconds(trace(_step(generator, mode, rows, regime)), params or calibration())
+    if mode == "materialize" and generator.cpu_kernels():
+        built = kernel_weight_seconds(generator)
+        return traced + built["forward" if regime == "forward" else "backward"]
+    return traced

@@ -73,17 +73,23 @@ def stored(path: Path, version: int, valid: Callable[[dict], bool], measure: Cal
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     cal = measure()
+    store(path, cal, stacklevel=4)
+    return cal
+
+
+def store(path: Path, data: dict[str, Any], stacklevel: int = 2) -> None:
+    """Write ``data`` as JSON at ``path`` whole: a temporary file, renamed, so a reader or another
+    writer never sees a mix. A directory that cannot be written gets a warning (the caller keeps
+    its measurement; the next process measures again)."""
     # Per process and thread, so concurrent writers never share a temporary file.
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(cal, indent=2))
+        tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, path)
     except OSError as exc:
-        # The measurement stands for this process; the next one measures again.
         warnings.warn(f"could not store the calibration in {path} ({exc}); set ADNTN_CACHE_DIR to a writable directory",
-                      stacklevel=3)  # fmt: skip
-    return cal
+                      stacklevel=stacklevel)  # fmt: skip
 
 
 def _time_point(k: int, m: int = 2048, n: int = 1024) -> tuple[float, float, float]:
@@ -135,6 +141,14 @@ def measure() -> dict[str, Any]:
     The steps write 2M outputs, more than any cache holds, as the big steps of real generators do;
     both paths run at torch's current thread count, which is part of the cache key.
     """
+    import torch
+
+    # The first layer may be built under torch.device("meta") or inference mode: time real CPU data.
+    with torch.device("cpu"), torch.inference_mode(False):
+        return _measure()
+
+
+def _measure() -> dict[str, Any]:
     import torch
 
     out: dict[str, Any] = {

@@ -404,14 +404,18 @@ class _KernelGenerator(torch.autograd.Function):
         return (None, None, *(grads[k].reshape(ctx.tensors[k].shape) for k in ctx.keys))
 
 
-def numba_weight(generator: Generator, blas: bool | None = None) -> torch.Tensor:
+def numba_weight(
+    generator: Generator, blas: bool | None = None, cores: list[torch.Tensor] | None = None
+) -> torch.Tensor:
     """The padded weight ``(out_padded, in_padded)`` computed by the kernels (differentiable).
 
     CPU parameters run the numba CPU kernels, CUDA parameters the CUDA kernels. ``blas`` forces
     BLAS (``True``) or the fused loops (``False``) for every CPU step; by default the calibrated
-    cost model chooses per step.
+    cost model chooses per step. ``cores``: tensors to use in place of the generator's cores (same
+    order and shapes), as the layers' timing model does to time the kernels on float32 copies.
     """
-    return _KernelGenerator.apply(generator, blas, *generator.cores.values())
+    tensors = list(generator.cores.values()) if cores is None else cores
+    return _KernelGenerator.apply(generator, blas, *tensors)
 
 
 def get_executor(name: str) -> str:

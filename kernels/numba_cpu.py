@@ -547,10 +547,16 @@ def threads() -> int:
     """
     import torch
 
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    want = torch.get_num_threads()
+    n = max(1, min(want, numba.config.NUMBA_NUM_THREADS))
     # One thread runs only the serial kernels: numba's thread pool is then never started.
-    if n > 1 and numba.get_num_threads() != n:
-        numba.set_num_threads(n)
+    if n > 1:
+        if numba.get_num_threads() != n:
+            numba.set_num_threads(n)
+        # Starting numba's pool sets the OpenMP thread count to NUMBA_NUM_THREADS, and torch reads
+        # its own count from the same libgomp: torch's 2 threads became 4 with NUMBA_NUM_THREADS=4.
+        if torch.get_num_threads() != want:
+            torch.set_num_threads(want)
     return n
 
 

@@ -380,6 +380,27 @@ def test_blas_kernels_leave_the_blas_thread_count_as_they_found_it():
     assert [lib["num_threads"] for lib in libraries.info()] == before
 
 
+def test_the_kernels_leave_torch_at_the_thread_count_it_was_given(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # numba's thread pool, started by the first parallel step, sets the OpenMP thread count that
+    # torch reads back to NUMBA_NUM_THREADS.
+    code = (
+        "import numba, torch\n"
+        "torch.set_num_threads(2)\n"
+        "import adntn\n"
+        "layer = adntn.TNLinear(64, 64, 'ttn', 2, n_factors=4, mode='materialize')\n"
+        "layer(torch.randn(3, 64)).sum().backward()\n"
+        "print(torch.get_num_threads(), numba.get_num_threads())\n"
+    )
+    env = {**os.environ, "NUMBA_NUM_THREADS": "4", "TNPLAN_CACHE_DIR": str(tmp_path), "ADNTN_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["2", "2"]
+
+
 def test_host_buffer_cache_reuses_only_what_nothing_refers_to(monkeypatch):
     from kernels import memory
 

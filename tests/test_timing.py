@@ -29,7 +29,7 @@ def _products(ops):
     ],
 )
 def test_trace_records_the_layer_products_of_a_materialised_step(regime, expected):
-    layer = TNLinear(64, 32, "ttn", 2, n_factors=2, mode="materialize")
+    layer = TNLinear(64, 32, "ttn", 2, n_factors=2, mode="materialize", executor="torch")
     products = _products(timing.trace(timing._step(layer.generator, "materialize", 5, regime)))
     assert sorted(p for p in products if 5 in p[1:]) == sorted(expected)
     # The generator's own products: forward only, or forward and both operands' gradients.
@@ -61,13 +61,68 @@ def test_fit_recovers_the_model_that_made_the_timings():
 def test_the_model_ranks_modes_as_measured_on_this_machine():
     # benchmarks/results/kernels-kron-cpu.md, batch 4096, x without gradient: TTN χ=16 materialize
     # 2.92 s, stream 6.50 s; MERA χ=2 kron 1.28 s, materialize 2.96 s, stream 3.33 s. Flops said stream for both.
-    ttn = TNLinear(4096, 4096, "ttn", 16, mode="materialize").generator
+    # Weights built by the torch programs, as there.
+    ttn = TNLinear(4096, 4096, "ttn", 16, mode="materialize", executor="torch").generator
     sec = {m: timing.mode_seconds(ttn, m, 4096, "weights", EPYC) for m in ("materialize", "stream")}
     assert sec["materialize"] < sec["stream"]
     assert ttn.stream_cost_at(4096) < ttn.materialize_cost(4096)
-    mera = TNLinear(4096, 4096, "mera", 2, mode="materialize").generator
+    mera = TNLinear(4096, 4096, "mera", 2, mode="materialize", executor="torch").generator
     sec = {m: timing.mode_seconds(mera, m, 4096, "weights", EPYC) for m in ("materialize", "stream", "kron")}
     assert sec["kron"] < sec["materialize"] < sec["stream"]
+
+
+@pytest.mark.parametrize("regime", timing.REGIMES)
+def test_a_weight_the_kernels_build_is_priced_by_their_measured_time(regime, monkeypatch):
+    layer = TNLinear(64, 32, "ttn", 2, n_factors=2, mode="materialize")
+    gen = layer.generator
+    assert gen.cpu_kernels()
+    ops = timing.trace(timing._step(gen, "materialize", 5, regime))
+    # Only the layer's own products are traced: the kernels' are not torch operations.
+    assert all(5 in p[1:] for p in _products(ops)) and _products(ops)
+    monkeypatch.setattr(timing, "_WEIGHTS", {})
+    path = timing.weight_cache_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"forward": 0.25, "backward": 0.75}
+    data = {"version": timing.WEIGHT_VERSION, "threads": torch.get_num_threads(),
+            "entries": {timing._program_key(gen): entry}}  # fmt: skip
+    path.write_text(json.dumps(data))
+    built = entry["forward" if regime == "forward" else "backward"]
+    assert timing.mode_seconds(gen, "materialize", 5, regime, EPYC) == pytest.approx(
+        timing.seconds(ops, EPYC) + built, rel=1e-12
+    )
+    # The torch programs' price for the same layer traces the generator instead.
+    torch_gen = TNLinear(64, 32, "ttn", 2, n_factors=2, mode="materialize", executor="torch").generator
+    assert len(timing.trace(timing._step(torch_gen, "materialize", 5, regime))) > len(ops)
+
+
+def test_the_kernels_weight_time_is_measured_once_per_program_and_kept(monkeypatch):
+    monkeypatch.setattr(timing, "_WEIGHTS", {})
+    path = timing.weight_cache_file()
+    path.unlink(missing_ok=True)
+    small = TNLinear(64, 32, "ttn", 2, n_factors=2, mode="materialize").generator
+    wide = TNLinear(64, 32, "ttn", 4, n_factors=2, mode="materialize").generator
+    first = timing.kernel_weight_seconds(small)
+    assert 0 < first["forward"] < first["backward"] < 1.0
+    assert timing.kernel_weight_seconds(wide) != first  # a different program, measured on its own
+    stored = json.loads(path.read_text())["entries"]
+    assert set(stored) == {timing._program_key(small), timing._program_key(wide)}
+    assert timing._program_key(small) == timing._program_key(TNLinear(64, 32, "ttn", 2, n_factors=2).generator)
+
+    def refuse(generator):
+        raise AssertionError("measured again")
+
+    # Another process reads the file; an entry that cannot be read is measured again, the rest kept.
+    monkeypatch.setattr(timing, "_WEIGHTS", {})
+    monkeypatch.setattr(timing, "_measure_weight", refuse)
+    assert timing.kernel_weight_seconds(small) == first
+    stored[timing._program_key(wide)] = {"forward": "fast", "backward": -1.0}
+    path.write_text(json.dumps({**json.loads(path.read_text()), "entries": stored}))
+    monkeypatch.setattr(timing, "_WEIGHTS", {})
+    remeasured = {"forward": 2.0, "backward": 5.0}
+    monkeypatch.setattr(timing, "_measure_weight", lambda generator: dict(remeasured))
+    assert timing.kernel_weight_seconds(wide) == remeasured
+    entries = json.loads(path.read_text())["entries"]
+    assert entries == {timing._program_key(small): first, timing._program_key(wide): remeasured}
 
 
 def test_auto_takes_the_predicted_fastest_mode_per_bucket_and_regime():
