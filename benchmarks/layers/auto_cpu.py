@@ -10,6 +10,7 @@ seconds :mod:`adntn.timing` predicts, the mode auto picks, the mode the old flop
 
     .venv/bin/python benchmarks/layers/auto_cpu.py          # -> benchmarks/results/layers-auto-cpu.{md,json}
     .venv/bin/python benchmarks/layers/auto_cpu.py --quick  # two configs, small: layers-auto-cpu-quick.*
+    .venv/bin/python benchmarks/layers/auto_cpu.py --report-only  # re-render the Markdown from the JSON
 """
 
 from __future__ import annotations
@@ -111,8 +112,9 @@ def markdown(result: dict[str, Any]) -> str:
         "decision sizes (auto uses the one for 256).",
         "",
         "Predicted: `adntn.timing.mode_seconds` (the step traced on meta tensors, priced by this machine's "
-        "calibration). Flops rule: what auto picked before (stream where its planned flops are fewer). "
-        "Regret: the pick's time over the fastest mode's.",
+        "calibration; a weight the numba kernels build, as materialize does by default, adds the kernels' "
+        "own time, measured once per kernel program and cached). Flops rule: what auto picked before "
+        "(stream where its planned flops are fewer). Regret: the pick's time over the fastest mode's.",
         "",
         f"**auto picked the fastest mode in {hits} of {n} cases; worst regret {worst['auto_regret']:.2f}x "
         f"({worst['label']}); median regret {statistics.median(r['auto_regret'] for r in rows):.2f}x.** "
@@ -137,7 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=4096)
     p.add_argument("--quick", action="store_true", help="two configs at width 512, batches 1 and 64 (smoke test)")
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--report-only", action="store_true", help="re-render the Markdown from the JSON")
     args = p.parse_args(argv)
+    if args.report_only:
+        name = "layers-auto-cpu-quick" if args.quick else "layers-auto-cpu"
+        result = json.loads((args.results / f"{name}.json").read_text())
+        (args.results / f"{name}.md").write_text(markdown(result))
+        return 0
     import torch
     from machine import describe
 
