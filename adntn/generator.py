@@ -362,7 +362,7 @@ class Generator(nn.Module):
 
             try:
                 # Measured (benchmarks/results/kernels-cpu.md): with BLAS steps run as tiled numba
-                # kernels, the executor beats torch eager 2.7-11.8x on every configuration there,
+                # kernels, the executor beats torch eager 2.6-11.6x on every configuration there,
                 # BLAS-bound ones included, so auto takes it wherever it compiles.
                 compiled_steps(self)
                 self.__dict__["_kernels_ok"] = True

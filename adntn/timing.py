@@ -17,9 +17,9 @@ nothing; every operation pays a dispatch overhead.
 A weight the numba kernels build (``Generator.cpu_kernels``, the CPU default) is not traced: its
 price is the kernels' own time, forward and forward plus backward, measured once per kernel program
 on float32 copies of the cores and cached beside the model. The kernels' step model ranks the fused
-loop against BLAS at one step's shape, and is 0.45-2.9x off in absolute seconds on the benchmark
-generators (memory-bound steps with a summed extent of 2, tiles of narrow products), too far to
-weigh a whole weight against streaming.
+loop against BLAS at one step's shape; the whole weight took 0.95-5.9x the time it sums to over the 12
+generators of benchmarks/results/kernels-weight-model.md (memory-bound steps with a summed extent of 2
+take longer than the K = 8 point it clamps to), too far to weigh it against streaming.
 """
 
 from __future__ import annotations

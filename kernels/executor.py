@@ -54,6 +54,12 @@ RUN_KEEP = 32
 TILE_ELEMENTS = 1 << 15
 # Widest column tile: wider output rows leave too few rows per tile for the GEMM.
 TILE_MAX_WIDTH = 512
+# Yc elements past a last-level cache (32 MiB of float32: this machine's L3). The fused loop reads Yc
+# once per output row, so past this it streams rows x |Yc| elements from memory, where BLAS reads Yc
+# once; the calibrated points (Yc of 2^18 elements, in L3) cannot see that. The 25088x4096 aTTN χ=24
+# root step (16 rows, |Yc| = 103M) took ~860 ms fused at two threads against 163 ms through BLAS, and a
+# calibration that priced the fused loop cheaper at K = 16 sent it there (generator 996 against 282 ms).
+HUGE_Y = 1 << 23
 
 
 def _best_form(a: int, b: int, legs: dict, out: tuple[int, ...], sizes: Any) -> Step:
@@ -129,9 +135,10 @@ def group_steps(group: Any, blas: bool | None = None) -> GroupSteps:
             y_size = step.bkn[0] * kk * nn
             # BLAS works on the output in place when it is strided blocks and no σ' must be fused.
             direct = step.z_strides is not None and (not last or CODES[act] in (IDENTITY, GELU))
-            use = step_seconds(step.flops, kk, blas=True, y_size=y_size, direct=direct) < step_seconds(
-                step.flops, kk, blas=False, y_size=y_size
-            )
+            # flops > |Yc|: more than one output row per Yc batch, each streaming Yc through the fused loop.
+            use = (y_size > HUGE_Y and step.flops > y_size) or step_seconds(
+                step.flops, kk, blas=True, y_size=y_size, direct=direct
+            ) < step_seconds(step.flops, kk, blas=False, y_size=y_size)
         if use:
             step = replace(step, blas=True)
         steps.append(step)

@@ -292,6 +292,23 @@ def test_intermediates_are_written_in_the_layout_their_consumer_reads(monkeypatc
     assert executor.group_steps(group, blas=False).steps[1].y_axes != (0, 1, 2)
 
 
+@pytest.mark.parametrize(("rows", "blas"), [(16, True), (1, False)])
+def test_a_right_operand_past_the_caches_goes_to_blas_whatever_the_calibration(rows, blas, monkeypatch):
+    from types import SimpleNamespace
+
+    from kernels import executor
+    from tnplan import Network
+
+    # A calibration where the fused loop is 4x cheaper per flop; |Yc| = 16 x 2^20 is past HUGE_Y. With
+    # 16 output rows the fused loop would stream Yc 16 times, BLAS once; one row streams it once either way.
+    _pinned_calibration(monkeypatch, numba=1.0, blas=4.0)
+    net = Network.from_einsum("ij,jk->ik", (rows, 16), (16, 1 << 20))
+    group = SimpleNamespace(activation="identity", network=net, ssa_path=((0, 1),))
+    (step,) = executor.group_steps(group).steps
+    assert step.bkn[0] * step.bkn[1] * step.bkn[2] > executor.HUGE_Y
+    assert step.blas == blas
+
+
 @pytest.mark.parametrize(("arch", "kwargs"), [ARCHS[1], ARCHS[2]])
 def test_numpy_backed_buffers_change_no_number(arch, kwargs, monkeypatch):
     from kernels import memory
