@@ -304,7 +304,7 @@ def _measure_weight(generator: Any) -> dict[str, float]:
          else torch.randn(p.shape, generator=gen, dtype=torch.float32)).requires_grad_()
         for p in generator.cores.values()
     ]  # fmt: skip
-    grad = torch.ones(generator.out_padded, generator.in_padded)
+    grad = torch.ones(generator.out_padded, generator.in_padded, dtype=torch.float32)
 
     def forward() -> None:
         with torch.no_grad():

@@ -193,6 +193,8 @@ def test_construction_context_does_not_change_the_picks(context, monkeypatch):
     outside = timing.calibration()
     monkeypatch.setattr(timing, "_MEMO", {})  # so the calibration is measured inside the context
     timing.cache_file().unlink(missing_ok=True)
+    monkeypatch.setattr(timing, "_WEIGHTS", {})  # and the kernels' weight time
+    timing.weight_cache_file().unlink(missing_ok=True)
     contexts = {
         "no_grad": torch.no_grad,
         "inference_mode": torch.inference_mode,
