@@ -10,6 +10,7 @@ evaluated along the same plan). ``auto`` picks by a calibrated cost model
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -101,7 +102,7 @@ def group_steps(group: Any, blas: bool | None = None) -> GroupSteps:
         KernelsError: If the group cannot run in these kernels (a callable activation, a diagonal,
             or a single operand).
     """
-    from kernels.numba_cpu import CODES, GELU, IDENTITY
+    from kernels.numba_cpu import CODES, GELU
     from tnplan.cost import leaf_legs, score_path
 
     act = group.activation
@@ -131,20 +132,28 @@ def group_steps(group: Any, blas: bool | None = None) -> GroupSteps:
         # A GEMM-shaped step (long summed extent) belongs to BLAS; the calibrated model decides.
         use = blas
         if use is None:
-            _, kk, nn = step.bkn
-            y_size = step.bkn[0] * kk * nn
-            # BLAS works on the output in place when it is strided blocks and no σ' must be fused.
-            direct = step.z_strides is not None and (not last or CODES[act] in (IDENTITY, GELU))
+            y_size = math.prod(step.bkn)
             # flops > |Yc|: more than one output row per Yc batch, each streaming Yc through the fused loop.
-            use = (y_size > HUGE_Y and step.flops > y_size) or step_seconds(
-                step.flops, kk, blas=True, y_size=y_size, direct=direct
-            ) < step_seconds(step.flops, kk, blas=False, y_size=y_size)
+            streams_y = y_size > HUGE_Y and step.flops > y_size
+            prices = [step_cost(step, last, CODES[act], path) for path in (True, False)]
+            use = streams_y or prices[0] < prices[1]
         if use:
             step = replace(step, blas=True)
         steps.append(step)
         legs[st.result] = out
     input_sizes = tuple(int(np.prod([sizes[i] for i in t])) for t in net.int_inputs)
     return GroupSteps(net.num_tensors, input_sizes, tuple(steps), CODES[act], CODES[act] == GELU)
+
+
+def step_cost(step: Step, last: bool, code: int, blas: bool) -> float:
+    """Predicted forward+backward seconds of ``step`` (its group's ``last`` step or not, activation
+    ``code``) through BLAS or the fused loop, by the calibrated model (:func:`kernels.calibrate.step_seconds`)."""
+    from kernels.numba_cpu import GELU, IDENTITY
+
+    _, kk, _ = step.bkn
+    # BLAS works on the output in place when it is strided blocks and no σ' must be fused.
+    direct = blas and step.z_strides is not None and (not last or code in (IDENTITY, GELU))
+    return step_seconds(step.flops, kk, blas=blas, y_size=math.prod(step.bkn), direct=direct)
 
 
 def compiled_steps(generator: Generator, blas: bool | None = None) -> list[GroupSteps]:

@@ -31,20 +31,15 @@ STEM = "kernels-weight-model"
 
 
 def predicted_seconds(generator: Any) -> float:
-    """Forward+backward seconds of the generator's steps by the kernels' per-step model."""
-    from kernels.calibrate import step_seconds
-    from kernels.executor import compiled_steps
-    from kernels.numba_cpu import GELU, IDENTITY
+    """Forward+backward seconds of the generator's steps, each on the path it takes, by the kernels'
+    per-step model."""
+    from kernels.executor import compiled_steps, step_cost
 
-    total = 0.0
-    for group in compiled_steps(generator):
-        for k, st in enumerate(group.steps):
-            _, kk, nn = st.bkn
-            last = k == len(group.steps) - 1
-            # As kernels.executor.group_steps prices it.
-            direct = st.blas and st.z_strides is not None and (not last or group.code in (IDENTITY, GELU))
-            total += step_seconds(st.flops, kk, blas=st.blas, y_size=st.bkn[0] * kk * nn, direct=direct)
-    return total
+    return sum(
+        step_cost(st, k == len(group.steps) - 1, group.code, st.blas)
+        for group in compiled_steps(generator)
+        for k, st in enumerate(group.steps)
+    )
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--report-only", action="store_true", help="re-render the Markdown from the JSON")
     args = p.parse_args(argv)
+    name = "layers-auto-cpu-quick" if args.quick else "layers-auto-cpu"
     if args.report_only:
-        name = "layers-auto-cpu-quick" if args.quick else "layers-auto-cpu"
         result = json.loads((args.results / f"{name}.json").read_text())
         (args.results / f"{name}.md").write_text(markdown(result))
         return 0
@@ -162,7 +162,6 @@ def main(argv: list[str] | None = None) -> int:
                 result["rows"].append(row)
                 print(json.dumps(row), flush=True)
                 # Rewritten after every row, so an interrupted run keeps what it measured.
-                name = "layers-auto-cpu-quick" if args.quick else "layers-auto-cpu"
                 args.results.mkdir(parents=True, exist_ok=True)
                 (args.results / f"{name}.json").write_text(json.dumps(result, indent=1))
                 (args.results / f"{name}.md").write_text(markdown(result))
