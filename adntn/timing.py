@@ -251,7 +251,8 @@ def calibration() -> dict[str, float]:
 
 # ---------------------------------------------------------------- weights the kernels build
 
-WEIGHT_VERSION = 1
+# 2: steps keyed by kernels.steps.signature (their offset tables included).
+WEIGHT_VERSION = 2
 
 
 def weight_cache_file() -> Path:
@@ -265,16 +266,14 @@ def _program_key(generator: Any) -> str:
     import numba
 
     from kernels.executor import compiled_steps
+    from kernels.steps import signature
 
     # numba.config, not numba.get_num_threads(): starting numba's pool changes the thread count torch
     # reads back (kernels.numba_cpu.threads).
     threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
 
-    groups = [
-        (g.code, g.input_sizes, [(s.left, s.right, s.out_legs, s.bkn, s.flops, s.run, s.blas, s.z_strides,
-                                  s.y_axes, s.y_in_shape, s.x_axes, s.x_in_shape) for s in g.steps])
-        for g in compiled_steps(generator)
-    ]  # fmt: skip
+    groups = [(g.code, g.input_sizes, [(s.left, s.right, signature(s)) for s in g.steps])
+              for g in compiled_steps(generator)]  # fmt: skip
     text = repr((generator.out_padded, generator.in_padded, threads, groups))
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 

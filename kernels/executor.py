@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from kernels import memory
+from kernels import memory, tune
 from kernels.calibrate import step_seconds
 from kernels.errors import KernelsError
 from kernels.steps import Step, make_step
@@ -135,8 +135,13 @@ def group_steps(group: Any, blas: bool | None = None) -> GroupSteps:
             y_size = math.prod(step.bkn)
             # flops > |Yc|: more than one output row per Yc batch, each streaming Yc through the fused loop.
             streams_y = y_size > HUGE_Y and step.flops > y_size
-            prices = [step_cost(step, last, CODES[act], path) for path in (True, False)]
-            use = streams_y or prices[0] < prices[1]
+            prices = (step_cost(step, last, CODES[act], True), step_cost(step, last, CODES[act], False))
+            if streams_y:
+                use = True
+            elif tune.is_tie(prices):  # within the model's noise: time the step itself (kernels.tune)
+                use = tune.blas_is_faster(step, last, CODES[act], CODES[act] == GELU)
+            else:
+                use = prices[0] < prices[1]
         if use:
             step = replace(step, blas=True)
         steps.append(step)

@@ -11,6 +11,7 @@ read the same tables: ``X̄ = Z̄ ⊗ Y`` (summing ``n``) and ``Ȳ = X ⊗ Z̄``
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -151,3 +152,11 @@ def _stride(table: np.ndarray) -> int | None:
 def _blocks(zm: np.ndarray, zn: np.ndarray) -> tuple[int, int] | None:
     sm, sn = _stride(zm), _stride(zn)
     return None if sm is None or sn is None else (sn, sm)
+
+
+def signature(step: Step) -> tuple:
+    """What a step's running time depends on (its shapes, layouts, offset tables and path, not the
+    operands' SSA ids), for cache keys."""
+    tables = hashlib.sha256(b"".join(t.tobytes() for t in (*step.x_tables, *step.z_tables))).hexdigest()[:16]
+    return (step.bkn, step.flops, step.out_size, step.run, step.blas, step.z_strides, step.y_axes,
+            step.y_in_shape, step.x_axes, step.x_in_shape, tables)  # fmt: skip

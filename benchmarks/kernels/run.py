@@ -173,6 +173,26 @@ def _inductor_counters() -> dict[str, int]:
     return {}
 
 
+def step_picks(g: Any) -> list[dict[str, Any]]:
+    """Per numba step: its extents, the path it ran, the cost model's prices, and the timings that
+    settled a near tie (:mod:`kernels.tune`), as ``compiled_steps`` chose them."""
+    from kernels import tune
+    from kernels.executor import compiled_steps, step_cost
+    from kernels.numba_cpu import GELU
+
+    rows = []
+    for gs in compiled_steps(g):
+        for k, st in enumerate(gs.steps):
+            last = k == len(gs.steps) - 1
+            blas, fused = step_cost(st, last, gs.code, True), step_cost(st, last, gs.code, False)
+            row = {"bkn": list(st.bkn), "flops": st.flops, "blas": st.blas, "model_s": {"blas": blas, "fused": fused}}
+            timed = tune.step_times(st, last, gs.code, gs.code == GELU, measure=False)
+            if timed is not None:
+                row["timed_s"] = timed
+            rows.append(row)
+    return rows
+
+
 def generator_methods(spec: dict, log: Any) -> dict[str, Any]:
     """Build the generator and measure every method's forward+backward."""
     import torch
@@ -285,6 +305,8 @@ def generator_methods(spec: dict, log: Any) -> dict[str, Any]:
                 step()
                 times.append(_ms(time.perf_counter() - t))
             res.update(median_ms=statistics.median(times), min_ms=min(times), times_ms=times)
+            if name == "numba":
+                res["steps"] = step_picks(g)
             print(
                 f"  {name:<24} median {res['median_ms']:9.1f} ms  min {res['min_ms']:9.1f} ms  "
                 f"first {res['first_ms']:9.1f} ms  W err {res['w_err']:.1e}  grad err {res['grad_err']:.1e}",
@@ -508,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
             "TORCHINDUCTOR_CACHE_DIR": str(dirs["inductor"]),
         }
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+        from kernels import tune
+
         result: dict[str, Any] = {
             "machine": describe(),
             "date": time.strftime("%Y-%m-%d"),
@@ -520,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
             "large": LARGE,
             "batch": BATCH,
             "tolerance": TOLERANCE,
+            "tune_tie": tune.TIE,
+            "tune_min_ms": tune.MIN_SECONDS * 1e3,
             "methods": methods,
             "cache_dirs": {k: str(v) for k, v in dirs.items()},
             "calibrations": None,
@@ -645,6 +671,27 @@ def target_lines(result: dict) -> list[str]:
     return lines
 
 
+def _tune_text(result: dict) -> str:
+    """The near-tie steps :mod:`kernels.tune` timed, per run, and whether the timing overruled the model."""
+    parts, overruled = [], 0
+    for r in sorted(_tn_runs(result), key=lambda r: (r["shape"], ARCHS.index(r["arch"]), r["bond"], r["threads"])):
+        for st in r["methods"].get("numba", {}).get("steps", []):
+            if "timed_s" not in st:
+                continue
+            model, timed = st["model_s"], st["timed_s"]
+            flipped = (model["blas"] < model["fused"]) != st["blas"]
+            overruled += flipped
+            parts.append(
+                f"{_config(r)} {shape_name(r['shape'])} at {r['threads']} thread(s), step {tuple(st['bkn'])} "
+                f"({st['flops']:.2g} multiply-adds): model {model['blas'] * 1e3:.1f} / {model['fused'] * 1e3:.1f} ms, "
+                f"timed {timed['blas'] * 1e3:.1f} / {timed['fused'] * 1e3:.1f} ms -> "
+                f"{'BLAS' if st['blas'] else 'fused'}" + (" (overruled the model)" if flipped else "")
+            )
+    if not parts:
+        return "no step was a near tie."
+    return f"{len(parts)} step(s), {overruled} pick(s) overruled the model (BLAS / fused): " + "; ".join(parts) + "."
+
+
 def _inductor_text(result: dict) -> str:
     """The FX graph cache hits and misses summed over every torch.compile first call."""
     totals: dict[str, int] = {}
@@ -732,6 +779,15 @@ def markdown(result: dict) -> str:
         "the first worker plans and compiles the numba kernels, and a graph inductor already compiled (the "
         "second thread count, or reduce-overhead after default) could come from inductor's FX graph cache: "
         f"{_inductor_text(result)}.",
+        "",
+        "Near ties (`kernels.tune`): a step whose two model prices lie within "
+        f"{result.get('tune_tie', 1.5)}x of each other and above {result.get('tune_min_ms', 1.0):g} ms is timed "
+        "both ways on its own shapes once per machine and thread count, and the faster path runs. "
+        + (
+            _tune_text(result)
+            if any("steps" in r["methods"].get("numba", {}) for r in _tn_runs(result))
+            else "(not recorded by this run)."
+        ),
         "",
     ]
     for shape in result["shapes"]:
