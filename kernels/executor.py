@@ -4,7 +4,8 @@
 step as one fused CPU kernel (:mod:`kernels.numba_cpu`) inside a ``torch.autograd.Function`` whose
 backward is the adjoint of each step (the environment contractions of ``docs/generators.md``
 evaluated along the same plan). ``auto`` picks by a calibrated cost model
-(:mod:`kernels.calibrate`).
+(:mod:`kernels.calibrate`). Per CPU step the model chooses the fused loop or BLAS; a near tie is
+timed on the step itself (:mod:`kernels.tune`).
 """
 
 from __future__ import annotations
