@@ -5,4 +5,5 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/env.sh"
 cd "$root"
 ruff check .
-python -m pytest tests "$@"
+# One worker per core (tests pin torch to one thread each); pass -n 0 to run in this process.
+python -m pytest -n auto tests "$@"
