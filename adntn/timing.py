@@ -29,7 +29,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from adntn.errors import AdntnError
-from kernels.calibrate import best_seconds, store, stored
+from kernels.calibrate import best_seconds, cache_dir, store, stored
 
 VERSION = 3
 LARGE = 1 << 22  # output elements past which a write streams to fresh memory (16 MiB in float32)
@@ -73,8 +72,7 @@ _FREE = {
 
 def cache_file() -> Path:
     """Where the model for torch's current thread count is stored."""
-    root = os.environ.get("ADNTN_CACHE_DIR") or str(Path.home() / ".cache" / "adntn")
-    return Path(root) / f"layer-timing-{torch.get_num_threads()}t.json"
+    return cache_dir() / f"layer-timing-{torch.get_num_threads()}t.json"
 
 
 @dataclass(frozen=True)

@@ -41,12 +41,16 @@ _LARGE_POINTS = (4, 16, 64)
 KEYS = tuple(str(k) for k in _POINTS) + tuple(f"large-{k}" for k in _LARGE_POINTS)
 
 
+def cache_dir() -> Path:
+    """Where adntn and the kernels keep what they measure: ``$ADNTN_CACHE_DIR``, default ``~/.cache/adntn``."""
+    return Path(os.environ.get("ADNTN_CACHE_DIR") or Path.home() / ".cache" / "adntn")
+
+
 def cache_file() -> Path:
     """Where the calibration for torch's current thread count is stored."""
     import torch
 
-    root = os.environ.get("ADNTN_CACHE_DIR") or str(Path.home() / ".cache" / "adntn")
-    return Path(root) / f"kernels-calibration-{torch.get_num_threads()}t.json"
+    return cache_dir() / f"kernels-calibration-{torch.get_num_threads()}t.json"
 
 
 def best_seconds(fn: Callable[[], Any], reps: int = 5) -> float:
@@ -88,7 +92,7 @@ def store(path: Path, data: dict[str, Any], stacklevel: int = 2) -> None:
         tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, path)
     except OSError as exc:
-        warnings.warn(f"could not store the calibration in {path} ({exc}); set ADNTN_CACHE_DIR to a writable directory",
+        warnings.warn(f"could not store {path} ({exc}); set ADNTN_CACHE_DIR to a writable directory",
                       stacklevel=stacklevel)  # fmt: skip
 
 

@@ -7,7 +7,7 @@ MERA χ=3 root step (K = 3, 128 rows, 2.4M-element right operand) at fused 2.18e
 2.24e-10 per multiply-add. It took the fused loop, and the generator ran in 163 ms where BLAS gives
 97-100 ms. So a step whose two prices lie within :data:`TIE` of each other, and that is big enough
 for the pick to matter, is timed both ways on data of its own shapes, once per machine and thread
-count (the way cuBLAS and Triton autotune). The times are kept as JSON in ``$ADNTN_CACHE_DIR``
+count (autotuning, kept across processes). The times are kept as JSON in ``$ADNTN_CACHE_DIR``
 (default ``~/.cache/adntn``) and reused by every later process.
 """
 
@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import math
 import platform
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kernels.calibrate import best_seconds, store
+from kernels.calibrate import cache_dir, store
 from kernels.steps import Step, signature
 
 VERSION = 1
@@ -39,8 +40,7 @@ _MEMO: dict[tuple[int, str], dict[str, float]] = {}
 
 def cache_file() -> Path:
     """Where the step timings for torch's current thread count are stored."""
-    root = os.environ.get("ADNTN_CACHE_DIR") or str(Path.home() / ".cache" / "adntn")
-    return Path(root) / f"kernel-steps-{torch.get_num_threads()}t.json"
+    return cache_dir() / f"kernel-steps-{torch.get_num_threads()}t.json"
 
 
 def is_tie(prices: tuple[float, float]) -> bool:
@@ -61,35 +61,43 @@ def blas_is_faster(step: Step, last: bool, code: int, keep_pre: bool) -> bool:
 def step_times(step: Step, last: bool, code: int, keep_pre: bool, measure: bool = True) -> dict[str, float] | None:
     """Forward+backward seconds of ``step`` through each path (``"fused"``, ``"blas"``), from the
     cache or measured now (``measure=False``: None when not cached)."""
-    from kernels.numba_cpu import threads
+    import numba
 
-    n = threads()
-    key = hashlib.sha256(repr((signature(replace(step, blas=False)), last, code, keep_pre, n)).encode()).hexdigest()
-    memo = (torch.get_num_threads(), key[:24])
+    from kernels.numba_cpu import IDENTITY
+
+    # Only a group's last step applies the activation: inner steps share one entry whatever it is.
+    code, keep_pre = (code, keep_pre) if last else (IDENTITY, False)
+    # numba.config, not numba.get_num_threads(): starting numba's pool changes the thread count torch
+    # reads back (kernels.numba_cpu.threads).
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    text = repr((signature(replace(step, blas=False)), last, code, keep_pre, threads))
+    key = hashlib.sha256(text.encode()).hexdigest()[:24]
+    memo = (torch.get_num_threads(), key)
     if memo in _MEMO:
         return _MEMO[memo]
     path = cache_file()
     entries = _read(path)
-    if memo[1] not in entries:
+    if key not in entries:
         if not measure:
             return None
         # Whatever the caller's context (a layer built under torch.device("meta") or inference mode):
         # time real CPU data.
         with torch.device("cpu"), torch.inference_mode(False), torch.no_grad():
-            measured = {side: _time(step, last, code, keep_pre, side == "blas") for side in ("fused", "blas")}
-        entries = {**_read(path), memo[1]: measured}  # re-read: another process may have added some
+            measured = _time(step, last, code, keep_pre)
+        entries = {**_read(path), key: measured}  # re-read: another process may have added some
         data = {"version": VERSION, "threads": torch.get_num_threads(), "machine": platform.machine(),
                 "entries": entries}  # fmt: skip
         store(path, data, stacklevel=4)
-    _MEMO[memo] = entries[memo[1]]
-    return entries[memo[1]]
+    _MEMO[memo] = entries[key]
+    return entries[key]
 
 
 def _read(path: Path) -> dict[str, dict[str, float]]:
     """The readable entries of the cache at ``path``; an unreadable entry is dropped (measured again)."""
     try:
         data = json.loads(path.read_text())
-        if data["version"] != VERSION or data["threads"] != torch.get_num_threads():
+        wanted = (VERSION, torch.get_num_threads(), platform.machine())
+        if (data["version"], data["threads"], data["machine"]) != wanted:
             return {}
         entries = data["entries"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -102,27 +110,33 @@ def _read(path: Path) -> dict[str, dict[str, float]]:
     }  # fmt: skip
 
 
-def _time(step: Step, last: bool, code: int, keep_pre: bool, blas: bool) -> float:
-    """Best forward+backward seconds of ``step`` on one path, as the executor runs it."""
+def _time(step: Step, last: bool, code: int, keep_pre: bool, reps: int = 3) -> dict[str, float]:
+    """Best forward+backward seconds of ``step`` on each path, as the executor runs it. The paths take
+    turns, so a change in the machine's load during the timing reaches both."""
     from kernels.executor import _CPU, _canonical
-    from kernels.numba_cpu import IDENTITY
 
-    st = replace(step, blas=blas)
     rng = np.random.default_rng(0)
 
     def data(n: int) -> torch.Tensor:
         return torch.from_numpy(rng.standard_normal(n, dtype=np.float32))
 
-    x = data(int(np.prod(st.x_in_shape)))
-    y = data(int(np.prod(st.y_in_shape)))
-    g = data(st.out_size)
-    code = code if last else IDENTITY
-    keep_pre = keep_pre and last
+    x = data(int(np.prod(step.x_in_shape)))
+    y = data(int(np.prod(step.y_in_shape)))
+    g = data(step.out_size)
 
-    def run() -> Any:
+    def run(st: Step) -> Any:
         yc = _canonical(y, st)
         z, pre = _CPU.forward_step(st, x, yc, code, keep_pre)
         out, pre_k = (z, pre) if last else (g, pre[:0])
         return _CPU.backward_step(st, x, yc, g, out, pre_k, code)
 
-    return best_seconds(run, reps=3)
+    paths = {"fused": replace(step, blas=False), "blas": replace(step, blas=True)}
+    best = dict.fromkeys(paths, math.inf)
+    for st in paths.values():  # warm: compile, fault the buffers in
+        run(st)
+    for _ in range(reps):
+        for name, st in paths.items():
+            t = time.perf_counter()
+            run(st)
+            best[name] = min(best[name], time.perf_counter() - t)
+    return best

@@ -27,3 +27,18 @@ def _compiled_exact_search() -> None:
     from tnplan.optimal import kernel_ready
 
     kernel_ready(block=True)
+
+
+@pytest.fixture
+def pin_calibration(monkeypatch):
+    """A function fixing the kernels' cost model to per-flop costs (``pin(numba=1.0, blas=4.0)``): the
+    fused-loop/BLAS choice then follows the model, not the timings this process happened to measure
+    (on a tiny generator they may go either way)."""
+    from kernels import calibrate
+
+    def pin(numba: float, blas: float) -> None:
+        sides = (("numba", numba), ("blas", blas), ("direct", blas))
+        cal = {side: dict.fromkeys(calibrate.KEYS, v) for side, v in sides}
+        monkeypatch.setattr(calibrate, "_MEMO", {torch.get_num_threads(): cal})
+
+    return pin

@@ -269,3 +269,36 @@ def test_auto_cpu_benchmark_scores_the_pick_against_every_mode(tmp_path: Path) -
         assert row["fastest"] == min(row["seconds"], key=row["seconds"].__getitem__)
         assert row["auto"] in row["seconds"] and row["auto_regret"] >= 1 and row["flops_regret"] >= 1
     assert "auto picked the fastest mode in" in (tmp_path / "layers-auto-cpu-quick.md").read_text()
+
+
+def _kernels_cpu_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kernels_cpu_run", REPO / "benchmarks" / "kernels" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kernels_cpu_benchmark_reports_the_near_ties_it_timed(pin_calibration) -> None:
+    import adntn
+
+    script = _kernels_cpu_script()
+    pin_calibration(numba=1.0, blas=1.0)  # every step a near tie: each is timed when compiled
+    g = adntn.make_generator("ttn", 20, 30, bond_dim=2, n_factors=4, executor="torch")
+    steps = script.step_picks(g)
+    assert steps and all("timed_s" in st and st["blas"] == (st["timed_s"]["blas"] < st["timed_s"]["fused"])
+                          for st in steps)  # fmt: skip
+
+    def run(step: dict) -> dict:
+        return {"kind": "tn", "arch": "ttn", "bond": 2, "threads": 1, "shape": [30, 20],
+                "methods": {"numba": {"steps": [step]}}}  # fmt: skip
+
+    model = {"blas": 2e-3, "fused": 3e-3}  # the model prefers BLAS
+    agreed = {"bkn": [1, 2, 3], "flops": 6, "blas": True, "model_s": model, "timed_s": {"blas": 1.0, "fused": 2.0}}
+    overruled = {**agreed, "blas": False, "timed_s": {"blas": 2.0, "fused": 1.0}}
+    untimed = {k: v for k, v in agreed.items() if k != "timed_s"}
+    text = script._tune_text({"runs": [run(agreed), run(overruled), run(untimed)]})
+    assert text.startswith("2 step(s), 1 pick(s) overruled the model")
+    assert text.count("(overruled the model)") == 1 and "-> fused (overruled the model)" in text
+    assert script._tune_text({"runs": [run(untimed)]}) == "no step was a near tie."

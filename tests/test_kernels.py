@@ -103,22 +103,14 @@ def test_parallel_kernels_match_torch_with_two_threads(arch, kwargs, blas, tile,
     assert torch.equal(results[1][0], w) and all(torch.equal(results[1][1][k], grads[k]) for k in grads)
 
 
-def _pinned_calibration(monkeypatch, numba: float, blas: float) -> None:
-    """A calibration with fixed per-flop costs: the choice then follows the cost model, not the timings
-    this process happened to measure (on a tiny generator they may go either way)."""
-    keys = calibrate.KEYS
-    cal = {side: dict.fromkeys(keys, v) for side, v in (("numba", numba), ("blas", blas), ("direct", blas))}
-    monkeypatch.setattr("kernels.calibrate._MEMO", {torch.get_num_threads(): cal})
-
-
 @pytest.mark.parametrize(("numba", "blas"), [(1.0, 4.0), (4.0, 1.0)])
-def test_layers_pick_numba_on_the_cpu_and_torch_under_compile(numba, blas, monkeypatch):
+def test_layers_pick_numba_on_the_cpu_and_torch_under_compile(numba, blas, pin_calibration):
     from kernels.executor import compiled_steps
 
     torch.manual_seed(1)
     # Whether the cost model sends the steps to the fused loops or to BLAS, both run in the numba
     # executor, which beats torch eager on both (benchmarks/results/kernels-cpu.md).
-    _pinned_calibration(monkeypatch, numba=numba, blas=blas)
+    pin_calibration(numba=numba, blas=blas)
     layer = adntn.TNLinear(32, 24, "ttn", bond_dim=2, mode="materialize")
     assert layer.generator.executor == "auto" and layer.generator.uses_kernels()
     steps = [st for gs in compiled_steps(layer.generator) for st in gs.steps]
@@ -293,7 +285,7 @@ def test_intermediates_are_written_in_the_layout_their_consumer_reads(monkeypatc
 
 
 @pytest.mark.parametrize(("rows", "blas"), [(16, True), (1, False)])
-def test_a_right_operand_past_the_caches_goes_to_blas_whatever_the_calibration(rows, blas, monkeypatch):
+def test_a_right_operand_past_the_caches_goes_to_blas_whatever_the_calibration(rows, blas, pin_calibration):
     from types import SimpleNamespace
 
     from kernels import executor
@@ -301,7 +293,7 @@ def test_a_right_operand_past_the_caches_goes_to_blas_whatever_the_calibration(r
 
     # A calibration where the fused loop is 4x cheaper per flop; |Yc| = 16 x 2^20 is past HUGE_Y. With
     # 16 output rows the fused loop would stream Yc 16 times, BLAS once; one row streams it once either way.
-    _pinned_calibration(monkeypatch, numba=1.0, blas=4.0)
+    pin_calibration(numba=1.0, blas=4.0)
     net = Network.from_einsum("ij,jk->ik", (rows, 16), (16, 1 << 20))
     group = SimpleNamespace(activation="identity", network=net, ssa_path=((0, 1),))
     (step,) = executor.group_steps(group).steps

@@ -1,20 +1,26 @@
 """Near-ties between the fused loop and BLAS are settled by timing the step (kernels.tune)."""
 
+import contextlib
+import hashlib
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
+import numba
 import pytest
 import torch
 
 import adntn
-from kernels import calibrate, numba_weight, tune
+from kernels import numba_weight, tune
 from kernels.executor import compiled_steps, group_steps
+from kernels.numba_cpu import GELU, IDENTITY
+from kernels.steps import signature
 from tnplan import Network
 
 
-def _pinned_calibration(monkeypatch, numba: float, blas: float) -> None:
-    cal = {side: dict.fromkeys(calibrate.KEYS, v) for side, v in (("numba", numba), ("blas", blas), ("direct", blas))}
-    monkeypatch.setattr("kernels.calibrate._MEMO", {torch.get_num_threads(): cal})
+@pytest.fixture(autouse=True)
+def _fresh_memo(monkeypatch):
+    monkeypatch.setattr(tune, "_MEMO", {})
 
 
 def _group(activation: str = "identity") -> SimpleNamespace:
@@ -28,21 +34,21 @@ def _entries() -> dict:
 
 
 def _forbid_timing(monkeypatch) -> None:
-    def fail(*args):
+    def fail(*args, **kwargs):
         raise AssertionError("a step was timed")
 
     monkeypatch.setattr(tune, "_time", fail)
 
 
-def test_a_near_tie_is_settled_by_the_steps_own_timing_and_kept(monkeypatch):
-    monkeypatch.setattr(tune, "_MEMO", {})
-    _pinned_calibration(monkeypatch, numba=1.0, blas=1.0)  # a tie, priced far above MIN_SECONDS
+def test_a_near_tie_is_settled_by_the_steps_own_timing_and_kept(monkeypatch, pin_calibration):
+    pin_calibration(numba=1.0, blas=1.0)  # a tie, priced far above MIN_SECONDS
     (step,) = group_steps(_group()).steps
     ((key, times),) = _entries().items()
     assert set(times) == {"fused", "blas"} and all(t > 0 for t in times.values())
     assert step.blas == (times["blas"] < times["fused"])
 
     # A later process reads the timing back instead of measuring again.
+    real = tune._time
     monkeypatch.setattr(tune, "_MEMO", {})
     _forbid_timing(monkeypatch)
     assert group_steps(_group()).steps[0].blas == step.blas
@@ -56,12 +62,19 @@ def test_a_near_tie_is_settled_by_the_steps_own_timing_and_kept(monkeypatch):
         monkeypatch.setattr(tune, "_MEMO", {})
         assert group_steps(_group()).steps[0].blas == (blas < fused)
 
-
-def test_a_damaged_timing_is_measured_again_and_the_others_kept(monkeypatch):
+    # Timings from another machine are not used.
+    path.write_text(json.dumps({**data, "machine": "elsewhere"}))
     monkeypatch.setattr(tune, "_MEMO", {})
-    _pinned_calibration(monkeypatch, numba=1.0, blas=1.0)
+    monkeypatch.setattr(tune, "_time", real)
     group_steps(_group())
-    group_steps(_group("relu"))  # the activation is part of the key: a second entry
+    assert json.loads(path.read_text())["machine"] != "elsewhere"
+    assert all(t < 1 for t in _entries()[key].values())  # measured again, not the stored 1-2 s
+
+
+def test_a_damaged_timing_is_measured_again_and_the_others_kept(monkeypatch, pin_calibration):
+    pin_calibration(numba=1.0, blas=1.0)
+    group_steps(_group())
+    group_steps(_group("relu"))  # the last step's activation is part of the key: a second entry
     entries = _entries()
     assert len(entries) == 2
     damaged, kept = sorted(entries)
@@ -77,28 +90,85 @@ def test_a_damaged_timing_is_measured_again_and_the_others_kept(monkeypatch):
     assert all(isinstance(t, float) and 0 < t < 1 for t in after[damaged].values())
 
 
-@pytest.mark.parametrize(("numba", "blas"), [(1.0, 1.6), (1.6, 1.0), (1e-14, 1e-14)])
-def test_steps_the_model_can_call_are_not_timed(numba, blas, monkeypatch):
-    # Prices more than TIE apart, or too small for a wrong pick to matter: the model decides.
-    monkeypatch.setattr(tune, "_MEMO", {})
-    _pinned_calibration(monkeypatch, numba=numba, blas=blas)
-    _forbid_timing(monkeypatch)
+@pytest.mark.parametrize(
+    ("numba", "blas", "timed"),
+    [(1.0, 1.4, True), (1.4, 1.0, True), (1.0, 1.6, False), (1.6, 1.0, False), (1e-14, 1e-14, False)],
+)
+def test_only_near_ties_worth_the_time_are_timed(numba, blas, timed, monkeypatch, pin_calibration):
+    # Prices within TIE (1.5x) of each other are timed; further apart, or too small for a wrong pick to
+    # matter, the model decides.
+    pin_calibration(numba=numba, blas=blas)
+    if not timed:
+        _forbid_timing(monkeypatch)
     (step,) = group_steps(_group()).steps
-    if numba != blas:
+    assert tune.cache_file().exists() == timed
+    if not timed and numba != blas:
         assert step.blas == (blas < numba)
-    assert not tune.cache_file().exists()
 
 
-def test_a_generator_with_timed_steps_still_matches_torch(monkeypatch):
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode", "meta_device", "float64_default"])
+def test_steps_are_timed_on_cpu_float32_data_whatever_the_callers_context(context, monkeypatch, pin_calibration):
+    pin_calibration(numba=1.0, blas=1.0)
+    timed = []
+    real = tune._time
+
+    def spy(step, last, code, keep_pre, reps=3):
+        from kernels.executor import _CPU
+
+        forward = _CPU.forward_step
+
+        def record(st, x, yc, *args):
+            timed.extend((x, yc))
+            return forward(st, x, yc, *args)
+
+        monkeypatch.setattr(_CPU, "forward_step", staticmethod(record))
+        try:
+            return real(step, last, code, keep_pre, reps)
+        finally:
+            monkeypatch.setattr(_CPU, "forward_step", staticmethod(forward))
+
+    monkeypatch.setattr(tune, "_time", spy)
+    contexts = {
+        "no_grad": torch.no_grad,
+        "inference_mode": torch.inference_mode,
+        "meta_device": lambda: torch.device("meta"),
+        "float64_default": _float64_default,
+    }
+    with contexts[context]():
+        group_steps(_group())
+    assert timed and all(t.device.type == "cpu" and t.dtype == torch.float32 and not t.is_inference() for t in timed)
+    assert len(_entries()) == 1
+
+
+@contextlib.contextmanager
+def _float64_default():
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
+
+
+def test_a_generator_with_timed_steps_still_matches_torch(pin_calibration):
     # Every step a tie: each one is timed (the last, with GELU keeping its pre-activation, and the
-    # inner ones), and the weight and gradients are the reference's whichever path won.
-    monkeypatch.setattr(tune, "_MEMO", {})
-    _pinned_calibration(monkeypatch, numba=1.0, blas=1.0)
+    # inner ones, which share one entry per shape whatever the activation), and the weight and
+    # gradients are the reference's whichever path won.
+    pin_calibration(numba=1.0, blas=1.0)
     torch.manual_seed(0)
-    g = adntn.make_generator("ttn", 20, 30, bond_dim=2, n_factors=3, arity=3, activation="gelu", executor="torch")
+    g = adntn.make_generator("ttn", 20, 30, bond_dim=2, n_factors=4, activation="gelu", executor="torch")
     g = g.to(torch.float64)
-    steps = [st for gs in compiled_steps(g) for st in gs.steps]
-    assert len(_entries()) == len({(st.bkn, st.flops, st.run) for st in steps}) > 1
+    expected = set()
+    plans = compiled_steps(g)
+    assert any(gs.code == GELU and gs.keep_pre for gs in plans)
+    for gs in plans:
+        for k, st in enumerate(gs.steps):
+            last = k == len(gs.steps) - 1
+            code, keep = (gs.code, gs.keep_pre) if last else (IDENTITY, False)
+            threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+            text = repr((signature(replace(st, blas=False)), last, code, keep, threads))
+            expected.add(hashlib.sha256(text.encode()).hexdigest()[:24])
+    assert set(_entries()) == expected and len(expected) > 1
     grad = torch.randn(g.out_padded, g.in_padded, dtype=torch.float64)
     w_ref = g.run_groups()[-1].reshape(g.out_padded, g.in_padded)
     (w_ref * grad).sum().backward()

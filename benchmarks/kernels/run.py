@@ -178,7 +178,6 @@ def step_picks(g: Any) -> list[dict[str, Any]]:
     settled a near tie (:mod:`kernels.tune`), as ``compiled_steps`` chose them."""
     from kernels import tune
     from kernels.executor import compiled_steps, step_cost
-    from kernels.numba_cpu import GELU
 
     rows = []
     for gs in compiled_steps(g):
@@ -186,7 +185,7 @@ def step_picks(g: Any) -> list[dict[str, Any]]:
             last = k == len(gs.steps) - 1
             blas, fused = step_cost(st, last, gs.code, True), step_cost(st, last, gs.code, False)
             row = {"bkn": list(st.bkn), "flops": st.flops, "blas": st.blas, "model_s": {"blas": blas, "fused": fused}}
-            timed = tune.step_times(st, last, gs.code, gs.code == GELU, measure=False)
+            timed = tune.step_times(st, last, gs.code, gs.keep_pre, measure=False)
             if timed is not None:
                 row["timed_s"] = timed
             rows.append(row)
