@@ -40,7 +40,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from adntn.errors import AdntnError
-from kernels.calibrate import best_seconds, cache_dir, store, stored
+from kernels.calibrate import add_entry, best_seconds, cache_dir, stored
 
 VERSION = 3
 LARGE = 1 << 22  # output elements past which a write streams to fresh memory (16 MiB in float32)
@@ -335,10 +335,8 @@ def kernel_weight_seconds(generator: Any) -> dict[str, float]:
         # inference_mode): time real CPU data with autograd on.
         with torch.device("cpu"), torch.inference_mode(False), torch.enable_grad():
             measured = _measure_weight(generator)
-        entries = {**_read_weights(path), key: measured}  # re-read: another process may have added some
-        data = {"version": WEIGHT_VERSION, "threads": torch.get_num_threads(), "machine": platform.machine(),
-                "entries": entries}  # fmt: skip
-        store(path, data, stacklevel=3)
+        header = {"version": WEIGHT_VERSION, "threads": torch.get_num_threads(), "machine": platform.machine()}
+        entries = add_entry(path, header, key, measured, _read_weights, stacklevel=3)
     _WEIGHTS[memo] = entries[key]
     return entries[key]
 

@@ -96,6 +96,36 @@ def store(path: Path, data: dict[str, Any], stacklevel: int = 2) -> None:
                       stacklevel=stacklevel)  # fmt: skip
 
 
+def add_entry(
+    path: Path,
+    header: dict[str, Any],
+    key: str,
+    value: Any,
+    read: Callable[[Path], dict[str, Any]],
+    stacklevel: int = 2,
+) -> dict[str, Any]:
+    """Add ``key: value`` to the ``entries`` of the JSON cache at ``path`` (``read(path)``: its valid
+    entries) and return them. The read and the write happen under an exclusive lock on a sidecar
+    ``.lock`` file, so concurrent writers (DDP ranks, test workers) keep each other's entries."""
+    import fcntl
+
+    lock = path.with_name(path.name + ".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # an unwritable directory: store() below says so
+        fd = None
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        entries = {**read(path), key: value}
+        store(path, {**header, "entries": entries}, stacklevel=stacklevel + 1)
+        return entries
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
 def _time_point(k: int, m: int = 2048, n: int = 1024) -> tuple[float, float, float]:
     """Seconds per multiply-add, forward+backward, of ``X[m, k] ⊗ Y[k, n]`` in float32 (what layers
     train in): fused loop, BLAS with its scatter and gather passes, and BLAS reading and writing the

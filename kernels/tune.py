@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kernels.calibrate import cache_dir, store
+from kernels.calibrate import add_entry, cache_dir
 from kernels.steps import Step, signature
 
 VERSION = 1
@@ -84,10 +84,8 @@ def step_times(step: Step, last: bool, code: int, keep_pre: bool, measure: bool 
         # time real CPU data.
         with torch.device("cpu"), torch.inference_mode(False), torch.no_grad():
             measured = _time(step, last, code, keep_pre)
-        entries = {**_read(path), key: measured}  # re-read: another process may have added some
-        data = {"version": VERSION, "threads": torch.get_num_threads(), "machine": platform.machine(),
-                "entries": entries}  # fmt: skip
-        store(path, data, stacklevel=4)
+        header = {"version": VERSION, "threads": torch.get_num_threads(), "machine": platform.machine()}
+        entries = add_entry(path, header, key, measured, _read, stacklevel=4)
     _MEMO[memo] = entries[key]
     return entries[key]
 

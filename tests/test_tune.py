@@ -179,3 +179,30 @@ def test_a_generator_with_timed_steps_still_matches_torch(pin_calibration):
     torch.testing.assert_close(w.detach(), w_ref.detach(), rtol=1e-10, atol=1e-12)
     for k, p in g.cores.items():
         torch.testing.assert_close(p.grad, ref[k], rtol=1e-10, atol=1e-12)
+
+
+def test_concurrent_writers_keep_each_others_entries(tmp_path):
+    import threading
+    import time
+
+    from kernels.calibrate import add_entry
+
+    path = tmp_path / "cache.json"
+
+    def slow_read(p):  # a slow reader widens the window between read and write
+        try:
+            entries = json.loads(p.read_text())["entries"]
+        except OSError:
+            entries = {}
+        time.sleep(0.05)
+        return entries
+
+    threads = [
+        threading.Thread(target=add_entry, args=(path, {"version": 1}, f"k{i}", float(i), slow_read)) for i in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    data = json.loads(path.read_text())
+    assert data["version"] == 1 and data["entries"] == {f"k{i}": float(i) for i in range(8)}
