@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-import json
 import math
 import platform
 from collections.abc import Callable, Sequence
@@ -40,7 +39,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from adntn.errors import AdntnError
-from kernels.calibrate import add_entry, best_seconds, cache_dir, stored
+from kernels.calibrate import best_seconds, cache_dir, cached_entry, stored
 
 VERSION = 3
 LARGE = 1 << 22  # output elements past which a write streams to fresh memory (16 MiB in float32)
@@ -261,33 +260,14 @@ def weight_cache_file() -> Path:
 def _program_key(generator: Any) -> str:
     """What the kernels' time depends on: every step's shapes, layouts and path (fused or BLAS), the
     activations, and the threads they may use."""
-    import numba
-
     from kernels.executor import compiled_steps
+    from kernels.numba_cpu import kernel_threads
     from kernels.steps import signature
-
-    # numba.config, not numba.get_num_threads(): starting numba's pool changes the thread count torch
-    # reads back (kernels.numba_cpu.threads).
-    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
 
     groups = [(g.code, g.input_sizes, [(s.left, s.right, signature(s)) for s in g.steps])
               for g in compiled_steps(generator)]  # fmt: skip
-    text = repr((generator.out_padded, generator.in_padded, threads, groups))
+    text = repr((generator.out_padded, generator.in_padded, kernel_threads(), groups))
     return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def _read_weights(path: Path) -> dict[str, dict[str, float]]:
-    try:
-        data = json.loads(path.read_text())
-        if data["version"] != WEIGHT_VERSION or data["threads"] != torch.get_num_threads():
-            return {}
-        return {
-            key: {"forward": float(v["forward"]), "backward": float(v["backward"])}
-            for key, v in data["entries"].items()
-            if all(isinstance(v[k], float) and math.isfinite(v[k]) and v[k] > 0 for k in ("forward", "backward"))
-        }
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
 
 
 def _measure_weight(generator: Any) -> dict[str, float]:
@@ -324,21 +304,17 @@ def kernel_weight_seconds(generator: Any) -> dict[str, float]:
     the cores), float32. Measured once per kernel program (a few calls), then cached in
     :func:`weight_cache_file`, one entry per program (entries that cannot be read are measured again).
     """
-    key = _program_key(generator)
-    memo = (torch.get_num_threads(), key)
-    if memo in _WEIGHTS:
-        return _WEIGHTS[memo]
-    path = weight_cache_file()
-    entries = _read_weights(path)
-    if key not in entries:
+
+    def measure() -> dict[str, float]:
         # Whatever the caller's context (a layer built under torch.device("meta"), no_grad or
         # inference_mode): time real CPU data with autograd on.
         with torch.device("cpu"), torch.inference_mode(False), torch.enable_grad():
-            measured = _measure_weight(generator)
-        header = {"version": WEIGHT_VERSION, "threads": torch.get_num_threads(), "machine": platform.machine()}
-        entries = add_entry(path, header, key, measured, _read_weights, stacklevel=3)
-    _WEIGHTS[memo] = entries[key]
-    return entries[key]
+            return _measure_weight(generator)
+
+    fields = ("forward", "backward")
+    times = cached_entry(_WEIGHTS, weight_cache_file(), WEIGHT_VERSION, _program_key(generator), fields, measure, 3)
+    assert times is not None  # measured when not cached
+    return times
 
 
 # ---------------------------------------------------------------- layers

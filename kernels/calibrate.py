@@ -126,6 +126,48 @@ def add_entry(
             os.close(fd)  # releases the lock
 
 
+def cached_entry(
+    memo: dict[tuple[int, str], dict[str, float]],
+    path: Path,
+    version: int,
+    key: str,
+    fields: tuple[str, ...],
+    measure: Callable[[], dict[str, float]] | None,
+    stacklevel: int = 2,
+) -> dict[str, float] | None:
+    """Entry ``key`` of the JSON timing cache at ``path``: from ``memo`` (keyed by torch's thread
+    count and ``key``), else from the file (same ``version``, thread count and machine; each of
+    ``fields`` a positive finite float, or the entry is dropped and measured again), else
+    ``measure()``, added under a lock (:func:`add_entry`). None when it is missing and ``measure`` is None."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if (threads, key) in memo:
+        return memo[threads, key]
+    header = {"version": version, "threads": threads, "machine": platform.machine()}
+
+    def read(p: Path) -> dict[str, dict[str, float]]:
+        try:
+            data = json.loads(p.read_text())
+            if any(data[k] != v for k, v in header.items()) or not isinstance(data["entries"], dict):
+                return {}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+        return {
+            k: v for k, v in data["entries"].items()
+            if isinstance(v, dict) and all(isinstance(v.get(f), float) and math.isfinite(v[f]) and v[f] > 0
+                                           for f in fields)
+        }  # fmt: skip
+
+    entries = read(path)
+    if key not in entries:
+        if measure is None:
+            return None
+        entries = add_entry(path, header, key, measure(), read, stacklevel=stacklevel + 1)
+    memo[threads, key] = entries[key]
+    return entries[key]
+
+
 def _time_point(k: int, m: int = 2048, n: int = 1024) -> tuple[float, float, float]:
     """Seconds per multiply-add, forward+backward, of ``X[m, k] ⊗ Y[k, n]`` in float32 (what layers
     train in): fused loop, BLAS with its scatter and gather passes, and BLAS reading and writing the

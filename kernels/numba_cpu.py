@@ -539,6 +539,14 @@ def blas_backward_parallel(Xc, Yc, G, OUT, PRE, code, Xcb, Ycb, zb, zm, zn, tile
 PARALLEL_MIN_WORK = 1 << 16
 
 
+def kernel_threads() -> int:
+    """Threads the CPU kernels will use (torch's count, within numba's pool), without touching
+    numba's pool: starting it changes the thread count torch reads back (see :func:`threads`)."""
+    import torch
+
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
 def threads() -> int:
     """Threads the CPU kernels may use: torch's count (within numba's pool), applied to numba.
 
@@ -548,7 +556,7 @@ def threads() -> int:
     import torch
 
     want = torch.get_num_threads()
-    n = max(1, min(want, numba.config.NUMBA_NUM_THREADS))
+    n = kernel_threads()
     # One thread runs only the serial kernels: numba's thread pool is then never started.
     if n > 1:
         if numba.get_num_threads() != n:

@@ -14,9 +14,7 @@ count (autotuning, kept across processes). The times are kept as JSON in ``$ADNT
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kernels.calibrate import add_entry, cache_dir
+from kernels.calibrate import cache_dir, cached_entry
 from kernels.steps import Step, signature
 
 VERSION = 1
@@ -61,51 +59,20 @@ def blas_is_faster(step: Step, last: bool, code: int, keep_pre: bool) -> bool:
 def step_times(step: Step, last: bool, code: int, keep_pre: bool, measure: bool = True) -> dict[str, float] | None:
     """Forward+backward seconds of ``step`` through each path (``"fused"``, ``"blas"``), from the
     cache or measured now (``measure=False``: None when not cached)."""
-    import numba
-
-    from kernels.numba_cpu import IDENTITY
+    from kernels.numba_cpu import IDENTITY, kernel_threads
 
     # Only a group's last step applies the activation: inner steps share one entry whatever it is.
     code, keep_pre = (code, keep_pre) if last else (IDENTITY, False)
-    # numba.config, not numba.get_num_threads(): starting numba's pool changes the thread count torch
-    # reads back (kernels.numba_cpu.threads).
-    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-    text = repr((signature(replace(step, blas=False)), last, code, keep_pre, threads))
+    text = repr((signature(replace(step, blas=False)), last, code, keep_pre, kernel_threads()))
     key = hashlib.sha256(text.encode()).hexdigest()[:24]
-    memo = (torch.get_num_threads(), key)
-    if memo in _MEMO:
-        return _MEMO[memo]
-    path = cache_file()
-    entries = _read(path)
-    if key not in entries:
-        if not measure:
-            return None
+
+    def timed() -> dict[str, float]:
         # Whatever the caller's context (a layer built under torch.device("meta") or inference mode):
         # time real CPU data.
         with torch.device("cpu"), torch.inference_mode(False), torch.no_grad():
-            measured = _time(step, last, code, keep_pre)
-        header = {"version": VERSION, "threads": torch.get_num_threads(), "machine": platform.machine()}
-        entries = add_entry(path, header, key, measured, _read, stacklevel=4)
-    _MEMO[memo] = entries[key]
-    return entries[key]
+            return _time(step, last, code, keep_pre)
 
-
-def _read(path: Path) -> dict[str, dict[str, float]]:
-    """The readable entries of the cache at ``path``; an unreadable entry is dropped (measured again)."""
-    try:
-        data = json.loads(path.read_text())
-        wanted = (VERSION, torch.get_num_threads(), platform.machine())
-        if (data["version"], data["threads"], data["machine"]) != wanted:
-            return {}
-        entries = data["entries"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-    if not isinstance(entries, dict):
-        return {}
-    return {
-        k: v for k, v in entries.items()
-        if isinstance(v, dict) and all(isinstance(v.get(s), float) and v[s] > 0 for s in ("fused", "blas"))
-    }  # fmt: skip
+    return cached_entry(_MEMO, cache_file(), VERSION, key, ("fused", "blas"), timed if measure else None, 3)
 
 
 def _time(step: Step, last: bool, code: int, keep_pre: bool, reps: int = 3) -> dict[str, float]:

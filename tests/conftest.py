@@ -42,3 +42,17 @@ def pin_calibration(monkeypatch):
         monkeypatch.setattr(calibrate, "_MEMO", {torch.get_num_threads(): cal})
 
     return pin
+
+
+@pytest.fixture
+def torch_reference():
+    """A function giving a generator's weight and core gradients by torch's einsum programs (the
+    reference the kernels must match): ``w, grads = torch_reference(generator, grad_of_w)``."""
+
+    def reference(g, grad):
+        g.zero_grad()
+        w = g.run_groups()[-1].reshape(g.out_padded, g.in_padded)
+        (w * grad).sum().backward()
+        return w.detach(), {k: p.grad.clone() for k, p in g.cores.items()}
+
+    return reference

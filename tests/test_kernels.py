@@ -20,21 +20,14 @@ ARCHS = [
 ]
 
 
-def _reference(g, grad):
-    g.zero_grad()
-    w = g.run_groups()[-1].reshape(g.out_padded, g.in_padded)
-    (w * grad).sum().backward()
-    return w.detach(), {k: p.grad.clone() for k, p in g.cores.items()}
-
-
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("blas", [None, True, False])
 @pytest.mark.parametrize(("arch", "kwargs"), ARCHS)
-def test_numba_matches_torch_forward_and_gradients(arch, kwargs, blas, dtype, tol):
+def test_numba_matches_torch_forward_and_gradients(arch, kwargs, blas, dtype, tol, torch_reference):
     torch.manual_seed(0)
     g = adntn.make_generator(arch, 20, 30, executor="torch", **kwargs).to(dtype)
     grad = torch.randn(g.out_padded, g.in_padded, dtype=dtype)
-    w_ref, g_ref = _reference(g, grad)
+    w_ref, g_ref = torch_reference(g, grad)
     g.zero_grad()
     w = numba_weight(g, blas)
     (w * grad).sum().backward()
@@ -50,7 +43,7 @@ def test_numba_matches_torch_forward_and_gradients(arch, kwargs, blas, dtype, to
     ("blas", "tile"), [(False, None), (True, ("TILE_ELEMENTS", 64)), (True, ("TILE_MAX_WIDTH", 2))]
 )
 @pytest.mark.parametrize(("arch", "kwargs"), [ARCHS[1], ARCHS[2], ARCHS[4]])
-def test_parallel_kernels_match_torch_with_two_threads(arch, kwargs, blas, tile, monkeypatch):
+def test_parallel_kernels_match_torch_with_two_threads(arch, kwargs, blas, tile, monkeypatch, torch_reference):
     import kernels.numba_cpu as cpu
 
     calls = {"forward": 0, "backward": 0}
@@ -78,7 +71,7 @@ def test_parallel_kernels_match_torch_with_two_threads(arch, kwargs, blas, tile,
     torch.manual_seed(3)
     g = adntn.make_generator(arch, 40, 60, executor="torch", **kwargs).to(torch.float64)
     grad = torch.randn(g.out_padded, g.in_padded, dtype=torch.float64)
-    w_ref, g_ref = _reference(g, grad)
+    w_ref, g_ref = torch_reference(g, grad)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -302,14 +295,14 @@ def test_a_right_operand_past_the_caches_goes_to_blas_whatever_the_calibration(r
 
 
 @pytest.mark.parametrize(("arch", "kwargs"), [ARCHS[1], ARCHS[2]])
-def test_numpy_backed_buffers_change_no_number(arch, kwargs, monkeypatch):
+def test_numpy_backed_buffers_change_no_number(arch, kwargs, monkeypatch, torch_reference):
     from kernels import memory
 
     monkeypatch.setattr(memory, "HUGE_BYTES", 1)  # every buffer through numpy's huge-page allocator
     torch.manual_seed(2)
     g = adntn.make_generator(arch, 20, 30, executor="torch", **kwargs).to(torch.float64)
     grad = torch.randn(g.out_padded, g.in_padded, dtype=torch.float64)
-    w_ref, g_ref = _reference(g, grad)
+    w_ref, g_ref = torch_reference(g, grad)
     for blas in (True, False):
         g.zero_grad()
         w = numba_weight(g, blas)
@@ -337,7 +330,7 @@ def test_host_buffers_permute_and_zero_like_torch(monkeypatch):
 # ones split, blocks of rows; the defaults: whole-width tiles of many rows.
 @pytest.mark.parametrize(("elements", "width"), [(1, 1), (48, 4), (None, None)])
 @pytest.mark.parametrize(("arch", "kwargs"), ARCHS)
-def test_blas_steps_in_tiles_match_torch(arch, kwargs, elements, width, monkeypatch):
+def test_blas_steps_in_tiles_match_torch(arch, kwargs, elements, width, monkeypatch, torch_reference):
     import kernels.executor as ex
 
     seen = []
@@ -363,7 +356,7 @@ def test_blas_steps_in_tiles_match_torch(arch, kwargs, elements, width, monkeypa
     torch.manual_seed(0)
     g = adntn.make_generator(arch, 20, 30, executor="torch", **kwargs).double()
     grad = torch.randn(g.out_padded, g.in_padded, dtype=torch.float64)
-    w_ref, g_ref = _reference(g, grad)
+    w_ref, g_ref = torch_reference(g, grad)
     g.zero_grad()
     try:
         w = numba_weight(g, True)

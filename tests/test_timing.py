@@ -1,4 +1,5 @@
 import json
+import platform
 
 import numpy as np
 import pytest
@@ -83,7 +84,7 @@ def test_a_weight_the_kernels_build_is_priced_by_their_measured_time(regime, mon
     path = timing.weight_cache_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     entry = {"forward": 0.25, "backward": 0.75}
-    data = {"version": timing.WEIGHT_VERSION, "threads": torch.get_num_threads(),
+    data = {"version": timing.WEIGHT_VERSION, "threads": torch.get_num_threads(), "machine": platform.machine(),
             "entries": {timing._program_key(gen): entry}}  # fmt: skip
     path.write_text(json.dumps(data))
     built = entry["forward" if regime == "forward" else "backward"]

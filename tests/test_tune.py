@@ -150,7 +150,7 @@ def _float64_default():
         torch.set_default_dtype(saved)
 
 
-def test_a_generator_with_timed_steps_still_matches_torch(pin_calibration):
+def test_a_generator_with_timed_steps_still_matches_torch(pin_calibration, torch_reference):
     # Every step a tie: each one is timed (the last, with GELU keeping its pre-activation, and the
     # inner ones, which share one entry per shape whatever the activation), and the weight and
     # gradients are the reference's whichever path won.
@@ -170,13 +170,11 @@ def test_a_generator_with_timed_steps_still_matches_torch(pin_calibration):
             expected.add(hashlib.sha256(text.encode()).hexdigest()[:24])
     assert set(_entries()) == expected and len(expected) > 1
     grad = torch.randn(g.out_padded, g.in_padded, dtype=torch.float64)
-    w_ref = g.run_groups()[-1].reshape(g.out_padded, g.in_padded)
-    (w_ref * grad).sum().backward()
-    ref = {k: p.grad.clone() for k, p in g.cores.items()}
+    w_ref, ref = torch_reference(g, grad)
     g.zero_grad()
     w = numba_weight(g)
     (w * grad).sum().backward()
-    torch.testing.assert_close(w.detach(), w_ref.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(w.detach(), w_ref, rtol=1e-10, atol=1e-12)
     for k, p in g.cores.items():
         torch.testing.assert_close(p.grad, ref[k], rtol=1e-10, atol=1e-12)
 
