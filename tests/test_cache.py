@@ -312,23 +312,52 @@ def test_cache_only_miss_is_a_clear_error() -> None:
         tnplan.plan(ttn(8, 2), cache=3)  # type: ignore[arg-type]
 
 
-def test_import_rejects_bad_files_and_skips_bad_entries(tmp_path: Path) -> None:
+def _two_plan_export(tmp_path: Path) -> tuple[Path, dict]:
+    """An export file of two plans, and its parsed JSON to alter."""
     source = PlanCache(tmp_path / "a.sqlite")
     tnplan.plan(ttn(8, 2), cache=source)
     tnplan.plan(mera(8, 2), cache=source)
     exported = tmp_path / "plans.json"
     source.export(exported)
-    data = json.loads(exported.read_text())
-    data["entries"][0]["flops"] = "7"
-    exported.write_text(json.dumps(data))
+    return exported, json.loads(exported.read_text())
+
+
+def test_import_rejects_bad_files(tmp_path: Path) -> None:
+    exported, data = _two_plan_export(tmp_path)
     target = PlanCache(tmp_path / "b.sqlite")
-    with pytest.warns(CacheWarning, match="entry 0 skipped"):
-        counts = target.import_(exported)
-    assert counts == {"added": 1, "kept": 0, "skipped": 1}
     (tmp_path / "junk.json").write_text("hello")
     with pytest.raises(tnplan.PlanError, match="not a tnplan cache export"):
         target.import_(tmp_path / "junk.json")
+    data["entries"] = None
+    exported.write_text(json.dumps(data))
+    with pytest.raises(tnplan.PlanError, match="'entries' must be a list"):
+        target.import_(exported)
     assert main(["cache", "import", str(tmp_path / "missing.json"), "--cache", str(target.path)]) == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"flops": "7"}, "re-scores to"),
+        ({"effort": float("nan")}, "effort must be a finite number"),
+        ({"effort": -1}, "effort must be a finite number"),
+        ({"options": 5}, "options must be a string"),
+        ({"options": "junk|mem=None|item=0|max_size=None|seed=0"}, "unknown objective 'junk'"),
+    ],
+)
+def test_a_bad_import_entry_is_skipped_and_the_cache_keeps_its_plans(tmp_path: Path, change, message) -> None:
+    # A NaN effort used to hit the schema's NOT NULL, which was taken for damage: the healthy
+    # file was moved aside and every plan in it dropped out of use.
+    exported, data = _two_plan_export(tmp_path)
+    data["entries"][0].update(change)
+    exported.write_text(json.dumps(data))
+    target = PlanCache(tmp_path / "b.sqlite")
+    tnplan.plan(random_regular(10, 3, 2, seed=1), cache=target)
+    with pytest.warns(CacheWarning, match=f"entry 0 skipped.*{message}"):
+        counts = target.import_(exported)
+    assert counts == {"added": 1, "kept": 0, "skipped": 1}
+    assert len(target.entries()) == 2
+    assert not list(tmp_path.glob("b.sqlite.corrupt-*"))
 
 
 def test_cache_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

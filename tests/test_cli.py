@@ -95,6 +95,9 @@ BAD_INPUTS = {
     "no-network": lambda d: ["plan"],
     "file-and-eq": lambda d: ["plan", write(d, "ok.json", "{}"), "--eq", "ab,bc->ac", "--shapes", "2x3,3x4"],
     "unknown-dtype": lambda d: ["plan", "--eq", "ab,bc->ac", "--shapes", "2x3,3x4", "--dtype", "float7"],
+    "infinite-memory-limit": lambda d: ["plan", "--eq", "ab,bc->ac", "--shapes", "2x3,3x4", "--memory-limit", "inf"],
+    "negative-seed": lambda d: ["plan", "--eq", "ab,bc->ac", "--shapes", "2x3,3x4", "--seed", "-1"],
+    "infinite-max-time": lambda d: ["plan", "--eq", "ab,bc->ac", "--shapes", "2x3,3x4", "--max-time", "inf"],
     # Past validation today: they escape as OverflowError / TypeError / FileNotFoundError tracebacks.
     "infinite-size": lambda d: [
         "plan",

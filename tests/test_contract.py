@@ -190,3 +190,12 @@ def test_broadcast_product_matches_einsum_where_it_is_used(equation, shapes, pat
     assert (prog.product is not None) == used
     rng = np.random.default_rng(5)
     assert_program_matches_einsum(prog, equation, [rng.standard_normal(s) for s in net.shapes])
+
+
+def test_a_python_number_operand_works_sliced_as_unsliced() -> None:
+    net = tnplan.Network.from_einsum("ab,bc,->ac", (2, 3), (3, 4), ())
+    a, b = np.ones((2, 3)), np.ones((3, 4))
+    sliced = tnplan.plan(net, cache=False, max_size=4)
+    assert sliced.n_slices > 1
+    np.testing.assert_allclose(sliced.contract(a, b, 2.0), 2.0 * a @ b)
+    np.testing.assert_allclose(tnplan.plan(net, cache=False).contract(a, b, 2.0), 2.0 * a @ b)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import tnplan
 from tnplan import Network, NetworkError
-from tnplan.cost import linear_to_ssa, ssa_to_linear
+from tnplan.cost import leaf_legs, linear_to_ssa, ssa_to_linear
 
 # The repository and shared/ are siblings (locally /work/main and /work/shared; in CI a clone and its shared/).
 INSTANCES = Path(__file__).resolve().parents[2] / "shared" / "bench" / "instances"
@@ -310,7 +310,9 @@ def scored_cases(draw: st.DrawFn) -> tuple[Network, list[tuple[int, int]], tuple
         alive = [x for x in alive if x not in (a, b)] + [nxt]
         ssa.append((a, b))
         nxt += 1
-    sliced = tuple(draw(st.lists(st.integers(0, net.num_indices - 1), unique=True, max_size=2)))
+    # Only an index some pairwise step sees can be sliced (one summed inside a tensor is refused).
+    sliceable = sorted({i for term in leaf_legs(net) for i in term}) or [None]
+    sliced = tuple(x for x in draw(st.lists(st.sampled_from(sliceable), unique=True, max_size=2)) if x is not None)
     return net, ssa, sliced
 
 
@@ -325,3 +327,23 @@ def test_score_path_totals_match_its_step_breakdown(case) -> None:
     assert costs.flops == sum(s.flops for s in steps) * costs.n_slices
     assert costs.write == sum(s.size for s in steps) * costs.n_slices
     assert costs.peak_size == max(s.size for s in steps)
+
+
+@pytest.mark.parametrize(
+    ("equation", "shapes", "sliced", "message"),
+    [
+        ("ab,bc,cd->ad", [(2, 3), (3, 4), (4, 5)], ("b", "b"), "listed twice"),
+        ("abx,bc,cd->ad", [(2, 3, 4), (3, 4), (4, 5)], ("x",), "summed within one tensor"),
+        ("aab,bc,cd->d", [(2, 2, 3), (3, 4), (4, 5)], ("a",), "summed within one tensor"),
+    ],
+)
+def test_slicing_an_index_twice_or_one_summed_inside_a_tensor_is_refused(equation, shapes, sliced, message) -> None:
+    # Each would contract the whole network once per slice and sum the copies: a multiple of the answer.
+    net = Network.from_einsum(equation, *shapes)
+    with pytest.raises(NetworkError, match=message):
+        tnplan.from_path(net, [(0, 1), (0, 1)], sliced=sliced)
+    plan = tnplan.from_path(net, [(0, 1), (0, 1)])
+    data = json.loads(plan.to_json())
+    data["sliced_indices"] = list(sliced)
+    with pytest.raises(tnplan.PlanError, match=message):
+        tnplan.Plan.from_json(json.dumps(data))

@@ -123,6 +123,30 @@ def test_unknown_sliced_index_is_a_plan_error(planned: Plan) -> None:
 
 
 @pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("optimal", "false", "'optimal'"),
+        ("planning_time", "x", "'planning_time'"),
+        ("unsliced_flops", "x", "'unsliced_flops'"),
+        ("dtype", "junk", "unknown dtype"),
+        ("minimize", "speed", "'minimize'"),
+    ],
+)
+def test_metadata_of_the_wrong_type_is_a_plan_error(planned: Plan, field: str, value: str, message: str) -> None:
+    # A string "false" used to load as optimal=True, and a junk dtype broke summary() later.
+    data = json.loads(planned.to_json())
+    data[field] = value
+    with pytest.raises(PlanError, match=message):
+        Plan.from_json(json.dumps(data))
+
+
+@pytest.mark.parametrize("source", [b"{}", 5, None, "", "   "])
+def test_from_json_on_a_source_that_is_neither_text_nor_path(source: object) -> None:
+    with pytest.raises(PlanError, match=r"JSON text or a file path|empty"):
+        Plan.from_json(source)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
     "text",
     ["{garbage", "{}", '{"format": "tnplan.network/1"}', '{"format": "tnplan.plan/1"}', "[1, 2]", "hello"],
 )

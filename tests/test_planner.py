@@ -320,6 +320,34 @@ def test_bad_options_raise_plan_error() -> None:
         tnplan.plan("ab,bc->ac")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"seed": 1.5}, "seed must be an integer >= 0"),
+        ({"seed": None}, "seed must be an integer >= 0"),
+        ({"max_time": float("inf")}, "max_time must be a finite number"),
+        ({"max_time": "1"}, "max_time must be a finite number"),
+        ({"max_repeats": "3"}, "max_repeats must be an integer"),
+        ({"memory_limit": float("nan")}, "memory_limit must be a finite number"),
+        ({"memory_limit": float("inf")}, "memory_limit must be a finite number"),
+        ({"max_size": 0.5}, "max_size must be a finite number >= 1"),
+        ({"memory_limit": 10**6, "dtype": "U"}, "no fixed element size"),
+    ],
+)
+def test_option_errors_name_the_option_before_any_search(options: dict, message: str) -> None:
+    # A 30-tensor ring reaches the randomised search, where a bad seed used to fail inside numpy.
+    net = tnplan.Network.from_opt_einsum([[k, (k + 1) % 30] for k in range(30)], [], dict.fromkeys(range(30), 2))
+    with pytest.raises(tnplan.PlanError, match=message):
+        tnplan.plan(net, cache=False, **options)
+
+
+def test_numpy_numbers_are_accepted_as_options() -> None:
+    net = tnplan.Network.from_einsum("ab,bc,cd->ad", (8, 8), (8, 8), (8, 8))
+    p = tnplan.plan(net, cache=False, memory_limit=np.int64(10**6), max_time=np.float64(1.0), seed=np.int64(3))
+    assert p.peak_memory() <= 10**6
+
+
 def _plan_in_subprocess(hashseed: str) -> dict:
     code = (
         "import json, tnplan\n"
@@ -458,3 +486,56 @@ def test_rebracket_moves_the_meeting_point_of_a_chain() -> None:
     assert math.isclose(tree.total("flops"), score_path(net, tree.ssa_path()).flops, rel_tol=1e-12)
     assert sorted(tree.leaves()) == [0, 1, 2, 3]
     assert not tree.rebracket("flops")  # already the best over its order
+
+
+def _every_tree(n: int) -> list[list[tuple[int, int]]]:
+    """Every SSA path of ``n`` tensors (orders of the same tree repeat; fine for n <= 5)."""
+    paths: list[list[tuple[int, int]]] = []
+
+    def rec(alive: list[int], nxt: int, path: list[tuple[int, int]]) -> None:
+        if len(alive) == 1:
+            paths.append(path)
+            return
+        for a, b in itertools.combinations(alive, 2):
+            rec([x for x in alive if x not in (a, b)] + [nxt], nxt + 1, [*path, (a, b)])
+
+    rec(list(range(n)), n, [])
+    return paths
+
+
+def test_an_outer_product_first_is_found_and_proven() -> None:
+    # Two vectors on a larger tensor: joining them first (an outer product) beats two passes over it,
+    # a tree the connected-only DP never builds (it found 550 flops here and called it optimal).
+    net = tnplan.Network.from_einsum("edba,d,e,da->dba", (3, 5, 3, 5), (5,), (3,), (5, 5))
+    p = tnplan.plan(net, cache=False)
+    best = min(score_path(net, path).flops for path in _every_tree(4))
+    assert best == 540
+    assert (p.flops, p.optimal) == (540, True)
+
+
+@pytest.mark.parametrize("minimize", ["flops", "size", "write", "combo"])
+def test_small_plans_called_optimal_are_optimal_over_every_tree(minimize: str) -> None:
+    # Random 3-5 tensor hypergraphs with size-1 and open indices, traces and disconnected pieces.
+    rng = np.random.default_rng(21)
+    for _ in range(40):
+        n = int(rng.integers(3, 6))
+        labels = list(range(int(rng.integers(2, 7))))
+        inputs = [[int(x) for x in rng.choice(labels, size=int(rng.integers(1, 4)))] for _ in range(n)]
+        used = sorted({x for t in inputs for x in t})
+        output = [x for x in used if rng.random() < 0.3]
+        net = tnplan.Network.from_opt_einsum(inputs, output, {x: int(rng.choice([1, 2, 3, 5, 7])) for x in used})
+        p = tnplan.plan(net, cache=False, minimize=minimize)
+        best = min(score_path(net, path).objective(minimize) for path in _every_tree(n))
+        assert p.optimal
+        assert p.costs.objective(minimize) == best, net
+
+
+def test_single_tensor_path_is_opt_einsums_one_operand_step() -> None:
+    import opt_einsum as oe
+
+    net = tnplan.Network.from_einsum("aab->a", (3, 3, 4))
+    p = tnplan.plan(net)
+    assert p.path == [(0,)]
+    x = np.random.default_rng(0).random((3, 3, 4))
+    np.testing.assert_allclose(oe.contract("aab->a", x, optimize=p.path), np.einsum("aab->a", x))
+    np.testing.assert_allclose(p.contract(x), np.einsum("aab->a", x))

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from tnplan.canonical import KEY_VERSION, canonical, match
-from tnplan.cost import score_path
+from tnplan.cost import OBJECTIVES, score_path
 from tnplan.errors import PlanError, TnplanError
 from tnplan.network import Network
 
@@ -272,6 +272,11 @@ class PlanCache:
                     if "locked" in str(exc) or "busy" in str(exc):
                         raise PlanError(f"plan cache {self.path} stayed locked for 60 s: {exc}") from None
                     raise PlanError(f"plan cache {self.path}: {exc}") from None
+                except sqlite3.IntegrityError as exc:
+                    # A row the schema refuses is the row's fault, not damage: the file stays in use.
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise PlanError(f"plan cache {self.path} refused a row ({exc}); nothing was written") from None
                 except sqlite3.DatabaseError as exc:
                     self._conn = None
                     if attempt or not self._quarantine(self.path, exc):
@@ -637,11 +642,14 @@ class PlanCache:
                 f"{file} was exported by another cache version ({data.get('schema')!r}, this is {_SCHEMA!r}); "
                 "re-export it with this version of tnplan"
             )
+        entries = data.get("entries", [])
+        if not isinstance(entries, list):
+            raise PlanError(f"{file} is not a tnplan cache export ('entries' must be a list)")
         counts = {"added": 0, "kept": 0, "skipped": 0}
-        for k, item in enumerate(data.get("entries", [])):
+        for k, item in enumerate(entries):
             try:
                 plan, options, effort = _plan_from_export(item)
-            except (ValueError, TypeError, KeyError, TnplanError) as exc:
+            except (ValueError, TypeError, KeyError, AttributeError, TnplanError) as exc:
                 warnings.warn(f"{file}: entry {k} skipped ({exc})", CacheWarning, stacklevel=2)
                 counts["skipped"] += 1
                 continue
@@ -713,6 +721,8 @@ def _check_plan_data(data: dict[str, Any], tensors: int) -> None:
         raise ValueError(f"path has {len(data['ssa_path'])} steps for {tensors} tensors")
     if not all(isinstance(j, int) and j >= 0 for j in data["sliced"]):
         raise ValueError("sliced indices must be canonical index numbers")
+    if len(set(data["sliced"])) != len(data["sliced"]):
+        raise ValueError("a sliced index is listed twice")
     for name in ("optimal", "planning_time", "method"):
         if name not in data:
             raise KeyError(name)
@@ -756,15 +766,31 @@ def _plan_from_export(item: dict[str, Any]) -> tuple[Any, CacheOptions, float]:
     plan = _stored_plan(item["network"], item["plan"], options.minimize)
     if plan.flops != int(item["flops"]):
         raise ValueError(f"re-scores to {plan.flops} flops, export says {item['flops']}")
-    return plan, options, float(item.get("effort", 0.0))
+    effort = float(item.get("effort", 0.0))
+    if not (math.isfinite(effort) and effort >= 0):
+        raise ValueError(f"effort must be a finite number of seconds >= 0, got {item.get('effort')!r}")
+    return plan, options, effort
 
 
 def _parse_options(text: str) -> CacheOptions:
+    """The options a row or an export entry was planned with (``CacheOptions.text`` read back).
+
+    Raises:
+        ValueError: If ``text`` is not such a string or names an unknown objective or a bad number.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"options must be a string like {CacheOptions().text()!r}, got {type(text).__name__}")
     minimize, *rest = text.split("|")
+    if minimize not in OBJECTIVES:
+        raise ValueError(f"unknown objective {minimize!r} in options")
     fields = dict(part.split("=", 1) for part in rest)
 
     def opt_int(v: str) -> int | None:
-        return None if v == "None" else int(v)
+        if v == "None":
+            return None
+        if int(v) < 1:
+            raise ValueError(f"options {text!r}: limits must be positive")
+        return int(v)
 
     return CacheOptions(
         minimize=minimize,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import warnings
@@ -29,10 +30,20 @@ class _Parser(argparse.ArgumentParser):
 def _positive_int(text: str) -> int:
     try:
         value = int(float(text))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
 
 
@@ -41,7 +52,7 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
+    if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 
@@ -71,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", type=_positive_int, help="largest intermediate per slice, in elements")
     p.add_argument("--dtype", default="float64", help="element type for memory figures (default float64)")
     p.add_argument("--max-time", type=_positive_float, help="seconds to search (default: scales with the network)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--save", help="also write the plan (with its network) to this JSON file")
     p.add_argument("--workers", type=_positive_int, default=1, help="independent search processes (default 1)")
@@ -85,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("paths", nargs="+", help="network JSON files or folders of them")
     c.add_argument("--methods", default="tnplan,oe-greedy,ctg-default", help="comma-separated method names")
     c.add_argument("--max-time", type=_positive_float, default=1.0, help="time budget per planner (default 1 s)")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=_seed, default=0)
 
     from tnplan import report
 

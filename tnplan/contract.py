@@ -320,6 +320,8 @@ def _run_steps(tensors: list[Any], steps: Sequence[Any], n: int) -> Any:
 
 
 def _take(array: Any, legs: Sequence[int], assign: dict[int, int]) -> Any:
+    if not legs:
+        return array  # a scalar operand (possibly a Python number) has nothing to slice
     index = tuple(slice(assign[i], assign[i] + 1) if i in assign else slice(None) for i in legs)
     return array[index]
 

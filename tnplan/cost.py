@@ -67,7 +67,7 @@ class Costs:
 
     def peak_memory(self, dtype: str | np.dtype | type = "float64") -> int:
         """Bytes of all tensors alive at once while executing in order (inputs included)."""
-        return self.peak_elements * np.dtype(dtype).itemsize
+        return self.peak_elements * itemsize(dtype)
 
     @property
     def combo(self) -> int:
@@ -101,9 +101,12 @@ def itemsize(dtype: str | np.dtype | type) -> int:
         PlanError: On a name numpy does not know.
     """
     try:
-        return np.dtype(dtype).itemsize
+        size = np.dtype(dtype).itemsize
     except TypeError:
         raise PlanError(f"unknown dtype {dtype!r}; use a numpy dtype name such as 'float32'") from None
+    if size < 1:
+        raise PlanError(f"dtype {dtype!r} has no fixed element size; use a numeric dtype such as 'float32'")
+    return size
 
 
 def linear_to_ssa(path: Sequence[Sequence[int]], num_tensors: int) -> list[tuple[int, int]]:
@@ -229,7 +232,8 @@ def score_path(
         NetworkError: If the path is invalid or does not contract the network to one tensor.
     """
     n = network.num_tensors
-    sliced = tuple(sorted(set(sliced)))
+    given = tuple(sliced)
+    sliced = tuple(sorted(set(given)))
     sizes = list(network.int_sizes)
     n_slices = 1
     for i in sliced:
@@ -238,6 +242,8 @@ def score_path(
     if len(ssa_path) != n - 1:
         raise NetworkError(f"path has {len(ssa_path)} pairwise steps; {n} tensors need exactly {n - 1}")
     leaf_masks, leaf_sizes, leaf_counts, out_mask, inputs_full, result_full = _prepared(network)
+    if sliced:
+        _check_sliced(network, given, leaf_masks)
     # Lists indexed by SSA id (None once consumed): cheaper than dicts on this hot path.
     masks: list[int | None] = [*leaf_masks, *([None] * max(n - 1, 0))]
     counts = list(leaf_counts)
@@ -361,6 +367,30 @@ def _prepare(network: Network, terms: Iterable[tuple[int, ...]]) -> _Prep | None
         out_mask |= 1 << i
     result_full = math.prod(sizes[i] for i in output)
     return masks, leaf_sizes, counts, out_mask, sum(fulls), result_full
+
+
+def _check_sliced(network: Network, given: tuple[int, ...], leaf_masks: Sequence[int]) -> None:
+    """Refuse sliced indices that slicing would count twice: a repeat, or one no pairwise step sees.
+
+    An index summed inside one tensor (a trace or a dangling leg) is reduced before slicing, so
+    every slice would contract the whole network and the sum would be a multiple of the answer.
+    """
+    labels = network.labels
+    seen: set[int] = set()
+    legs = 0
+    for m in leaf_masks:
+        legs |= m
+    for i in given:
+        if not 0 <= i < len(labels):
+            raise NetworkError(f"sliced index id {i} is not an index of the network")
+        if i in seen:
+            raise NetworkError(f"sliced index {labels[i]!r} is listed twice; list each sliced index once")
+        seen.add(i)
+        if not legs >> i & 1:
+            raise NetworkError(
+                f"sliced index {labels[i]!r} is summed within one tensor, so slicing it would repeat the whole "
+                "contraction; slice an index that two tensors share or that is open"
+            )
 
 
 def _mask_product(mask: int, sizes: Sequence[int]) -> int:

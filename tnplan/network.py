@@ -87,10 +87,19 @@ class Network:
                 except TypeError:
                     raise NetworkError(f"tensor {pos} has unhashable index label {label!r}") from None
                 if label not in sizes:
-                    raise NetworkError(f"index {label!r} on tensor {pos} has no size; add it to size_dict")
+                    hint = (
+                        f" (size_dict has {str(label)!r}: JSON keys are strings, so write integer labels as strings)"
+                        if not isinstance(label, str) and str(label) in sizes
+                        else ""
+                    )
+                    raise NetworkError(f"index {label!r} on tensor {pos} has no size; add it to size_dict{hint}")
                 seen.add(label)
         out_seen: set[Label] = set()
         for label in output:
+            try:
+                hash(label)
+            except TypeError:
+                raise NetworkError(f"output has unhashable index label {label!r}") from None
             if label in out_seen:
                 raise NetworkError(f"output index {label!r} is repeated; each open index may appear once")
             out_seen.add(label)
@@ -116,7 +125,12 @@ class Network:
         Raises:
             NetworkError: On an unparseable equation, a rank mismatch or inconsistent sizes.
         """
-        if len(shapes) == 1 and shapes[0] and all(isinstance(s, list | tuple) for s in shapes[0]):
+        if (
+            len(shapes) == 1
+            and isinstance(shapes[0], list | tuple)
+            and shapes[0]
+            and all(isinstance(s, list | tuple) for s in shapes[0])
+        ):
             shapes = tuple(shapes[0])  # type: ignore[assignment,arg-type]
         terms, output = parse_einsum(equation)
         if len(terms) != len(shapes):

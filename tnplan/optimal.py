@@ -2,11 +2,12 @@
 
 The search space is every contraction tree without outer products inside a connected component
 (the convention of opt_einsum's ``dp`` and cotengra's ``optimal``); components are joined at the end
-by outer products, smallest first. A sub-network is a bitmask of tensors (so at most 64 tensors);
-for each one the DP keeps the cheapest way found to contract it. The cap bounds the *cumulative*
-cost of a sub-solution, so when a full solution is found under a cap it is provably optimal
-(Pfeifer, Haegeman & Verstraete 2014). Work is counted in pair checks, which makes the search
-deterministic and lets the caller turn a time budget into a work budget.
+by outer products, smallest first. Small networks (:data:`ALL_TREES_MAX_TENSORS`) are searched over
+every tree instead (:func:`solve_all_trees`), outer products included. A sub-network is a bitmask
+of tensors (so at most 64 tensors); for each one the DP keeps the cheapest way found to contract
+it. The cap bounds the *cumulative* cost of a sub-solution, so when a full solution is found under
+a cap it is provably optimal (Pfeifer, Haegeman & Verstraete 2014). Work is counted in pair checks,
+which makes the search deterministic and lets the caller turn a time budget into a work budget.
 """
 
 from __future__ import annotations
@@ -38,6 +39,18 @@ class OptimalResult:
     ssa_path: list[tuple[int, int]] | None
     optimal: bool
     work: int
+
+
+@numba.njit(cache=True, inline="always")
+def _combined(objective, pa, pb, qa, qb, step, out_size):  # pragma: no cover - jitted
+    """(primary, secondary) cost of joining two parts: flops, size (then flops), write or combo."""
+    if objective == 0:
+        return pa + pb + step, 0.0
+    if objective == 1:
+        return max(pa, pb, out_size), qa + qb + step
+    if objective == 2:
+        return pa + pb + out_size, 0.0
+    return pa + pb + step + 64.0 * out_size, 0.0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -170,18 +183,7 @@ def _dp_kernel(
                             continue
                         # The cost model doubles a step that sums any index, even one of size 1.
                         step = involved * 2.0 if summed else involved
-                        if objective == 0:
-                            p = prim[i] + prim[j] + step
-                            qq = 0.0
-                        elif objective == 1:
-                            p = max(prim[i], prim[j], out_size)
-                            qq = sec[i] + sec[j] + step
-                        elif objective == 2:
-                            p = prim[i] + prim[j] + out_size
-                            qq = 0.0
-                        else:
-                            p = prim[i] + prim[j] + step + 64.0 * out_size
-                            qq = 0.0
+                        p, qq = _combined(objective, prim[i], prim[j], sec[i], sec[j], step, out_size)
                         if p > cap:
                             continue
                         if s != full and objective != 1:
@@ -313,6 +315,126 @@ def _neighbours(s, nbr):  # pragma: no cover - jitted
     return out
 
 
+# Up to this many tensors (and 64 indices) every contraction tree is searched, outer products included.
+ALL_TREES_MAX_TENSORS = 14
+
+
+@numba.njit(cache=True, nogil=True)
+def _all_trees_kernel(n, tensor_legs, sizes, out_mask, objective, max_size):  # pragma: no cover - jitted
+    """DP over every subset of tensors and every split of it: the optimum over all trees.
+
+    ``tensor_legs`` holds one uint64 leg mask per tensor. Returns the chosen left part of every
+    subset (0 where none fits ``max_size``) and the best primary cost of each subset.
+    """
+    one = np.uint64(1)
+    count = 1 << n
+    full = np.uint64(count - 1)
+    present = np.zeros(count, np.uint64)
+    for s in range(1, count):
+        low = s & -s
+        present[s] = present[s ^ low] | tensor_legs[trailing_zeros(np.uint64(low))]
+    legs = np.zeros(count, np.uint64)
+    size = np.ones(count, np.float64)
+    for s in range(1, count):
+        # An index leaves a subset's result once no tensor outside it carries it and it is not open.
+        lg = present[s] & (out_mask | present[np.int64(full ^ np.uint64(s))])
+        legs[s] = lg
+        v = 1.0
+        bits = lg
+        while bits:
+            low = bits & (~bits + one)
+            v *= sizes[trailing_zeros(low)]
+            bits ^= low
+        size[s] = v
+    prim = np.full(count, np.inf)
+    sec = np.full(count, np.inf)
+    split = np.zeros(count, np.int64)
+    for t in range(n):
+        prim[1 << t] = 0.0
+        sec[1 << t] = 0.0
+    for s in range(1, count):
+        low = s & -s
+        rest = s ^ low
+        if rest == 0 or size[s] > max_size:
+            continue
+        sub = rest
+        while True:
+            sub = (sub - 1) & rest
+            a = low | sub
+            b = s ^ a
+            if prim[a] < np.inf and prim[b] < np.inf:
+                shared = legs[a] & legs[b]
+                shared_size = 1.0
+                bits = shared
+                while bits:
+                    lo = bits & (~bits + one)
+                    shared_size *= sizes[trailing_zeros(lo)]
+                    bits ^= lo
+                involved = size[a] * size[b] / shared_size
+                out_size = size[s]
+                # The cost model doubles a step that sums any index, even one of size 1.
+                summed = (legs[a] | legs[b]) & ~legs[s]
+                step = involved * 2.0 if summed else involved
+                p, q = _combined(objective, prim[a], prim[b], sec[a], sec[b], step, out_size)
+                if p < prim[s] or (p == prim[s] and q < sec[s]):
+                    prim[s] = p
+                    sec[s] = q
+                    split[s] = a
+            if sub == 0:
+                break
+    return split, prim
+
+
+def solve_all_trees(
+    legs: Sequence[Sequence[int]],
+    output: frozenset[int] | set[int],
+    sizes: Sequence[float],
+    minimize: str = "flops",
+    *,
+    max_size: float = math.inf,
+) -> list[tuple[int, int]] | None:
+    """The optimal SSA path over every contraction tree, outer products included.
+
+    The connected-only DP (:func:`solve_legs`) can miss a cheaper tree that joins two pieces
+    sharing no index (two vectors on a large tensor: their outer product first costs their sizes'
+    product instead of a pass over the large tensor each). Searching every split of every subset
+    costs 3^n, so this runs for up to :data:`ALL_TREES_MAX_TENSORS` tensors and 64 indices;
+    otherwise (or when no tree keeps every intermediate within ``max_size``) it returns None.
+    """
+    n = len(legs)
+    if n == 1:
+        return []
+    ids = sorted({i for term in legs for i in term})
+    if n > ALL_TREES_MAX_TENSORS or len(ids) > 64:
+        return None
+    pos = {i: k for k, i in enumerate(ids)}
+    tensor_legs = np.zeros(n, np.uint64)
+    for t, term in enumerate(legs):
+        for i in term:
+            tensor_legs[t] |= np.uint64(1) << np.uint64(pos[i])
+    out_mask = np.uint64(0)
+    for i in ids:
+        if i in output:
+            out_mask |= np.uint64(1) << np.uint64(pos[i])
+    size_arr = np.array([float(sizes[i]) for i in ids] or [1.0])
+    split, prim = _all_trees_kernel(n, tensor_legs, size_arr, out_mask, _OBJECTIVE_CODES[minimize], float(max_size))
+    full = (1 << n) - 1
+    if not prim[full] < math.inf:
+        return None
+    path: list[tuple[int, int]] = []
+
+    def emit(s: int) -> int:
+        if s & (s - 1) == 0:
+            return s.bit_length() - 1
+        a = int(split[s])
+        left, right = emit(a), emit(s ^ a)
+        path.append((left, right))
+        return n + len(path) - 1
+
+    emit(full)
+    return path
+
+
 _compiler: subprocess.Popen | None = None
 
 
@@ -321,6 +443,7 @@ def _cached_on_disk() -> bool:
 
     try:
         dp = bool(_dp_kernel._cache._cache_file._load_index())  # type: ignore[attr-defined]
+        dp = dp and bool(_all_trees_kernel._cache._cache_file._load_index())  # type: ignore[attr-defined]
     except Exception:  # numba internals moved: assume nothing is cached
         return False
     return dp and topdown.cached_on_disk()
@@ -331,6 +454,7 @@ def warm_up() -> None:
     from tnplan import topdown
 
     solve_legs([(0, 1), (1, 2), (2, 0), (0,)], frozenset(), [2.0, 2.0, 2.0], _force=True)
+    solve_all_trees([(0, 1), (1, 2), (2, 0), (0,)], frozenset(), [2.0, 2.0, 2.0])
     topdown.warm_up()
 
 
@@ -345,7 +469,7 @@ def kernel_ready(block: bool = False) -> bool:
     global _compiler
     from tnplan import topdown
 
-    if _dp_kernel.signatures and topdown.compiled():
+    if _dp_kernel.signatures and _all_trees_kernel.signatures and topdown.compiled():
         return True
     if block or _cached_on_disk():
         warm_up()
@@ -543,6 +667,9 @@ def optimal_path(
             path at least that good).
         max_work: Budget in candidate pair checks; the search gives up (``ssa_path=None``) beyond it.
     """
+    if network.num_tensors <= ALL_TREES_MAX_TENSORS:
+        path = solve_all_trees(leaf_legs(network), network.int_output, network.int_sizes, minimize)
+        return OptimalResult(path, path is not None, 0)
     comps = components(network)
     if max(len(c) for c in comps) > MAX_TENSORS:
         return OptimalResult(None, False, 0)

@@ -8,11 +8,15 @@ yield a wrong contraction.
 from __future__ import annotations
 
 import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tnplan.cost import Costs, score_path, ssa_to_linear
+import numpy as np
+
+from tnplan.cost import OBJECTIVES, Costs, itemsize, score_path, ssa_to_linear
 from tnplan.errors import NetworkError, PlanError
 from tnplan.network import Label, Network
 
@@ -32,7 +36,10 @@ class Plan:
         sliced: Integer ids of the sliced indices (see :attr:`sliced_indices` for labels).
         costs: The full cost breakdown from :func:`tnplan.cost.score_path`.
         minimize: The objective it was optimised for.
-        optimal: Whether the tree is proven optimal for that objective (unsliced plans only).
+        optimal: Whether the tree is proven optimal for that objective (unsliced plans only): over
+            every contraction tree for networks of up to 14 tensors, otherwise over the trees that
+            never take an outer product inside a connected component (the search space of
+            opt_einsum's ``dp`` and cotengra's ``optimal``).
         planning_time: Seconds spent planning.
         method: Which search stage produced the tree.
         dtype: Element type used for memory figures.
@@ -56,8 +63,14 @@ class Plan:
     # ------------------------------------------------------------------ paths and costs
 
     @property
-    def path(self) -> list[tuple[int, int]]:
-        """The path in opt_einsum's linear format."""
+    def path(self) -> list[tuple[int, ...]]:
+        """The path in opt_einsum's linear format.
+
+        A single tensor gets opt_einsum's one-operand step ``[(0,)]``: an empty path would leave
+        its traces and summed indices unreduced in ``opt_einsum.contract(..., optimize=path)``.
+        """
+        if self.network.num_tensors == 1:
+            return [(0,)]
         return ssa_to_linear(self.ssa_path, self.network.num_tensors)
 
     @property
@@ -183,8 +196,12 @@ class Plan:
             PlanError: If the text is not a plan, the path is invalid, or it no longer scores to the
                 stored flops.
         """
+        if not isinstance(source, str | os.PathLike):
+            raise PlanError(f"Plan.from_json takes JSON text or a file path, got {type(source).__name__}")
         text = source if isinstance(source, str) else ""
-        if isinstance(source, Path) or not source.lstrip().startswith("{"):
+        if isinstance(source, str) and not source.strip():
+            raise PlanError("plan JSON is empty")
+        if not isinstance(source, str) or not source.lstrip().startswith(("{", "[")):
             try:
                 text = Path(source).read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
@@ -212,17 +229,24 @@ class Plan:
             raise PlanError(
                 f"plan re-scores to {costs.flops} flops but records {data['flops']}; it is stale or corrupt"
             )
+        minimize = data.get("minimize", "flops")
+        if minimize not in OBJECTIVES:
+            raise PlanError(f"plan field 'minimize' is {minimize!r}; expected one of {', '.join(OBJECTIVES)}")
+        dtype = data.get("dtype", "float64")
+        if not isinstance(dtype, str):
+            raise PlanError(f"plan field 'dtype' is {dtype!r}; expected a numpy dtype name such as 'float32'")
+        itemsize(dtype)
         return cls(
             network=network,
             ssa_path=ssa,
             sliced=sliced,
             costs=costs,
-            minimize=str(data.get("minimize", "flops")),
-            optimal=bool(data.get("optimal", False)),
-            planning_time=float(data.get("planning_time", 0.0)),
-            method=str(data.get("method", "")),
-            dtype=str(data.get("dtype", "float64")),
-            unsliced_flops=None if data.get("unsliced_flops") is None else int(data["unsliced_flops"]),
+            minimize=minimize,
+            optimal=_field(data, "optimal", bool, False),
+            planning_time=_field(data, "planning_time", float, 0.0),
+            method=_field(data, "method", str, ""),
+            dtype=str(np.dtype(dtype)),
+            unsliced_flops=_field(data, "unsliced_flops", int, None),
         )
 
     # ------------------------------------------------------------------ execution
@@ -254,6 +278,19 @@ class Plan:
         from tnplan.contract import compile_plan
 
         return compile_plan(self, free)
+
+
+def _field(data: dict[str, Any], name: str, kind: type, default: Any) -> Any:
+    """A plan JSON's metadata field, which must hold a JSON value of ``kind`` (or be absent/null)."""
+    value = data.get(name)
+    if value is None:
+        return default
+    ok = isinstance(value, kind) and not isinstance(value, bool) if kind is not bool else isinstance(value, bool)
+    if kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    if not ok:
+        raise PlanError(f"plan field {name!r} is {value!r}; expected a JSON {kind.__name__}")
+    return kind(value)
 
 
 def from_path(

@@ -25,6 +25,7 @@ Every candidate is compared with the same float objective; the returned plan is 
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass, field, replace
 from os import PathLike
@@ -154,6 +155,16 @@ class _Pool:
         return self.items[0]
 
 
+def _is_real(value: object) -> bool:
+    """A real number (Python or numpy), not a bool and not NaN."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _is_int(value: object) -> bool:
+    """An integer (Python or numpy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def plan(
     network: Network,
     *,
@@ -220,15 +231,17 @@ def plan(
         )
     if minimize not in OBJECTIVES:
         raise PlanError(f"unknown objective {minimize!r}; choose one of {', '.join(OBJECTIVES)}")
-    if max_time is not None and not max_time > 0:
-        raise PlanError(f"max_time must be > 0 seconds, got {max_time!r}")
-    if max_repeats is not None and max_repeats < 1:
-        raise PlanError(f"max_repeats must be >= 1, got {max_repeats!r}")
+    if max_time is not None and not (_is_real(max_time) and 0 < max_time < math.inf):
+        raise PlanError(f"max_time must be a finite number of seconds > 0, got {max_time!r}")
+    if max_repeats is not None and not (_is_int(max_repeats) and max_repeats >= 1):
+        raise PlanError(f"max_repeats must be an integer >= 1, got {max_repeats!r}")
     item_bytes = itemsize(dtype)
-    for name, value in (("memory_limit", memory_limit), ("max_size", max_size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
-            raise PlanError(f"{name} must be a positive number, got {value!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+    for name, value, least in (("memory_limit", memory_limit, 1), ("max_size", max_size, 1)):
+        if value is not None and not (_is_real(value) and least <= value < math.inf):
+            raise PlanError(f"{name} must be a finite number >= {least}, got {value!r}")
+    if not (_is_int(seed) and seed >= 0):
+        raise PlanError(f"seed must be an integer >= 0, got {seed!r}")
+    if not (_is_int(workers) and workers >= 1):
         raise PlanError(f"workers must be a positive integer, got {workers!r}")
     store = resolve_cache(cache)
     if (cache_only or refine) and store is None:
@@ -585,8 +598,10 @@ def _enumerate(legs, output, sizes, minimize) -> list[tuple[int, int]]:
 def _exact_feasible(legs, budget: float) -> bool:
     """Exact search up to 40 tensors; up to 64 only with a budget of 10 s or more, because past 40
     tensors it rarely completes in less and the heuristics need the time."""
-    from tnplan.optimal import MAX_TENSORS, _connected
+    from tnplan.optimal import ALL_TREES_MAX_TENSORS, MAX_TENSORS, _connected
 
+    if len(legs) <= ALL_TREES_MAX_TENSORS:
+        return True  # every tree is searched, connected or not
     limit = min(EXACT_MAX_TENSORS, MAX_TENSORS) if budget >= 10.0 else 40
     return len(legs) <= limit and _connected(legs)
 
@@ -598,12 +613,17 @@ def _try_exact(legs, output, sizes, minimize, upper, seconds: float) -> list[tup
     branch and bound (:mod:`tnplan.topdown`) with half of that share; the bottom-up DP gets the rest.
     """
     from tnplan import topdown
-    from tnplan.optimal import PAIRS_PER_SECOND, kernel_ready, solve_legs
+    from tnplan.optimal import ALL_TREES_MAX_TENSORS, PAIRS_PER_SECOND, kernel_ready, solve_all_trees, solve_legs
 
     if not kernel_ready():
         return None  # still compiling in the background: a compilation must not eat the budget
 
     n = len(legs)
+    if n <= ALL_TREES_MAX_TENSORS:
+        # Milliseconds, and the connected-only search below can miss a cheaper tree with an outer product.
+        path = solve_all_trees(legs, output, sizes, minimize)
+        if path is not None:
+            return path
     # The work budget derives from the whole (nominal) budget, not the time left, so that runs
     # without an explicit max_time stay deterministic. Small networks get most of it; larger ones a
     # quarter, because when the exact search fails the heuristic search still needs time.
