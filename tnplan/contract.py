@@ -271,6 +271,7 @@ def contract_plan(plan: Plan, arrays: Sequence[Any]) -> Any:
         got = tuple(getattr(arr, "shape", ()))
         if got != shape:
             raise PlanError(f"array {k} has shape {got} but the network expects {shape}")
+    _check_torch_operands(arrays)
     ids = net.label_ids
     full_terms = [[ids[lab] for lab in term] for term in net.inputs]
     legs = leaf_legs(net)
@@ -307,6 +308,24 @@ def contract_plan(plan: Plan, arrays: Sequence[Any]) -> Any:
         else:
             result = piece if result is None else result + piece
     return result
+
+
+def _check_torch_operands(arrays: Sequence[Any]) -> None:
+    """torch.einsum neither promotes dtypes nor mixes devices or numpy arrays: say so up front."""
+    tensors = [a for a in arrays if _is_torch(a)]
+    if not tensors:
+        return
+    if len(tensors) != len(arrays):
+        k = next(k for k, a in enumerate(arrays) if not _is_torch(a))
+        kind = type(arrays[k]).__name__
+        raise PlanError(f"array {k} is a {kind} among torch tensors; pass every operand as a tensor")
+    for name in ("dtype", "device"):
+        values = [getattr(t, name) for t in tensors]
+        if len(set(values)) > 1:
+            k = next(k for k, v in enumerate(values) if v != values[0])
+            raise PlanError(
+                f"array {k} has {name} {values[k]} but array 0 has {values[0]}; give every tensor one {name}"
+            )
 
 
 def _run_steps(tensors: list[Any], steps: Sequence[Any], n: int) -> Any:
