@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwad
 from torch import nn
 
 import tnplan
@@ -128,8 +129,9 @@ class Generator(nn.Module):
         executor: ``"torch"`` (einsum programs), ``"numba"`` (fused CPU kernels, :mod:`kernels`),
             ``"cuda"`` (the same kernels on the GPU, for CUDA parameters) or ``"auto"``: numba for
             float32/float64 CPU parameters when every segment has a fused kernel (a named
-            activation); torch otherwise (and on GPUs for now), and always while ``torch.compile`` /
-            ``torch.export`` trace the module.
+            activation); torch otherwise (and on GPUs for now). Every executor runs the torch programs
+            while ``torch.compile`` / ``torch.export`` trace the module, a ``torch.func`` transform
+            (``grad``, ``vmap``, ``jacrev``, ...) runs it or its cores carry forward-mode tangents.
     """
 
     def __init__(
@@ -302,9 +304,11 @@ class Generator(nn.Module):
 
     # ------------------------------------------------------------------ execution
 
-    def _operand(self, op: Operand, outputs: list[torch.Tensor]) -> torch.Tensor:
+    def _operand(
+        self, op: Operand, outputs: list[torch.Tensor], cores: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         if op.kind == "core":
-            return self.cores[op.key]
+            return self.cores[op.key] if cores is None else cores[op.key]  # type: ignore[index]
         src = outputs[op.key]
         if self.groups[op.key].size == 1:
             return src
@@ -312,37 +316,61 @@ class Generator(nn.Module):
             return torch.stack([src[i] for i in op.index])
         return src[op.index]
 
-    def run_groups(self, upto: int | None = None, *, keep_preactivations: bool = False) -> list[Any]:
-        """Run groups ``0..upto-1`` (all by default); returns their activated outputs (and pre-activations)."""
+    def run_groups(
+        self,
+        upto: int | None = None,
+        *,
+        keep_preactivations: bool = False,
+        cores: Mapping[str, torch.Tensor] | None = None,
+    ) -> list[Any]:
+        """Run groups ``0..upto-1`` (all by default); returns their activated outputs (and pre-activations).
+
+        ``cores``: tensors by core name to use in place of the module's cores.
+        """
         outputs: list[torch.Tensor] = []
         pre: list[torch.Tensor] = []
         end = len(self.groups) if upto is None else upto
         for g in self.groups[:end]:
-            z = g.program(*(self._operand(op, outputs) for op in g.operands))
+            z = g.program(*(self._operand(op, outputs, cores) for op in g.operands))
             pre.append(z)
             outputs.append(activations.apply(g.activation, z))
         return [outputs, pre] if keep_preactivations else outputs
 
-    def padded_weight(self) -> torch.Tensor:
-        """The weight with its padding, ``(out_padded, in_padded)``, from the torch programs (differentiable)."""
-        return layout.reshape(self.run_groups()[-1], (self.out_padded, self.in_padded))
+    def padded_weight(self, cores: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The weight with its padding, ``(out_padded, in_padded)``, from the torch programs (differentiable).
+
+        ``cores``: tensors by core name to use in place of the module's cores (the kernels' double
+        backward differentiates the weight in the cores it saved).
+        """
+        return layout.reshape(self.run_groups(cores=cores)[-1], (self.out_padded, self.in_padded))
 
     def uses_kernels(self) -> bool:
         """Whether ``forward`` builds the weight with the kernels (numba CPU or CUDA) right now."""
-        if self.executor == "torch" or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        # torch.func transforms (grad, vmap, jacrev, ...) and forward-mode AD cannot see into the kernels'
+        # autograd.Function (no setup_context, no jvp): they run the torch programs, as torch.compile does.
+        traced = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        if self.executor == "torch" or traced or torch._C._are_functorch_transforms_active():
             return False
-        p = next(iter(self.cores.values()))
-        floating = p.dtype in (torch.float32, torch.float64)
+        cores = list(self.cores.values())
+        if any(fwad.unpack_dual(c).tangent is not None for c in cores):
+            return False
+        p = cores[0]
+        # Every core, not only the first: the kernels run one dtype on one device.
+        floating = p.dtype in (torch.float32, torch.float64) and all(
+            c.dtype == p.dtype and c.device == p.device for c in cores
+        )
         if self.executor == "cuda":
             if p.device.type != "cuda" or not floating:
                 raise AdntnError(
-                    "executor='cuda' needs float32/float64 parameters on a CUDA device; move the module with "
-                    ".to('cuda') or use 'auto'"
+                    "executor='cuda' needs float32/float64 parameters of one dtype on a CUDA device; move the "
+                    "module with .to('cuda') or use 'auto'"
                 )
             return True
         if p.device.type != "cpu" or not floating:
             if self.executor == "numba":
-                raise AdntnError("executor='numba' needs float32/float64 parameters on the CPU; use 'torch' or 'auto'")
+                raise AdntnError(
+                    "executor='numba' needs float32/float64 parameters of one dtype on the CPU; use 'torch' or 'auto'"
+                )
             # auto on a GPU: torch until the CUDA kernels are measured to win there (kernels-gpu.md).
             return False
         return self.cpu_kernels()

@@ -65,16 +65,18 @@ def best_seconds(fn: Callable[[], Any], reps: int = 5) -> float:
 
 
 def stored(path: Path, version: int, valid: Callable[[dict], bool], measure: Callable[[], dict]) -> dict[str, Any]:
-    """The JSON calibration at ``path`` if it has this ``version``, torch's current thread count and
-    ``valid`` accepts it; else ``measure()``, written there whole (a temporary file, renamed; a
-    directory that cannot be written gets a warning, and the measurement is still returned)."""
+    """The JSON calibration at ``path`` if it has this ``version``, torch's current thread count, this
+    machine and ``valid`` accepts it; else ``measure()``, written there whole (a temporary file, renamed;
+    a directory that cannot be written gets a warning, and the measurement is still returned)."""
     import torch
 
+    header = {"version": version, "threads": torch.get_num_threads(), "machine": platform.machine()}
     try:
         cal = json.loads(path.read_text())
-        if cal["version"] == version and cal["threads"] == torch.get_num_threads() and valid(cal):
+        if all(cal[k] == v for k, v in header.items()) and valid(cal):
             return cal
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    # RecursionError: a file nested past the parser's depth is damaged, like any other.
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         pass
     cal = measure()
     store(path, cal, stacklevel=4)
@@ -151,7 +153,7 @@ def cached_entry(
             data = json.loads(p.read_text())
             if any(data[k] != v for k, v in header.items()) or not isinstance(data["entries"], dict):
                 return {}
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):  # a damaged file: measure again
             return {}
         return {
             k: v for k, v in data["entries"].items()
@@ -256,7 +258,7 @@ def calibration() -> dict[str, Any]:
 
     def valid(cal: dict[str, Any]) -> bool:
         values = [cal[side][key] for side in ("numba", "blas", "direct") for key in KEYS]
-        return all(isinstance(v, float) and v > 0 for v in values)
+        return all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in values)
 
     cal = stored(cache_file(), VERSION, valid, measure)
     _MEMO[threads] = cal

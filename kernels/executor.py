@@ -417,13 +417,35 @@ class _KernelGenerator(torch.autograd.Function):
         ctx.generator, ctx.saved, ctx.tensors, ctx.keys, ctx.blas, ctx.backend = (
             generator, saved, tensors, keys, blas, backend,
         )  # fmt: skip
+        ctx.save_for_backward(*params)  # unpacked only by a backward that builds a graph (_reference_grads)
         return outputs[-1].reshape(generator.out_padded, generator.in_padded)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        if torch.is_grad_enabled():  # create_graph=True: the gradients will be differentiated again
+            return (None, None, *_reference_grads(ctx, grad))
         g = ctx.generator
         grads = _backward(g, ctx.saved, grad.detach(), ctx.tensors, ctx.backend, ctx.blas)
         return (None, None, *(grads[k].reshape(ctx.tensors[k].shape) for k in ctx.keys))
+
+
+def _reference_grads(ctx: Any, grad: torch.Tensor) -> list[torch.Tensor | None]:
+    """The cores' gradients through the generator's torch programs, with their graph.
+
+    The kernels' adjoints are computed outside autograd, so a gradient built from them has no
+    derivative of its own: double backward, Hessian-vector products and ``autograd.functional.jvp``
+    would silently lose every second-order term. Re-running the reference programs on the saved
+    cores under autograd keeps them (at the torch executor's speed, for these rare backwards only).
+    """
+    params = ctx.saved_tensors
+    wanted = [k for k, need in enumerate(ctx.needs_input_grad[2:]) if need]
+    with torch.enable_grad():
+        w = ctx.generator.padded_weight(dict(zip(ctx.keys, params, strict=True)))
+        found = torch.autograd.grad(w, [params[k] for k in wanted], grad, create_graph=True, allow_unused=True)
+    grads: list[torch.Tensor | None] = [None] * len(params)
+    for k, value in zip(wanted, found, strict=True):
+        grads[k] = value
+    return grads
 
 
 def numba_weight(
@@ -436,8 +458,51 @@ def numba_weight(
     cost model chooses per step. ``cores``: tensors to use in place of the generator's cores (same
     order and shapes), as the layers' timing model does to time the kernels on float32 copies.
     """
-    tensors = list(generator.cores.values()) if cores is None else cores
+    tensors = list(generator.cores.values()) if cores is None else list(cores)
+    _check_cores(generator, tensors)
     return _KernelGenerator.apply(generator, blas, *tensors)
+
+
+def core_shapes(generator: Generator) -> dict[str, tuple[int, ...]]:
+    """The shape of each core as the generator's group networks (and so the kernels' step tables) have it."""
+    shapes = generator.__dict__.get("_core_shapes")
+    if shapes is None:  # the groups never change: computed once, off the per-call path
+        shapes = {}
+        for g in generator.groups:
+            sizes = g.network.size_dict
+            for op, labels in zip(g.operands, g.network.inputs, strict=True):
+                if op.kind == "core":
+                    shapes[str(op.key)] = tuple(sizes[x] for x in labels)
+        generator.__dict__["_core_shapes"] = shapes
+    return shapes
+
+
+def _check_cores(generator: Generator, tensors: list[torch.Tensor]) -> None:
+    """Refuse tensors the kernels cannot take: the kernels index the cores' memory through offset tables
+    without bounds checks, so a wrong shape would read (or write) past the end instead of failing.
+
+    Raises:
+        KernelsError: On a wrong number of cores, a wrong shape, a dtype other than one of
+            float32/float64 for all, cores on several devices or on one the kernels do not run on,
+            or a running ``torch.func`` transform.
+    """
+    keys = list(generator.cores.keys())
+    if len(tensors) != len(keys):
+        raise KernelsError(f"{len(tensors)} cores given; the generator has {len(keys)}")
+    dtypes = sorted({str(t.dtype) for t in tensors})
+    if dtypes not in (["torch.float32"], ["torch.float64"]):
+        raise KernelsError(f"the kernels need cores of one dtype, float32 or float64; got {', '.join(dtypes)}")
+    devices = {t.device for t in tensors}
+    if len(devices) != 1 or tensors[0].device.type not in ("cpu", "cuda"):
+        raise KernelsError(
+            f"the kernels need every core on one CPU or CUDA device; got {', '.join(sorted(map(str, devices)))}"
+        )
+    if torch._C._are_functorch_transforms_active():
+        raise KernelsError("the kernels cannot run under torch.func transforms; use generator.padded_weight()")
+    shapes = core_shapes(generator)
+    for key, t in zip(keys, tensors, strict=True):
+        if tuple(t.shape) != shapes[key]:
+            raise KernelsError(f"core {key!r} has shape {tuple(t.shape)}; the generator's steps expect {shapes[key]}")
 
 
 def get_executor(name: str) -> str:

@@ -30,14 +30,18 @@ import numpy as np
 IDENTITY, RELU, LEAKY_RELU, TANH, GELU = 0, 1, 2, 3, 4
 CODES = {"identity": IDENTITY, "relu": RELU, "leaky_relu": LEAKY_RELU, "tanh": TANH, "gelu": GELU}
 NEGATIVE_SLOPE = 0.01
+# fastmath without "nnan"/"ninf": the activations are inlined into these loops, and LLVM may fold a
+# comparison it assumes NaN-free (ReLU would map NaN to 0, where torch's propagates it).
+FAST = {"reassoc", "contract", "arcp", "nsz", "afn"}
 _SQRT_HALF = 0.7071067811865476
 _INV_SQRT_2PI = 0.3989422804014327
 
 
 def activation(z: float, code: int) -> float:
     """``σ(z)`` by activation code; compiled for the CPU here and for the GPU in :mod:`kernels.cuda`."""
+    # Written so that NaN (which compares false) propagates, as it does through torch's activations.
     if code == RELU:
-        return z if z > 0.0 else 0.0
+        return 0.0 if z <= 0.0 else z
     if code == LEAKY_RELU:
         return z if z > 0.0 else NEGATIVE_SLOPE * z
     if code == TANH:
@@ -49,8 +53,9 @@ def activation(z: float, code: int) -> float:
 
 def derivative(z: float, y: float, code: int) -> float:
     """``σ'(z)``; ``y = σ(z)`` suffices for all but GELU."""
+    # At NaN: 1 for ReLU, the slope for leaky ReLU, as torch's threshold_backward / leaky_relu_backward.
     if code == RELU:
-        return 1.0 if y > 0.0 else 0.0
+        return 0.0 if y <= 0.0 else 1.0
     if code == LEAKY_RELU:
         return 1.0 if y > 0.0 else NEGATIVE_SLOPE
     if code == TANH:
@@ -110,7 +115,7 @@ BLOCK_ROWS = 4
 BLOCK_MAX_N = 8192
 
 
-@numba.njit(cache=True, inline="always", fastmath=True)
+@numba.njit(cache=True, inline="always", fastmath=FAST)
 def _forward_one(X, Yc, xo, xk, K, N, b, buf):
     """One output row (offset ``xo`` into ``X``) accumulated into ``buf``."""
     buf[:] = 0.0
@@ -131,7 +136,7 @@ def _forward_one(X, Yc, xo, xk, K, N, b, buf):
         k += 1
 
 
-@numba.njit(cache=True, inline="always", fastmath=True)
+@numba.njit(cache=True, inline="always", fastmath=FAST)
 def _forward_four(X, Yc, xb, xm, xk, K, N, b, m, bufs):
     """Rows ``m..m+3`` (same ``b``) together: each pair of ``Yc`` rows is read once for four output
     rows, so ``Yc`` (often larger than L1) is streamed a quarter as often as row by row."""
@@ -164,7 +169,7 @@ def _forward_four(X, Yc, xb, xm, xk, K, N, b, m, bufs):
             g3[n] += a3 * u
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, fastmath=FAST)
 def _forward_rows(X, Yc, Z, Zpre, xb, xm, xk, K, N, zb, zm, zn, run, code, lo, hi):
     """Output rows ``lo..hi`` (flattened ``(b, m)``) of one forward step."""
     # A local buffer (LLVM then knows it aliases nothing) and row views rather than computed
@@ -187,7 +192,7 @@ def _forward_rows(X, Yc, Z, Zpre, xb, xm, xk, K, N, zb, zm, zn, run, code, lo, h
             row += 1
 
 
-@numba.njit(cache=True, inline="always", fastmath=True)
+@numba.njit(cache=True, inline="always", fastmath=FAST)
 def _backward_one(X, Yc, Xbar, Ycbar, xo, xk, K, N, b, buf, need_x, need_y):
     """One row's adjoint contributions from its (activated) output adjoint ``buf``."""
     k = 0
@@ -234,7 +239,7 @@ def _backward_one(X, Yc, Xbar, Ycbar, xo, xk, K, N, b, buf, need_x, need_y):
         k += 1
 
 
-@numba.njit(cache=True, inline="always", fastmath=True)
+@numba.njit(cache=True, inline="always", fastmath=FAST)
 def _backward_four(X, Yc, Xbar, Ycbar, xb, xm, xk, K, N, b, m, bufs, need_x, need_y):
     """Rows ``m..m+3`` (same ``b``) together: each ``Yc`` row is read once for four dot products and
     each ``Ȳc`` row is loaded and stored once for four rows' updates (a quarter of the stores)."""
@@ -262,7 +267,7 @@ def _backward_four(X, Yc, Xbar, Ycbar, xb, xm, xk, K, N, b, m, bufs, need_x, nee
                 ybar[n] += a0 * g0[n] + a1 * g1[n] + a2 * g2[n] + a3 * g3[n]
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, fastmath=FAST)
 def _backward_rows(X, Yc, G, OUT, PRE, code, Xbar, Ycbar, xb, xm, xk, K, N, zb, zm, zn, run, lo, hi):
     """Adjoint contributions of output rows ``lo..hi``: ``X̄`` rows are written (each row owns its
     ``X̄`` entries), ``Ȳc`` is accumulated into the given array."""
@@ -286,7 +291,7 @@ def _backward_rows(X, Yc, G, OUT, PRE, code, Xbar, Ycbar, xb, xm, xk, K, N, zb, 
             row += 1
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, fastmath=FAST)
 def forward_step(X, Yc, Z, Zpre, xb, xm, xk, K, N, zb, zm, zn, run, code):
     """``Z = act(X ⊗ Yc)`` for one step; ``Zpre`` (when non-empty) receives the pre-activation.
 
@@ -297,7 +302,7 @@ def forward_step(X, Yc, Z, Zpre, xb, xm, xk, K, N, zb, zm, zn, run, code):
     return Z
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)
+@numba.njit(cache=True, nogil=True, fastmath=FAST, parallel=True)
 def forward_step_parallel(X, Yc, Z, Zpre, xb, xm, xk, K, N, zb, zm, zn, run, code, chunks):
     """:func:`forward_step` over ``chunks`` contiguous blocks of output rows on numba's threads
     (rows write disjoint parts of ``Z``)."""
@@ -308,7 +313,7 @@ def forward_step_parallel(X, Yc, Z, Zpre, xb, xm, xk, K, N, zb, zm, zn, run, cod
     return Z
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, fastmath=FAST)
 def backward_step(X, Yc, G, OUT, PRE, code, Xbar, Ycbar, xb, xm, xk, K, N, zb, zm, zn, run):
     """Both adjoints of one step in one pass over its output adjoint ``G``.
 
@@ -320,7 +325,7 @@ def backward_step(X, Yc, G, OUT, PRE, code, Xbar, Ycbar, xb, xm, xk, K, N, zb, z
     _backward_rows(X, Yc, G, OUT, PRE, code, Xbar, Ycbar, xb, xm, xk, K, N, zb, zm, zn, run, 0, rows)
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)
+@numba.njit(cache=True, nogil=True, fastmath=FAST, parallel=True)
 def backward_step_parallel(X, Yc, G, OUT, PRE, code, Xbar, Ycbar, xb, xm, xk, K, N, zb, zm, zn, run, chunks):
     """:func:`backward_step` over ``chunks`` blocks of rows on numba's threads. ``X̄`` entries belong
     to one row each; ``Ȳc`` is summed by every row, so each block accumulates its own copy and the
@@ -441,7 +446,7 @@ def _blas_forward_part(p, parts, by_tile, Xc, Yp, Z, Zpre, zb, zm, zn, code, til
                 _put_row(buf, i * w, Z, Zpre, zb[b] + zm[r0 + i] + tiles[t, T_R0], outer, run, code)
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, fastmath=FAST)
 def blas_forward(Xc, Yc, Z, Zpre, zb, zm, zn, code, tiles, block):
     """``Z = act(Xc @ Yc)`` by BLAS GEMMs on tiles of ``block`` rows and one column tile, each written
     through ``Z``'s offsets while it is in cache. ``Xc`` is the canonical ``(B, M, K)`` left operand."""
@@ -451,7 +456,7 @@ def blas_forward(Xc, Yc, Z, Zpre, zb, zm, zn, code, tiles, block):
     return Z
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)
+@numba.njit(cache=True, nogil=True, fastmath=FAST, parallel=True)
 def blas_forward_parallel(Xc, Yc, Z, Zpre, zb, zm, zn, code, tiles, block, parts, by_tile):
     """:func:`blas_forward` with the tiles split over ``parts`` of numba's threads, each running its
     own single-threaded GEMMs (one parallel region for the whole step)."""
@@ -498,7 +503,7 @@ def _blas_backward_part(
                     dst += gy[k]
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, fastmath=FAST)
 def blas_backward(Xc, Yc, G, OUT, PRE, code, Xcb, Ycb, zb, zm, zn, tiles, block):
     """Both canonical adjoints of a :func:`blas_forward` step: per tile, ``Ḡ ⊙ σ'`` gathered through
     ``Z``'s offsets, then ``X̄c = Ḡ Ycᵀ`` and ``Ȳc += Xcᵀ Ḡ`` by BLAS. ``Xcb`` and ``Ycb`` are written."""
@@ -511,7 +516,7 @@ def blas_backward(Xc, Yc, G, OUT, PRE, code, Xcb, Ycb, zb, zm, zn, tiles, block)
     _blas_backward_part(0, 1, False, Xc, Yp, G, OUT, PRE, code, Xcb, Ycb, zb, zm, zn, tiles, block, buf, tx, ty)
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)
+@numba.njit(cache=True, nogil=True, fastmath=FAST, parallel=True)
 def blas_backward_parallel(Xc, Yc, G, OUT, PRE, code, Xcb, Ycb, zb, zm, zn, tiles, block, parts, by_tile):
     """:func:`blas_backward` split over ``parts`` threads by row blocks, or ``by_tile``. The adjoint
     every part adds to (``Ȳc``, or ``X̄c`` by tile) gets one copy per part, summed in part order, so the

@@ -260,7 +260,12 @@ def test_calibration_reads_its_cache_and_remeasures_a_bad_one(monkeypatch):
     monkeypatch.setattr(timing, "_MEMO", {})
     path = timing.cache_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    stored = {"version": timing.VERSION, "threads": torch.get_num_threads(), "params": {**EPYC, "per_op": 4.25e-6}}
+    stored = {
+        "version": timing.VERSION,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "params": {**EPYC, "per_op": 4.25e-6},
+    }
     path.write_text(json.dumps(stored))
     assert timing.calibration()["per_op"] == 4.25e-6  # read, not measured
     monkeypatch.setattr(timing, "_MEMO", {})
