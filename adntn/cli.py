@@ -16,7 +16,8 @@ def _config(args: argparse.Namespace):
     overrides = {
         "model": args.model,
         "dataset": args.dataset,
-        "compress": parse_compress(args.compress) if args.compress else None,
+        # --compress "" is an empty rule set: it clears the config file's rules.
+        "compress": parse_compress(args.compress) if args.compress is not None else None,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "lr": args.lr,
@@ -45,7 +46,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="TOML or JSON config (flags override it)")
     p.add_argument("--model", choices=["alexnet", "vgg16"])
     p.add_argument("--dataset", choices=["digits", "fashion-mnist", "mnist", "cifar10"])
-    p.add_argument("--compress", help="e.g. fc6=ttn:bond=8,fc7=mera:bond=4")
+    p.add_argument("--compress", help="e.g. fc6=ttn:bond=8,fc7=mera:bond=4 ('' for none: the dense model)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -55,7 +56,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device")
     p.add_argument("--width", type=float, help="channel multiplier of the convolutions")
     p.add_argument("--fc-dim", type=int, help="width of fc6/fc7 (default 4096)")
-    p.add_argument("--train-limit", type=int, help="use only the first N training images")
+    p.add_argument("--train-limit", type=int, help="use only the first N training images (0: all)")
     p.add_argument("--data-dir")
     p.add_argument("--cache", help="plan cache file (default: tnplan's)")
     p.add_argument("--cache-only", action="store_true", help="refuse to plan: every segment must be cached")

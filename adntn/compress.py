@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,9 @@ _INT_OPTIONS = {"bond_dim", "arity", "n_factors", "activation_every", "steps", "
 
 def parse_spec(spec: str | Mapping[str, Any]) -> dict[str, Any]:
     """``"ttn:bond=8:activation=gelu"`` (or a dict) -> layer options with ``arch``.
+
+    Values become booleans (``true`` / ``false``), ints or floats (``lr=0.1``) where they read as
+    such, and stay strings otherwise (``activation=gelu``).
 
     Raises:
         AdntnError: On a malformed spec.
@@ -40,11 +44,25 @@ def parse_spec(spec: str | Mapping[str, Any]) -> dict[str, Any]:
                 opts[key] = int(value)
             except ValueError:
                 raise AdntnError(f"option {key} in spec {spec!r} must be an integer, got {value!r}") from None
-        elif value in ("true", "false"):
-            opts[key] = value == "true"
         else:
-            opts[key] = value
+            opts[key] = _value(value)
     return opts
+
+
+def _value(text: str) -> bool | int | float | str:
+    """A spec value as the layer wants it: ``true``/``false``, an int, a finite float, else the text."""
+    if text in ("true", "false"):
+        return text == "true"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    # "inf" and "nan" parse as floats but are names here (an activation could be called so).
+    return number if math.isfinite(number) else text
 
 
 @dataclass
@@ -74,10 +92,16 @@ class CompressionReport:
 def compress(model: nn.Module, rules: Mapping[str, str | Mapping[str, Any]], *, fit: bool = False) -> CompressionReport:
     """Replace the ``nn.Linear`` / ``nn.Conv2d`` layers named by ``rules`` in place.
 
+    Every replacement is built before any is swapped in, so a call that raises leaves ``model`` as
+    it was. A layer used under several names (weight sharing) is one layer: a rule naming any of its
+    names replaces it under all of them by one new layer, which keeps the sharing.
+
     Args:
         model: The model; modified in place.
         rules: Layer name (or ``fnmatch`` pattern, e.g. ``"features.*"``) -> spec such as
             ``"ttn:bond=8"`` or ``{"arch": "mera", "bond_dim": 4}``. The first matching rule wins.
+            A pattern skips the layers that cannot compress (other types, grouped or non-zero-padded
+            convolutions, ``nn.MultiheadAttention``'s ``out_proj``); a rule naming one exactly is an error.
         fit: Fit each generator to the layer's current weight (``from_linear`` / ``from_conv``)
             instead of a fresh init.
 
@@ -85,62 +109,42 @@ def compress(model: nn.Module, rules: Mapping[str, str | Mapping[str, Any]], *, 
         The per-layer :class:`CompressionReport`.
 
     Raises:
-        AdntnError: If a rule matches no replaceable layer or a layer is of an unsupported type.
+        AdntnError: If a rule matches no replaceable layer, names a layer that cannot compress, or
+            builds no layer (a bad spec).
     """
-    layers = {name: mod for name, mod in model.named_modules() if name}
-    replaceable = {n for n, m in layers.items() if isinstance(m, (nn.Linear, nn.Conv2d))}
-    parsed = [(pattern, parse_spec(spec)) for pattern, spec in rules.items()]
-    chosen: dict[str, dict[str, Any]] = {}
-    for pattern, opts in parsed:
-        hits = [n for n in layers if n == pattern or fnmatch.fnmatchcase(n, pattern)]
+    # named_modules() drops every name of a shared module but its first; all of them are needed to
+    # match rules and to swap the module out everywhere.
+    names: dict[int, list[str]] = {}
+    modules: dict[int, nn.Module] = {}
+    for name, mod in model.named_modules(remove_duplicate=False):
+        if name:
+            names.setdefault(id(mod), []).append(name)
+            modules[id(mod)] = mod
+    # nn.MultiheadAttention hands out_proj.weight to F.multi_head_attention_forward and never calls it.
+    out_projs = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    refusals = {key: _refusal(mod, key in out_projs) for key, mod in modules.items()}
+    replaceable = sorted(n for key, ns in names.items() if refusals[key] is None for n in ns)
+    chosen: dict[int, dict[str, Any]] = {}
+    for pattern, spec in rules.items():
+        opts = parse_spec(spec)
+        hits = [(key, n) for key, ns in names.items() for n in ns if n == pattern or fnmatch.fnmatchcase(n, pattern)]
         if not hits:
             raise AdntnError(
-                f"rule {pattern!r} matches no layer; layers that can be compressed: "
-                f"{', '.join(sorted(replaceable)) or 'none'}"
+                f"rule {pattern!r} matches no layer; layers that can be compressed: {', '.join(replaceable) or 'none'}"
             )
-        for name in hits:
-            if name not in replaceable:
+        for key, name in hits:
+            if refusals[key] is not None:
                 if name == pattern:
-                    raise AdntnError(
-                        f"layer {name!r} is a {type(layers[name]).__name__}; only Linear and Conv2d compress"
-                    )
+                    raise AdntnError(f"layer {name!r} {refusals[key]}")
                 continue
-            chosen.setdefault(name, opts)
+            chosen.setdefault(key, opts)
     report = CompressionReport()
-    for name, opts in chosen.items():
-        old = layers[name]
-        opts = dict(opts)
-        arch = opts.pop("arch")
-        steps = opts.pop("steps", 500)
-        seed = opts.pop("seed", 0)
-        if isinstance(old, nn.Linear):
-            if fit:
-                new: nn.Module = TNLinear.from_linear(old, arch, steps=steps, seed=seed, **opts)
-            else:
-                new = TNLinear(old.in_features, old.out_features, arch, bias=old.bias is not None, **opts)
-            kind = "linear"
-        else:
-            if old.groups != 1 or old.padding_mode != "zeros":
-                raise AdntnError(f"layer {name!r}: only groups=1, zero-padded convolutions compress")
-            if fit:
-                new = TNConv2d.from_conv(old, arch, steps=steps, seed=seed, **opts)
-            else:
-                new = TNConv2d(
-                    old.in_channels,
-                    old.out_channels,
-                    old.kernel_size,
-                    old.stride,
-                    old.padding,
-                    old.dilation,
-                    arch,
-                    bias=old.bias is not None,
-                    **opts,
-                )
-            kind = "conv2d"
-        new.to(device=old.weight.device, dtype=old.weight.dtype)
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, new)
+    built: list[tuple[int, nn.Module]] = []
+    for key, opts in chosen.items():
+        name = names[key][0]
+        new, kind, arch = _replacement(name, modules[key], opts, fit)
+        built.append((key, new))
+        old = modules[key]
         report.rows.append(
             {
                 "layer": name,
@@ -152,4 +156,67 @@ def compress(model: nn.Module, rules: Mapping[str, str | Mapping[str, Any]], *, 
                 "fit_error": new.fit_error,
             }
         )
+    for key, new in built:  # nothing raises from here on: the model changes all at once or not at all
+        for name in names[key]:
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
     return report
+
+
+# Taken from the layer being replaced, so a spec may not set them.
+_FROM_LAYER = {
+    "in_features",
+    "out_features",
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "padding_mode",
+    "device",
+    "dtype",
+}
+
+
+def _refusal(mod: nn.Module, out_proj: bool) -> str | None:
+    """Why ``mod`` cannot be compressed (the end of an error message), or ``None`` if it can."""
+    if not isinstance(mod, (nn.Linear, nn.Conv2d)):
+        return f"is a {type(mod).__name__}; only Linear and Conv2d compress"
+    if out_proj:
+        return (
+            "is an nn.MultiheadAttention's out_proj, whose weight the attention reads directly; "
+            "a generated layer there would never run"
+        )
+    if isinstance(mod, nn.Conv2d) and (mod.groups != 1 or mod.padding_mode != "zeros"):
+        return "is a grouped or non-zero-padded convolution; only groups=1, zero-padded convolutions compress"
+    return None
+
+
+def _replacement(name: str, old: nn.Module, opts: dict[str, Any], fit: bool) -> tuple[nn.Module, str, str]:
+    """The TN layer replacing ``old`` under ``opts`` (on its device and dtype), its kind and arch."""
+    if isinstance(old, nn.modules.lazy.LazyModuleMixin) and old.has_uninitialized_params():
+        raise AdntnError(f"layer {name!r} is an uninitialised {type(old).__name__}; run a forward pass first")
+    opts = dict(opts)
+    taken = sorted(_FROM_LAYER & set(opts))
+    if taken:
+        raise AdntnError(f"layer {name!r}: option(s) {', '.join(taken)} come from the layer replaced; drop them")
+    arch = opts.pop("arch")
+    fitting = {"steps": opts.pop("steps", 500), "seed": opts.pop("seed", 0), "lr": opts.pop("lr", 0.02)}
+    opts.setdefault("bias", old.bias is not None)
+    if isinstance(old, nn.Linear):
+        if fit:
+            new: nn.Module = TNLinear.from_linear(old, arch, **fitting, **opts)
+        else:
+            new = TNLinear(old.in_features, old.out_features, arch, **opts)
+        kind = "linear"
+    else:
+        if fit:
+            new = TNConv2d.from_conv(old, arch, **fitting, **opts)
+        else:
+            geometry = (old.kernel_size, old.stride, old.padding, old.dilation)
+            new = TNConv2d(old.in_channels, old.out_channels, *geometry, arch, **opts)
+        kind = "conv2d"
+    new.to(device=old.weight.device, dtype=old.weight.dtype)
+    return new, kind, arch

@@ -14,8 +14,10 @@ import pickle
 import struct
 import tarfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,7 +78,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     try:
         with opener(path, "rb") as fh:
             raw = fh.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: damaged compressed data inside a .gz
         raise AdntnError(f"cannot read IDX file {path}: {exc}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise AdntnError(f"{path} is not an IDX file (bad magic number)")
@@ -119,8 +121,32 @@ def load_idx_split(directory: str | Path, split: str) -> Split:
         raise AdntnError(f"{img_path} must hold (N, H, W) images and {lab_path} (N,) labels")
     if len(images) != len(labels):
         raise AdntnError(f"{img_path} has {len(images)} images but {lab_path} has {len(labels)} labels")
+    _check_labels(labels, 10, lab_path)
     x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
     return Split(x, torch.from_numpy(labels.astype(np.int64)), 10)
+
+
+def _check_labels(labels: np.ndarray, classes: int, path: Path) -> None:
+    # A label out of range would fail deep inside the loss (or index out of bounds on a GPU).
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise AdntnError(
+            f"{path}: labels must lie in 0..{classes - 1}, got values from {labels.min()} to {labels.max()}"
+        )
+
+
+def _cifar_batches(directory: Path, split: str) -> list[Path]:
+    """The batch files of ``split`` under ``directory`` (or its ``cifar-10-batches-py``), present or not."""
+    root = directory / "cifar-10-batches-py" if (directory / "cifar-10-batches-py").is_dir() else directory
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    return [root / name for name in names]
+
+
+def _cifar_entry(batch: Any, key: str) -> Any:
+    if not isinstance(batch, dict):
+        raise TypeError(f"expected a dict of data and labels, got a {type(batch).__name__}")
+    # The original batches, read with encoding="bytes", have bytes keys; batches re-pickled under
+    # Python 3 have str keys.
+    return batch[key.encode()] if key.encode() in batch else batch[key]
 
 
 def load_cifar10_split(directory: str | Path, split: str) -> Split:
@@ -129,24 +155,29 @@ def load_cifar10_split(directory: str | Path, split: str) -> Split:
     Raises:
         AdntnError: On missing or malformed batches.
     """
-    directory = Path(directory)
-    root = directory / "cifar-10-batches-py" if (directory / "cifar-10-batches-py").is_dir() else directory
-    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     xs, ys = [], []
-    for name in names:
-        path = root / name
+    for path in _cifar_batches(Path(directory), split):
         if not path.is_file():
-            raise AdntnError(f"{root} has no CIFAR-10 batch {name}")
+            raise AdntnError(f"{path.parent} has no CIFAR-10 batch {path.name}")
         try:
             with open(path, "rb") as fh:
                 batch = pickle.load(fh, encoding="bytes")
-            data = np.asarray(batch[b"data"], dtype=np.uint8)
-            labels = np.asarray(batch[b"labels"], dtype=np.int64)
-        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as exc:
+            data = np.asarray(_cifar_entry(batch, "data"))
+            labels = np.asarray(_cifar_entry(batch, "labels"), dtype=np.int64)
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, OverflowError) as exc:
             raise AdntnError(f"{path} is not a CIFAR-10 batch: {exc!r}") from None
         if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
             raise AdntnError(f"{path}: expected (N, 3072) data and N labels, got {data.shape} and {labels.shape}")
-        xs.append(data.reshape(-1, 3, 32, 32))
+        # Casting straight to uint8 would wrap 300 to 44 and truncate 0.5 to 0 without a word.
+        if data.dtype.kind not in "iuf":
+            raise AdntnError(f"{path}: CIFAR-10 pixels are whole numbers in 0..255, got {data.dtype} data")
+        if data.size and (data.min() < 0 or data.max() > 255 or not np.array_equal(data, np.round(data))):
+            raise AdntnError(
+                f"{path}: CIFAR-10 pixels are whole numbers in 0..255, got {data.dtype} values "
+                f"from {data.min()} to {data.max()}"
+            )
+        _check_labels(labels, 10, path)
+        xs.append(data.astype(np.uint8).reshape(-1, 3, 32, 32))
         ys.append(labels)
     x = torch.from_numpy(np.concatenate(xs).astype(np.float32) / 255.0)
     return Split(x, torch.from_numpy(np.concatenate(ys)), 10)
@@ -178,6 +209,13 @@ def _download(name: str, target: Path) -> None:
             urllib.request.urlretrieve(SOURCES[name] + stem + ".gz", target / (stem + ".gz"))
 
 
+def _has_files(name: str, directory: Path, split: str) -> bool:
+    """Whether every file of ``split`` of ``name`` exists in ``directory`` (whatever their contents)."""
+    if name == "cifar10":
+        return all(p.is_file() for p in _cifar_batches(directory, split))
+    return all(_find_idx(directory, stem) is not None for stem in IDX_FILES[split])
+
+
 def load_dataset(name: str, split: str, root: str | Path | None = None, *, download: bool = True) -> Split:
     """One split (``"train"`` / ``"test"``) of ``name`` (see :data:`DATASETS`).
 
@@ -189,8 +227,8 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, *, downl
         download: Try the official source when the files are nowhere (needs the network).
 
     Raises:
-        AdntnError: On an unknown name or split, or when the files cannot be found or fetched (the
-            message says how to get them).
+        AdntnError: On an unknown name or split, when the files cannot be found or fetched (the
+            message says how to get them), or when the files found are damaged.
     """
     if name not in DATASETS:
         raise AdntnError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -205,11 +243,10 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, *, downl
         return load(root, split)
     cache = Path(os.environ.get("ADNTN_DATA", Path.home() / ".cache" / "adntn" / "data")) / name
     for candidate in (SYSTEM_DIRS[name], cache):
-        if candidate.is_dir():
-            try:
-                return load(candidate, split)
-            except AdntnError:
-                pass  # incomplete or damaged: try the next place, then a fresh download
+        # Incomplete: try the next place, then a fresh download. Present but damaged: the loader's
+        # error says which file is bad, which "not found" would hide.
+        if _has_files(name, candidate, split):
+            return load(candidate, split)
     if download:
         try:
             _download(name, cache)

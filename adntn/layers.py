@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 from typing import Any
 
@@ -11,7 +13,7 @@ from torch.nn import functional
 
 from adntn.errors import AdntnError
 from adntn.generator import Generator, nearest_size
-from adntn.generators import make_generator
+from adntn.generators import ARCHITECTURES, make_generator
 from adntn.overlap import overlapped_linear
 
 MODES = ("auto", "materialize", "stream", "kron")
@@ -38,6 +40,47 @@ def _mode(mode: str) -> str:
     return mode
 
 
+def generator_options(arch: str) -> set[str]:
+    """The keyword options the ``arch`` generator's constructors declare (empty for an unknown ``arch``)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names: set[str] = set()
+    for klass in getattr(ARCHITECTURES.get(arch), "__mro__", ()):
+        init = vars(klass).get("__init__")
+        if init is not None and issubclass(klass, Generator):
+            names |= {p.name for p in inspect.signature(init).parameters.values() if p.kind in kinds}
+    return names - {"self", "graph", "out_features", "in_features"}
+
+
+def _make_generator(
+    layer: str, arch: str, out_features: int, in_features: int, own: tuple[str, ...], kwargs: dict[str, Any]
+) -> Generator:
+    """``make_generator``, with an error naming the unknown option instead of an internal function."""
+    try:
+        return make_generator(arch, out_features, in_features, **kwargs)
+    except AdntnError as exc:
+        # make_generator turns the TypeError of an unexpected keyword into an AdntnError whose message
+        # names whichever internal function refused it; name the option and the valid ones instead.
+        if not isinstance(exc.__context__, TypeError):
+            raise
+        valid = generator_options(arch) | set(own)
+        unknown = sorted(set(kwargs) - valid)
+        if not unknown:
+            raise
+        hints = [f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, valid, 1)) else "" for u in unknown]
+        names = ", ".join(f"{u!r}{h}" for u, h in zip(unknown, hints, strict=True))
+        raise AdntnError(
+            f"{layer}: unknown option {names} for arch={arch!r}; valid options: {', '.join(sorted(valid))}"
+        ) from None
+
+
+def _check_can_fit() -> None:
+    if torch.is_inference_mode_enabled():
+        raise AdntnError(
+            "fitting a generator needs autograd, which torch.inference_mode() turns off; "
+            "fit outside inference_mode (torch.no_grad() is fine)"
+        )
+
+
 def fit_generator(
     generator: Generator, target: torch.Tensor, *, steps: int = 500, lr: float = 0.02, seed: int = 0
 ) -> float:
@@ -45,9 +88,15 @@ def fit_generator(
 
     The cores are re-initialised from ``seed`` first, so the result depends only on the inputs.
 
+    Runs under ``torch.no_grad()`` too: the fitting needs autograd and turns it back on.
+
     Returns:
         The final relative error ``||W - target|| / ||target||``.
+
+    Raises:
+        AdntnError: Under ``torch.inference_mode()``, or when ``target`` has the wrong shape.
     """
+    _check_can_fit()
     target = target.detach().to(next(generator.parameters()).dtype)
     if tuple(target.shape) != (generator.out_features, generator.in_features):
         raise AdntnError(
@@ -62,15 +111,16 @@ def fit_generator(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     best = math.inf
     best_state = None
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        err = (generator() - target).norm() / norm
-        if float(err.detach()) < best:
-            best = float(err.detach())
-            best_state = {k: v.detach().clone() for k, v in generator.state_dict().items()}
-        err.backward()
-        opt.step()
-        sched.step()
+    with torch.enable_grad():  # a caller's no_grad() would leave the error without a graph to step on
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            err = (generator() - target).norm() / norm
+            if float(err.detach()) < best:
+                best = float(err.detach())
+                best_state = {k: v.detach().clone() for k, v in generator.state_dict().items()}
+            err.backward()
+            opt.step()
+            sched.step()
     with torch.no_grad():
         final = float((generator() - target).norm() / norm)
     if best_state is not None and best < final:
@@ -89,6 +139,7 @@ class _TNLayer(nn.Module):
     def _finish_init(self, out: int, bias: bool, device: Any, dtype: torch.dtype | None) -> None:
         self.bias = nn.Parameter(torch.empty(out)) if bias else None
         self.fit_error = None
+        self.register_state_dict_post_hook(_save_weight_shape)
         self.reset_bias()
         if device is not None or dtype is not None:
             self.to(device=device, dtype=dtype)
@@ -110,9 +161,51 @@ class _TNLayer(nn.Module):
         """The dense weight the generator currently produces."""
         raise NotImplementedError
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The generated dense weight, shaped like the replaced layer's (read-only, differentiable).
+
+        For code that reads ``layer.weight`` of an ``nn.Linear`` / ``nn.Conv2d``; every read runs the
+        generator. Not a parameter: the state dict holds the generator's cores only.
+        """
+        return self.generate_weight()
+
     def dense_weight_numel(self) -> int:
         """Entries of the dense weight this layer replaces."""
+        return math.prod(self.weight_shape())
+
+    def weight_shape(self) -> tuple[int, ...]:
+        """The shape of :attr:`weight`, known without generating it."""
         raise NotImplementedError
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # Layers of neighbouring sizes pad to the same factors and have cores of equal shapes, so
+        # without a bias nothing else would notice 64x64 weights loaded into a 64x63 layer. State
+        # dicts saved before the shape was recorded carry none and load as they did.
+        saved = local_metadata.get("weight_shape")
+        if saved is not None and tuple(saved) != self.weight_shape():
+            error_msgs.append(
+                f"size mismatch for {prefix[:-1] or type(self).__name__}: the state dict was saved by a layer "
+                f"generating a {tuple(saved)} weight, this one generates {self.weight_shape()}"
+            )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    @torch.no_grad()
+    def _copy_bias(self, bias: torch.Tensor | None) -> None:
+        """Take a fitted dense layer's bias (zero when it had none and this layer keeps one)."""
+        if self.bias is not None:
+            self.bias.copy_(bias if bias is not None else torch.zeros_like(self.bias))
 
     def num_parameters(self) -> int:
         """Trainable numbers in the layer (generator cores plus bias)."""
@@ -121,6 +214,11 @@ class _TNLayer(nn.Module):
     def compression_ratio(self) -> float:
         """Dense weight entries per generator parameter (biases excluded on both sides)."""
         return self.dense_weight_numel() / self.generator.num_parameters()
+
+
+def _save_weight_shape(module: _TNLayer, state_dict: Any, prefix: str, local_metadata: dict[str, Any]) -> None:
+    """Record the weight shape in the state dict's metadata (checked by ``_load_from_state_dict``)."""
+    local_metadata["weight_shape"] = list(module.weight_shape())
 
 
 class TNLinear(_TNLayer):
@@ -173,7 +271,8 @@ class TNLinear(_TNLayer):
         _mode(mode)  # an unknown name fails before the generator is built
         if bond_dim is not None:
             kwargs["bond_dim"] = bond_dim
-        self.generator = make_generator(arch, out_features, in_features, **kwargs)
+        own = ("bond_dim", "bias", "mode", "overlap", "device", "dtype")
+        self.generator = _make_generator("TNLinear", arch, out_features, in_features, own, kwargs)
         # Decided once per device kind, batch size (DECISION_ROWS) and regime (timing.REGIMES: forward
         # only, backward to the cores, to the cores and x), so forward only looks the answer up: on the
         # CPU the fastest of the modes this generator has by predicted seconds (adntn/timing.py, the
@@ -187,9 +286,9 @@ class TNLinear(_TNLayer):
         """The ``(out_features, in_features)`` weight."""
         return self.generator()
 
-    def dense_weight_numel(self) -> int:
-        """``out_features * in_features``."""
-        return self.out_features * self.in_features
+    def weight_shape(self) -> tuple[int, ...]:
+        """``(out_features, in_features)``."""
+        return (self.out_features, self.in_features)
 
     @property
     def mode(self) -> str:
@@ -291,15 +390,22 @@ class TNLinear(_TNLayer):
         cls, layer: nn.Linear, arch: str = "ttn", *, steps: int = 500, lr: float = 0.02, seed: int = 0, **kwargs: Any
     ) -> TNLinear:
         """A TN layer fitted to a pretrained ``nn.Linear`` (bias copied); ``fit_error`` holds the
-        relative Frobenius error of the fitted weight."""
+        relative Frobenius error of the fitted weight.
+
+        ``bias`` defaults to whether ``layer`` has one; ``bias=False`` drops it, ``bias=True`` on a
+        bias-free layer adds a zero bias. Works under ``torch.no_grad()``.
+
+        Raises:
+            AdntnError: If ``layer`` is not an ``nn.Linear``, or under ``torch.inference_mode()``.
+        """
         if not isinstance(layer, nn.Linear):
             raise AdntnError(f"from_linear needs an nn.Linear, got {type(layer).__name__}")
-        new = cls(layer.in_features, layer.out_features, arch, bias=layer.bias is not None, **kwargs)
+        _check_can_fit()  # before the generator is built and planned
+        kwargs.setdefault("bias", layer.bias is not None)
+        new = cls(layer.in_features, layer.out_features, arch, **kwargs)
         new.to(device=layer.weight.device, dtype=layer.weight.dtype)
         new.fit_error = fit_generator(new.generator, layer.weight, steps=steps, lr=lr, seed=seed)
-        if layer.bias is not None:
-            with torch.no_grad():
-                new.bias.copy_(layer.bias)
+        new._copy_bias(layer.bias)
         return new
 
     def extra_repr(self) -> str:
@@ -335,9 +441,15 @@ class TNConv2d(_TNLayer):
         bond_dim: Bond size.
         bias: Learn an additive bias.
         mode: ``"auto"`` or ``"materialize"``.
+        groups: Only ``1`` (accepted for ``nn.Conv2d``'s signature).
+        padding_mode: Only ``"zeros"``.
         device: Where the parameters live.
         dtype: Their dtype.
         **kwargs: Generator options.
+
+    Raises:
+        AdntnError: On a geometry ``nn.Conv2d`` would refuse, grouped or non-zero-padded convolutions,
+            or unknown options.
     """
 
     def __init__(
@@ -353,6 +465,8 @@ class TNConv2d(_TNLayer):
         *,
         bias: bool = True,
         mode: str = "auto",
+        groups: int = 1,
+        padding_mode: str = "zeros",
         device: Any = None,
         dtype: torch.dtype | None = None,
         **kwargs: Any,
@@ -360,14 +474,30 @@ class TNConv2d(_TNLayer):
         super().__init__()
         if _mode(mode) in ("stream", "kron"):
             raise AdntnError("TNConv2d always builds its kernel; use mode='auto' or 'materialize'")
+        if groups != 1 or padding_mode != "zeros":
+            raise AdntnError(
+                f"TNConv2d supports groups=1 and padding_mode='zeros' only, got groups={groups!r}, "
+                f"padding_mode={padding_mode!r}"
+            )
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = _pair(kernel_size, "kernel_size")
         if min(self.kernel_size) < 1:
             raise AdntnError(f"kernel_size must be >= 1, got {kernel_size!r}")
         self.stride = _pair(stride, "stride")
-        self.padding = padding if isinstance(padding, str) else _pair(padding, "padding")
         self.dilation = _pair(dilation, "dilation")
+        # What functional.conv2d would refuse only in forward, refused here as nn.Conv2d does.
+        for name, given, pair in (("stride", stride, self.stride), ("dilation", dilation, self.dilation)):
+            if min(pair) < 1:
+                raise AdntnError(f"{name} must be >= 1, got {given!r}")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise AdntnError(f"padding must be 'same', 'valid', an int or a pair of ints, got {padding!r}")
+            if padding == "same" and self.stride != (1, 1):
+                raise AdntnError("padding='same' is not supported for strided convolutions")
+            self.padding: str | tuple[int, int] = padding
+        else:
+            self.padding = _pair(padding, "padding")
         self.arch = arch
         self.mode = mode
         if bond_dim is not None:
@@ -375,16 +505,17 @@ class TNConv2d(_TNLayer):
         kh, kw = self.kernel_size
         fan_in = in_channels * kh * kw
         kwargs.setdefault("fan_in", fan_in)
-        self.generator = make_generator(arch, out_channels, fan_in, **kwargs)
+        own = ("stride", "padding", "dilation", "bond_dim", "bias", "mode", "groups", "padding_mode", "device", "dtype")
+        self.generator = _make_generator("TNConv2d", arch, out_channels, fan_in, own, kwargs)
         self._finish_init(out_channels, bias, device, dtype)
 
     def generate_weight(self) -> torch.Tensor:
         """The ``(out_channels, in_channels, kh, kw)`` kernel."""
         return self.generator().reshape(self.out_channels, self.in_channels, *self.kernel_size)
 
-    def dense_weight_numel(self) -> int:
-        """``out * in * kh * kw``."""
-        return self.out_channels * self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+    def weight_shape(self) -> tuple[int, ...]:
+        """``(out_channels, in_channels, kh, kw)``."""
+        return (self.out_channels, self.in_channels, *self.kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
@@ -398,11 +529,20 @@ class TNConv2d(_TNLayer):
     def from_conv(
         cls, layer: nn.Conv2d, arch: str = "ttn", *, steps: int = 500, lr: float = 0.02, seed: int = 0, **kwargs: Any
     ) -> TNConv2d:
-        """A TN conv fitted to a pretrained ``nn.Conv2d`` (bias copied; ``fit_error`` reported)."""
+        """A TN conv fitted to a pretrained ``nn.Conv2d`` (bias copied; ``fit_error`` reported).
+
+        ``bias`` and ``torch.no_grad()`` as for :meth:`TNLinear.from_linear`.
+
+        Raises:
+            AdntnError: If ``layer`` is not a plain (``groups=1``, zero-padded) ``nn.Conv2d``, or under
+                ``torch.inference_mode()``.
+        """
         if not isinstance(layer, nn.Conv2d):
             raise AdntnError(f"from_conv needs an nn.Conv2d, got {type(layer).__name__}")
         if layer.groups != 1 or layer.padding_mode != "zeros":
             raise AdntnError("from_conv supports groups=1 and padding_mode='zeros' convolutions only")
+        _check_can_fit()  # before the generator is built and planned
+        kwargs.setdefault("bias", layer.bias is not None)
         new = cls(
             layer.in_channels,
             layer.out_channels,
@@ -411,15 +551,12 @@ class TNConv2d(_TNLayer):
             layer.padding,
             layer.dilation,
             arch,
-            bias=layer.bias is not None,
             **kwargs,
         )
         new.to(device=layer.weight.device, dtype=layer.weight.dtype)
         target = layer.weight.reshape(layer.out_channels, -1)
         new.fit_error = fit_generator(new.generator, target, steps=steps, lr=lr, seed=seed)
-        if layer.bias is not None:
-            with torch.no_grad():
-                new.bias.copy_(layer.bias)
+        new._copy_bias(layer.bias)
         return new
 
     def extra_repr(self) -> str:

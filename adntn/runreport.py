@@ -27,6 +27,11 @@ def load_run(path: str | Path) -> dict[str, Any]:
     return {"name": path.name, "path": str(path), "summary": summary, "metrics": metrics}
 
 
+def _number(value: float | None, digits: int) -> str:
+    """``value`` to ``digits`` decimals, or ``-`` for a run that stopped before its first epoch ended."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def _max_ratio(run: dict[str, Any]) -> float:
     return max((r["compression"] for r in run["summary"]["layers"]), default=1.0)
 
@@ -40,11 +45,13 @@ def _figures(runs: list[dict[str, Any]]) -> dict[str, str]:
     figs = {}
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for run in runs:
-        ax.scatter([_max_ratio(run)], [run["summary"]["test_acc"]], label=run["name"])
+        if run["summary"]["test_acc"] is not None:  # no epoch finished: no point to plot
+            ax.scatter([_max_ratio(run)], [run["summary"]["test_acc"]], label=run["name"])
     ax.set_xscale("log")
     ax.set_xlabel("largest per-layer compression ratio")
     ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # matplotlib warns about a legend without entries
+        ax.legend(fontsize=7)
     figs["accuracy_vs_compression"] = fig
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for run in runs:
@@ -83,7 +90,8 @@ def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
         c = s["config"]
         lines.append(
             f"| {run['name']} | {c['model']} | {c['dataset']} | {s['epochs_done']} | {s['total_params']} | "
-            f"{_max_ratio(run):.0f}x | {s['test_acc']:.2f} | {s['best_test_acc']:.2f} | {s['wall_time_s']:.1f} |"
+            f"{_max_ratio(run):.0f}x | {_number(s['test_acc'], 2)} | {_number(s['best_test_acc'], 2)} | "
+            f"{_number(s['wall_time_s'], 1)} |"
         )
     lines += [
         "",

@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import time
 import tomllib
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -100,6 +103,8 @@ class TrainConfig:
             data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
         except (OSError, ValueError) as exc:
             raise AdntnError(f"cannot read config {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise AdntnError(f"config {path} must hold a table of settings, got a {type(data).__name__}")
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(data)
 
@@ -115,19 +120,54 @@ class TrainConfig:
         return cfg
 
     def check(self) -> None:
-        """Validate values (one clear error)."""
+        """Validate types, then values (one clear error naming the key)."""
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not _has_type(value, hints[f.name]):
+                raise AdntnError(
+                    f"config key {f.name} must be {_type_name(hints[f.name])}, got {type(value).__name__} {value!r}"
+                )
+        for layer, spec in self.compress.items():
+            if not isinstance(layer, str) or not isinstance(spec, str | dict):
+                raise AdntnError(
+                    f"config key compress.{layer} must be a spec string such as 'ttn:bond=8' or a table, "
+                    f"got {type(spec).__name__} {spec!r}"
+                )
         for name in ("epochs", "batch_size", "fc_dim", "threads"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise AdntnError(f"{name} must be a positive integer, got {value!r}")
         if not self.lr > 0:
             raise AdntnError(f"lr must be > 0, got {self.lr!r}")
+        if self.train_limit < 0:
+            raise AdntnError(f"train_limit must be >= 0 (0 uses every training image), got {self.train_limit!r}")
         if self.clip_grad is not None and not (isinstance(self.clip_grad, int | float) and self.clip_grad > 0):
             raise AdntnError(f"clip_grad must be a positive gradient norm or omitted, got {self.clip_grad!r}")
         if self.amp not in AMP_MODES:
             raise AdntnError(f"amp must be bf16 or omitted (float32), got {self.amp!r}")
         if self.device not in ("cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise AdntnError(f"device must be cpu or cuda, got {self.device!r}")
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits a :class:`TrainConfig` annotation (an int is a float; a bool is no number)."""
+    if isinstance(hint, types.UnionType):
+        return any(_has_type(value, h) for h in hint.__args__)
+    kind = typing.get_origin(hint) or hint
+    if kind is type(None):
+        return value is None
+    if kind in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, int | float) if kind is float else isinstance(value, kind)
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, types.UnionType):
+        return " or ".join(_type_name(h) for h in hint.__args__)
+    kind = typing.get_origin(hint) or hint
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}
+    return "omitted (null)" if kind is type(None) else names.get(kind, kind.__name__)
 
 
 def parse_compress(text: str | None) -> dict[str, str]:
@@ -269,8 +309,12 @@ def train(
             a time-limited job; ``summary.json`` then describes the epochs done so far.
 
     Raises:
-        AdntnError: If ``out`` holds another run's files and ``resume`` is off, or on bad config.
+        AdntnError: If ``out`` holds another run's files and ``resume`` is off, on bad config or
+            ``stop_after``, on a device this machine lacks, or on an unreadable checkpoint.
     """
+    if stop_after is not None and (not isinstance(stop_after, int) or stop_after < 1):
+        raise AdntnError(f"stop_after must be a positive number of epochs, got {stop_after!r}")
+    _check_device(cfg.device)
     out = Path(out)
     rank, world = _dist(cfg.device)
     torch.set_num_threads(cfg.threads)
@@ -310,8 +354,10 @@ def train(
     opt, sched = make_optimizer(model, cfg, steps_per_epoch)
     metrics: list[dict[str, Any]] = []
     first_epoch = 0
+    # What the calls before this one spent, so that a resumed run's summary covers the whole run.
+    earlier_wall, earlier_searches = 0.0, 0
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = _load_checkpoint(ckpt_path, device)
         if state["config"] != asdict(cfg):
             raise AdntnError(f"{ckpt_path} was written by a different configuration; resume with the same one")
         model.load_state_dict(state["model"])
@@ -319,6 +365,8 @@ def train(
         sched.load_state_dict(state["scheduler"])
         metrics = state["metrics"]
         first_epoch = state["epoch"] + 1
+        # Checkpoints written before these totals were kept count from this call on.
+        earlier_wall, earlier_searches = state.get("wall_time_s", 0.0), state.get("plan_searches", 0)
         torch.set_rng_state(state["rng"].cpu())  # map_location put it on the GPU; the CPU generator's state
     if rank == 0:
         # metrics.jsonl always equals the checkpointed history: nothing lost, nothing repeated.
@@ -379,6 +427,8 @@ def train(
                 "scheduler": sched.state_dict(),
                 "metrics": metrics,
                 "rng": torch.get_rng_state(),
+                "wall_time_s": earlier_wall + time.perf_counter() - start_time,
+                "plan_searches": earlier_searches + searches,
             }
             _atomic_save(state, ckpt_path)
             with open(out / "metrics.jsonl", "a") as fh:
@@ -389,11 +439,43 @@ def train(
                     f"train {row['train_acc']:.2f}% test {test_acc:.2f}%"
                 )
 
-    summary = _summary(cfg, model, report, plan_log, metrics, time.perf_counter() - start_time, world)
+    wall = earlier_wall + time.perf_counter() - start_time
+    summary = _summary(cfg, model, report, plan_log, earlier_searches + searches, metrics, wall, world)
     if rank == 0:
         _atomic_write(json.dumps(summary, indent=2), out / "summary.json")
     _barrier(world)
     return summary
+
+
+def _check_device(device: str) -> None:
+    """Refuse a CUDA device this machine lacks with a clear error (torch fails with an AssertionError)."""
+    try:
+        kind = torch.device(device)
+    except RuntimeError:
+        raise AdntnError(f"device must be cpu, cuda or cuda:N, got {device!r}") from None
+    if kind.type != "cuda":
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise AdntnError(f"device {device!r} needs CUDA, which this machine (or this torch build) lacks; use cpu")
+    if kind.index is not None and kind.index >= count:
+        raise AdntnError(f"device {device!r} does not exist; this machine has {count} CUDA device(s)")
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        # Saves are atomic, so a killed job leaves the previous whole checkpoint: this file was damaged
+        # some other way (a full disk, a partial copy). torch's messages can run to several lines.
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise AdntnError(
+            f"cannot read checkpoint {path} to resume, it is damaged or truncated ({reason}); "
+            "start a new run in another --out"
+        ) from None
+    if not isinstance(state, dict) or not {"epoch", "config", "model", "optimizer", "scheduler"} <= state.keys():
+        raise AdntnError(f"{path} is not an adntn checkpoint; start a new run in another --out")
+    return state
 
 
 def layer_rows(model: nn.Module, report: CompressionReport) -> list[dict[str, Any]]:
@@ -418,6 +500,7 @@ def _summary(
     model: nn.Module,
     report: CompressionReport,
     plan_log: list[dict],
+    searches: int,
     metrics: list[dict],
     wall: float,
     world: int,
@@ -433,7 +516,7 @@ def _summary(
         "wall_time_s": wall,
         "world_size": world,
         "planned_networks": len(plan_log),
-        "plan_searches": sum(r["cache"] == "miss" for r in plan_log),
+        "plan_searches": searches,
         "plan_cache": plan_log,
     }
 

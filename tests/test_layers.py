@@ -259,3 +259,136 @@ def test_overlapped_linear_follows_autocast_like_linear():
     for got, want, like in zip(split_grads, plain_grads, wrt, strict=True):
         assert got.dtype == like.dtype
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_a_failing_compress_leaves_the_model_unchanged():
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    with pytest.raises(AdntnError, match="bond_dim must be a positive integer"):
+        compress(model, {"0": "ttn:bond=2", "2": "ttn:bond=0"})  # layer 0 builds, layer 2 fails
+    assert [type(m) for m in model] == [nn.Linear, nn.ReLU, nn.Linear]
+
+
+def test_compress_keeps_a_shared_layer_shared_under_every_name():
+    shared = nn.Linear(16, 16)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    report = compress(model, {"*": "ttn:bond=2"})
+    assert isinstance(model[0], TNLinear) and model[2] is model[0]
+    assert len(report.rows) == 1
+    assert sum(p.numel() for p in model.parameters()) == model[0].num_parameters()
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    compress(model, {"2": "ttn:bond=2"})  # the second name of the layer matches too
+    assert isinstance(model[0], TNLinear) and model[2] is model[0]
+
+
+def test_compress_globs_skip_layers_that_cannot_compress_and_names_refuse_them():
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.grouped = nn.Conv2d(4, 4, 3, padding=1, groups=2)
+            self.conv = nn.Conv2d(4, 16, 3)
+            self.att = nn.MultiheadAttention(16, 2, batch_first=True)
+            self.ff = nn.Linear(16, 16)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.conv(self.grouped(x)).flatten(2).transpose(1, 2)
+            return self.ff(self.att(x, x, x)[0])
+
+    block = Block()
+    report = compress(block, {"*": "ttn:bond=2"})
+    assert [r["layer"] for r in report.rows] == ["conv", "ff"]
+    assert type(block.grouped) is nn.Conv2d and type(block.att.out_proj) is not TNLinear
+    assert block(torch.randn(2, 4, 5, 5)).shape == (2, 9, 16)
+    with pytest.raises(AdntnError, match="'grouped' is a grouped or non-zero-padded convolution"):
+        compress(Block(), {"grouped": "ttn:bond=2"})
+    with pytest.raises(AdntnError, match=r"'att\.out_proj' is an nn\.MultiheadAttention's out_proj"):
+        compress(Block(), {"att.out_proj": "ttn:bond=2"})
+    with pytest.raises(AdntnError, match="uninitialised LazyLinear; run a forward pass first"):
+        compress(nn.Sequential(nn.LazyLinear(4)), {"0": "ttn:bond=2"})
+
+
+def test_spec_values_become_numbers_and_booleans_and_bias_follows_the_spec():
+    from adntn.compress import parse_spec
+
+    assert parse_spec("ttn:bond=4:steps=5:lr=0.1:lateral=true:activation=gelu") == {
+        "arch": "ttn",
+        "bond_dim": 4,
+        "steps": 5,
+        "lr": 0.1,
+        "lateral": True,
+        "activation": "gelu",
+    }
+    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 8, bias=False))
+    rules = {"0": "ttn:bond=2:steps=3:lr=0.1:bias=false", "1": "ttn:bond=2:steps=3:bias=true"}
+    report = compress(model, rules, fit=True)
+    assert all(r["fit_error"] is not None for r in report.rows)
+    assert model[0].bias is None
+    torch.testing.assert_close(model[1].bias, torch.zeros(8))  # a zero bias keeps the fitted function
+    assert TNLinear.from_linear(nn.Linear(16, 8), "ttn", bond_dim=2, steps=2, bias=False).bias is None
+
+
+def test_fitting_runs_under_no_grad_and_refuses_inference_mode():
+    torch.manual_seed(7)
+    dense = nn.Linear(16, 16)
+    free = TNLinear.from_linear(dense, "ttn", bond_dim=2, n_factors=2, steps=20, lr=0.05)
+    with torch.no_grad():
+        fitted = TNLinear.from_linear(dense, "ttn", bond_dim=2, n_factors=2, steps=20, lr=0.05)
+        report = compress(nn.Sequential(nn.Linear(16, 16)), {"0": "ttn:bond=2:steps=5"}, fit=True)
+    assert fitted.fit_error == pytest.approx(free.fit_error) and report.rows[0]["fit_error"] is not None
+    with torch.inference_mode(), pytest.raises(AdntnError, match="inference_mode"):
+        TNLinear.from_linear(dense, "ttn", bond_dim=2, steps=2)
+
+
+def test_tn_layers_expose_their_generated_weight_like_dense_layers():
+    torch.manual_seed(8)
+    layer = TNLinear(16, 12, "ttn", bond_dim=2)
+    assert layer.weight.shape == nn.Linear(16, 12).weight.shape
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(functional.linear(x, layer.weight, layer.bias), layer(x))
+    layer.weight.square().sum().backward()
+    assert all(p.grad is not None for p in layer.generator.parameters())
+    assert not any(key.endswith("weight") for key in layer.state_dict())
+    with pytest.raises(AttributeError):
+        layer.weight = torch.zeros(12, 16)
+    conv = TNConv2d(3, 8, (3, 2), bond_dim=2)
+    assert conv.weight.shape == nn.Conv2d(3, 8, (3, 2)).weight.shape == conv.weight_shape()
+
+
+def test_unknown_options_are_named_with_the_valid_ones():
+    with pytest.raises(AdntnError, match=r"unknown option 'activaton' \(did you mean 'activation'\?\) for arch='ttn'"):
+        TNLinear(16, 16, "ttn", 2, activaton="relu")
+    with pytest.raises(AdntnError, match=r"TNLinear: unknown option 'bnd'.*valid options: .*bond_dim"):
+        compress(nn.Sequential(nn.Linear(16, 16)), {"0": "ttn:bnd=2"})
+    with pytest.raises(AdntnError, match="supports groups=1 and padding_mode='zeros' only, got groups=2"):
+        TNConv2d(4, 6, 3, groups=2)
+    with pytest.raises(AdntnError, match="padding_mode='reflect'"):
+        TNConv2d(4, 6, 3, padding_mode="reflect")
+    with pytest.raises(AdntnError, match="in_features come from the layer replaced"):
+        compress(nn.Sequential(nn.Linear(16, 16)), {"0": "ttn:bond=2:in_features=8"})
+    assert TNConv2d(4, 6, 3, bond_dim=2, groups=1, padding_mode="zeros").weight.shape == (6, 4, 3, 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"padding": "full"}, "padding must be 'same', 'valid', an int or a pair of ints, got 'full'"),
+        ({"padding": "same", "stride": 2}, "padding='same' is not supported for strided convolutions"),
+        ({"stride": 0}, "stride must be >= 1, got 0"),
+        ({"dilation": (1, 0)}, r"dilation must be >= 1, got \(1, 0\)"),
+    ],
+)
+def test_conv_refuses_what_conv2d_would_at_construction(kwargs, message):
+    with pytest.raises(AdntnError, match=message):
+        TNConv2d(4, 6, 3, bond_dim=2, **kwargs)
+
+
+def test_state_dicts_of_another_size_are_refused_even_when_the_cores_match():
+    wide, narrow = TNLinear(64, 64, "ttn", 2, bias=False), TNLinear(64, 63, "ttn", 2, bias=False)
+    assert {k: v.shape for k, v in wide.state_dict().items()} == {k: v.shape for k, v in narrow.state_dict().items()}
+    with pytest.raises(RuntimeError, match=r"saved by a layer generating a \(64, 64\) weight, this one generates"):
+        narrow.load_state_dict(wide.state_dict())
+    older = wide.state_dict()
+    del older._metadata  # state dicts saved before the shape was recorded load as before
+    narrow.load_state_dict(older)
+    same = TNLinear(64, 64, "ttn", 2, bias=False)
+    same.load_state_dict(wide.state_dict())
+    torch.testing.assert_close(same.weight, wide.weight)

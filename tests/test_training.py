@@ -295,3 +295,126 @@ def test_cli_amp_flag_sets_and_clears_autocast(tmp_path):
     assert cli_config(args).amp is None
     args = build_parser().parse_args(["train", "--amp", "bf16", "--out", str(tmp_path / "r")])
     assert cli_config(args).amp == "bf16"
+
+
+def test_damaged_data_files_raise_their_own_error(tmp_path, monkeypatch):
+    system = tmp_path / "system"
+    system.mkdir()
+    _idx_dir(system, gz=True)
+    monkeypatch.setenv("ADNTN_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr("adntn.data.SYSTEM_DIRS", {"mnist": system})
+    images = system / "t10k-images-idx3-ubyte.gz"
+    raw = bytearray(images.read_bytes())
+    raw[30:60] = bytes(30)  # damages the deflate stream, not the gzip header: zlib.error inside read()
+    images.write_bytes(bytes(raw))
+    with pytest.raises(AdntnError, match=r"cannot read IDX file .*t10k-images-idx3-ubyte\.gz"):
+        read_idx(images)
+    # Present but damaged is not "not found ... downloads are off": the message names the bad file.
+    with pytest.raises(AdntnError, match="cannot read IDX file"):
+        load_dataset("mnist", "test", download=False)
+    _write_idx(images, np.zeros((10, 28, 28)), gz=True)
+    _write_idx(system / "t10k-labels-idx1-ubyte.gz", np.full(10, 12), gz=True)
+    with pytest.raises(AdntnError, match=r"labels must lie in 0..9, got values from 12 to 12"):
+        load_dataset("mnist", "test", download=False)
+
+
+def test_cifar_batches_check_pixel_and_label_ranges_and_take_str_keys(tmp_path):
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    good = np.arange(2 * 3072).reshape(2, 3072) % 256
+    (root / "test_batch").write_bytes(pickle.dumps({"data": good.astype(np.uint8), "labels": [1, 2]}))
+    split = load_dataset("cifar10", "test", tmp_path)  # re-pickled under Python 3: str keys
+    assert split.labels.tolist() == [1, 2] and float(split.images[0, 0, 0, 1]) == pytest.approx(1 / 255)
+    for data, labels, message in [
+        (good + 300, [1, 2], r"pixels are whole numbers in 0..255, got int64 values from 300"),
+        (good.astype(np.float64) + 0.5, [1, 2], "pixels are whole numbers in 0..255"),
+        (good, [1, 10], r"labels must lie in 0..9"),
+    ]:
+        (root / "test_batch").write_bytes(pickle.dumps({b"data": data, b"labels": labels}))
+        with pytest.raises(AdntnError, match=message):
+            load_dataset("cifar10", "test", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"lr": "0.1"}, "config key lr must be a number, got str '0.1'"),
+        ({"compress": "fc6=ttn"}, "config key compress must be a table, got str 'fc6=ttn'"),
+        ({"compress": {"fc6": 8}}, "config key compress.fc6 must be a spec string"),
+        ({"batch_norm": "yes"}, "config key batch_norm must be true or false"),
+        ({"epochs": 2.5}, "config key epochs must be an integer"),
+        ({"clip_grad": True}, "config key clip_grad must be a number or omitted"),
+        ({"train_limit": -32}, "train_limit must be >= 0"),
+    ],
+)
+def test_config_types_and_values_are_checked(settings, message):
+    with pytest.raises(AdntnError, match=message):
+        TrainConfig.from_dict(settings)
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    bad_lr = tmp_path / "lr.toml"
+    bad_lr.write_text('lr = "0.1"\n')
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({"width": 0.125, "fc_dim": 32, "epochs": 1, "train_limit": 32}))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    device = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    cases = [
+        (["plan", str(bad_lr)], "config key lr must be a number"),
+        (["plan", str(listed)], "must hold a table of settings, got a list"),
+        (["train", str(small), "--device", device, "--out", str(tmp_path / "r1")], f"device '{device}'"),
+        (["train", str(small), "--stop-after", "0", "--out", str(tmp_path / "r2")], "stop_after must be a positive"),
+        (["train", str(small), "--resume", "--quiet", "--out", str(run)], "cannot read checkpoint"),
+    ]
+    for argv, message in cases:
+        assert adntn_main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+
+
+def test_cli_empty_compress_flag_clears_the_configs_rules(tmp_path):
+    from adntn.cli import _config as cli_config
+    from adntn.cli import build_parser
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"compress": {"fc6": "ttn:bond=2"}}))
+    args = build_parser().parse_args(["train", str(config), "--out", str(tmp_path / "r")])
+    assert cli_config(args).compress == {"fc6": "ttn:bond=2"}
+    args = build_parser().parse_args(["train", str(config), "--compress", "", "--out", str(tmp_path / "r")])
+    assert cli_config(args).compress == {}
+
+
+def test_a_resumed_runs_summary_covers_the_whole_run(tmp_path):
+    cfg = _config(cache=str(tmp_path / "fresh.sqlite"), compress={"fc7": "ttn:bond=2"}, train_limit=64, fc_dim=32)
+    part = train(cfg, tmp_path / "run", progress=False, stop_after=1)
+    assert part["plan_searches"] > 0  # a fresh cache: the first call plans
+    before = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["wall_time_s"]
+    done = train(cfg, tmp_path / "run", resume=True, progress=False)
+    # The resumed call finds every plan cached; the run as a whole searched in its first call.
+    assert done["epochs_done"] == 2 and done["plan_searches"] == part["plan_searches"]
+    assert done["wall_time_s"] > before > 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["plan_searches"] == part["plan_searches"]
+
+
+def test_report_copes_with_a_run_without_finished_epochs(tmp_path):
+    run = tmp_path / "empty"
+    run.mkdir()
+    summary = {
+        "config": {"model": "alexnet", "dataset": "digits"},
+        "layers": [],
+        "total_params": 10,
+        "test_acc": None,
+        "best_test_acc": None,
+        "epochs_done": 0,
+        "wall_time_s": 1.5,
+        "planned_networks": 0,
+        "plan_searches": 0,
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    (run / "metrics.jsonl").write_text("")
+    assert adntn_main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    assert "| empty | alexnet | digits | 0 | 10 | 1x | - | - | 1.5 |" in (tmp_path / "rep" / "report.md").read_text()
