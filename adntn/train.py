@@ -140,6 +140,8 @@ class TrainConfig:
                 raise AdntnError(f"{name} must be a positive integer, got {value!r}")
         if not self.lr > 0:
             raise AdntnError(f"lr must be > 0, got {self.lr!r}")
+        if not 0 < self.width < math.inf:
+            raise AdntnError(f"width must be a positive channel multiplier, got {self.width!r}")
         if self.train_limit < 0:
             raise AdntnError(f"train_limit must be >= 0 (0 uses every training image), got {self.train_limit!r}")
         if self.clip_grad is not None and not (isinstance(self.clip_grad, int | float) and self.clip_grad > 0):

@@ -345,6 +345,7 @@ def test_cifar_batches_check_pixel_and_label_ranges_and_take_str_keys(tmp_path):
         ({"epochs": 2.5}, "config key epochs must be an integer"),
         ({"clip_grad": True}, "config key clip_grad must be a number or omitted"),
         ({"train_limit": -32}, "train_limit must be >= 0"),
+        ({"width": 0}, "width must be a positive channel multiplier"),
     ],
 )
 def test_config_types_and_values_are_checked(settings, message):
