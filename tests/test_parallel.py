@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tnplan import parallel
+import tnplan
+from tnplan import parallel, score_path
 from tnplan.errors import NetworkError, PlanError
+from tnplan.examples import random_regular
 from tnplan.parallel import run_tasks
 
 TASKS = list(range(7))
@@ -238,3 +240,16 @@ def test_dask_client_is_cached_and_replaced_when_closed(scheduler: str) -> None:
     client.close()
     assert run_tasks(square_and_pid, [3], executor=executor)[0][0] == 9
     assert parallel._clients[f"tcp://{scheduler}"][0] is not client
+
+
+def test_tasks_queued_on_a_cluster_share_the_callers_deadline(scheduler: str) -> None:
+    # 8 searches on 2 single-thread workers run in 4 waves; each used to start a whole budget when it
+    # left the queue, so the call took about 4 x max_time.
+    net = random_regular(60, 3, 2, seed=1)
+    executor = f"dask://{scheduler}"
+    tnplan.plan(net, max_time=0.2, workers=2, cache=False, executor=executor)  # workers load numba's kernels
+    start = time.perf_counter()
+    p = tnplan.plan(net, max_time=0.5, workers=8, cache=False, executor=executor)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 1.25, elapsed
+    assert p.flops == score_path(net, p.ssa_path).flops

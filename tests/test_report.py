@@ -295,6 +295,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
         ([str(tmp_path / "gone.json"), "--out", str(tmp_path / "o")], "gone.json: no such file"),
         ([str(net), "--out", str(taken)], "taken: exists and is not a folder"),
         ([str(net), "--max-time", "0", "--out", str(tmp_path / "o")], "expected a positive number"),
+        ([str(net), "--seed", "-1", "--out", str(tmp_path / "o")], "expected an integer >= 0"),
     ]
     for argv, expected in cases:
         code, out, err = _cli(argv, capsys)
@@ -370,3 +371,36 @@ def test_inputs_and_names(network_files: list[Path]) -> None:
     report = build_report(network_files[0].parent, methods="oe-greedy", memory_limit=2e6, progress=False)
     assert [e.file for e in report.networks] == [str(f) for f in network_files]
     assert report.memory_limit == 2_000_000 and report.networks[0].results["opt_einsum-greedy"].fits is True
+
+
+def test_a_bad_seed_is_refused_before_any_search() -> None:
+    with pytest.raises(tnplan.TnplanError, match="seed must be an integer >= 0"):
+        build_report([_chain()], methods="tnplan", seed=-1, progress=False)
+
+
+def test_a_report_written_inside_its_input_folder_is_not_read_back(tmp_path: Path) -> None:
+    # Folders are read recursively: the second run used to fail on the first run's report.json.
+    _chain().to_json(tmp_path / "chain.json")
+    for _ in range(2):
+        report = build_report([tmp_path], methods="opt_einsum-greedy", progress=False)
+        write_report(report, tmp_path / "rep")
+        assert [e.name for e in report.networks] == ["chain"]
+
+
+def test_an_earlier_reports_figures_are_replaced_and_other_files_kept(tmp_path: Path) -> None:
+    two = build_report([("a", _chain()), ("b", _regular())], methods="opt_einsum-greedy", progress=False)
+    figures = write_report(two, tmp_path)["figures"]
+    (figures / "mine.png").write_bytes(PNG_MAGIC)
+    one = build_report([("a", _chain())], methods="opt_einsum-greedy", progress=False)
+    write_report(one, tmp_path)
+    left = sorted(p.name for p in figures.glob("*.png"))
+    assert not [name for name in left if name.startswith("02_")]
+    assert "mine.png" in left and any(name.startswith("01_") for name in left)
+
+
+def test_exhaustive_anchors_are_refused_past_their_size() -> None:
+    # They have no time limit: on 200 tensors tnplan report used to wait on opt_einsum's dp for good.
+    net = random_regular(anchors.EXACT_MAX_TENSORS + 2, 3, 2, 0)
+    for method in ("oe-dp", "ctg-optimal"):
+        with pytest.raises(tnplan.PlanError, match="searches exhaustively"):
+            anchors.run_method(method, net)

@@ -360,6 +360,9 @@ def _search_workers(args: tuple, workers: int, executor: str | None):
 
     legs, output, sizes, minimize, budget, repeats, seed, target, seeds = args
     per_worker = repeats if repeats >= 1 << 30 else max(1, -(-repeats // workers))
+    # The caller's deadline on the wall clock too: a task that waits in a cluster's queue behind the
+    # others must share the budget, not start a whole one late (4 tasks on 1 slot took 4x max_time).
+    budget = (*budget, time.time() + budget[1])
     tasks = [
         (legs, output, sizes, minimize, budget, per_worker, seed if k == 0 else seed * 7919 + 104729 * k,
          target, seeds, k == 0)
@@ -374,11 +377,23 @@ def _search_task(task: tuple):
     """One search (picklable, for worker processes): ``(cost, _search result)``.
 
     The budget travels as ``(nominal, left, fixed)`` seconds, not as a deadline: clocks differ between
-    machines. The exact search sizes its work from the nominal budget, so that runs without
-    ``max_time`` do not depend on how long the set-up took; ``fixed`` marks such a run (see
-    :class:`_Budget`).
+    machines. Tasks sent to worker processes also carry the caller's deadline on the wall clock, so a
+    task that waited in a queue gets only what is left of the budget. The exact search sizes its work
+    from the nominal budget, so that runs without ``max_time`` do not depend on how long the set-up
+    took; ``fixed`` marks such a run (see :class:`_Budget`).
     """
-    legs, output, sizes, minimize, (nominal, left, fixed), repeats, seed, target, seeds, exact = task
+    legs, output, sizes, minimize, (nominal, left, fixed, *wall), repeats, seed, target, seeds, exact = task
+    if wall:  # a worker process (local pool or Dask), possibly fresh, possibly queued
+        from tnplan.optimal import kernel_ready
+
+        # Loading numba's cached kernels (~0.7 s in a new process) is not charged to the budget, as in
+        # the caller's process; without it the exact search and refinement sit the search out.
+        loading = time.perf_counter()
+        kernel_ready()
+        loading = time.perf_counter() - loading
+        if not fixed:
+            # Cluster clocks agree to milliseconds (NTP); a skewed one only moves this task's share.
+            left = min(left, wall[0] - time.time() + loading)
     budget = _Budget(time.perf_counter() + max(left, 0.0), nominal, fixed)
     result = _search(legs, output, sizes, minimize, budget, repeats, seed, target, seeds, exact)
     ssa, sliced = result[0], result[1]

@@ -22,6 +22,8 @@ import contextlib
 import html
 import io
 import json
+import math
+import numbers
 import re
 import sys
 from collections.abc import Sequence
@@ -215,7 +217,8 @@ def _load_networks(inputs: NetworkInput | Sequence[NetworkInput]) -> list[tuple[
         elif isinstance(item, str | Path):
             path = Path(item)
             if path.is_dir():
-                files = sorted(path.rglob("*.json"))
+                # A report written into the folder earlier (--out inside the input folder) is no input.
+                files = sorted(f for f in path.rglob("*.json") if not _is_report(f))
                 if not files:
                     raise TnplanError(f"{path}: folder holds no network JSON files")
             else:
@@ -241,10 +244,22 @@ def _load_networks(inputs: NetworkInput | Sequence[NetworkInput]) -> list[tuple[
     return named
 
 
-def _check_options(max_time: float, memory_limit: int | None, dtype: str) -> tuple[int | None, str]:
-    """The memory limit as whole bytes and the dtype's canonical name, once both are known to be valid."""
-    if isinstance(max_time, bool) or not isinstance(max_time, int | float) or not max_time > 0:
+def _is_report(path: Path) -> bool:
+    """Whether ``path`` is a ``report.json`` this module wrote."""
+    if path.name != "report.json":
+        return False
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_options(max_time: float, memory_limit: int | None, dtype: str, seed: int = 0) -> tuple[int | None, str]:
+    """The memory limit as whole bytes and the dtype's canonical name, once all options are known to be valid."""
+    if isinstance(max_time, bool) or not isinstance(max_time, int | float) or not 0 < max_time < math.inf:
         raise TnplanError(f"max_time must be a positive number of seconds, got {max_time!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise TnplanError(f"seed must be an integer >= 0, got {seed!r}")
     if memory_limit is not None:
         if isinstance(memory_limit, bool) or not isinstance(memory_limit, int | float) or not memory_limit >= 1:
             raise TnplanError(f"memory_limit must be a positive number of bytes, got {memory_limit!r}")
@@ -319,7 +334,7 @@ def build_report(
             invalid option.
     """
     names = parse_methods(methods)
-    memory_limit, dtype = _check_options(max_time, memory_limit, dtype)
+    memory_limit, dtype = _check_options(max_time, memory_limit, dtype, seed)
     networks = _load_networks(files_or_networks)
 
     from tqdm import tqdm
@@ -610,6 +625,10 @@ class _Figure:
     network: str | None  # None for the figure over all networks
 
 
+# The names render_figures gives its files.
+_FIGURE_NAME = re.compile(r"cost_vs_time\.png|\d{2,}_[A-Za-z0-9_.-]*_(profile|tree)\.png")
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:60] or "network"
 
@@ -746,6 +765,10 @@ def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
     figures = render_figures(report)
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
+    for stale in fig_dir.glob("*.png"):
+        # An earlier report's figures would sit beside these, linked from nothing; other files stay.
+        if _FIGURE_NAME.fullmatch(stale.name):
+            stale.unlink()
     for fig in figures:
         (fig_dir / fig.file).write_bytes(fig.png)
     paths = {"markdown": out / "report.md", "html": out / "report.html", "json": out / "report.json"}
@@ -761,7 +784,7 @@ def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``report`` options to ``parser``."""
     # Imported here: tnplan.cli imports this module to register the subcommand.
-    from tnplan.cli import _positive_float, _positive_int
+    from tnplan.cli import _positive_float, _positive_int, _seed
 
     parser.add_argument("files", nargs="*", metavar="FILE.json", help="network JSON files or folders of them")
     parser.add_argument(
@@ -777,7 +800,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     )
     parser.add_argument("--memory-limit", type=_positive_int, help="bytes that may be alive at once; slices to fit")
     parser.add_argument("--dtype", default="float64", help="element type for memory figures (default float64)")
-    parser.add_argument("--seed", type=int, default=0, help="tnplan's seed (default 0)")
+    parser.add_argument("--seed", type=_seed, default=0, help="tnplan's seed (default 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, report.html, report.json")
     return parser
