@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.autograd.forward_ad as fwad
 from torch import nn
 
 import tnplan
@@ -348,11 +347,11 @@ class Generator(nn.Module):
         """Whether ``forward`` builds the weight with the kernels (numba CPU or CUDA) right now."""
         # torch.func transforms (grad, vmap, jacrev, ...) and forward-mode AD cannot see into the kernels'
         # autograd.Function (no setup_context, no jvp): they run the torch programs, as torch.compile does.
+        from kernels.transforms import transformed
+
         traced = torch.compiler.is_compiling() or torch.jit.is_tracing()
-        if self.executor == "torch" or traced or torch._C._are_functorch_transforms_active():
-            return False
         cores = list(self.cores.values())
-        if any(fwad.unpack_dual(c).tangent is not None for c in cores):
+        if self.executor == "torch" or traced or transformed(*cores):
             return False
         p = cores[0]
         # Every core, not only the first: the kernels run one dtype on one device.

@@ -66,12 +66,16 @@ class _InputGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        # w with its graph: under create_graph, dx = dy w must stay differentiable in W (a gradient
+        # penalty's second-order terms); its own gradient here is None, dW comes from _Linear.
         ctx.save_for_backward(w)
         ctx.amp = _autocast_state(x.device.type)
         return x.new_zeros((), dtype=dtype).expand(*x.shape[:-1], w.shape[0])
 
     @staticmethod
-    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        if not ctx.needs_input_grad[0]:  # reached through w alone: x needs no gradient, skip the GEMM
+            return None, None, None
         (w,) = ctx.saved_tensors
         with _autocast(ctx.amp), _carveout(SM_CARVEOUT if gy.is_cuda else 0):
             return gy @ w, None, None
@@ -113,6 +117,10 @@ def overlapped_linear(x: torch.Tensor, generator: torch.nn.Module, bias: torch.T
     On a CUDA device the generator runs on :func:`side_stream`; elsewhere the same two nodes run in
     order (the numbers are the plain layer's either way). Autocast applies as it does to ``linear``.
     """
+    from kernels.transforms import transformed
+
+    if transformed(x, bias):  # torch.func / forward-mode AD: these nodes have no setup_context or jvp
+        return functional.linear(x, generator(), bias)
     side = side_stream(x.device) if x.is_cuda else None
     if side is None:
         w = generator()
@@ -128,4 +136,6 @@ def overlapped_linear(x: torch.Tensor, generator: torch.nn.Module, bias: torch.T
         out_dtype = torch.get_autocast_dtype(device_type)
     else:
         out_dtype = torch.promote_types(x.dtype, w.dtype)
-    return _Linear.apply(_InputGrad.apply(x, w.detach(), out_dtype), x, w, bias, side)
+    if transformed(w):
+        return functional.linear(x, w, bias)
+    return _Linear.apply(_InputGrad.apply(x, w, out_dtype), x, w, bias, side)

@@ -22,6 +22,7 @@ from kernels import memory, tune
 from kernels.calibrate import step_seconds
 from kernels.errors import KernelsError
 from kernels.steps import Step, make_step
+from kernels.transforms import transformed
 
 if TYPE_CHECKING:
     from adntn.generator import Generator
@@ -417,7 +418,10 @@ class _KernelGenerator(torch.autograd.Function):
         ctx.generator, ctx.saved, ctx.tensors, ctx.keys, ctx.blas, ctx.backend = (
             generator, saved, tensors, keys, blas, backend,
         )  # fmt: skip
-        ctx.save_for_backward(*params)  # unpacked only by a backward that builds a graph (_reference_grads)
+        # For a backward that builds a graph (_reference_grads). A plain attribute, not save_for_backward:
+        # cores made under inference_mode are inference tensors, which save_for_backward refuses, and
+        # they are leaves that nothing overwrites between forward and backward.
+        ctx.params = params
         return outputs[-1].reshape(generator.out_padded, generator.in_padded)
 
     @staticmethod
@@ -437,7 +441,7 @@ def _reference_grads(ctx: Any, grad: torch.Tensor) -> list[torch.Tensor | None]:
     would silently lose every second-order term. Re-running the reference programs on the saved
     cores under autograd keeps them (at the torch executor's speed, for these rare backwards only).
     """
-    params = ctx.saved_tensors
+    params = ctx.params
     wanted = [k for k, need in enumerate(ctx.needs_input_grad[2:]) if need]
     with torch.enable_grad():
         w = ctx.generator.padded_weight(dict(zip(ctx.keys, params, strict=True)))
@@ -497,8 +501,10 @@ def _check_cores(generator: Generator, tensors: list[torch.Tensor]) -> None:
         raise KernelsError(
             f"the kernels need every core on one CPU or CUDA device; got {', '.join(sorted(map(str, devices)))}"
         )
-    if torch._C._are_functorch_transforms_active():
-        raise KernelsError("the kernels cannot run under torch.func transforms; use generator.padded_weight()")
+    if transformed(*tensors):
+        raise KernelsError(
+            "the kernels cannot run under torch.func transforms or forward-mode AD; use generator.padded_weight()"
+        )
     shapes = core_shapes(generator)
     for key, t in zip(keys, tensors, strict=True):
         if tuple(t.shape) != shapes[key]:

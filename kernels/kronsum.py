@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from kernels.errors import KernelsError
+from kernels.transforms import transformed
 
 BACKENDS = ("auto", "triton", "torch")
 DTYPES = (torch.float16, torch.float32, torch.float64)  # what the kernels take (float32 accumulators below float64)
@@ -165,6 +166,8 @@ def unsupported(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> str | None
     slices of rows, so only a single row that large is refused)."""
     if not available(x):
         return "backend='triton' needs CUDA tensors and the triton package (or TRITON_INTERPRET=1 for CPU tensors)"
+    if transformed(x, a, b):
+        return "torch.func transforms and forward-mode AD cannot see into kron_stream's Triton kernels"
     if x.dtype not in DTYPES:
         # bfloat16 is left out: Triton's CPU interpreter, which is how CI checks the kernels, returns
         # garbage for it, so it could not be tested.
@@ -256,6 +259,10 @@ def _save(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
 
 def _backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     x, a, b = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # create_graph=True (Hessian-vector products, gradient penalties): the reduction kernels have no
+        # derivative of their own, so these gradients come from the reference contraction, differentiably.
+        return (*_reference_grads(x, a, b, dy, ctx.needs_input_grad[:3]), None)
     config = json.loads(ctx.config)
     dy = dy.contiguous()
     need_x, need_a, need_b, _ = ctx.needs_input_grad
@@ -284,6 +291,15 @@ def _backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
 
 
 _forward_op.register_autograd(_backward, setup_context=_save)
+
+
+def _reference_grads(
+    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dy: torch.Tensor, needed: tuple[bool, ...]
+) -> list[torch.Tensor | None]:
+    """The gradients of :func:`reference` in the operands ``needed``, with their own graph."""
+    operands = [t for t, need in zip((x, a, b), needed, strict=True) if need]
+    found = iter(torch.autograd.grad(reference(x, a, b), operands, dy, create_graph=True, allow_unused=True))
+    return [next(found) if need else None for need in needed]
 
 
 def _precision(dtype: torch.dtype) -> str:

@@ -199,3 +199,12 @@ def test_a_deeply_nested_timing_cache_is_measured_again(tmp_path):
     path.write_text("[" * 100_000 + "]" * 100_000)
     entry = calibrate.cached_entry({}, path, 1, "step", ("fused",), lambda: {"fused": 1.5})
     assert entry == {"fused": 1.5} and json.loads(path.read_text())["entries"] == {"step": {"fused": 1.5}}
+
+
+def test_a_layer_built_under_inference_mode_trains_on_the_kernels():
+    # The double-backward change saved the cores with save_for_backward, which refuses inference tensors.
+    with torch.inference_mode():
+        layer = adntn.TNLinear(37, 29, "ttn", bond_dim=3, mode="materialize", executor="numba")
+    assert layer.generator.uses_kernels()
+    layer(torch.randn(3, 37)).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())

@@ -404,3 +404,22 @@ def test_compile_and_export_keep_the_kernels_as_operators(arch):
     # The aTTN's mixer runs through the kernels too (a second launch), not an einsum.
     assert code.count("adntn.kron_forward") == (2 if arch == "attn" else 1)
     assert _rel(exported.module()(x.detach()), want) < 1e-12
+
+
+def test_second_order_and_forward_mode_through_the_triton_route_match_the_reference():
+    # The reduction kernels have no derivative: a Hessian-vector product crashed, and forward-mode
+    # AD returned a zero tangent.
+    x, a, b = _operands(5, 3, 16, 16, 16, 16, torch.float64, seed=1)
+    v = [torch.randn_like(t) for t in (x, a, b)]
+
+    def hvp(backend: str) -> tuple[torch.Tensor, ...]:
+        g = torch.autograd.grad(kron_stream(x, a, b, backend=backend).pow(2).sum(), (x, a, b), create_graph=True)
+        return torch.autograd.grad(sum((gi * vi).sum() for gi, vi in zip(g, v, strict=True)), (x, a, b))
+
+    for got, want in zip(hvp("triton"), hvp("torch"), strict=True):
+        assert _rel(got, want) < 1e-10
+    f = lambda t: kron_stream(t, a.detach(), b.detach(), backend="auto")  # noqa: E731
+    tangent = torch.func.jvp(f, (x.detach(),), (v[0],))[1]
+    assert _rel(tangent, reference(v[0], a.detach(), b.detach())) < 1e-10
+    with pytest.raises(KernelsError, match="forward-mode AD"):
+        torch.func.jvp(lambda t: kron_stream(t, a.detach(), b.detach(), backend="triton"), (x.detach(),), (v[0],))

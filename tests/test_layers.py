@@ -392,3 +392,27 @@ def test_state_dicts_of_another_size_are_refused_even_when_the_cores_match():
     same = TNLinear(64, 64, "ttn", 2, bias=False)
     same.load_state_dict(wide.state_dict())
     torch.testing.assert_close(same.weight, wide.weight)
+
+
+def _penalised_grads(layer_out, params, x):
+    """Parameter gradients of a gradient penalty (second-order terms through dx)."""
+    (gx,) = torch.autograd.grad(layer_out(x).pow(2).sum(), x, create_graph=True)
+    return torch.autograd.grad(gx.pow(2).sum(), params)
+
+
+def test_overlapped_linear_second_order_and_torch_func_match_the_plain_layer():
+    # dx = dy W used a detached W, so a gradient penalty's second-order terms in W were silently lost.
+    from adntn.overlap import overlapped_linear
+
+    torch.manual_seed(0)
+    layer = TNLinear(37, 29, "ttn", 3, mode="materialize").double()
+    params = [*layer.parameters()]
+    x = torch.randn(4, 37, dtype=torch.float64, requires_grad=True)
+    plain = _penalised_grads(lambda v: functional.linear(v, layer.generator(), layer.bias), params, x)
+    split = _penalised_grads(lambda v: overlapped_linear(v, layer.generator, layer.bias), params, x)
+    for got, want in zip(split, plain, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    # torch.func transforms cannot run its autograd nodes: it computes the plain layer then.
+    loss = lambda v: overlapped_linear(v, layer.generator, layer.bias).square().sum()  # noqa: E731
+    want = torch.autograd.grad(loss(x), x)[0]
+    torch.testing.assert_close(torch.func.grad(loss)(x.detach()), want, rtol=1e-12, atol=1e-12)
