@@ -468,6 +468,10 @@ class Generator(nn.Module):
         with torch.autocast(device if amp else "cpu", enabled=False):
             a, b, mix = self.kron_factors()
             rows = x.shape[0]
+            if cast is None and x.dtype != a.dtype:
+                # As nn.Linear and the other modes: without autocast an input of another dtype is an
+                # error, not a silent cast (auto would otherwise succeed or fail by batch size).
+                raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {x.dtype} and {a.dtype}")
             x = x.to(a.dtype)
             if self.in_padded != self.in_features:
                 x = torch.nn.functional.pad(x, (0, self.in_padded - self.in_features))

@@ -423,3 +423,14 @@ def test_second_order_and_forward_mode_through_the_triton_route_match_the_refere
     assert _rel(tangent, reference(v[0], a.detach(), b.detach())) < 1e-10
     with pytest.raises(KernelsError, match="forward-mode AD"):
         torch.func.jvp(lambda t: kron_stream(t, a.detach(), b.detach(), backend="triton"), (x.detach(),), (v[0],))
+
+
+def test_an_input_of_another_dtype_fails_in_kron_as_in_the_other_modes():
+    # kron used to cast it silently, so mode="auto" succeeded or failed by batch size.
+    layer = adntn.TNLinear(37, 29, "ttn", bond_dim=3).double()
+    x = torch.randn(4, 37)
+    for mode in ("materialize", "stream", "kron"):
+        layer.mode = mode
+        with pytest.raises(RuntimeError, match=r"same dtype|expected scalar type"):
+            layer(x)
+    assert layer(x.double()).dtype == torch.float64
