@@ -350,6 +350,12 @@ class TNLinear(_TNLayer):
         """The mode a batch of ``rows`` samples on ``device`` runs in: ``"materialize"``, ``"stream"`` or
         ``"kron"``. ``regime``: ``"forward"`` (no backward: grad disabled), ``"weights"`` (x needs no
         gradient, as an input layer's) or ``"input"`` (x needs one, as a hidden layer's)."""
+        if isinstance(rows, bool) or not isinstance(rows, int | torch.SymInt) or rows < 0:
+            raise AdntnError(f"rows must be an integer >= 0, got {rows!r}")
+        if regime not in ("forward", "weights", "input"):
+            raise AdntnError(f"unknown regime {regime!r}; choose one of forward, weights, input")
+        if rows == 0:
+            return "materialize"  # as forward runs an empty batch
         if self.mode != "auto":
             return self.mode
         kind = "cuda" if getattr(device, "type", str(device)).startswith("cuda") else "cpu"
@@ -363,14 +369,14 @@ class TNLinear(_TNLayer):
         return self.mode_for(rows, device, regime) != "materialize"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise AdntnError(
                 f"TNLinear expects inputs with last dimension {self.in_features}, got shape {tuple(x.shape)}"
             )
         lead = x.shape[:-1]
         rows = math.prod(lead)
         regime = "forward" if not torch.is_grad_enabled() else "input" if x.requires_grad else "weights"
-        mode = self.mode_for(rows, x.device, regime) if rows > 0 else "materialize"
+        mode = self.mode_for(rows, x.device, regime)
         if mode != "materialize":
             flat = x.reshape(rows, self.in_features)
             if mode == "stream":

@@ -416,3 +416,13 @@ def test_overlapped_linear_second_order_and_torch_func_match_the_plain_layer():
     loss = lambda v: overlapped_linear(v, layer.generator, layer.bias).square().sum()  # noqa: E731
     want = torch.autograd.grad(loss(x), x)[0]
     torch.testing.assert_close(torch.func.grad(loss)(x.detach()), want, rtol=1e-12, atol=1e-12)
+
+
+def test_mode_for_checks_its_arguments_and_matches_forward_on_an_empty_batch():
+    layer = TNLinear(37, 29, "ttn", 3)
+    assert layer.mode_for(0) == "materialize"  # what forward runs for an empty batch
+    for rows, regime in ((-1, "input"), (1.5, "input"), (4, "train")):
+        with pytest.raises(AdntnError, match=r"rows must be|unknown regime"):
+            layer.mode_for(rows, regime=regime)
+    with pytest.raises(AdntnError, match="last dimension 37"):
+        layer(torch.tensor(1.0))
