@@ -1,15 +1,20 @@
-"""What the layer and kernel benchmarks share: their command-line parsing and worker processes."""
+"""What the benchmark scripts share: command-line parsing, worker processes and guarded result files."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
 ARCHS = ("ttn", "attn", "mera")
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parse_shape(text: str) -> tuple[int, int]:
@@ -80,3 +85,110 @@ def spawn_worker(script: Path, spec: dict, env: dict[str, str], timeout: float, 
     if proc.returncode < 0:
         why += f" (signal {-proc.returncode}{', out of memory?' if proc.returncode == -9 else ''})"
     return {**spec, "error": why}
+
+
+# ------------------------------------------------------------------------------- argument types and errors
+
+
+def fail(message: str) -> NoReturn:
+    """Stop with a one-line error and exit status 2 (a usage error, as argparse's own)."""
+    print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0")
+    return value
+
+
+def int_list(minimum: int) -> Callable[[str], list[int]]:
+    """argparse type: a non-empty comma list of integers, each >= ``minimum`` (``"1,32,256"``)."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of integers") from None
+        if not values:
+            raise argparse.ArgumentTypeError("the list is empty")
+        if min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: every value must be >= {minimum}")
+        return values
+
+    return parse
+
+
+def number_range(text: str) -> tuple[float, float]:
+    """argparse type: ``"LO,HI"`` with ``0 < LO <= HI`` (a compression range)."""
+    parts = text.split(",")
+    try:
+        lo, hi = (float(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LO,HI, e.g. 2000,77000") from None
+    if not 0 < lo <= hi < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 < LO <= HI")
+    return lo, hi
+
+
+def output_dir(out: Path | None, quick: bool, prefix: str) -> Path:
+    """Where a run writes: ``out``, else ``benchmarks/results``; a ``--quick`` (smoke) run never writes into
+    ``benchmarks/results``, whose committed files it would replace, and defaults to a fresh temporary folder."""
+    if not quick:
+        return out or RESULTS
+    if out is not None and out.resolve() == RESULTS.resolve():
+        fail("--quick never writes to benchmarks/results; pick another --out")
+    return out or Path(tempfile.mkdtemp(prefix=prefix))
+
+
+# ------------------------------------------------------------------------------------------- result files
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step: a reader (or a killed run) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_results(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A results JSON file to re-render or resume, which must exist, parse, and hold ``keys``; anything else
+    stops with a one-line error and leaves the file as it is."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        fail(f"{path} does not exist: run the benchmark first (or pass the --out it used)")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        fail(f"{path} is damaged ({one_line(exc)}); it was left as it is")
+    missing = [k for k in keys if not isinstance(data, dict) or k not in data]
+    if missing:
+        fail(f"{path} is damaged (no {', '.join(repr(k) for k in missing)}); it was left as it is")
+    return data
+
+
+def save_runs(result: dict[str, Any], json_path: Path, md_path: Path, render: Callable[[dict], str]) -> bool:
+    """Write ``result`` (its ``runs`` so far) to ``json_path`` and ``md_path``, atomically, once one of its
+    runs has succeeded; until then (every worker failed so far) the files there are left as they are, so a
+    broken run never replaces good results. Returns whether it wrote."""
+    if all("error" in run for run in result["runs"]):
+        return False
+    write_atomic(json_path, json.dumps(result, indent=1))
+    write_atomic(md_path, render(result))
+    return True

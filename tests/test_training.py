@@ -419,3 +419,59 @@ def test_report_copes_with_a_run_without_finished_epochs(tmp_path):
     (run / "metrics.jsonl").write_text("")
     assert adntn_main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
     assert "| empty | alexnet | digits | 0 | 10 | 1x | - | - | 1.5 |" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def _report_run(path, *, epochs=1, done=1, metrics=None):
+    """A run folder as ``adntn train`` leaves it (the fields the report reads)."""
+    path.mkdir(parents=True)
+    summary = {
+        "config": {"model": "alexnet", "dataset": "digits", "epochs": epochs},
+        "layers": [{"layer": "fc7", "arch": "ttn", "dense_params": 64, "generator_params": 8, "compression": 8.0}],
+        "total_params": 10,
+        "test_acc": 50.0,
+        "best_test_acc": 50.0,
+        "epochs_done": done,
+        "wall_time_s": 1.5,
+        "planned_networks": 1,
+        "plan_searches": 0,
+    }
+    rows = metrics if metrics is not None else [{"epoch": e + 1, "test_acc": 50.0} for e in range(done)]
+    (path / "summary.json").write_text(json.dumps(summary))
+    (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in rows))
+    return path
+
+
+@pytest.mark.parametrize(
+    "summary,metrics,why",
+    [
+        ("{}", None, "no 'config'"),
+        ("[]", None, "a JSON list"),
+        (None, '{"epoch": 1}\n', "metrics.jsonl line 1: no 'test_acc'"),
+        (None, "[1, 50.0]\n", "metrics.jsonl line 1: a JSON list"),
+    ],
+)
+def test_report_refuses_a_malformed_run_and_keeps_the_old_report(tmp_path, capsys, summary, metrics, why):
+    run = _report_run(tmp_path / "run")
+    if summary is not None:
+        (run / "summary.json").write_text(summary)
+    if metrics is not None:
+        (run / "metrics.jsonl").write_text(metrics)
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    (rep / "report.md").write_text("old md")
+    (rep / "report.html").write_text("old html")
+    assert adntn_main(["report", str(run), "--out", str(rep)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{run} is not an adntn run" in err and why in err, err
+    assert (rep / "report.md").read_text() == "old md" and (rep / "report.html").read_text() == "old html"
+
+
+def test_report_names_runs_by_enough_of_their_path_and_marks_partial_ones(tmp_path):
+    ttn = _report_run(tmp_path / "e2e" / "ttn" / "seed0", epochs=3, done=1)
+    mera = _report_run(tmp_path / "e2e" / "mera" / "seed0")
+    assert adntn_main(["report", str(ttn), str(mera), "--out", str(tmp_path / "rep")]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| ttn/seed0 | alexnet | digits | 1/3 (partial) | 10 |" in md
+    assert "| mera/seed0 | alexnet | digits | 1 | 10 |" in md
+    assert "| mera/seed0 | fc7 | ttn |" in md
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["report.html", "report.md"]

@@ -17,7 +17,8 @@ Subcommands (see ``benchmarks/compression/README.md``):
     writing the table (``--no-table`` to skip).
 ``table``
     Aggregate every ``summary.json`` under ``--out`` into ``compression.md``, ``compression.json`` and
-    ``compression.png`` in ``--results`` (default ``benchmarks/results``).
+    ``compression.png`` in ``--results`` (default ``benchmarks/results``). Refuses (exit 2) to replace a
+    ``compression.json`` holding runs that ``--out`` lacks, unless ``--force``.
 
 ``--smoke`` (any subcommand): 2,000 training images, width 0.125, fc_dim 64, 1 epoch, seed 0, a few
 variants, a fresh temporary output folder and plan cache; never writes to ``benchmarks/results``.
@@ -58,6 +59,8 @@ REPO = HERE.parents[1]
 for _p in (HERE.parent, REPO):  # benchmarks/machine.py, adntn/tnplan from this checkout
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
+
+from harness import fail, int_list, one_line, write_atomic  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_OUT = REPO / "out" / "compression"
@@ -165,12 +168,6 @@ def check_variant(name: str) -> str:
 
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _atomic_write(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _device_name(device: str) -> str:
@@ -396,7 +393,7 @@ def run_job(job: dict[str, Any], progress: bool) -> dict[str, Any]:
         cfg = TrainConfig.from_dict(job["config"])
         _prepare_dir(run_dir, job["config"])
         meta.update(device_name=_device_name(cfg.device), torch=torch.__version__, git=_git_commit())
-        _atomic_write(json.dumps(meta, indent=2), run_dir / "run.json")
+        write_atomic(run_dir / "run.json", json.dumps(meta, indent=2))
         with patched_build(meta["augment"]):
             summary = train(cfg, run_dir, resume=True, progress=progress)
         if kind == "e2e" and not meta.get("keep_checkpoints"):
@@ -410,7 +407,7 @@ def run_job(job: dict[str, Any], progress: bool) -> dict[str, Any]:
     meta.update(wall_s=time.perf_counter() - t0, finished=time.strftime("%Y-%m-%d %H:%M:%S"))
     if kind != "features":
         meta.setdefault("device_name", _device_name(job["config"]["device"]))
-        _atomic_write(json.dumps(meta, indent=2), run_dir / "run.json")
+        write_atomic(run_dir / "run.json", json.dumps(meta, indent=2))
     return {"test_acc": summary.get("test_acc"), "wall_s": time.perf_counter() - t0}
 
 
@@ -583,7 +580,7 @@ def train_head(job: dict[str, Any], progress: bool) -> dict[str, Any]:
     opt, sched = make_optimizer(head, cfg, steps)
     loss_fn = nn.CrossEntropyLoss()
     metrics = []
-    _atomic_write(json.dumps(job["config"], indent=2), run_dir / "config.json")
+    write_atomic(run_dir / "config.json", json.dumps(job["config"], indent=2))
     for epoch in range(cfg.epochs):
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 7919)
         order = epoch_order(len(y_tr), cfg.seed, epoch).to(device)
@@ -610,7 +607,7 @@ def train_head(job: dict[str, Any], progress: bool) -> dict[str, Any]:
         metrics.append(row)
         if progress:
             print(f"    head epoch {row['epoch']}: loss {row['train_loss']:.4f} test {row['test_acc']:.2f}%")
-    _atomic_write("".join(json.dumps(m) + "\n" for m in metrics), run_dir / "metrics.jsonl")
+    write_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
     summary = {
         "config": job["config"],
         "layers": layer_rows(head, report),
@@ -625,7 +622,7 @@ def train_head(job: dict[str, Any], progress: bool) -> dict[str, Any]:
         "features": job["features"],
         "trunk_test_acc": data.get("trunk_test_acc"),
     }
-    _atomic_write(json.dumps(summary, indent=2), run_dir / "summary.json")
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -680,7 +677,10 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if hasattr(args, "variants"):
         args.variant_list = [check_variant(v) for v in _csv(args.variants)]
     if hasattr(args, "seeds"):
-        args.seed_list = [int(s) for s in _csv(args.seeds)]
+        try:  # checked here, not by argparse, whose usage text for `run` is 15 lines long
+            args.seed_list = int_list(0)(args.seeds)
+        except argparse.ArgumentTypeError as exc:
+            fail(f"--seeds: {exc}")
     if hasattr(args, "amp") and args.amp is None:
         args.amp = "bf16" if str(args.device).startswith("cuda") else "off"
     return args
@@ -928,10 +928,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             failures += run_jobs(stage, 1 if stage and stage[0]["kind"] != "head" else args.jobs, None, log_dir)
             if failures:
                 break
+    if failures:  # said before the table, which may refuse to write and stop the script
+        print(f"{failures} job(s) failed")
     if not args.no_table:
         cmd_table(args)
-    if failures:
-        print(f"{failures} job(s) failed")
     return 1 if failures else 0
 
 
@@ -944,6 +944,11 @@ def cmd_job(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------- table
 
 
+def _run_key(meta: dict[str, Any]) -> str:
+    """What names one run across machines (its folder path does not): ``protocol/model/variant/seedN``."""
+    return f"{meta['protocol']}/{meta['model']}/{meta['variant']}/seed{meta['seed']}"
+
+
 def _load_runs(out: Path) -> list[dict[str, Any]]:
     runs = []
     for summary in sorted(out.glob("*/*/*/seed*/summary.json")):
@@ -951,12 +956,37 @@ def _load_runs(out: Path) -> list[dict[str, Any]]:
         try:
             s = json.loads(summary.read_text())
             meta = json.loads((run_dir / "run.json").read_text())
-        except (OSError, ValueError):
+            finished = s.get("epochs_done") == s["config"]["epochs"]
+            _run_key(meta)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # Said, not silent: a table without this run would read as if it had never run.
+            print(f"warning: skipped {run_dir}: damaged summary.json or run.json ({one_line(exc)})", file=sys.stderr)
             continue
-        if s.get("epochs_done") != s["config"]["epochs"]:
-            continue  # unfinished
+        if not finished:
+            continue
         runs.append({"dir": str(run_dir), "summary": s, "meta": meta})
     return runs
+
+
+def _check_keeps_runs(path: Path, runs: list[dict[str, Any]], out: Path) -> None:
+    """Refuse to replace the results file ``path`` when it holds runs that ``runs`` (the finished runs under
+    ``out``) lack: a table built from a partial or another run folder would silently drop them.
+
+    The file cannot be merged with the local runs instead: it keeps each run's accuracy and identity but not
+    its ``summary.json`` (configuration, per-layer counts), which the table is built from.
+    """
+    if not path.exists():
+        return
+    try:
+        old = {_run_key(r["meta"]) for r in json.loads(path.read_text())["runs"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        fail(f"cannot read {path} to check which runs it holds ({one_line(exc)}); pass --force to replace it")
+    lost = sorted(old - {_run_key(r["meta"]) for r in runs})
+    if lost:
+        fail(
+            f"{path} holds {len(lost)} run(s) that {out} lacks (e.g. {lost[0]}); writing the table would drop them: "
+            "point --out at the folder with every run, or pass --force"
+        )
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -1267,10 +1297,12 @@ def cmd_table(args: argparse.Namespace) -> int:
     results = Path(args.results)
     if smoke and results.resolve() == RESULTS.resolve():
         raise SystemExit("smoke runs never go to benchmarks/results; pass --results DIR")
+    if not args.force:
+        _check_keeps_runs(results / "compression.json", runs, args.out)
     results.mkdir(parents=True, exist_ok=True)
     plot = "compression.png" if write_plot(agg, results / "compression.png") else None
     text = markdown(agg, paper, plot, smoke)
-    _atomic_write(text, results / "compression.md")
+    write_atomic(results / "compression.md", text)
     data = {
         "date": time.strftime("%Y-%m-%d"),
         "smoke": smoke,
@@ -1290,7 +1322,7 @@ def cmd_table(args: argparse.Namespace) -> int:
             for r in runs
         ],
     }
-    _atomic_write(json.dumps(data, indent=2), results / "compression.json")
+    write_atomic(results / "compression.json", json.dumps(data, indent=2))
     print(f"wrote {results / 'compression.md'} ({len(runs)} runs)")
     for line in data["targets"]:
         print(line)
@@ -1351,9 +1383,11 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--keep-checkpoints", action="store_true", help="keep each finished run's checkpoint.pt")
     rp.add_argument("--results", type=Path, help="table folder (default benchmarks/results)")
     rp.add_argument("--no-table", action="store_true", help="do not write the table at the end")
+    rp.add_argument("--force", action="store_true", help="write the table even if it drops runs the old one has")
 
     tp = sub.add_parser("table", parents=[common], help="aggregate the runs into compression.md/json/png")
     tp.add_argument("--results", type=Path, help="table folder (default benchmarks/results)")
+    tp.add_argument("--force", action="store_true", help="write the table even if it drops runs the old one has")
     tp.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
 
     jp = sub.add_parser("_job", help=argparse.SUPPRESS)

@@ -59,10 +59,23 @@ for _p in (HERE.parent, REPO):  # benchmarks/machine.py, adntn/kernels/tnplan fr
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from harness import one_line, parse_bonds, parse_shape, shape_name, spawn_worker, worker_main  # noqa: E402
+from harness import (  # noqa: E402
+    int_list,
+    one_line,
+    output_dir,
+    parse_bonds,
+    parse_shape,
+    positive_float,
+    positive_int,
+    read_results,
+    save_runs,
+    shape_name,
+    spawn_worker,
+    worker_main,
+    write_atomic,
+)
 from machine import describe  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results"
 STEM = "kernels-cpu"
 ARCHS = ("ttn", "attn", "mera")
 ARCH_NAMES = {"ttn": "TTN", "attn": "aTTN", "mera": "MERA"}
@@ -439,16 +452,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shapes", default=None, help=f"IN x OUT list (default {DEFAULT_SHAPES}; {QUICK_SHAPES} quick)")
     ap.add_argument("--archs", default=",".join(ARCHS))
     ap.add_argument("--bonds", default=None, help='bond dims, e.g. "ttn:2,13;mera:8" (default: the layers ones)')
-    ap.add_argument("--threads", default="1,2", help="thread counts, each a full pass (default 1,2)")
-    ap.add_argument("--reps", type=int, default=3, help="timed steps per method (default 3)")
+    ap.add_argument("--threads", type=int_list(1), default=[1, 2], help="thread counts, each a full pass (default 1,2)")
+    ap.add_argument("--reps", type=positive_int, default=3, help="timed steps per method (default 3)")
     ap.add_argument(
-        "--large-reps", type=int, default=None, help=f"timed steps for shapes over {LARGE:,} weights (default --reps)"
+        "--large-reps",
+        type=positive_int,
+        default=None,
+        help=f"timed steps for shapes over {LARGE:,} weights (default --reps)",
     )
     ap.add_argument("--methods", default=",".join(METHODS), help="generator methods (torch-eager always runs)")
     ap.add_argument("--no-layers", action="store_true", help="skip the layer training steps")
     ap.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK_SHAPES}, small bonds, 2 reps")
     ap.add_argument("--out", type=Path, default=None, help="output dir (default benchmarks/results; quick: temp)")
-    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per worker process")
+    ap.add_argument("--timeout", type=positive_float, default=1800.0, help="seconds per worker process")
     ap.add_argument("--report-only", action="store_true", help="re-render the Markdown from the JSON")
     ap.add_argument("--dry-run", action="store_true", help="list the worker runs, run nothing")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -457,15 +473,10 @@ def main(argv: list[str] | None = None) -> int:
         return worker_main(run_worker, args.worker, WORKER_MARK)
 
     stem = f"{STEM}-quick" if args.quick else STEM
-    if args.quick:
-        if args.out is not None and args.out.resolve() == RESULTS.resolve():
-            raise SystemExit("--quick never writes to benchmarks/results; pick another --out")
-        out_dir = args.out or Path(tempfile.mkdtemp(prefix="kernels-quick-"))
-    else:
-        out_dir = args.out or RESULTS
+    out_dir = output_dir(args.out, args.quick, "kernels-quick-")
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     if args.report_only:
-        md_path.write_text(markdown(json.loads(json_path.read_text(encoding="utf-8"))), encoding="utf-8")
+        write_atomic(md_path, markdown(read_results(json_path, ("runs", "shapes", "threads"))))
         print(f"wrote {md_path}")
         return 0
 
@@ -477,16 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(m not in METHODS for m in methods):
         raise SystemExit(f"--methods takes {', '.join(METHODS)}")
     methods = ["torch-eager", *(m for m in METHODS if m in methods and m != "torch-eager")]
-    try:
-        threads = [int(t) for t in args.threads.split(",") if t.strip()]
-    except ValueError:
-        raise SystemExit("--threads takes a list of integers, e.g. 1,2") from None
-    if not threads or min(threads) < 1:
-        raise SystemExit("--threads needs positive integers")
+    threads = args.threads
     reps = 2 if args.quick and args.reps == 3 else args.reps
     large_reps = reps if args.large_reps is None else args.large_reps
-    if min(reps, large_reps) < 1:
-        raise SystemExit("--reps and --large-reps must be >= 1")
     explicit = parse_bonds(args.bonds)
 
     jobs: list[dict] = []
@@ -550,7 +554,6 @@ def main(argv: list[str] | None = None) -> int:
             "calibrations": None,
             "runs": [],
         }
-        out_dir.mkdir(parents=True, exist_ok=True)
         # One calibration per thread count (the cost model is per thread count), before any worker,
         # so every worker at that count reads the same one.
         result["calibrations"] = {}
@@ -574,11 +577,11 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"    {line}", flush=True)
             result["runs"].append(run)
             result["wall_s"] = time.perf_counter() - wall
-            json_path.write_text(json.dumps(result, indent=1), encoding="utf-8")  # partial results survive
-            md_path.write_text(markdown(result), encoding="utf-8")
+            save_runs(result, json_path, md_path, markdown)  # partial results survive
         result["wall_s"] = time.perf_counter() - wall
-        json_path.write_text(json.dumps(result, indent=1), encoding="utf-8")
-        md_path.write_text(markdown(result), encoding="utf-8")
+        if not save_runs(result, json_path, md_path, markdown):
+            print(f"every worker failed; {json_path} was not written", file=sys.stderr)
+            return 1
     report = markdown(result)
     print()
     print(report[report.index("## Target check") :].rstrip())

@@ -9,7 +9,7 @@ seconds :mod:`adntn.timing` predicts, the mode auto picks, the mode the old flop
 (stream where its planned flops are fewer), and each pick's regret (its time over the fastest's).
 
     .venv/bin/python benchmarks/layers/auto_cpu.py          # -> benchmarks/results/layers-auto-cpu.{md,json}
-    .venv/bin/python benchmarks/layers/auto_cpu.py --quick  # two configs, small: layers-auto-cpu-quick.*
+    .venv/bin/python benchmarks/layers/auto_cpu.py --quick  # two configs, small: layers-auto-cpu-quick.* in a temp dir
     .venv/bin/python benchmarks/layers/auto_cpu.py --report-only  # re-render the Markdown from the JSON
 """
 
@@ -28,6 +28,8 @@ REPO = HERE.parents[1]
 for _p in (HERE.parent, REPO):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
+
+from harness import output_dir, positive_int, read_results, write_atomic  # noqa: E402
 
 CONFIGS = [("ttn", 2), ("ttn", 16), ("attn", 2), ("attn", 9), ("mera", 2), ("mera", 8)]
 BATCHES = (1, 64, 256, 512, 1024, 4096)
@@ -136,15 +138,15 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--width", type=int, default=4096)
+    p.add_argument("--width", type=positive_int, default=4096)
     p.add_argument("--quick", action="store_true", help="two configs at width 512, batches 1 and 64 (smoke test)")
-    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--results", type=Path, default=None, help="output dir (default benchmarks/results; quick: temp)")
     p.add_argument("--report-only", action="store_true", help="re-render the Markdown from the JSON")
     args = p.parse_args(argv)
     name = "layers-auto-cpu-quick" if args.quick else "layers-auto-cpu"
+    results = output_dir(args.results, args.quick, "layers-auto-cpu-quick-")
     if args.report_only:
-        result = json.loads((args.results / f"{name}.json").read_text())
-        (args.results / f"{name}.md").write_text(markdown(result))
+        write_atomic(results / f"{name}.md", markdown(read_results(results / f"{name}.json", ("rows",))))
         return 0
     import torch
     from machine import describe
@@ -162,9 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                 result["rows"].append(row)
                 print(json.dumps(row), flush=True)
                 # Rewritten after every row, so an interrupted run keeps what it measured.
-                args.results.mkdir(parents=True, exist_ok=True)
-                (args.results / f"{name}.json").write_text(json.dumps(result, indent=1))
-                (args.results / f"{name}.md").write_text(markdown(result))
+                write_atomic(results / f"{name}.json", json.dumps(result, indent=1))
+                write_atomic(results / f"{name}.md", markdown(result))
     print(markdown(result))
     return 0
 

@@ -4,7 +4,9 @@ For every layer shape (``IN x OUT``): a dense ``nn.Linear`` and ``adntn.TNLinear
 and MERA generators at two bond dimensions each, chosen so the compression (dense weight entries per
 generator parameter) spans about 2,000x to 77,000x; each in ``materialize``, ``stream`` and ``kron`` mode
 (the last two where the generator has them), at batch 1, 32 and 256. Writes
-``benchmarks/results/layers.{md,json}`` (``layers-quick.*`` with ``--quick``).
+``benchmarks/results/layers.{md,json}`` (``--quick``: ``layers-quick.*`` in a temporary folder unless
+``--out``; never into ``benchmarks/results``). The files are replaced atomically after each worker, and only
+once a worker has succeeded: a run whose every worker fails exits 1 and leaves them as they were.
 
 Every (shape, config, mode) runs in a fresh process (``run.py --worker SPEC``) with
 ``torch.set_num_threads(1)``. Per batch it runs one untimed warm-up step, then one step whose peak
@@ -20,9 +22,9 @@ with a counter and reports the calls made during forward+backward (the target is
 Examples::
 
     .venv/bin/python benchmarks/layers/run.py                      # the full benchmark
-    .venv/bin/python benchmarks/layers/run.py --quick              # smoke test: tiny shapes, 2 reps
-    .venv/bin/python benchmarks/layers/run.py --shapes 4096x4096 --archs ttn --batches 1,256
-    .venv/bin/python benchmarks/layers/run.py --bonds "ttn:8,12;mera:4"   # fixed bond dims
+    .venv/bin/python benchmarks/layers/run.py --quick              # smoke test: tiny shapes, 2 reps -> a temp dir
+    .venv/bin/python benchmarks/layers/run.py --shapes 4096x4096 --archs ttn --batches 1,256 --out /tmp/layers
+    .venv/bin/python benchmarks/layers/run.py --bonds "ttn:8,12;mera:4" --out /tmp/layers   # fixed bond dims
     .venv/bin/python benchmarks/layers/run.py --report-only        # re-render layers.md from layers.json
 """
 
@@ -32,7 +34,6 @@ import argparse
 import contextlib
 import ctypes
 import gc
-import json
 import math
 import os
 import statistics
@@ -48,12 +49,25 @@ for _p in (HERE.parent, REPO):  # benchmarks/machine.py, adntn/tnplan from this 
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from harness import parse_bonds, parse_shape, shape_name, spawn_worker, worker_main  # noqa: E402
+from harness import (  # noqa: E402
+    int_list,
+    number_range,
+    output_dir,
+    parse_bonds,
+    parse_shape,
+    positive_float,
+    positive_int,
+    read_results,
+    save_runs,
+    shape_name,
+    spawn_worker,
+    worker_main,
+    write_atomic,
+)
 from machine import describe  # noqa: E402
 
 from adntn.errors import AdntnError  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results"
 ARCHS = ("ttn", "attn", "mera")
 ARCH_NAMES = {"ttn": "TTN", "attn": "aTTN", "mera": "MERA"}
 DEFAULT_SHAPES = "4096x4096,25088x4096"
@@ -307,16 +321,18 @@ def config_name(run: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default=None, help=f"IN x OUT list (default {DEFAULT_SHAPES})")
-    ap.add_argument("--batches", default="1,32,256")
-    ap.add_argument("--reps", type=int, default=None, help="timed steps per batch (default 5; 2 with --quick)")
+    ap.add_argument("--batches", type=int_list(1), default=[1, 32, 256], help="comma list (default 1,32,256)")
+    ap.add_argument("--reps", type=positive_int, default=None, help="timed steps per batch (default 5; 2 with --quick)")
     ap.add_argument("--archs", default=",".join(ARCHS))
     ap.add_argument("--bonds", default=None, help='fixed bond dims, e.g. "ttn:8,12;mera:4" (default: chosen)')
-    ap.add_argument("--ratio-range", default=None, help="compression range LO,HI (default 2000,77000)")
+    ap.add_argument(
+        "--ratio-range", type=number_range, default=None, help="compression range LO,HI (default 2000,77000)"
+    )
     ap.add_argument("--modes", default="materialize,stream,kron", help="TN modes to run")
     ap.add_argument("--quick", action="store_true", help=f"smoke test: shapes {QUICK_SHAPES}, 2 reps")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=None, help="output dir (default benchmarks/results; quick: temp)")
     ap.add_argument("--cache-dir", type=Path, default=None, help="plan cache dir (default: a fresh temp dir)")
-    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker process")
+    ap.add_argument("--timeout", type=positive_float, default=3600.0, help="seconds per worker process")
     ap.add_argument("--report-only", action="store_true", help="re-render the Markdown from the JSON")
     ap.add_argument("--dry-run", action="store_true", help="list the chosen configs and worker runs, run nothing")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -325,23 +341,21 @@ def main(argv: list[str] | None = None) -> int:
         return worker_main(run_worker, args.worker, WORKER_MARK)
 
     stem = "layers-quick" if args.quick else "layers"
-    json_path, md_path = args.out / f"{stem}.json", args.out / f"{stem}.md"
+    out_dir = output_dir(args.out, args.quick, "layers-quick-")
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     if args.report_only:
-        md_path.write_text(markdown(json.loads(json_path.read_text(encoding="utf-8"))), encoding="utf-8")
+        write_atomic(md_path, markdown(read_results(json_path, ("runs", "shapes", "ratio_range"))))
         print(f"wrote {md_path}")
         return 0
 
     shapes = [parse_shape(s) for s in (args.shapes or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)).split(",")]
-    batches = [int(b) for b in args.batches.split(",")]
-    reps = args.reps or (2 if args.quick else 5)
+    batches = args.batches
+    reps = args.reps if args.reps is not None else 2 if args.quick else 5
     archs = [a.strip().lower() for a in args.archs.split(",") if a.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if any(a not in ARCHS for a in archs) or any(m not in ("materialize", "stream", "kron") for m in modes):
         raise SystemExit(f"--archs takes {', '.join(ARCHS)}; --modes takes materialize, stream, kron")
-    if args.ratio_range:
-        lo, hi = (float(v) for v in args.ratio_range.split(","))
-    else:
-        lo, hi = QUICK_RATIO_RANGE if args.quick else RATIO_RANGE
+    lo, hi = args.ratio_range or (QUICK_RATIO_RANGE if args.quick else RATIO_RANGE)
     bonds = parse_bonds(args.bonds)
 
     with contextlib.ExitStack() as stack:
@@ -395,7 +409,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{shape_name(job['shape']):>12} {config_name(job):<16} {job['mode']:<12}{ratio}")
             print(f"{len(jobs)} worker runs, batches {batches}, {reps} timed reps each")
             return 0
-        args.out.mkdir(parents=True, exist_ok=True)
         unstreamable: set[tuple] = set()
         unsplittable: set[tuple] = set()
         for k, job in enumerate(jobs, 1):
@@ -421,10 +434,10 @@ def main(argv: list[str] | None = None) -> int:
                 if not run.get("splittable", True):
                     unsplittable.add(key)
             result["runs"].append(run)
-            json_path.write_text(json.dumps(result, indent=1), encoding="utf-8")  # partial results survive
-            md_path.write_text(markdown(result), encoding="utf-8")
-        json_path.write_text(json.dumps(result, indent=1), encoding="utf-8")
-        md_path.write_text(markdown(result), encoding="utf-8")
+            save_runs(result, json_path, md_path, markdown)  # partial results survive
+        if not save_runs(result, json_path, md_path, markdown):
+            print(f"every worker failed; {json_path} was not written", file=sys.stderr)
+            return 1
     report = markdown(result)
     print()
     print(report[report.index("## Target check") : report.index("## Plan cache log")].rstrip())

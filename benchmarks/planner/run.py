@@ -6,7 +6,7 @@ project's one scorer). Planners run one at a time, in this process, except the e
 
 Examples:
     .venv/bin/python benchmarks/planner/run.py --suite all --budgets 1,5 --seeds 0,1,2
-    .venv/bin/python benchmarks/planner/run.py --quick --only bin_ --methods oe-greedy,ctg-default
+    .venv/bin/python benchmarks/planner/run.py --quick --only bin_ --methods oe-greedy,ctg-default  # -> a temp dir
     .venv/bin/python benchmarks/planner/run.py --resume            # continue an interrupted run
     .venv/bin/python benchmarks/planner/run.py --report-only       # re-render planner.md from planner.json
 """
@@ -38,6 +38,7 @@ for _p in (HERE, HERE.parent, REPO):  # sibling modules, benchmarks/machine.py, 
 
 import planners  # noqa: E402
 import report  # noqa: E402
+from harness import fail, output_dir, read_results, write_atomic  # noqa: E402
 from machine import cpu_model  # noqa: E402
 from planners import BUDGETED, CTG_OPTIMAL_MAX_TENSORS, HARD_TIMEOUT_S, METHODS, PlannerTimeoutError  # noqa: E402
 
@@ -154,7 +155,7 @@ class ResultStore:
         self.path = path
         self.data: dict[str, Any] = {"meta": {}, "instances": {}, "rows": []}
         if resume and path.exists():
-            self.data = json.loads(path.read_text(encoding="utf-8"))
+            self.data = read_results(path, ("rows",))  # a damaged file stops the run and stays as it is
             self.data.setdefault("instances", {})
             self.data.setdefault("rows", [])
         # Error rows are kept but not counted as done: a resumed run retries them (the planner may have been
@@ -184,13 +185,10 @@ class ResultStore:
         self.flush()
 
     def flush(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
         head = {k: v for k, v in self.data.items() if k != "rows"}
         text = json.dumps(head, ensure_ascii=False, indent=1)[:-2]  # drop the closing "\n}"
         rows = ",\n".join(json.dumps(r, ensure_ascii=False) for r in self.data["rows"])
-        tmp.write_text(f'{text},\n "rows": [\n{rows}\n ]\n}}\n', encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, f'{text},\n "rows": [\n{rows}\n ]\n}}\n')
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -410,7 +408,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma list (default 0,1,2)")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma list from {','.join(METHODS)}")
     ap.add_argument("--only", default=None, help="run only instances whose name contains this substring")
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=None, help="output dir (default benchmarks/results; quick: temp)")
     ap.add_argument("--instances", type=Path, default=None, help="folder holding einsum-benchmark/ and cotengra/")
     ap.add_argument("--quick", action="store_true", help="one seed (0) and budget 1 s, for smoke tests")
     ap.add_argument("--resume", action="store_true", help="keep planner.json and skip rows already in it")
@@ -425,6 +423,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if args.instances is None:
         args.instances = next((d for d in DEFAULT_INSTANCE_DIRS if d.is_dir()), DEFAULT_INSTANCE_DIRS[-1])
+    elif not any(path for suite in INSTANCE_SUITES for path in (args.instances / suite).glob("*.json")):
+        # Ignored, it would leave a run of the generated networks only, which replaces planner.json's rows.
+        what = "does not exist" if not args.instances.is_dir() else "holds no instances"
+        fail(f"--instances {args.instances} {what} (expected {' or '.join(f'{s}/*.json' for s in INSTANCE_SUITES)})")
+    args.out = output_dir(args.out, args.quick, "planner-quick-")
     return args
 
 
@@ -449,8 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     json_path, md_path = args.out / "planner.json", args.out / "planner.md"
     if args.report_only:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
-        md_path.write_text(report.render(data), encoding="utf-8")
+        data = read_results(json_path, ("meta", "instances", "rows"))
+        write_atomic(md_path, report.render(data))
         print(f"wrote {md_path}")
         return 0
 
@@ -501,14 +504,14 @@ def main(argv: list[str] | None = None) -> int:
                     raise KeyboardInterrupt  # this row may hold a truncated search: drop it
                 store.add(row)
                 print(_fmt_row(row), flush=True)
-            md_path.write_text(report.render(store.data), encoding="utf-8")
+            write_atomic(md_path, report.render(store.data))
             if _STOP.is_set():
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
         print("stopped; rows so far are in planner.json (rerun the same command with --resume)", file=sys.stderr)
-        md_path.write_text(report.render(store.data), encoding="utf-8")
+        write_atomic(md_path, report.render(store.data))
         return 130
-    md_path.write_text(report.render(store.data), encoding="utf-8")
+    write_atomic(md_path, report.render(store.data))
     print(f"wrote {json_path} and {md_path}")
     print(report.render_targets(store.data))
     return 0
