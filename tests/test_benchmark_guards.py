@@ -65,6 +65,8 @@ def _assert_one_line_error(code: int, err: str, *words: str) -> None:
         ("kernels/run.py", ["--threads", "0,1"], "--threads"),
         ("layers/auto_cpu.py", ["--width", "0"], "--width"),
         ("compression/run.py", ["run", "--seeds", "a"], "--seeds"),
+        ("planner/run.py", ["--budgets", "-1"], "--budgets"),
+        ("planner/run.py", ["--seeds", "-1"], "--seeds"),
     ],
 )
 def test_benchmark_scripts_refuse_nonsense_arguments(script, argv, word, tmp_path, capsys) -> None:

@@ -38,7 +38,7 @@ for _p in (HERE, HERE.parent, REPO):  # sibling modules, benchmarks/machine.py, 
 
 import planners  # noqa: E402
 import report  # noqa: E402
-from harness import fail, output_dir, read_results, write_atomic  # noqa: E402
+from harness import fail, int_list, output_dir, positive_float, read_results, write_atomic  # noqa: E402
 from machine import cpu_model  # noqa: E402
 from planners import BUDGETED, CTG_OPTIMAL_MAX_TENSORS, HARD_TIMEOUT_S, METHODS, PlannerTimeoutError  # noqa: E402
 
@@ -393,19 +393,19 @@ def machine_meta(args: argparse.Namespace, ctg_defaults: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+def _budgets(text: str) -> list[float]:
+    """argparse type: a non-empty comma list of budgets, each a finite number of seconds > 0."""
+    values = [positive_float(x) for x in text.split(",") if x.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("the list is empty")
+    return values
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", choices=("instances", "generated", "all"), default="all")
-    ap.add_argument("--budgets", type=_floats, default=[1.0, 5.0], help="seconds, comma list (default 1,5)")
-    ap.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="comma list (default 0,1,2)")
+    ap.add_argument("--budgets", type=_budgets, default=[1.0, 5.0], help="seconds, comma list (default 1,5)")
+    ap.add_argument("--seeds", type=int_list(0), default=[0, 1, 2], help="comma list (default 0,1,2)")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma list from {','.join(METHODS)}")
     ap.add_argument("--only", default=None, help="run only instances whose name contains this substring")
     ap.add_argument("--out", type=Path, default=None, help="output dir (default benchmarks/results; quick: temp)")
