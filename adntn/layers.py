@@ -478,8 +478,7 @@ class TNConv2d(_TNLayer):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        if _mode(mode) in ("stream", "kron"):
-            raise AdntnError("TNConv2d always builds its kernel; use mode='auto' or 'materialize'")
+        self.mode = mode
         if groups != 1 or padding_mode != "zeros":
             raise AdntnError(
                 f"TNConv2d supports groups=1 and padding_mode='zeros' only, got groups={groups!r}, "
@@ -505,7 +504,6 @@ class TNConv2d(_TNLayer):
         else:
             self.padding = _pair(padding, "padding")
         self.arch = arch
-        self.mode = mode
         if bond_dim is not None:
             kwargs["bond_dim"] = bond_dim
         kh, kw = self.kernel_size
@@ -564,6 +562,18 @@ class TNConv2d(_TNLayer):
         new.fit_error = fit_generator(new.generator, target, steps=steps, lr=lr, seed=seed)
         new._copy_bias(layer.bias)
         return new
+
+    @property
+    def mode(self) -> str:
+        """``"auto"`` or ``"materialize"``: a convolution always builds its kernel."""
+        # Layers pickled before this was a property hold their value under "mode"; both values act alike.
+        return self.__dict__.get("_conv_mode", "auto")
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if _mode(value) in ("stream", "kron"):
+            raise AdntnError("TNConv2d always builds its kernel; use mode='auto' or 'materialize'")
+        self.__dict__["_conv_mode"] = value
 
     def extra_repr(self) -> str:
         return (

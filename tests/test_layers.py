@@ -426,3 +426,13 @@ def test_mode_for_checks_its_arguments_and_matches_forward_on_an_empty_batch():
             layer.mode_for(rows, regime=regime)
     with pytest.raises(AdntnError, match="last dimension 37"):
         layer(torch.tensor(1.0))
+
+
+def test_conv_mode_is_checked_when_set_later_too():
+    conv = TNConv2d(4, 6, 3, arch="ttn", bond_dim=2)
+    for bad in ("stream", "kron", "bogus"):
+        with pytest.raises(AdntnError):
+            conv.mode = bad
+    conv.mode = "materialize"
+    assert conv.mode == "materialize"
+    assert pickle.loads(pickle.dumps(conv)).mode == "materialize"
