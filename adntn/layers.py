@@ -566,8 +566,8 @@ class TNConv2d(_TNLayer):
     @property
     def mode(self) -> str:
         """``"auto"`` or ``"materialize"``: a convolution always builds its kernel."""
-        # Layers pickled before this was a property hold their value under "mode"; both values act alike.
-        return self.__dict__.get("_conv_mode", "auto")
+        # Layers pickled before this was a property hold their value under "mode".
+        return self.__dict__.get("_conv_mode", self.__dict__.get("mode", "auto"))
 
     @mode.setter
     def mode(self, value: str) -> None:

@@ -47,7 +47,7 @@ SLICING_METHODS = frozenset({"tnplan", "cotengra"})
 """Methods that honour a memory limit by slicing; the others return their unsliced plan."""
 
 EXACT_METHODS = frozenset({"cotengra-optimal", "opt_einsum-dp"})
-"""Exhaustive anchors: no time budget, so they are only run up to :data:`EXACT_MAX_TENSORS` tensors."""
+"""Exhaustive anchors: no time budget (``tnplan report`` runs them up to :data:`EXACT_MAX_TENSORS` tensors)."""
 
 EXACT_MAX_TENSORS = 40
 """Past this many tensors both exhaustive anchors ran past 60 s on every benchmark network (2-core EPYC)."""
@@ -171,16 +171,10 @@ def run_method(
         dtype: Element type of the memory figures (the returned plan's ``dtype``).
 
     Raises:
-        PlanError: On an unknown method name or dtype, an exhaustive method on a network of more than
-            :data:`EXACT_MAX_TENSORS` tensors, or (tnplan, cotengra) a memory limit that the inputs
-            alone exceed.
+        PlanError: On an unknown method name or dtype, or (tnplan, cotengra) a memory limit that the
+            inputs alone exceed.
     """
     name = canonical_method(method)
-    if name in EXACT_METHODS and network.num_tensors > EXACT_MAX_TENSORS:
-        raise PlanError(
-            f"{name} searches exhaustively with no time limit and does not finish on {network.num_tensors} tensors "
-            f"(only run up to {EXACT_MAX_TENSORS}); leave it out for this network"
-        )
     if name == "tnplan":
         from tnplan.planner import plan
 

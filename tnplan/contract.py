@@ -271,7 +271,7 @@ def contract_plan(plan: Plan, arrays: Sequence[Any]) -> Any:
         got = tuple(getattr(arr, "shape", ()))
         if got != shape:
             raise PlanError(f"array {k} has shape {got} but the network expects {shape}")
-    _check_torch_operands(arrays)
+    arrays = _torch_operands(arrays)
     ids = net.label_ids
     full_terms = [[ids[lab] for lab in term] for term in net.inputs]
     legs = leaf_legs(net)
@@ -310,22 +310,22 @@ def contract_plan(plan: Plan, arrays: Sequence[Any]) -> Any:
     return result
 
 
-def _check_torch_operands(arrays: Sequence[Any]) -> None:
-    """torch.einsum neither promotes dtypes nor mixes devices or numpy arrays: say so up front."""
+def _torch_operands(arrays: Sequence[Any]) -> Sequence[Any]:
+    """Torch operands in one promoted dtype (as numpy's einsum promotes; torch's matmul-based steps do
+    not); a numpy array among tensors is an error torch would give from inside a step."""
     tensors = [a for a in arrays if _is_torch(a)]
     if not tensors:
-        return
+        return arrays
     if len(tensors) != len(arrays):
         k = next(k for k, a in enumerate(arrays) if not _is_torch(a))
         kind = type(arrays[k]).__name__
         raise PlanError(f"array {k} is a {kind} among torch tensors; pass every operand as a tensor")
-    for name in ("dtype", "device"):
-        values = [getattr(t, name) for t in tensors]
-        if len(set(values)) > 1:
-            k = next(k for k, v in enumerate(values) if v != values[0])
-            raise PlanError(
-                f"array {k} has {name} {values[k]} but array 0 has {values[0]}; give every tensor one {name}"
-            )
+    import torch  # already loaded: the caller passed tensors
+
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return [a if a.dtype == dtype else a.to(dtype) for a in arrays]
 
 
 def _run_steps(tensors: list[Any], steps: Sequence[Any], n: int) -> Any:

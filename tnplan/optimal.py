@@ -669,7 +669,8 @@ def optimal_path(
     """
     if network.num_tensors <= ALL_TREES_MAX_TENSORS:
         path = solve_all_trees(leaf_legs(network), network.int_output, network.int_sizes, minimize)
-        return OptimalResult(path, path is not None, 0)
+        if path is not None:  # None past 64 indices: the connected-only search below still runs
+            return OptimalResult(path, True, 0)
     comps = components(network)
     if max(len(c) for c in comps) > MAX_TENSORS:
         return OptimalResult(None, False, 0)

@@ -73,6 +73,11 @@ REBRACKET_DEEP_SHARE = 0.1
 FIXED_EFFORT_GUARD = 10.0
 
 
+# When this process imported the planner (wall clock): a worker started after a search was submitted
+# is not charged its own start-up (see _search_task).
+_IMPORTED_AT = time.time()
+
+
 def default_time_cap(num_tensors: int) -> float:
     """Nominal budget of a search without ``max_time``: grows with the network, 1 s to 60 s.
 
@@ -362,7 +367,8 @@ def _search_workers(args: tuple, workers: int, executor: str | None):
     per_worker = repeats if repeats >= 1 << 30 else max(1, -(-repeats // workers))
     # The caller's deadline on the wall clock too: a task that waits in a cluster's queue behind the
     # others must share the budget, not start a whole one late (4 tasks on 1 slot took 4x max_time).
-    budget = (*budget, time.time() + budget[1])
+    now = time.time()
+    budget = (*budget, now + budget[1], now)
     tasks = [
         (legs, output, sizes, minimize, budget, per_worker, seed if k == 0 else seed * 7919 + 104729 * k,
          target, seeds, k == 0)
@@ -392,8 +398,13 @@ def _search_task(task: tuple):
         kernel_ready()
         loading = time.perf_counter() - loading
         if not fixed:
-            # Cluster clocks agree to milliseconds (NTP); a skewed one only moves this task's share.
-            left = min(left, wall[0] - time.time() + loading)
+            # Cluster clocks agree to milliseconds (NTP); a skewed one only moves this task's share. A
+            # process started (and tnplan imported) after the caller set the deadline — a fresh spawned
+            # pool, a Dask worker's first task — is credited that start-up, as the load above: only time
+            # spent waiting behind other tasks comes out of the budget.
+            deadline, submitted = wall
+            startup = max(0.0, _IMPORTED_AT - submitted)
+            left = min(left, deadline - time.time() + loading + startup)
     budget = _Budget(time.perf_counter() + max(left, 0.0), nominal, fixed)
     result = _search(legs, output, sizes, minimize, budget, repeats, seed, target, seeds, exact)
     ssa, sliced = result[0], result[1]

@@ -353,6 +353,13 @@ def build_report(
             errors: dict[str, str] = {}
             for m in names:
                 bar.set_description(f"{name[:28]}: {m}")
+                if anchors.canonical_method(m) in anchors.EXACT_METHODS and net.num_tensors > anchors.EXACT_MAX_TENSORS:
+                    # No time limit: on a large network it could hold the whole report up for good.
+                    errors[m] = (
+                        f"skipped: exhaustive search with no time limit, run up to {anchors.EXACT_MAX_TENSORS} tensors"
+                    )
+                    bar.update(1)
+                    continue
                 try:
                     plans[m] = anchors.run_method(
                         m, net, max_time=max_time, seed=seed, memory_limit=memory_limit, dtype=dtype
