@@ -112,14 +112,7 @@ def compress(model: nn.Module, rules: Mapping[str, str | Mapping[str, Any]], *, 
         AdntnError: If a rule matches no replaceable layer, names a layer that cannot compress, or
             builds no layer (a bad spec).
     """
-    # named_modules() drops every name of a shared module but its first; all of them are needed to
-    # match rules and to swap the module out everywhere.
-    names: dict[int, list[str]] = {}
-    modules: dict[int, nn.Module] = {}
-    for name, mod in model.named_modules(remove_duplicate=False):
-        if name:
-            names.setdefault(id(mod), []).append(name)
-            modules[id(mod)] = mod
+    names, modules, places = _references(model)
     # nn.MultiheadAttention hands out_proj.weight to F.multi_head_attention_forward and never calls it.
     out_projs = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     refusals = {key: _refusal(mod, key in out_projs) for key, mod in modules.items()}
@@ -157,10 +150,33 @@ def compress(model: nn.Module, rules: Mapping[str, str | Mapping[str, Any]], *, 
             }
         )
     for key, new in built:  # nothing raises from here on: the model changes all at once or not at all
-        for name in names[key]:
-            parent_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+        for parent, attr in places[key]:
+            setattr(parent, attr, new)
     return report
+
+
+def _references(
+    model: nn.Module,
+) -> tuple[dict[int, list[str]], dict[int, nn.Module], dict[int, list[tuple[nn.Module, str]]]]:
+    """Every place a submodule is held, by the module's id: its names, the module, and (parent, attribute).
+
+    ``named_modules()`` keeps only a shared module's first name, and ``remove_duplicate=False`` walks
+    a shared subtree once per path (exponential for nested sharing, endless for a module graph with a
+    back-reference). Each module is visited once here and each of its attributes read once, so a
+    layer held under several names is found under all of them.
+    """
+    names: dict[int, list[str]] = {}
+    modules: dict[int, nn.Module] = {}
+    places: dict[int, list[tuple[nn.Module, str]]] = {}
+    for parent_name, parent in model.named_modules():
+        for attr, child in parent._modules.items():
+            if child is None or child is model:
+                continue
+            key = id(child)
+            names.setdefault(key, []).append(f"{parent_name}.{attr}" if parent_name else attr)
+            modules[key] = child
+            places.setdefault(key, []).append((parent, attr))
+    return names, modules, places
 
 
 # Taken from the layer being replaced, so a spec may not set them.

@@ -200,13 +200,20 @@ def _download(name: str, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     if name == "cifar10":
         archive = target / "cifar-10-python.tar.gz"
-        urllib.request.urlretrieve(SOURCES[name], archive)
+        _fetch(SOURCES[name], archive)
         with tarfile.open(archive) as tar:
             tar.extractall(target, filter="data")
         return
     for stems in IDX_FILES.values():
         for stem in stems:
-            urllib.request.urlretrieve(SOURCES[name] + stem + ".gz", target / (stem + ".gz"))
+            _fetch(SOURCES[name] + stem + ".gz", target / (stem + ".gz"))
+
+
+def _fetch(url: str, path: Path) -> None:
+    """Download ``url`` to ``path`` through a temporary name: an interrupted download leaves no damaged file."""
+    part = path.with_name(path.name + ".part")
+    urllib.request.urlretrieve(url, part)
+    os.replace(part, path)
 
 
 def _has_files(name: str, directory: Path, split: str) -> bool:
@@ -242,11 +249,16 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, *, downl
             raise AdntnError(f"data directory {root} does not exist; {HOW_TO_GET[name].replace('DIR', str(root))}")
         return load(root, split)
     cache = Path(os.environ.get("ADNTN_DATA", Path.home() / ".cache" / "adntn" / "data")) / name
+    damaged: AdntnError | None = None
     for candidate in (SYSTEM_DIRS[name], cache):
-        # Incomplete: try the next place, then a fresh download. Present but damaged: the loader's
-        # error says which file is bad, which "not found" would hide.
+        # Incomplete or damaged: try the next place, then a fresh download (which replaces a damaged
+        # cached copy). If nothing serves, a damaged copy's error says which file is bad, which "not
+        # found" would hide.
         if _has_files(name, candidate, split):
-            return load(candidate, split)
+            try:
+                return load(candidate, split)
+            except AdntnError as exc:
+                damaged = damaged or exc
     if download:
         try:
             _download(name, cache)
@@ -255,6 +267,8 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, *, downl
             reason = f"download from {SOURCES[name]} failed ({exc.__class__.__name__})"
     else:
         reason = "downloads are off"
+    if damaged is not None:
+        raise AdntnError(f"{damaged} ({reason})") from None
     how = HOW_TO_GET[name].replace("DIR", str(cache))
     raise AdntnError(f"{name} not found in {SYSTEM_DIRS[name]} or {cache} and {reason}; {how}")
 

@@ -115,7 +115,7 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise AdntnError(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        cfg = cls(**data)
+        cfg = cls(**{k: _plain(v) for k, v in data.items()})
         cfg.check()
         return cfg
 
@@ -150,6 +150,16 @@ class TrainConfig:
             raise AdntnError(f"amp must be bf16 or omitted (float32), got {self.amp!r}")
         if self.device not in ("cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise AdntnError(f"device must be cpu or cuda, got {self.device!r}")
+
+
+def _plain(value: Any) -> Any:
+    """A config value as TOML/JSON would give it: paths as strings, numpy scalars as Python numbers
+    (the config is compared on resume and written to JSON)."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():
+        return value.item()
+    return value
 
 
 def _has_type(value: Any, hint: Any) -> bool:

@@ -436,3 +436,39 @@ def test_conv_mode_is_checked_when_set_later_too():
     conv.mode = "materialize"
     assert conv.mode == "materialize"
     assert pickle.loads(pickle.dumps(conv)).mode == "materialize"
+
+
+def test_compress_handles_back_references_and_nested_sharing():
+    # named_modules(remove_duplicate=False) recursed forever on a back-reference and walked a shared
+    # subtree once per path (2**depth).
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 16)
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(16, 16)
+            self.head = Head()
+
+    m = Model()
+    m.head.owner = m
+    compress(m, {"a": "ttn:bond=2", "head.fc": "ttn:bond=2"})
+    assert isinstance(m.a, TNLinear) and isinstance(m.head.fc, TNLinear) and m.head.owner is m
+
+    class Block(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.left = inner
+            self.right = inner
+
+    inner = nn.Linear(8, 8)
+    top = inner
+    for _ in range(40):
+        top = Block(top)
+    compress(top, {"*": "ttn:bond=2"})
+    deepest = top
+    for _ in range(39):
+        deepest = deepest.left
+    assert isinstance(deepest.left, TNLinear) and deepest.left is deepest.right

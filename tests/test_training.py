@@ -4,6 +4,7 @@ import gzip
 import json
 import pickle
 import struct
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -318,6 +319,28 @@ def test_damaged_data_files_raise_their_own_error(tmp_path, monkeypatch):
         load_dataset("mnist", "test", download=False)
 
 
+def test_a_damaged_cached_copy_is_downloaded_again(tmp_path, monkeypatch):
+    # An interrupted download used to leave such a file, and the next run repaired it by downloading.
+    cache = tmp_path / "cache" / "mnist"
+    cache.mkdir(parents=True)
+    _idx_dir(cache, gz=True)
+    (cache / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b truncated")
+    monkeypatch.setenv("ADNTN_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr("adntn.data.SYSTEM_DIRS", {"mnist": tmp_path / "none"})
+    fetched = []
+
+    def download(name, target):
+        fetched.append(name)
+        _idx_dir(target, gz=True)
+
+    monkeypatch.setattr("adntn.data._download", download)
+    with pytest.raises(AdntnError, match=r"cannot read IDX file.*downloads are off"):
+        load_dataset("mnist", "test", download=False)
+    assert fetched == []
+    split = load_dataset("mnist", "test")
+    assert fetched == ["mnist"] and len(split.labels) > 0
+
+
 def test_cifar_batches_check_pixel_and_label_ranges_and_take_str_keys(tmp_path):
     root = tmp_path / "cifar-10-batches-py"
     root.mkdir()
@@ -475,3 +498,9 @@ def test_report_names_runs_by_enough_of_their_path_and_marks_partial_ones(tmp_pa
     assert "| mera/seed0 | alexnet | digits | 1 | 10 |" in md
     assert "| mera/seed0 | fc7 | ttn |" in md
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["report.html", "report.md"]
+
+
+def test_config_takes_paths_and_numpy_numbers_as_plain_values(tmp_path):
+    cfg = TrainConfig.from_dict({"data_dir": tmp_path, "lr": np.float32(0.05), "epochs": np.int64(2)})
+    assert cfg.data_dir == str(tmp_path) and type(cfg.lr) is float and type(cfg.epochs) is int
+    json.dumps(asdict(cfg))  # written with every run
