@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -350,7 +351,7 @@ class TNLinear(_TNLayer):
         """The mode a batch of ``rows`` samples on ``device`` runs in: ``"materialize"``, ``"stream"`` or
         ``"kron"``. ``regime``: ``"forward"`` (no backward: grad disabled), ``"weights"`` (x needs no
         gradient, as an input layer's) or ``"input"`` (x needs one, as a hidden layer's)."""
-        if isinstance(rows, bool) or not isinstance(rows, int | torch.SymInt) or rows < 0:
+        if isinstance(rows, bool) or not isinstance(rows, numbers.Integral | torch.SymInt) or rows < 0:
             raise AdntnError(f"rows must be an integer >= 0, got {rows!r}")
         if regime not in ("forward", "weights", "input"):
             raise AdntnError(f"unknown regime {regime!r}; choose one of forward, weights, input")
