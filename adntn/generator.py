@@ -347,25 +347,23 @@ class Generator(nn.Module):
         """Whether ``forward`` builds the weight with the kernels (numba CPU or CUDA) right now."""
         # torch.func transforms (grad, vmap, jacrev, ...) and forward-mode AD cannot see into the kernels'
         # autograd.Function (no setup_context, no jvp): they run the torch programs, as torch.compile does.
+        from kernels.executor import common_device
         from kernels.transforms import transformed
 
         traced = torch.compiler.is_compiling() or torch.jit.is_tracing()
         cores = list(self.cores.values())
         if self.executor == "torch" or traced or transformed(*cores):
             return False
-        p = cores[0]
         # Every core, not only the first: the kernels run one dtype on one device.
-        floating = p.dtype in (torch.float32, torch.float64) and all(
-            c.dtype == p.dtype and c.device == p.device for c in cores
-        )
+        device = common_device(cores)
         if self.executor == "cuda":
-            if p.device.type != "cuda" or not floating:
+            if device is None or device.type != "cuda":
                 raise AdntnError(
                     "executor='cuda' needs float32/float64 parameters of one dtype on a CUDA device; move the "
                     "module with .to('cuda') or use 'auto'"
                 )
             return True
-        if p.device.type != "cpu" or not floating:
+        if device is None or device.type != "cpu":
             if self.executor == "numba":
                 raise AdntnError(
                     "executor='numba' needs float32/float64 parameters of one dtype on the CPU; use 'torch' or 'auto'"

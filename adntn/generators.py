@@ -12,6 +12,7 @@ and runs it. ``docs/generators.md`` gives the forward contraction and the adjoin
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -435,6 +436,17 @@ class MERAGenerator(_Configured):
 
 
 ARCHITECTURES: dict[str, type[Generator]] = {"ttn": TTNGenerator, "attn": ATTNGenerator, "mera": MERAGenerator}
+
+
+def generator_options(arch: str) -> set[str]:
+    """The keyword options the ``arch`` generator's constructors declare (empty for an unknown ``arch``)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names: set[str] = set()
+    for klass in getattr(ARCHITECTURES.get(arch), "__mro__", ()):
+        init = vars(klass).get("__init__")
+        if init is not None and issubclass(klass, Generator):
+            names |= {p.name for p in inspect.signature(init).parameters.values() if p.kind in kinds}
+    return names - {"self", "graph", "out_features", "in_features"}
 
 
 def make_generator(arch: str, out_features: int, in_features: int, **kwargs: Any) -> Generator:

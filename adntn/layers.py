@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import inspect
 import math
 import numbers
 from typing import Any
@@ -14,7 +13,7 @@ from torch.nn import functional
 
 from adntn.errors import AdntnError
 from adntn.generator import Generator, nearest_size
-from adntn.generators import ARCHITECTURES, make_generator
+from adntn.generators import generator_options, make_generator
 from adntn.overlap import overlapped_linear
 
 MODES = ("auto", "materialize", "stream", "kron")
@@ -39,17 +38,6 @@ def _mode(mode: str) -> str:
     if mode not in MODES:
         raise AdntnError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     return mode
-
-
-def generator_options(arch: str) -> set[str]:
-    """The keyword options the ``arch`` generator's constructors declare (empty for an unknown ``arch``)."""
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    names: set[str] = set()
-    for klass in getattr(ARCHITECTURES.get(arch), "__mro__", ()):
-        init = vars(klass).get("__init__")
-        if init is not None and issubclass(klass, Generator):
-            names |= {p.name for p in inspect.signature(init).parameters.values() if p.kind in kinds}
-    return names - {"self", "graph", "out_features", "in_features"}
 
 
 def _make_generator(

@@ -28,7 +28,6 @@ import functools
 import hashlib
 import itertools
 import math
-import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from adntn.errors import AdntnError
-from kernels.calibrate import best_seconds, cache_dir, cached_entry, stored
+from kernels.calibrate import best_seconds, cache_dir, cache_header, cached_entry, stored
 
 VERSION = 3
 LARGE = 1 << 22  # output elements past which a write streams to fresh memory (16 MiB in float32)
@@ -221,7 +220,7 @@ def _measure() -> dict[str, Any]:
         x = torch.randn(side, side, generator=gen, **cpu)
         copies.append((size, best_seconds(x.t().contiguous, reps=2)))
     return {
-        "version": VERSION, "machine": platform.machine(), "threads": torch.get_num_threads(),
+        **cache_header(VERSION, torch.get_num_threads()),
         "params": {**fit(gemms, copies), "per_op": per_op}, "gemms": gemms, "copies": copies,
     }  # fmt: skip
 

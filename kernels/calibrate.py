@@ -64,13 +64,18 @@ def best_seconds(fn: Callable[[], Any], reps: int = 5) -> float:
     return best
 
 
+def cache_header(version: int, threads: int) -> dict[str, Any]:
+    """What a cached measurement holds and must match to be read: format version, thread count, machine."""
+    return {"version": version, "threads": threads, "machine": platform.machine()}
+
+
 def stored(path: Path, version: int, valid: Callable[[dict], bool], measure: Callable[[], dict]) -> dict[str, Any]:
     """The JSON calibration at ``path`` if it has this ``version``, torch's current thread count, this
     machine and ``valid`` accepts it; else ``measure()``, written there whole (a temporary file, renamed;
     a directory that cannot be written gets a warning, and the measurement is still returned)."""
     import torch
 
-    header = {"version": version, "threads": torch.get_num_threads(), "machine": platform.machine()}
+    header = cache_header(version, torch.get_num_threads())
     try:
         cal = json.loads(path.read_text())
         if all(cal[k] == v for k, v in header.items()) and valid(cal):
@@ -146,7 +151,7 @@ def cached_entry(
     threads = torch.get_num_threads()
     if (threads, key) in memo:
         return memo[threads, key]
-    header = {"version": version, "threads": threads, "machine": platform.machine()}
+    header = cache_header(version, threads)
 
     def read(p: Path) -> dict[str, dict[str, float]]:
         try:
@@ -229,10 +234,7 @@ def measure() -> dict[str, Any]:
 def _measure() -> dict[str, Any]:
     import torch
 
-    out: dict[str, Any] = {
-        "version": VERSION, "machine": platform.machine(), "threads": torch.get_num_threads(),
-        "numba": {}, "blas": {}, "direct": {},
-    }  # fmt: skip
+    out: dict[str, Any] = {**cache_header(VERSION, torch.get_num_threads()), "numba": {}, "blas": {}, "direct": {}}
     for k in _POINTS:
         out["numba"][str(k)], out["blas"][str(k)], out["direct"][str(k)] = _time_point(k)
     # A right operand larger than any core's cache: the fused loop re-reads it per block of rows, and

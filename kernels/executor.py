@@ -481,6 +481,17 @@ def core_shapes(generator: Generator) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def common_device(tensors: list[torch.Tensor]) -> torch.device | None:
+    """The one CPU or CUDA device of ``tensors`` when they also share one dtype the kernels take
+    (float32 or float64); None otherwise."""
+    first = tensors[0]
+    if first.dtype not in (torch.float32, torch.float64) or first.device.type not in ("cpu", "cuda"):
+        return None
+    if any(t.dtype != first.dtype or t.device != first.device for t in tensors):
+        return None
+    return first.device
+
+
 def _check_cores(generator: Generator, tensors: list[torch.Tensor]) -> None:
     """Refuse tensors the kernels cannot take: the kernels index the cores' memory through offset tables
     without bounds checks, so a wrong shape would read (or write) past the end instead of failing.
@@ -493,14 +504,12 @@ def _check_cores(generator: Generator, tensors: list[torch.Tensor]) -> None:
     keys = list(generator.cores.keys())
     if len(tensors) != len(keys):
         raise KernelsError(f"{len(tensors)} cores given; the generator has {len(keys)}")
-    dtypes = sorted({str(t.dtype) for t in tensors})
-    if dtypes not in (["torch.float32"], ["torch.float64"]):
-        raise KernelsError(f"the kernels need cores of one dtype, float32 or float64; got {', '.join(dtypes)}")
-    devices = {t.device for t in tensors}
-    if len(devices) != 1 or tensors[0].device.type not in ("cpu", "cuda"):
-        raise KernelsError(
-            f"the kernels need every core on one CPU or CUDA device; got {', '.join(sorted(map(str, devices)))}"
-        )
+    if common_device(tensors) is None:
+        dtypes = sorted({str(t.dtype) for t in tensors})
+        if dtypes not in (["torch.float32"], ["torch.float64"]):
+            raise KernelsError(f"the kernels need cores of one dtype, float32 or float64; got {', '.join(dtypes)}")
+        devices = ", ".join(sorted({str(t.device) for t in tensors}))
+        raise KernelsError(f"the kernels need every core on one CPU or CUDA device; got {devices}")
     if transformed(*tensors):
         raise KernelsError(
             "the kernels cannot run under torch.func transforms or forward-mode AD; use generator.padded_weight()"

@@ -285,9 +285,12 @@ def _field(data: dict[str, Any], name: str, kind: type, default: Any) -> Any:
     value = data.get(name)
     if value is None:
         return default
-    ok = isinstance(value, kind) and not isinstance(value, bool) if kind is not bool else isinstance(value, bool)
-    if kind is float:
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is float:  # a duration: any finite JSON number >= 0
         ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    else:
+        ok = isinstance(value, kind) and not isinstance(value, bool)
     if not ok:
         raise PlanError(f"plan field {name!r} is {value!r}; expected a JSON {kind.__name__}")
     return kind(value)

@@ -170,6 +170,16 @@ def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def check_seed(seed: object) -> None:
+    """Refuse a seed numpy's generators cannot take (they need an integer >= 0).
+
+    Raises:
+        PlanError: Naming the seed.
+    """
+    if not (_is_int(seed) and seed >= 0):  # type: ignore[operator]
+        raise PlanError(f"seed must be an integer >= 0, got {seed!r}")
+
+
 def plan(
     network: Network,
     *,
@@ -246,8 +256,7 @@ def plan(
     for name, value, least in (("memory_limit", memory_limit, 1), ("max_size", max_size, 1)):
         if value is not None and not (_is_real(value) and least <= value < math.inf):
             raise PlanError(f"{name} must be a finite number >= {least}, got {value!r}")
-    if not (_is_int(seed) and seed >= 0):
-        raise PlanError(f"seed must be an integer >= 0, got {seed!r}")
+    check_seed(seed)
     if not (_is_int(workers) and workers >= 1):
         raise PlanError(f"workers must be a positive integer, got {workers!r}")
     store = resolve_cache(cache)

@@ -23,7 +23,6 @@ import html
 import io
 import json
 import math
-import numbers
 import re
 import sys
 from collections.abc import Sequence
@@ -258,8 +257,9 @@ def _check_options(max_time: float, memory_limit: int | None, dtype: str, seed: 
     """The memory limit as whole bytes and the dtype's canonical name, once all options are known to be valid."""
     if isinstance(max_time, bool) or not isinstance(max_time, int | float) or not 0 < max_time < math.inf:
         raise TnplanError(f"max_time must be a positive number of seconds, got {max_time!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise TnplanError(f"seed must be an integer >= 0, got {seed!r}")
+    from tnplan.planner import check_seed
+
+    check_seed(seed)
     if memory_limit is not None:
         if isinstance(memory_limit, bool) or not isinstance(memory_limit, int | float) or not memory_limit >= 1:
             raise TnplanError(f"memory_limit must be a positive number of bytes, got {memory_limit!r}")
