@@ -364,10 +364,12 @@ class TNLinear(_TNLayer):
             )
         lead = x.shape[:-1]
         rows = math.prod(lead)
+        if isinstance(rows, torch.Tensor):  # torch.jit.trace gives sizes as tensors
+            rows = int(rows)  # the trace keeps the mode of this batch size, as it keeps every Python branch
         regime = "forward" if not torch.is_grad_enabled() else "input" if x.requires_grad else "weights"
         mode = self.mode_for(rows, x.device, regime)
         if mode != "materialize":
-            flat = x.reshape(rows, self.in_features)
+            flat = x.reshape(-1, self.in_features)  # not `rows`: a trace would fix the batch size
             if mode == "stream":
                 y = self.generator.stream(flat)
             else:

@@ -358,6 +358,11 @@ def _forward(generator: Generator, params: dict[str, torch.Tensor], backend: Any
         shape = (g.size, *g.out_shape) if g.size > 1 else g.out_shape
         outputs.append(flat[-1].reshape(shape))
         saved.append((flat, canon, pre))
+    if plans[-1].code == IDENTITY:
+        # The weight itself is not needed by the backward of a linear last step, and not holding it
+        # leaves the caller free to change it in place (autograd would refuse a saved tensor changed).
+        flat = saved[-1][0]
+        flat[-1] = flat[-1].new_empty(0)
     return outputs, saved
 
 
@@ -381,7 +386,7 @@ def _backward(
             st = gs.steps[k]
             last = k == len(gs.steps) - 1
             z_bar = adj.pop(gs.n_inputs + k)
-            out, pre_k = (flat[-1], pre) if last else (z_bar, pre[:0])
+            out, pre_k = (flat[-1] if flat[-1].numel() else z_bar, pre) if last else (z_bar, pre[:0])
             x_bar, yc_bar = backend.backward_step(
                 st, flat[st.left], canon[k], z_bar, out, pre_k, gs.code if last else IDENTITY
             )
@@ -410,27 +415,62 @@ class _KernelGenerator(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, generator: Generator, blas: bool | None, *params: torch.Tensor) -> torch.Tensor:
         keys = list(generator.cores.keys())
-        tensors = {k: p.detach().contiguous() for k, p in zip(keys, params, strict=True)}
+        # Inference tensors (cores made under inference_mode) have no version counter, so autograd cannot
+        # tell whether they changed before the backward: those are copied (cores are small).
+        inference = any(p.is_inference() for p in params)
+        tensors = {
+            k: p.detach().clone() if inference else p.detach().contiguous() for k, p in zip(keys, params, strict=True)
+        }
         backend = _backend(params[0].device)
         if backend is not _CPU:
             blas = False  # the CUDA backend picks cuBLAS by summed extent; the CPU calibration is not needed
-        outputs, saved = _forward(generator, tensors, backend, blas)
-        ctx.generator, ctx.saved, ctx.tensors, ctx.keys, ctx.blas, ctx.backend = (
-            generator, saved, tensors, keys, blas, backend,
-        )  # fmt: skip
-        # For a backward that builds a graph (_reference_grads). A plain attribute, not save_for_backward:
-        # cores made under inference_mode are inference tensors, which save_for_backward refuses, and
-        # they are leaves that nothing overwrites between forward and backward.
+        # The kernels compute in the cores' dtype: an enclosing autocast must not turn their BLAS steps
+        # into bfloat16 ones (the numba steps cannot read those).
+        with torch.autocast(params[0].device.type, enabled=False):
+            outputs, saved = _forward(generator, tensors, backend, blas)
+        ctx.generator, ctx.tensors, ctx.keys, ctx.blas, ctx.backend = generator, tensors, keys, blas, backend
+        # Through save_for_backward, so that autograd frees the intermediates after the backward, refuses
+        # a second backward without retain_graph and refuses one after an in-place change to a core or to
+        # the returned weight (which the backward reads). save_for_backward refuses inference tensors.
+        if inference:
+            ctx.saved = saved
+        else:
+            held, ctx.layout = _pack(saved)
+            ctx.save_for_backward(*held)
+        # For a backward that builds a graph (_reference_grads).
         ctx.params = params
-        return outputs[-1].reshape(generator.out_padded, generator.in_padded)
+        # detach: an output that is a view made inside a Function cannot be changed in place by the caller.
+        return outputs[-1].reshape(generator.out_padded, generator.in_padded).detach()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
-        if torch.is_grad_enabled():  # create_graph=True: the gradients will be differentiated again
-            return (None, None, *_reference_grads(ctx, grad))
-        g = ctx.generator
-        grads = _backward(g, ctx.saved, grad.detach(), ctx.tensors, ctx.backend, ctx.blas)
+        saved = ctx.saved if hasattr(ctx, "saved") else _unpack(ctx.saved_tensors, ctx.layout)
+        with torch.autocast(grad.device.type, enabled=False):
+            if torch.is_grad_enabled():  # create_graph=True: the gradients will be differentiated again
+                return (None, None, *_reference_grads(ctx, grad))
+            grads = _backward(ctx.generator, saved, grad.detach(), ctx.tensors, ctx.backend, ctx.blas)
         return (None, None, *(grads[k].reshape(ctx.tensors[k].shape) for k in ctx.keys))
+
+
+def _pack(saved: list) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+    """The forward's per-group ``(flat, canon, pre)`` as one tensor list and the list lengths to rebuild it."""
+    held: list[torch.Tensor] = []
+    layout = []
+    for flat, canon, pre in saved:
+        held += [*flat, *canon, pre]
+        layout.append((len(flat), len(canon)))
+    return held, layout
+
+
+def _unpack(held: tuple[torch.Tensor, ...], layout: list[tuple[int, int]]) -> list:
+    """Inverse of :func:`_pack`."""
+    saved, at = [], 0
+    for n_flat, n_canon in layout:
+        flat = list(held[at : at + n_flat])
+        canon = list(held[at + n_flat : at + n_flat + n_canon])
+        saved.append((flat, canon, held[at + n_flat + n_canon]))
+        at += n_flat + n_canon + 1
+    return saved
 
 
 def _reference_grads(ctx: Any, grad: torch.Tensor) -> list[torch.Tensor | None]:

@@ -208,3 +208,78 @@ def test_a_layer_built_under_inference_mode_trains_on_the_kernels():
     assert layer.generator.uses_kernels()
     layer(torch.randn(3, 37)).sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_a_core_changed_in_place_before_backward_is_refused_as_by_torch(create_graph):
+    # The kernels keep the cores' memory for the backward; without autograd's version check the
+    # gradient would silently be taken at the changed values.
+    g = _generator("numba")
+    w = numba_weight(g)
+    with torch.no_grad():
+        next(iter(g.cores.values())).mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(w.sum(), list(g.cores.values()), create_graph=create_graph)
+    # A fresh forward after the change trains.
+    grads = torch.autograd.grad(numba_weight(g).sum(), list(g.cores.values()))
+    reference = torch.autograd.grad(g.padded_weight().sum(), list(g.cores.values()))
+    for a, b in zip(grads, reference, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_inference_cores_changed_in_place_keep_the_gradient_of_the_forward():
+    # Inference tensors have no version counter, so the kernels copy them for the backward.
+    with torch.inference_mode():
+        g = _generator("numba")
+    cores = list(g.cores.values())
+    before = [c.clone() for c in cores]
+    w = numba_weight(g)
+    with torch.inference_mode():
+        cores[0].mul_(2.0)
+    grads = torch.autograd.grad((w * w).sum(), cores)
+    fresh = _generator("torch")
+    with torch.no_grad():
+        for c, b in zip(fresh.cores.values(), before, strict=True):
+            c.copy_(b)
+    reference = torch.autograd.grad((fresh.padded_weight() ** 2).sum(), list(fresh.cores.values()))
+    for a, b in zip(grads, reference, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_the_kernels_weight_frees_its_intermediates_and_refuses_a_second_backward():
+    g = _generator("numba")
+    loss = numba_weight(g).square().sum()
+    loss.backward(retain_graph=True)
+    first = [p.grad.clone() for p in g.cores.values()]
+    loss.backward()  # retained: runs again and accumulates
+    for p, f in zip(g.cores.values(), first, strict=True):
+        torch.testing.assert_close(p.grad, 2 * f)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        loss.backward()
+
+
+def test_the_kernels_weight_can_be_changed_in_place_where_torch_allows_it():
+    g = _generator("numba", activation="identity")
+    reference = _generator("torch", activation="identity")
+    w, ref = numba_weight(g), reference.padded_weight()
+    w.mul_(3.0)
+    ref.mul_(3.0)
+    grads = torch.autograd.grad(w.square().sum(), list(g.cores.values()))
+    expected = torch.autograd.grad(ref.square().sum(), list(reference.cores.values()))
+    for a, b in zip(grads, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("arch", ["ttn", "attn"])
+def test_a_backward_under_autocast_runs_in_the_cores_dtype(arch):
+    torch.manual_seed(0)
+    make = {"ttn": adntn.TTNGenerator, "attn": adntn.ATTNGenerator}[arch]
+    kernels, reference = (make(48, 64, bond_dim=3, activation="gelu", executor=e) for e in ("numba", "torch"))
+    reference.load_state_dict(kernels.state_dict())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        w = numba_weight(kernels)
+        grads = torch.autograd.grad(w.square().sum(), list(kernels.cores.values()))
+    expected = torch.autograd.grad(reference.padded_weight().square().sum(), list(reference.cores.values()))
+    assert w.dtype == torch.float32
+    for a, b in zip(grads, expected, strict=True):  # bfloat16 steps would be off by ~1e-2
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

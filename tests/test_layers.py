@@ -1,6 +1,7 @@
 import copy
 import io
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -128,6 +129,19 @@ def test_torch_compile_and_export(mode):
     torch.testing.assert_close(compiled(x), layer(x))
     exported = torch.export.export(layer, (x,))
     torch.testing.assert_close(exported.module()(x), layer(x))
+
+
+@pytest.mark.parametrize("mode", ["materialize", "stream"])
+def test_torch_jit_trace_records_a_layer_that_takes_other_batch_sizes(mode):
+    # Under torch.jit.trace the batch size is a tensor, which the mode choice refused.
+    torch.manual_seed(3)
+    layer = TNLinear(32, 24, "ttn", bond_dim=2, mode=mode, bias=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(layer, torch.randn(4, 32), check_trace=False)
+    for rows in (4, 7):
+        x = torch.randn(rows, 32)
+        torch.testing.assert_close(traced(x), layer(x))
 
 
 def test_conv_is_a_drop_in_for_nn_conv2d():
