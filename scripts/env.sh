@@ -10,7 +10,9 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 if [ ! -f "$stamp" ]; then
   "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet "torch==2.13.0"
+  # TORCH_INDEX_URL: where a machine's pip would otherwise take PyPI's default (CUDA) Linux wheel, e.g.
+  # https://download.pytorch.org/whl/cpu. Unset, pip uses its configured indexes and local wheels.
+  "$venv/bin/python" -m pip install --quiet "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
   "$venv/bin/python" -m pip install --quiet -e "$root[dev]"
   rm -f "$venv"/.installed-*
   touch "$stamp"

@@ -479,3 +479,47 @@ def test_every_public_instance_is_matched_when_scrambled(file: Path) -> None:
     net = tnplan.Network.from_json(file)
     other = scrambled(net, 11)
     assert_isomorphism(net, other, match(net, other))
+
+
+def test_a_quick_plan_never_answers_a_request_without_max_time(tmp_path: Path) -> None:
+    # A fixed-effort request used to accept any stored plan (effort 0 asked), so one max_time=0.05
+    # call fixed a worse plan for every later default call sharing the cache.
+    from tnplan.planner import default_time_cap
+
+    path = tmp_path / "c.sqlite"
+    net = random_regular(46, 3, 2, seed=5)
+    quick = tnplan.plan(net, max_time=0.01, cache=path)
+    fixed = tnplan.plan(net, cache=path)
+    assert fixed.cache_status == "miss" and fixed.flops <= quick.flops
+    assert fixed.flops == tnplan.plan(net, cache=False).flops  # the stored quick plan did not make it worse
+    assert PlanCache(path).entries()[0].effort == pytest.approx(default_time_cap(46))
+    assert tnplan.plan(net, cache=path).cache_status == "hit"
+    assert tnplan.plan(net, max_time=1.0, cache=path).cache_status == "hit"  # 1 s <= the nominal 2.3 s
+
+
+def test_a_plan_searched_without_the_exact_kernel_is_stored_as_the_least_effort(tmp_path, monkeypatch) -> None:
+    import tnplan.optimal
+
+    path = tmp_path / "c.sqlite"
+    net = random_regular(14, 3, 2, seed=3)
+    monkeypatch.setattr(tnplan.optimal, "kernel_ready", lambda block=False: False)  # still compiling
+    first = tnplan.plan(net, max_time=0.3, cache=path)
+    assert not first.optimal and PlanCache(path).entries()[0].effort == 0
+    monkeypatch.undo()
+    again = tnplan.plan(net, max_time=0.3, cache=path)
+    assert again.cache_status == "miss" and again.optimal and again.flops <= first.flops
+    assert tnplan.plan(net, max_time=0.3, cache=path).cache_status == "hit"
+
+
+def test_an_unusable_default_cache_plans_without_it_and_a_named_one_fails(tmp_path, monkeypatch) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("TNPLAN_CACHE_DIR", str(blocker / "cache"))
+    net = random_regular(12, 3, 2, seed=1)
+    with pytest.warns(CacheWarning, match="planning without the default plan cache"):
+        p = tnplan.plan(net, max_time=0.2)
+    assert p.cache_status == "off" and p.optimal
+    with pytest.raises(tnplan.PlanError, match="cannot create the plan cache folder"):
+        tnplan.plan(net, max_time=0.2, cache=blocker / "cache" / "plans.sqlite")
+    with pytest.raises(tnplan.PlanError, match="cannot create the plan cache folder"):
+        tnplan.plan(net, max_time=0.2, cache_only=True)

@@ -172,3 +172,27 @@ def test_console_module_subprocess() -> None:
     )
     assert bad.returncode == 2
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def test_compare_skips_exhaustive_anchors_on_large_networks(tmp_path: Path, capsys) -> None:
+    # Without a time limit, opt_einsum's dp ran past a minute on a 100-tensor network.
+    from tnplan.examples import random_regular
+
+    file = tmp_path / "rr.json"
+    file.write_text(random_regular(44, 3, 2, seed=1).to_json())
+    code, out, err = run(["compare", str(file), "--methods", "tnplan,oe-dp", "--max-time", "0.2"], capsys)
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if line.startswith("rr"))
+    assert "skipped" in row and "failed" not in row
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tnplan.cli", "plan", "--eq", "ab,bc,cd->ad", "--shapes", "2x3,3x4,4x5", "--no-cache"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    proc.stdout.close()  # `tnplan ... | head` with head already gone
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and err == ""

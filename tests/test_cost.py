@@ -347,3 +347,20 @@ def test_slicing_an_index_twice_or_one_summed_inside_a_tensor_is_refused(equatio
     data["sliced_indices"] = list(sliced)
     with pytest.raises(tnplan.PlanError, match=message):
         tnplan.Plan.from_json(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda net: tnplan.from_path(net, [(0.7, 1), (0, 1)]), "path positions must be integers"),
+        (lambda net: tnplan.from_path(net, 5), "a path is a list of steps"),
+        (lambda net: tnplan.score_path(net, [(0, 1), (2, 3)], sliced=["b"]), r"sliced index ids \(not labels\)"),
+        (lambda net: tnplan.score_path(net, [(0, 1), (2, 3)], sliced=[7]), "not all in"),
+        (lambda net: tnplan.score_path(net, [(0.5, 1), (2, 3)]), "pairs of integer tensor ids"),
+        (lambda net: tnplan.score_path(net, [(0, 1, 2), (2, 3)]), "pairs of integer tensor ids"),
+    ],
+)
+def test_positions_that_are_not_integers_are_refused_not_truncated(call, message) -> None:
+    net = Network.from_einsum("ab,bc,cd->ad", (2, 3), (3, 4), (4, 2))
+    with pytest.raises(NetworkError, match=message):
+        call(net)

@@ -80,7 +80,7 @@ def test_tampered_flops_are_detected(planned: Plan) -> None:
         Plan.from_json(json.dumps(data))
 
 
-@pytest.mark.parametrize("value", ["lots", None, [1]], ids=repr)
+@pytest.mark.parametrize("value", ["lots", None, [1], 1e400], ids=repr)
 def test_non_numeric_stored_flops_are_a_plan_error(planned: Plan, value: object) -> None:
     data = json.loads(planned.to_json())
     data["flops"] = value
@@ -105,8 +105,8 @@ def test_tampered_ssa_path_is_detected(planned: Plan) -> None:
 
 @pytest.mark.parametrize(
     "ssa_path",
-    [[[0, 0], [1, 3]], [[0, 1]], [[0, 1, 2]], "nonsense", [[0, 9], [1, 3]]],
-    ids=["self-step", "too-short", "triple", "string", "unknown-tensor"],
+    [[[0, 0], [1, 3]], [[0, 1]], [[0, 1, 2]], "nonsense", [[0, 9], [1, 3]], [["0", 1], [2, 3]], [[0.7, 1], [2, 3]]],
+    ids=["self-step", "too-short", "triple", "string", "unknown-tensor", "text-id", "float-id"],
 )
 def test_invalid_ssa_path_is_a_plan_error(planned: Plan, ssa_path: object) -> None:
     data = json.loads(planned.to_json())

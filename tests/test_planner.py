@@ -332,7 +332,10 @@ def test_bad_options_raise_plan_error() -> None:
         ({"memory_limit": float("nan")}, "memory_limit must be a finite number"),
         ({"memory_limit": float("inf")}, "memory_limit must be a finite number"),
         ({"max_size": 0.5}, "max_size must be a finite number >= 1"),
-        ({"memory_limit": 10**6, "dtype": "U"}, "no fixed element size"),
+        ({"memory_limit": 10**6, "dtype": "U"}, "not a numeric scalar type"),
+        ({"dtype": "2f8"}, "not a numeric scalar type"),  # a sub-array dtype: its name broke summary()
+        ({"dtype": "f8,"}, "not a numeric scalar type"),  # a record: the saved plan could not be loaded
+        ({"dtype": "(2,f8"}, "unknown dtype"),  # numpy raised SyntaxError
     ],
 )
 def test_option_errors_name_the_option_before_any_search(options: dict, message: str) -> None:

@@ -128,3 +128,41 @@ def test_deepening_goes_on_while_a_searched_plan_has_an_extra_cut_left_to_try(mo
     assert needed, searches  # plans that needed cuts of their own: what deepening is for
     missing = [(sorted(cut), e) for cut, e in needed if cut | {e} not in searched]
     assert not missing or len(searches) >= planner.MAX_DEEPENING, (missing, len(searches))
+
+
+def test_memory_limit_counts_inputs_with_traces_at_their_full_size() -> None:
+    # "aab" holds 100*100*3 numbers; counting its deduplicated legs (100*3) accepted a 4 kB limit.
+    net = tnplan.Network.from_einsum("aab,bc,cd,de->e", (100, 100, 3), (3, 3), (3, 3), (3, 2))
+    held = sum(math.prod(s) for s in net.shapes) * 8
+    with pytest.raises(tnplan.PlanError, match="input tensors alone"):
+        tnplan.plan(net, memory_limit=4000, cache=False)
+    plan = tnplan.plan(net, cache=False)
+    # The inputs as given plus the reduced copy contract() makes of the traced one (3 numbers).
+    assert plan.peak_memory() >= held + 3 * 8
+
+
+def test_a_resized_tree_equals_a_tree_rebuilt_on_the_new_sizes() -> None:
+    from tnplan.cost import leaf_legs
+    from tnplan.greedy import greedy_ssa
+    from tnplan.slicing import cut_costs
+    from tnplan.tree import Tree
+
+    net = random_regular(30, 3, 3, seed=4)
+    legs, out = leaf_legs(net), net.int_output
+    sizes = [float(s) for s in net.int_sizes]
+    tree = Tree(legs, out, sizes, greedy_ssa(legs, out, sizes))
+    tree = Tree(legs, out, sizes, tree.ssa_path())  # numbered in post-order, as a rebuilt tree is
+    for c, new in ((3, 1.0), (7, 1.0), (3, 3.0)):
+        sizes[c] = new
+        tree.resize(c, new)
+        rebuilt = Tree(legs, out, sizes, tree.ssa_path())
+        assert tree.size == rebuilt.size and tree.flops == rebuilt.flops
+        candidates = list(range(0, len(sizes), 4))
+        nodes = rebuilt.internal_nodes()
+        total = math.fsum(rebuilt.flops[v] for v in nodes)
+        involved = {v: rebuilt.legs[rebuilt.children[v][0]] | rebuilt.legs[rebuilt.children[v][1]] for v in nodes}
+        naive = []
+        for i in candidates:
+            s_c = math.fsum(rebuilt.flops[v] for v in nodes if i in involved[v])
+            naive.append((s_c + rebuilt.sizes[i] * (total - s_c), i))
+        assert cut_costs(tree, candidates) == naive

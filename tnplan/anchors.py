@@ -53,6 +53,17 @@ EXACT_MAX_TENSORS = 40
 """Past this many tensors both exhaustive anchors ran past 60 s on every benchmark network (2-core EPYC)."""
 
 
+def skipped(method: str, network: Network) -> str | None:
+    """Why ``method`` is not run on ``network`` by ``tnplan report`` / ``tnplan compare``, or None.
+
+    The exhaustive anchors have no time limit: on a large network one could hold a whole report up
+    for good.
+    """
+    if canonical_method(method) in EXACT_METHODS and network.num_tensors > EXACT_MAX_TENSORS:
+        return f"skipped: exhaustive search with no time limit, run up to {EXACT_MAX_TENSORS} tensors"
+    return None
+
+
 def _oe_args(network: Network) -> tuple[list[set[int]], set[int], dict[int, int]]:
     inputs = [set(t) for t in network.int_inputs]
     return inputs, set(network.int_output), dict(enumerate(network.int_sizes))

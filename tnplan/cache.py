@@ -482,8 +482,9 @@ class PlanCache:
     def put(self, plan: Any, options: CacheOptions, *, effort: float = 0.0) -> bool:
         """Offer ``plan`` for its network; returns True when it was stored (new or better).
 
-        A stored plan is only replaced by a strictly cheaper one (on the options' objective);
-        the effort recorded is the largest search budget seen for that network.
+        A stored plan is only replaced by a strictly cheaper one (on the options' objective), or by
+        one of the same cost proven optimal where it was not; the effort recorded is the largest
+        search budget seen for that network.
         """
         network = plan.network
         opt = options.text()
@@ -518,19 +519,20 @@ class PlanCache:
         conn.execute("BEGIN IMMEDIATE")
         try:
             same = None
-            for row_form, row_net, row_cost, row_effort in conn.execute(
-                "SELECT form, network, cost, effort FROM plans WHERE key = ?", (key,)
+            for row_form, row_net, row_cost, row_effort, row_optimal in conn.execute(
+                "SELECT form, network, cost, effort, optimal FROM plans WHERE key = ?", (key,)
             ).fetchall():
                 if row_form == form:
-                    same = (row_form, row_cost, row_effort)
+                    same = (row_form, row_cost, row_effort, row_optimal)
                     break
                 try:
                     if match(_decode_network(row_net), network) is not None:
-                        same = (row_form, row_cost, row_effort)
+                        same = (row_form, row_cost, row_effort, row_optimal)
                         break
                 except (ValueError, TypeError, KeyError, TnplanError):
                     continue
-            if same is not None and not cost < same[1]:
+            # A plan proven optimal also replaces an unproven one of the same cost.
+            if same is not None and not (cost < same[1] or (cost == same[1] and plan.optimal and not same[3])):
                 if effort > same[2]:
                     conn.execute("UPDATE plans SET effort = ? WHERE key = ? AND form = ?", (effort, key, same[0]))
                 conn.execute("COMMIT")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -179,7 +180,7 @@ def _network_files(paths: Sequence[str]) -> list[Path]:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from tnplan.anchors import METHODS, run_method
+    from tnplan.anchors import METHODS, run_method, skipped
     from tnplan.describe import render_table
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -190,7 +191,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for file in _network_files(args.paths):
         network = Network.from_json(file)
         results = {}
+        reasons = {m: skipped(m, network) for m in methods}
         for m in methods:
+            if reasons[m] is not None:
+                continue
             try:
                 results[m] = run_method(m, network, max_time=args.max_time, seed=args.seed)
             except Exception as exc:  # an anchor failing on one network must not stop the comparison
@@ -199,9 +203,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         row = [file.stem[:36], str(network.num_tensors)]
         for m in methods:
             r = results.get(m)
-            row.append(
-                "failed" if r is None else f"{r.log10_flops:.3f} (+{r.log10_flops - best:.3f}) {r.planning_time:.2f}s"
-            )
+            if r is None:
+                row.append("skipped" if reasons[m] is not None else "failed")
+            else:
+                row.append(f"{r.log10_flops:.3f} (+{r.log10_flops - best:.3f}) {r.planning_time:.2f}s")
         rows.append(tuple(row))
         print(f"planned {file.name}", file=sys.stderr)
     header = ("network", "tensors", *(f"{m}: log10 flops (excess) time" for m in methods))
@@ -278,6 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TnplanError as exc:
         print(f"tnplan: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader left (`tnplan cache ls | head`): stop quietly, as cat does; Python would report the
+        # pipe again while flushing stdout at exit, so stdout goes to /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         print(f"tnplan: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE

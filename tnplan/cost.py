@@ -19,6 +19,7 @@ number of slices, and ``peak_size`` is per slice.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, MutableMapping, Sequence, Set
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -101,12 +102,23 @@ def itemsize(dtype: str | np.dtype | type) -> int:
         PlanError: On a name numpy does not know.
     """
     try:
-        size = np.dtype(dtype).itemsize
-    except TypeError:
+        found = np.dtype(dtype)
+    except Exception:  # numpy raises TypeError, ValueError or even SyntaxError on malformed strings
         raise PlanError(f"unknown dtype {dtype!r}; use a numpy dtype name such as 'float32'") from None
-    if size < 1:
-        raise PlanError(f"dtype {dtype!r} has no fixed element size; use a numeric dtype such as 'float32'")
-    return size
+    if found.kind not in "biufc" or found.fields is not None or found.subdtype is not None:
+        raise PlanError(f"dtype {dtype!r} is not a numeric scalar type; use one such as 'float32' or 'complex64'")
+    return found.itemsize
+
+
+def position(value: object, what: str) -> int:
+    """``value`` as an integer position or id; a float, a string or a bool is refused, not truncated.
+
+    Raises:
+        NetworkError: Naming ``what`` and the value.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise NetworkError(f"{what} must be integers, got {value!r}")
+    return int(value)
 
 
 def linear_to_ssa(path: Sequence[Sequence[int]], num_tensors: int) -> list[tuple[int, int]]:
@@ -118,8 +130,12 @@ def linear_to_ssa(path: Sequence[Sequence[int]], num_tensors: int) -> list[tuple
     ids = list(range(num_tensors))
     nxt = num_tensors
     ssa: list[tuple[int, int]] = []
-    for k, step in enumerate(path):
-        step = tuple(int(x) for x in step)
+    try:
+        steps = [tuple(step) for step in path]
+    except TypeError:
+        raise NetworkError(f"a path is a list of steps, each a tuple of positions; got {path!r:.80}") from None
+    for k, step in enumerate(steps):
+        step = tuple(position(x, "path positions") for x in step)
         if len(set(step)) != len(step) or any(not 0 <= x < len(ids) for x in step):
             raise NetworkError(f"path step {k} {step} is invalid with {len(ids)} tensor(s) left")
         if len(step) == 1:
@@ -232,8 +248,10 @@ def score_path(
         NetworkError: If the path is invalid or does not contract the network to one tensor.
     """
     n = network.num_tensors
-    given = tuple(sliced)
+    given = tuple(position(i, "sliced index ids (not labels)") for i in sliced)
     sliced = tuple(sorted(set(given)))
+    if any(not 0 <= i < len(network.int_sizes) for i in sliced):
+        raise NetworkError(f"sliced index ids {sliced} are not all in 0..{len(network.int_sizes) - 1}")
     sizes = list(network.int_sizes)
     n_slices = 1
     for i in sliced:
@@ -251,49 +269,52 @@ def score_path(
     tensor_size = [*leaves, *([0] * max(n - 1, 0))]
     live = peak_live = cost = flops = write = peak = 0
     nxt = n
-    for k, (a, b) in enumerate(ssa_path):
-        if not (0 <= a < nxt and 0 <= b < nxt) or a == b:
-            raise NetworkError(f"path step {k} ({a}, {b}) uses a tensor that is unknown or already contracted")
-        ma, mb = masks[a], masks[b]
-        if ma is None or mb is None:
-            raise NetworkError(f"path step {k} ({a}, {b}) uses a tensor that is unknown or already contracted")
-        masks[a] = masks[b] = None
-        sa, sb = tensor_size[a], tensor_size[b]
-        shared = ma & mb
-        s_shared = 1
-        s_summed = 1
-        summed = 0
-        bits = shared
-        while bits:
-            low = bits & -bits
-            i = low.bit_length() - 1
-            bits ^= low
-            s_shared *= sizes[i]
-            # Rule of _merge: an index shared by both operands survives when open or still carried.
-            c = counts[i] - 2
-            if low & out_mask or c > 0:
-                counts[i] = c + 1
-            else:
-                counts[i] = 0
-                summed |= low
-                s_summed *= sizes[i]
-        c_step = sa * sb // s_shared
-        s_out = c_step // s_summed
-        cost += c_step
-        flops += c_step * 2 if summed else c_step
-        write += s_out
-        if s_out > peak:
-            peak = s_out
-        live += s_out
-        if live > peak_live:
-            peak_live = live
-        if a >= n:
-            live -= sa
-        if b >= n:
-            live -= sb
-        masks[nxt] = (ma | mb) & ~summed
-        tensor_size[nxt] = s_out
-        nxt += 1
+    try:
+        for k, (a, b) in enumerate(ssa_path):
+            if not (0 <= a < nxt and 0 <= b < nxt) or a == b:
+                raise NetworkError(f"path step {k} ({a}, {b}) uses a tensor that is unknown or already contracted")
+            ma, mb = masks[a], masks[b]
+            if ma is None or mb is None:
+                raise NetworkError(f"path step {k} ({a}, {b}) uses a tensor that is unknown or already contracted")
+            masks[a] = masks[b] = None
+            sa, sb = tensor_size[a], tensor_size[b]
+            shared = ma & mb
+            s_shared = 1
+            s_summed = 1
+            summed = 0
+            bits = shared
+            while bits:
+                low = bits & -bits
+                i = low.bit_length() - 1
+                bits ^= low
+                s_shared *= sizes[i]
+                # Rule of _merge: an index shared by both operands survives when open or still carried.
+                c = counts[i] - 2
+                if low & out_mask or c > 0:
+                    counts[i] = c + 1
+                else:
+                    counts[i] = 0
+                    summed |= low
+                    s_summed *= sizes[i]
+            c_step = sa * sb // s_shared
+            s_out = c_step // s_summed
+            cost += c_step
+            flops += c_step * 2 if summed else c_step
+            write += s_out
+            if s_out > peak:
+                peak = s_out
+            live += s_out
+            if live > peak_live:
+                peak_live = live
+            if a >= n:
+                live -= sa
+            if b >= n:
+                live -= sb
+            masks[nxt] = (ma | mb) & ~summed
+            tensor_size[nxt] = s_out
+            nxt += 1
+    except (TypeError, ValueError, IndexError) as exc:  # a step that is not a pair of integer ids
+        raise NetworkError(f"path steps must be pairs of integer tensor ids: {exc}") from None
     accumulate = result_full if n_slices > 1 else 0
     return Costs(
         contraction_cost=cost * n_slices,
@@ -325,10 +346,31 @@ def _prepared(network: Network) -> _Prep:
         get = network.label_ids.__getitem__
         terms = (tuple(map(get, term)) for term in network.inputs)
     # A label repeated on one tensor (a trace) is a single leg: int_inputs deduplicates them.
-    prep = _prepare(network, terms) or _prepare(network, network.int_inputs)
-    assert prep is not None
+    prep = _prepare(network, terms)
+    if prep is None:
+        prep = _prepare(network, network.int_inputs)
+        assert prep is not None
+    masks, leaf_sizes, counts, out_mask, _, result_full = prep
+    prep = (masks, leaf_sizes, counts, out_mask, input_elements(network), result_full)
     network.__dict__["_score_prep"] = prep
     return prep
+
+
+def input_elements(network: Network) -> int:
+    """Elements held before the first pairwise step: the inputs as given (a repeated index counts
+    for each of its legs), plus the copy :func:`tnplan.contract.contract_plan` makes of every input
+    with a trace or a leg summed inside it, reduced to the legs the pairwise steps see.
+    """
+    cached = network.__dict__.get("_input_elements")
+    if cached is not None:
+        return cached
+    sizes = network.int_sizes
+    total = sum(math.prod(shape) for shape in network.shapes)
+    for raw, term, legs in zip(network.inputs, network.int_inputs, leaf_legs(network), strict=True):
+        if len(raw) != len(legs) or term != legs:
+            total += math.prod(sizes[i] for i in legs)
+    network.__dict__["_input_elements"] = total
+    return total
 
 
 def _prepare(network: Network, terms: Iterable[tuple[int, ...]]) -> _Prep | None:

@@ -458,6 +458,9 @@ def warm_up() -> None:
     topdown.warm_up()
 
 
+_ready = False  # set once every kernel is compiled or loaded in this process
+
+
 def kernel_ready(block: bool = False) -> bool:
     """Whether the compiled DP kernel can be used now without paying for a compilation.
 
@@ -466,10 +469,13 @@ def kernel_ready(block: bool = False) -> bool:
     fills numba's cache) and the searches fall back to their heuristics until it is ready. With
     ``block=True`` this process compiles it instead and waits.
     """
-    global _compiler
+    global _compiler, _ready
+    if _ready:  # asked once per exact sub-solve (tens of thousands per search): numba's checks are slow
+        return True
     from tnplan import topdown
 
     if _dp_kernel.signatures and _all_trees_kernel.signatures and topdown.compiled():
+        _ready = True
         return True
     if block or _cached_on_disk():
         warm_up()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tnplan.cost import OBJECTIVES, Costs, itemsize, score_path, ssa_to_linear
+from tnplan.cost import OBJECTIVES, Costs, itemsize, position, score_path, ssa_to_linear
 from tnplan.errors import NetworkError, PlanError
 from tnplan.network import Label, Network
 
@@ -218,12 +218,12 @@ class Plan:
             raise PlanError(f"not a tnplan plan: expected an object with format {FORMAT!r}")
         try:
             network = Network.from_dict(data["network"])
-            ssa = tuple((int(a), int(b)) for a, b in data["ssa_path"])
+            ssa = tuple((position(a, "ssa_path entries"), position(b, "ssa_path entries")) for a, b in data["ssa_path"])
             ids = network.label_ids
             sliced = tuple(sorted(ids[lab] for lab in data.get("sliced_indices", [])))
             costs = score_path(network, ssa, sliced)
             stored = int(data["flops"]) if "flops" in data else costs.flops
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise PlanError(f"plan does not match its network: {exc}") from None
         if stored != costs.flops:
             raise PlanError(

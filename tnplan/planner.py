@@ -27,15 +27,16 @@ from __future__ import annotations
 import math
 import numbers
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from os import PathLike
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tnplan.cache import CacheOptions, PlanCache
+from tnplan.cache import CacheOptions, CacheWarning, PlanCache
 from tnplan.cache import resolve as resolve_cache
-from tnplan.cost import OBJECTIVES, itemsize, leaf_legs, score_path
+from tnplan.cost import OBJECTIVES, input_elements, itemsize, leaf_legs, score_path
 from tnplan.errors import PlanError
 from tnplan.network import Network
 from tnplan.plan import Plan
@@ -71,11 +72,27 @@ REBRACKET_DEEP_SHARE = 0.1
 # every choice is sized from the nominal budget below, the search may run this many times longer
 # before the guard stops it, and on any machine up to that much slower the plan is the same.
 FIXED_EFFORT_GUARD = 10.0
+# A search under a memory cap re-solves its trees after every cut and searches each cut set again: its
+# fixed effort runs 4-6x its nominal budget on the benchmark machine, so its guard is this much longer
+# for the plan to stay the same on a machine several times slower.
+SLICED_GUARD_FACTOR = 4.0
 
 
 # When this process imported the planner (wall clock): a worker started after a search was submitted
 # is not charged its own start-up (see _search_task).
 _IMPORTED_AT = time.time()
+
+
+def _effort(num_tensors: int, max_time: float | None, max_repeats: int | None) -> float:
+    """The search effort a request asks for, in (nominal) seconds, as the cache records and compares it.
+
+    A fixed-effort search counts as its nominal budget (scaled by its trial count), so a plan stored
+    by a short ``max_time`` search never answers a request without one.
+    """
+    if max_time is not None:
+        return float(max_time)
+    repeats = DEFAULT_REPEATS if max_repeats is None else max_repeats
+    return default_time_cap(num_tensors) * repeats / DEFAULT_REPEATS
 
 
 def default_time_cap(num_tensors: int) -> float:
@@ -218,7 +235,9 @@ def plan(
             machine's speed or load; it takes about that long (up to ~2x on 400–900-tensor
             networks, and ~4x when a memory cap needs many cuts: an 80-tensor 3-regular graph cut
             14 times took 17.6 s against 4 s, each cut set being searched again), and a guard stops it
-            at :data:`FIXED_EFFORT_GUARD` times that. Give ``max_time`` to bound the wall time. The first
+            at :data:`FIXED_EFFORT_GUARD` times that (times :data:`SLICED_GUARD_FACTOR` under a cap).
+            Give ``max_time`` to bound the wall time (a capped search overruns it by at most one
+            slicing of its first tree). The first
             search in a process also loads numba's compiled kernel (~0.7 s) before the budget
             starts; ``plan.planning_time`` includes it.
         max_repeats: Number of search trials; with ``max_time`` given the default is unlimited.
@@ -273,10 +292,19 @@ def plan(
         seed=int(seed),
     )
     dtype_name = str(np.dtype(dtype))
-    effort = 0.0 if max_time is None else float(max_time)
+    effort = _effort(network.num_tensors, max_time, max_repeats)
     cached = None
+    # The default cache is a convenience: where it cannot be used (a read-only home, a full disk), the
+    # plan is made without it. A cache the caller named, or one cache_only/refine needs, must work.
+    optional = (cache is True or cache is None) and not (cache_only or refine)
     if store is not None:
-        found = store.lookup(network, options, min_effort=effort)
+        try:
+            found = store.lookup(network, options, min_effort=effort)
+        except PlanError as exc:
+            if not optional:
+                raise
+            _skip_cache(exc)
+            store = found = None
         if found is not None:
             cached, enough = found  # a plan short of the effort asked for still seeds the search
             if (enough or cache_only) and not refine:
@@ -293,7 +321,11 @@ def plan(
         # Loading numba and the compiled exact-search kernel (~0.7 s, once per process) is not
         # search: it happens before the budget starts. Without a budget, results must not depend
         # on whether numba had compiled yet, so that case waits for a compilation too.
-        kernel_ready(block=max_time is None)
+        if not kernel_ready(block=max_time is None):
+            # This search runs without the exact kernel: its plan may be unproven where a later search of
+            # the same budget proves one, so it is stored as the least effort (any later request
+            # searches again).
+            effort = 0.0
     begin, start = start, time.perf_counter()
     fixed = max_time is None
     if fixed:
@@ -302,9 +334,9 @@ def plan(
     else:
         budget = float(max_time)
         repeats = max_repeats if max_repeats is not None else 1 << 30
-    wall = FIXED_EFFORT_GUARD * budget if fixed else budget
-    deadline = start + wall
     slicing = memory_limit is not None or max_size is not None
+    wall = FIXED_EFFORT_GUARD * (SLICED_GUARD_FACTOR if slicing else 1.0) * budget if fixed else budget
+    deadline = start + wall
     # With a memory cap the search slices as it goes; the last 10% is kept for a fallback slicing
     # pass in case the memory limit (which also counts live inputs) is not met.
     share = 0.9 if slicing else 1.0
@@ -355,11 +387,24 @@ def plan(
     )
     if store is None:
         return result
-    if cached is not None and cached.costs.objective(minimize) <= costs.objective(minimize):
+    if (
+        cached is not None
+        and cached.costs.objective(minimize) <= costs.objective(minimize)
+        and cached.optimal >= optimal
+    ):
         # The stored plan is at least as good: keep it (and record the longer search behind it).
         result = replace(cached, dtype=dtype_name, cache_status="miss", planning_time=result.planning_time)
-    store.put(result, options, effort=effort)
+    try:
+        store.put(result, options, effort=effort)
+    except PlanError as exc:
+        if not optional:
+            raise
+        _skip_cache(exc)
     return result
+
+
+def _skip_cache(exc: PlanError) -> None:
+    warnings.warn(f"planning without the default plan cache: {exc}", CacheWarning, stacklevel=3)
 
 
 def _search_workers(args: tuple, workers: int, executor: str | None):
@@ -436,7 +481,7 @@ def size_target(network: Network, memory_limit: int | None, max_size: int | None
     target = float(max_size) if max_size is not None else math.inf
     if memory_limit is not None:
         item_bytes = itemsize(dtype)
-        inputs = sum(math.prod(network.int_sizes[i] for i in t) for t in network.int_inputs)
+        inputs = input_elements(network)
         if inputs * item_bytes >= memory_limit:
             raise PlanError(
                 f"memory_limit is {int(memory_limit)} bytes but the input tensors alone hold {inputs * item_bytes} "
@@ -480,9 +525,12 @@ def _search(
     pool = _Pool(minimize)
     unsliced = _Pool(minimize)
     greedy = greedy_ssa(legs, output, sizes)
-    pool.offer(_evaluate(legs, output, sizes, minimize, greedy, "greedy", target, unsliced))
+    # Every evaluation stops re-optimising at the deadline: slicing a large tree to a cap re-solves it
+    # after each cut, which alone can take seconds.
+    end = budget.deadline
+    pool.offer(_evaluate(legs, output, sizes, minimize, greedy, "greedy", target, unsliced, end))
     for path in seeds or ():
-        pool.offer(_evaluate(legs, output, sizes, minimize, [tuple(p) for p in path], "cached", target, unsliced))
+        pool.offer(_evaluate(legs, output, sizes, minimize, [tuple(p) for p in path], "cached", target, unsliced, end))
 
     if exact and _exact_feasible(legs, budget.seconds):
         # A short heuristic round first (past 16 tensors): the exact search's final cost cap is
@@ -498,9 +546,9 @@ def _search(
         if exact is not None:
             if target is None or Tree(legs, output, sizes, exact).peak_size() <= target:
                 return exact, (), True, "optimal", exact
-            pool.offer(_evaluate(legs, output, sizes, minimize, exact, "optimal", target, unsliced))
+            pool.offer(_evaluate(legs, output, sizes, minimize, exact, "optimal", target, unsliced, end))
         for cand in pre.items:
-            pool.offer(_evaluate(legs, output, sizes, minimize, cand.ssa, cand.method, target, unsliced))
+            pool.offer(_evaluate(legs, output, sizes, minimize, cand.ssa, cand.method, target, unsliced, end))
 
     if target is None:
         best = _portfolio(legs, output, sizes, minimize, pool, cost, budget, repeats, seed)
@@ -540,7 +588,7 @@ def _sliced_search(
     _portfolio(legs, output, sizes, minimize, unsliced, cost, first, max(1, repeats // 3), seed)
     budget = budget.spend(first)
     for cand in unsliced.items:
-        pool.offer(_evaluate(legs, output, sizes, minimize, cand.ssa, cand.method, target, None))
+        pool.offer(_evaluate(legs, output, sizes, minimize, cand.ssa, cand.method, target, None, budget.deadline))
     cut_sets: list[tuple[int, ...]] = []
     seeds: list[_Candidate] = []
     for cand in pool.items:
@@ -566,7 +614,9 @@ def _sliced_search(
     def search_around(cuts: tuple[int, ...], seed_cand: _Candidate, phase: _Budget, k: int) -> None:
         cut_sizes = _cut_sizes(sizes, cuts)
         sub = _Pool(minimize)
-        sub.offer(_evaluate(legs, output, cut_sizes, minimize, seed_cand.ssa, seed_cand.method, target, None))
+        sub.offer(
+            _evaluate(legs, output, cut_sizes, minimize, seed_cand.ssa, seed_cand.method, target, None, phase.deadline)
+        )
 
         def sub_cost(path: list[tuple[int, int]], _sizes: list[float] = cut_sizes) -> float:
             from tnplan.cost import legs_path_cost

@@ -353,11 +353,9 @@ def build_report(
             errors: dict[str, str] = {}
             for m in names:
                 bar.set_description(f"{name[:28]}: {m}")
-                if anchors.canonical_method(m) in anchors.EXACT_METHODS and net.num_tensors > anchors.EXACT_MAX_TENSORS:
-                    # No time limit: on a large network it could hold the whole report up for good.
-                    errors[m] = (
-                        f"skipped: exhaustive search with no time limit, run up to {anchors.EXACT_MAX_TENSORS} tensors"
-                    )
+                reason = anchors.skipped(m, net)
+                if reason is not None:
+                    errors[m] = reason
                     bar.update(1)
                     continue
                 try:

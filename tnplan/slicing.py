@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tnplan.cost import leaf_legs, score_path
+from tnplan.cost import input_elements, leaf_legs, score_path
 from tnplan.errors import PlanError
 from tnplan.network import Network
 from tnplan.tree import Tree
@@ -54,9 +54,16 @@ def cut_costs(tree: Tree, candidates: Sequence[int]) -> list[tuple[float, int]]:
     """``(S_c + d_c (T - S_c), c)`` for each candidate index: the flops of ``tree`` with ``c`` cut alone."""
     nodes = tree.internal_nodes()
     total = math.fsum(tree.flops[v] for v in nodes)
+    # One pass over the nodes for all candidates (fsum: the same sums whatever the order).
+    parts: dict[int, list[float]] = {c: [] for c in candidates}
+    wanted = frozenset(parts)
+    for v in nodes:
+        f = tree.flops[v]
+        for c in _involved(tree, v) & wanted:
+            parts[c].append(f)
     scored = []
     for c in candidates:
-        s_c = math.fsum(tree.flops[v] for v in nodes if c in _involved(tree, v))
+        s_c = math.fsum(parts[c])
         scored.append((s_c + tree.sizes[c] * (total - s_c), c))
     return scored
 
@@ -91,25 +98,32 @@ def slice_legs(
     sliced: set[int] = set()
     tree = Tree(legs, output, cur, ssa)
     local = "flops" if minimize == "size" else minimize
+    # Whether the tree's nodes are numbered in post-order, as a tree rebuilt from its own path is (ties
+    # between equal nodes break by number): then a cut only resizes the nodes it touches.
+    numbered = False
     while True:
         c = _choose(tree, target, sliced, rng, original)
         if c is None:
             break
         sliced.add(c)
         cur[c] = 1.0
-        tree = Tree(legs, output, cur, tree.ssa_path())
+        if numbered:
+            tree.resize(c, 1.0)
+        else:
+            tree = Tree(legs, output, cur, tree.ssa_path())
+            numbered = True
         if passes and time.perf_counter() < deadline:
             # Re-solve subtrees under the cap: intermediates may grow up to the target again.
             tree.reconfigure(local, subtree_size=8, deadline=deadline, max_size=target, max_passes=passes)
+            numbered = False
     # Drop cuts that later re-optimisation made unnecessary (cheapest first).
     for c in sorted(sliced, key=lambda i: (original[i], i)):
-        trial = list(cur)
-        trial[c] = original[c]
-        t = Tree(legs, output, trial, tree.ssa_path())
-        if t.peak_size() <= target:
+        tree.resize(c, original[c])
+        if tree.peak_size() <= target:
             sliced.discard(c)
-            cur = trial
-            tree = t
+            cur[c] = original[c]
+        else:
+            tree.resize(c, 1.0)
     n_slices = math.prod(original[i] for i in sliced)
     return tree.ssa_path(), tuple(sorted(sliced)), tree.total(local) * n_slices
 
@@ -147,7 +161,7 @@ def slice_tree(
     Raises:
         PlanError: If the limit cannot be met even with every index sliced.
     """
-    inputs = sum(math.prod(network.int_sizes[i] for i in t) for t in network.int_inputs)
+    inputs = input_elements(network)
     if memory_limit is not None and inputs >= memory_limit:
         raise PlanError(
             f"memory_limit allows {memory_limit} elements but the input tensors alone hold {inputs}; "

@@ -76,6 +76,25 @@ class Tree:
         self.children[node] = (a, b)
         return node
 
+    def resize(self, index: int, size: float) -> None:
+        """Give ``index`` a new size (1 to slice it), updating every node it touches in place.
+
+        The same numbers as a tree rebuilt on the new sizes, at the cost of the touched nodes only.
+        """
+        self.sizes[index] = float(size)
+        self._solved.clear()  # sub-path costs were found on the old sizes
+        for t in range(self.n):
+            if index in self.legs[t]:
+                self.size[t] = self._size(self.legs[t])
+        for node, (a, b) in self.children.items():
+            la, lb = self.legs[a], self.legs[b]
+            if index in la or index in lb:
+                keep = self.legs[node]
+                involved = la | lb
+                p = self._size(involved)
+                self.size[node] = self._size(keep)
+                self.flops[node] = p * 2.0 if len(keep) < len(involved) else p
+
     def internal_nodes(self) -> list[int]:
         """Internal nodes in post-order (children before parents)."""
         out: list[int] = []
