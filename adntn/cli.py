@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -99,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         out = write_report(args.runs, args.out)
         print(f"report written to {out / 'report.md'} and {out / 'report.html'}")
         return 0
-    except BrokenPipeError:
-        # The reader left (`adntn plan ... | head`): stop quietly, as cat does (stdout to /dev/null so
-        # that Python's flush at exit does not report the pipe again).
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError as exc:
+        from tnplan.cli import stdout_reader_gone
+
+        if not stdout_reader_gone():  # a pipe other than stdout (a download, a worker): an error
+            print(f"adntn: error: {exc}", file=sys.stderr)
+            return 2
         return 0
     except (AdntnError, TnplanError, ValueError, OSError) as exc:
         print(f"adntn: error: {exc}", file=sys.stderr)

@@ -502,7 +502,12 @@ def test_a_plan_searched_without_the_exact_kernel_is_stored_as_the_least_effort(
 
     path = tmp_path / "c.sqlite"
     net = random_regular(14, 3, 2, seed=3)
-    monkeypatch.setattr(tnplan.optimal, "kernel_ready", lambda block=False: False)  # still compiling
+    # A compilation that failed for good: plans are stored with their effort (else none would ever hit).
+    monkeypatch.setattr(tnplan.optimal, "kernel_ready", lambda block=False: False)
+    monkeypatch.setattr(tnplan.optimal, "compiling", lambda: False)
+    failed = tnplan.plan(net, max_time=0.3, cache=tmp_path / "failed.sqlite")
+    assert not failed.optimal and PlanCache(tmp_path / "failed.sqlite").entries()[0].effort == 0.3
+    monkeypatch.setattr(tnplan.optimal, "compiling", lambda: True)  # still compiling in the background
     first = tnplan.plan(net, max_time=0.3, cache=path)
     assert not first.optimal and PlanCache(path).entries()[0].effort == 0
     monkeypatch.undo()
@@ -523,3 +528,16 @@ def test_an_unusable_default_cache_plans_without_it_and_a_named_one_fails(tmp_pa
         tnplan.plan(net, max_time=0.2, cache=blocker / "cache" / "plans.sqlite")
     with pytest.raises(tnplan.PlanError, match="cannot create the plan cache folder"):
         tnplan.plan(net, max_time=0.2, cache_only=True)
+
+
+def test_a_cheaper_stored_plan_is_kept_over_a_dearer_proven_one(tmp_path: Path) -> None:
+    # Under a cap, "optimal" means optimal among unsliced trees; a sliced plan can have a smaller peak.
+    path = tmp_path / "c.sqlite"
+    net = random_regular(12, 3, 4, seed=1)
+    exact = tnplan.plan(net, minimize="size", cache=False)
+    sliced = tnplan.plan(net, minimize="size", max_size=exact.peak_size // 4, max_time=0.5, cache=False)
+    assert sliced.peak_size < exact.peak_size
+    PlanCache(path).put(sliced, CacheOptions(minimize="size", max_size=exact.peak_size), effort=0.0)
+    for _ in range(2):  # searched again (effort 0 stored), then a hit: the same plan both times
+        again = tnplan.plan(net, minimize="size", max_size=exact.peak_size, max_time=0.3, cache=path)
+        assert again.peak_size == sliced.peak_size and again.ssa_path == sliced.ssa_path

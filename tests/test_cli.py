@@ -196,3 +196,14 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path: Path) -> 
     proc.stdout.close()  # `tnplan ... | head` with head already gone
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0 and err == ""
+
+
+def test_a_broken_pipe_other_than_stdout_is_an_error(monkeypatch, capsys) -> None:
+    import tnplan.cli
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")  # as a dead worker or download connection raises it
+
+    monkeypatch.setattr(tnplan.cli, "_cmd_plan", broken)
+    code, _out, err = run(["plan", "--eq", "ab,bc->ac", "--shapes", "2x3,3x4"], capsys)
+    assert code == 2 and "Broken pipe" in err

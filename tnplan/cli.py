@@ -265,6 +265,23 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"tnplan: warning: {message}", file=sys.stderr)
 
 
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has left (`tnplan cache ls | head`); if so, stdout is
+    pointed at /dev/null so that the command can end quietly, as cat does (Python would otherwise
+    report the pipe again while flushing stdout at exit). Any other broken pipe is an error."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        gone = any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is not a file
+        return False
+    if gone:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return gone
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tnplan`` script."""
     args = build_parser().parse_args(argv)
@@ -283,10 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TnplanError as exc:
         print(f"tnplan: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except BrokenPipeError:
-        # The reader left (`tnplan cache ls | head`): stop quietly, as cat does; Python would report the
-        # pipe again while flushing stdout at exit, so stdout goes to /dev/null first.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError as exc:
+        if not stdout_reader_gone():
+            print(f"tnplan: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         return 0
     except OSError as exc:
         print(f"tnplan: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)

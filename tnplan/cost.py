@@ -340,18 +340,21 @@ def _prepared(network: Network) -> _Prep:
     cached = network.__dict__.get("_score_prep")
     if cached is not None:
         return cached
-    terms = network.__dict__.get("int_inputs")
-    if terms is None:
+    deduplicated = network.__dict__.get("int_inputs")
+    if deduplicated is None:
         # A plan-cache hit in a fresh process has no int_inputs cached yet: map the labels on the way.
         get = network.label_ids.__getitem__
-        terms = (tuple(map(get, term)) for term in network.inputs)
-    # A label repeated on one tensor (a trace) is a single leg: int_inputs deduplicates them.
-    prep = _prepare(network, terms)
+        prep = _prepare(network, (tuple(map(get, term)) for term in network.inputs))  # None on a trace
+    else:
+        prep = _prepare(network, deduplicated)
+        if prep is not None and sum(map(len, network.inputs)) != sum(map(len, deduplicated)):
+            prep = None  # a trace: deduplicated legs undercount what the inputs hold
     if prep is None:
+        # A label repeated on one tensor (a trace) is a single leg: int_inputs deduplicates them.
         prep = _prepare(network, network.int_inputs)
         assert prep is not None
-    masks, leaf_sizes, counts, out_mask, _, result_full = prep
-    prep = (masks, leaf_sizes, counts, out_mask, input_elements(network), result_full)
+        masks, leaf_sizes, counts, out_mask, _, result_full = prep
+        prep = (masks, leaf_sizes, counts, out_mask, _held_with_traces(network), result_full)
     network.__dict__["_score_prep"] = prep
     return prep
 
@@ -361,15 +364,16 @@ def input_elements(network: Network) -> int:
     for each of its legs), plus the copy :func:`tnplan.contract.contract_plan` makes of every input
     with a trace or a leg summed inside it, reduced to the legs the pairwise steps see.
     """
-    cached = network.__dict__.get("_input_elements")
-    if cached is not None:
-        return cached
+    return _prepared(network)[4]
+
+
+def _held_with_traces(network: Network) -> int:
+    """:func:`input_elements` of a network whose inputs repeat indices."""
     sizes = network.int_sizes
     total = sum(math.prod(shape) for shape in network.shapes)
-    for raw, term, legs in zip(network.inputs, network.int_inputs, leaf_legs(network), strict=True):
-        if len(raw) != len(legs) or term != legs:
+    for raw, legs in zip(network.inputs, leaf_legs(network), strict=True):
+        if len(raw) != len(legs):  # a trace, or a leg summed inside: contract() reduces a copy
             total += math.prod(sizes[i] for i in legs)
-    network.__dict__["_input_elements"] = total
     return total
 
 
@@ -400,15 +404,18 @@ def _prepare(network: Network, terms: Iterable[tuple[int, ...]]) -> _Prep | None
         if c == 1 and i not in output:
             single |= 1 << i
     masks, leaf_sizes = full_masks, fulls
+    held = sum(fulls)
     if single:
         masks = [m & ~single for m in full_masks]
         leaf_sizes = [f // _mask_product(m & single, sizes) for f, m in zip(fulls, full_masks, strict=True)]
+        # contract() reduces a copy of every input with a leg summed inside it.
+        held += sum(leaf for leaf, m in zip(leaf_sizes, full_masks, strict=True) if m & single)
     counts = [c if c > 1 or i in output else 0 for i, c in enumerate(counts)]
     out_mask = 0
     for i in output:
         out_mask |= 1 << i
     result_full = math.prod(sizes[i] for i in output)
-    return masks, leaf_sizes, counts, out_mask, sum(fulls), result_full
+    return masks, leaf_sizes, counts, out_mask, held, result_full
 
 
 def _check_sliced(network: Network, given: tuple[int, ...], leaf_masks: Sequence[int]) -> None:

@@ -461,6 +461,11 @@ def warm_up() -> None:
 _ready = False  # set once every kernel is compiled or loaded in this process
 
 
+def compiling() -> bool:
+    """Whether a background compilation started by :func:`kernel_ready` is still running."""
+    return _compiler is not None and _compiler.poll() is None
+
+
 def kernel_ready(block: bool = False) -> bool:
     """Whether the compiled DP kernel can be used now without paying for a compilation.
 

@@ -316,15 +316,15 @@ def plan(
             )
 
     if network.num_tensors > 3:
-        from tnplan.optimal import kernel_ready
+        from tnplan.optimal import compiling, kernel_ready
 
         # Loading numba and the compiled exact-search kernel (~0.7 s, once per process) is not
         # search: it happens before the budget starts. Without a budget, results must not depend
         # on whether numba had compiled yet, so that case waits for a compilation too.
-        if not kernel_ready(block=max_time is None):
-            # This search runs without the exact kernel: its plan may be unproven where a later search of
-            # the same budget proves one, so it is stored as the least effort (any later request
-            # searches again).
+        if not kernel_ready(block=max_time is None) and compiling():
+            # This search runs without the exact kernel, which is still compiling in the background: its
+            # plan may be unproven where the next search of the same budget proves one, so it is stored
+            # as the least effort (any later request searches again).
             effort = 0.0
     begin, start = start, time.perf_counter()
     fixed = max_time is None
@@ -387,12 +387,11 @@ def plan(
     )
     if store is None:
         return result
-    if (
-        cached is not None
-        and cached.costs.objective(minimize) <= costs.objective(minimize)
-        and cached.optimal >= optimal
+    if cached is not None and (
+        cached.costs.objective(minimize) < costs.objective(minimize)
+        or (cached.costs.objective(minimize) == costs.objective(minimize) and cached.optimal >= optimal)
     ):
-        # The stored plan is at least as good: keep it (and record the longer search behind it).
+        # The stored plan is cheaper, or as cheap and as proven: keep it (and record the longer search behind it).
         result = replace(cached, dtype=dtype_name, cache_status="miss", planning_time=result.planning_time)
     try:
         store.put(result, options, effort=effort)
