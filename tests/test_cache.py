@@ -541,3 +541,19 @@ def test_a_cheaper_stored_plan_is_kept_over_a_dearer_proven_one(tmp_path: Path) 
     for _ in range(2):  # searched again (effort 0 stored), then a hit: the same plan both times
         again = tnplan.plan(net, minimize="size", max_size=exact.peak_size, max_time=0.3, cache=path)
         assert again.peak_size == sliced.peak_size and again.ssa_path == sliced.ssa_path
+
+
+def test_a_stored_plan_over_its_limits_is_dropped_and_planned_again(tmp_path: Path) -> None:
+    # Rows stored when inputs with traces were counted at their deduplicated size can exceed the limit.
+    path = tmp_path / "c.sqlite"
+    net = lattice_2d(3, 3, bond=4)
+    free = tnplan.plan(net, cache=False)
+    limit = free.peak_memory() - 8
+    PlanCache(path).put(free, CacheOptions(memory_limit=limit), effort=100.0)
+    PlanCache(path).put(free, CacheOptions(max_size=free.peak_size - 1), effort=100.0)
+    with pytest.warns(CacheWarning, match="over the limit"):
+        fitted = tnplan.plan(net, memory_limit=limit, max_time=0.5, cache=path)
+    assert fitted.cache_status == "miss" and fitted.peak_memory() <= limit
+    with pytest.warns(CacheWarning, match="over max_size"):
+        capped = tnplan.plan(net, max_size=free.peak_size - 1, max_time=0.5, cache=path)
+    assert capped.cache_status == "miss" and capped.peak_size < free.peak_size

@@ -453,6 +453,12 @@ class PlanCache:
             costs = score_path(network, ssa, sliced)
             ok = costs.flops == data["flops"] and costs.contraction_cost == data["contraction_cost"]
             reason = "" if ok else f"re-scores to {costs.flops} flops, stored {data['flops']}"
+            # The limits too: a row stored by a version that counted memory otherwise may not fit.
+            limit = options.memory_limit
+            if ok and limit is not None and costs.peak_elements * options.itemsize > limit:
+                ok, reason = False, f"needs {costs.peak_elements * options.itemsize} bytes, over the limit"
+            if ok and options.max_size is not None and costs.peak_size > options.max_size:
+                ok, reason = False, f"an intermediate of {costs.peak_size} elements, over max_size"
         except (TnplanError, KeyError, IndexError, TypeError, ValueError) as exc:
             ok, reason = False, str(exc)
         if not ok:
