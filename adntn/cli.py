@@ -98,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         out = write_report(args.runs, args.out)
         print(f"report written to {out / 'report.md'} and {out / 'report.html'}")
         return 0
+    except KeyboardInterrupt:
+        print(
+            "adntn: interrupted; a training's last epoch checkpoint is intact: --resume continues it",
+            file=sys.stderr,
+        )
+        return 130
     except BrokenPipeError as exc:
         from tnplan.cli import stdout_reader_gone
 

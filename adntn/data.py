@@ -97,8 +97,14 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
+def _idx_names(stem: str) -> tuple[str, ...]:
+    """The names an IDX file goes by, in the order they are looked for."""
+    dotted = stem.replace("-idx", ".idx")
+    return (stem, stem + ".gz", dotted, dotted + ".gz")
+
+
 def _find_idx(directory: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    for name in _idx_names(stem):
         if (directory / name).is_file():
             return directory / name
     return None
@@ -163,11 +169,17 @@ def load_cifar10_split(directory: str | Path, split: str) -> Split:
             with open(path, "rb") as fh:
                 batch = pickle.load(fh, encoding="bytes")
             data = np.asarray(_cifar_entry(batch, "data"))
-            labels = np.asarray(_cifar_entry(batch, "labels"), dtype=np.int64)
+            raw_labels = np.asarray(_cifar_entry(batch, "labels"))
         except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, OverflowError) as exc:
             raise AdntnError(f"{path} is not a CIFAR-10 batch: {exc!r}") from None
-        if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
-            raise AdntnError(f"{path}: expected (N, 3072) data and N labels, got {data.shape} and {labels.shape}")
+        if data.ndim != 2 or data.shape[1] != 3072 or raw_labels.ndim != 1 or len(data) != len(raw_labels):
+            raise AdntnError(f"{path}: expected (N, 3072) data and N labels, got {data.shape} and {raw_labels.shape}")
+        # Casting straight to int64 would truncate 3.7 to 3 without a word.
+        if raw_labels.size and (
+            raw_labels.dtype.kind not in "iuf" or not np.array_equal(raw_labels, np.round(raw_labels))
+        ):
+            raise AdntnError(f"{path}: CIFAR-10 labels are whole numbers in 0..9, got {raw_labels.dtype} values")
+        labels = raw_labels.astype(np.int64)
         # Casting straight to uint8 would wrap 300 to 44 and truncate 0.5 to 0 without a word.
         if data.dtype.kind not in "iuf":
             raise AdntnError(f"{path}: CIFAR-10 pixels are whole numbers in 0..255, got {data.dtype} data")
@@ -176,7 +188,7 @@ def load_cifar10_split(directory: str | Path, split: str) -> Split:
                 f"{path}: CIFAR-10 pixels are whole numbers in 0..255, got {data.dtype} values "
                 f"from {data.min()} to {data.max()}"
             )
-        _check_labels(labels, 10, path)
+        _check_labels(raw_labels, 10, path)
         xs.append(data.astype(np.uint8).reshape(-1, 3, 32, 32))
         ys.append(labels)
     x = torch.from_numpy(np.concatenate(xs).astype(np.float32) / 255.0)
@@ -207,6 +219,11 @@ def _download(name: str, target: Path) -> None:
     for stems in IDX_FILES.values():
         for stem in stems:
             _fetch(SOURCES[name] + stem + ".gz", target / (stem + ".gz"))
+            # An uncompressed copy (or one under the other naming) would be read first: the fresh
+            # download replaces it, as a damaged one would otherwise fail on every run.
+            for other in _idx_names(stem):
+                if other != stem + ".gz":
+                    (target / other).unlink(missing_ok=True)
 
 
 def _fetch(url: str, path: Path) -> None:

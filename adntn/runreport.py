@@ -76,11 +76,20 @@ def load_run(path: str | Path) -> dict[str, Any]:
         AdntnError: If the directory is not an adntn run, or one of its files is damaged.
     """
     path = Path(path)
+    if not (path / "summary.json").exists() and (path / "config.json").is_file():
+        raise AdntnError(f"{path} has not finished an epoch yet (no summary.json); report it after its first epoch")
     try:
         summary = json.loads((path / "summary.json").read_text())
-        metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        lines = (path / "metrics.jsonl").read_text().splitlines()
     except (OSError, ValueError) as exc:
         raise AdntnError(f"{path} is not an adntn run: cannot read summary.json / metrics.jsonl: {exc}") from None
+    metrics = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                metrics.append(json.loads(line))
+            except ValueError as exc:
+                raise AdntnError(f"{path} is not an adntn run: metrics.jsonl line {number}: {exc}") from None
     problem = _check_run(summary, metrics)
     if problem:
         raise AdntnError(f"{path} is not an adntn run: {problem}")

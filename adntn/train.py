@@ -31,6 +31,11 @@ from adntn.models import build_model
 
 CHECKPOINT = "checkpoint.pt"
 AMP_MODES = (None, "bf16")
+# Settings that change how a run is executed, not what it computes: a resume may change them (plan on
+# one machine, train with --cache-only on another).
+RUNTIME_KEYS = frozenset({"threads", "cache", "cache_only", "data_dir"})
+# What a run directory holds; a directory holding any of these without a checkpoint has nothing to resume.
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json")
 
 
 @dataclass
@@ -100,7 +105,7 @@ class TrainConfig:
         path = Path(path)
         try:
             text = path.read_text()
-            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+            data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
         except (OSError, ValueError) as exc:
             raise AdntnError(f"cannot read config {path}: {exc}") from None
         if not isinstance(data, dict):
@@ -233,15 +238,50 @@ def _with_cache(spec: str | dict, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    _atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _atomic_write(text: str, path: Path) -> None:
+    _atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def _atomic(path: Path, write: Any) -> None:
+    """Write ``path`` through a temporary file, so a failure leaves the previous version whole.
+
+    Raises:
+        AdntnError: On a failed write (a full disk): one line, the temporary file removed.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise AdntnError(
+            f"cannot write {path} ({reason}; a full disk?); the previous version is intact, so after "
+            "freeing space --resume continues the run"
+        ) from None
+
+
+def _lock(out: Path) -> Any:
+    """An exclusive lock on the run directory for this process's lifetime in it (None where the
+    platform has no flock): two trainings into one directory would interleave their files.
+
+    Raises:
+        AdntnError: If another process holds it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise AdntnError(f"another training is writing to {out}; wait for it or choose another --out") from None
+    return fd
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int) -> tuple[Any, Any]:
@@ -334,11 +374,59 @@ def train(
     ckpt_path = out / CHECKPOINT
     if out.exists() and any(out.iterdir()) and not resume:
         raise AdntnError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and not ckpt_path.exists() and out.exists() and (out / "summary.json").exists():
-        raise AdntnError(f"{out} finished without a checkpoint to resume")
+    if resume and not ckpt_path.exists() and any((out / name).exists() for name in RUN_FILES):
+        # Starting afresh would overwrite those files: an existing run's history, or someone's own.
+        raise AdntnError(f"{out} holds run files but no {CHECKPOINT} to resume from; choose another --out")
+    device = torch.device(cfg.device)
+    state = None
+    if resume and ckpt_path.exists():
+        # Before the data and the model: a wrong checkpoint is refused before minutes of planning.
+        state = _load_checkpoint(ckpt_path, device)
+        _check_resumable(state["config"], cfg, ckpt_path)
     _barrier(world)  # every rank checks the directory before rank 0 writes to it
+    lock = None
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        lock = _lock(out)
+        if state is None and any(out.iterdir()):  # a run that ended between the check above and the lock
+            if lock is not None:
+                os.close(lock)
+            raise AdntnError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    try:
+        return _train(cfg, out, state, rank, world, device, start_time, progress, stop_after)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    """Refuse a resume whose configuration computes something else than the checkpoint's.
+
+    Raises:
+        AdntnError: Naming the differing settings.
+    """
+    now = asdict(cfg)
+    differ = sorted(k for k in set(saved) | set(now) if k not in RUNTIME_KEYS and saved.get(k) != now.get(k))
+    if differ:
+        shown = ", ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in differ[:4])
+        raise AdntnError(
+            f"{path} was written by a different configuration ({shown}); resume with the same one "
+            f"(only {', '.join(sorted(RUNTIME_KEYS))} may change)"
+        )
+
+
+def _train(
+    cfg: TrainConfig,
+    out: Path,
+    state: dict[str, Any] | None,
+    rank: int,
+    world: int,
+    device: torch.device,
+    start_time: float,
+    progress: bool,
+    stop_after: int | None,
+) -> dict[str, Any]:
+    ckpt_path = out / CHECKPOINT
 
     train_split = load_dataset(cfg.dataset, "train", cfg.data_dir)
     test_split = load_dataset(cfg.dataset, "test", cfg.data_dir)
@@ -346,7 +434,9 @@ def train(
     if cfg.train_limit:
         x_train, y_train = x_train[: cfg.train_limit], y_train[: cfg.train_limit]
     x_test, y_test = pad_to(test_split.images), test_split.labels
-    device = torch.device(cfg.device)
+    if len(y_train) == 0 or len(y_test) == 0:
+        empty = "training" if len(y_train) == 0 else "test"
+        raise AdntnError(f"the {empty} set of {cfg.dataset} is empty; check --data-dir and train_limit")
     x_train, y_train, x_test, y_test = (t.to(device) for t in (x_train, y_train, x_test, y_test))
 
     t0 = time.perf_counter()
@@ -368,10 +458,7 @@ def train(
     first_epoch = 0
     # What the calls before this one spent, so that a resumed run's summary covers the whole run.
     earlier_wall, earlier_searches = 0.0, 0
-    if resume and ckpt_path.exists():
-        state = _load_checkpoint(ckpt_path, device)
-        if state["config"] != asdict(cfg):
-            raise AdntnError(f"{ckpt_path} was written by a different configuration; resume with the same one")
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -445,6 +532,10 @@ def train(
             _atomic_save(state, ckpt_path)
             with open(out / "metrics.jsonl", "a") as fh:
                 fh.write(json.dumps(row) + "\n")
+            # After every epoch, so that a run stopped any way (a killed job too) reports what it did.
+            wall = earlier_wall + time.perf_counter() - start_time
+            summary = _summary(cfg, model, report, plan_log, earlier_searches + searches, metrics, wall, world)
+            _atomic_write(json.dumps(summary, indent=2), out / "summary.json")
             if progress:
                 print(
                     f"epoch {epoch + 1}: loss {row['train_loss']:.4f} "

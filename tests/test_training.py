@@ -352,6 +352,9 @@ def test_cifar_batches_check_pixel_and_label_ranges_and_take_str_keys(tmp_path):
         (good + 300, [1, 2], r"pixels are whole numbers in 0..255, got int64 values from 300"),
         (good.astype(np.float64) + 0.5, [1, 2], "pixels are whole numbers in 0..255"),
         (good, [1, 10], r"labels must lie in 0..9"),
+        (good, [[1], [2]], r"expected \(N, 3072\) data and N labels"),  # a column: failed inside the loss
+        (good, [1.7, 2.0], "labels are whole numbers"),  # was truncated to 1
+        (good, 3, r"expected \(N, 3072\) data and N labels"),
     ]:
         (root / "test_batch").write_bytes(pickle.dumps({b"data": data, b"labels": labels}))
         with pytest.raises(AdntnError, match=message):
@@ -504,3 +507,122 @@ def test_config_takes_paths_and_numpy_numbers_as_plain_values(tmp_path):
     cfg = TrainConfig.from_dict({"data_dir": tmp_path, "lr": np.float32(0.05), "epochs": np.int64(2)})
     assert cfg.data_dir == str(tmp_path) and type(cfg.lr) is float and type(cfg.epochs) is int
     json.dumps(asdict(cfg))  # written with every run
+
+
+def test_a_run_directory_takes_one_training_at_a_time(tmp_path):
+    import fcntl
+    import os
+
+    out = tmp_path / "run"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)  # as the other training holds it
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(AdntnError, match="another training is writing to"):
+            train(_config(), out, progress=False)
+    finally:
+        os.close(fd)
+    assert list(out.iterdir()) == []
+
+
+def test_a_run_stopped_any_way_has_a_summary_of_its_finished_epochs(tmp_path, monkeypatch):
+    import adntn.train as training
+
+    calls = []
+    real = training.evaluate
+
+    def evaluate_then_die(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # a job killed during its second epoch
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate", evaluate_then_die)
+    cfg = _config(cache=str(tmp_path / "plans.sqlite"), train_limit=64)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", progress=False)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["epochs_done"] == 1 and summary["test_acc"] is not None
+
+
+def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_last_one(tmp_path, monkeypatch):
+    import adntn.train as training
+
+    cfg = _config(cache=str(tmp_path / "plans.sqlite"), train_limit=64)
+    out = tmp_path / "run"
+    train(cfg, out, progress=False, stop_after=1)
+    before = (out / "checkpoint.pt").read_bytes()
+
+    def full_disk(obj, path):
+        with open(path, "wb") as fh:
+            fh.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 56384 vs 56284\nmore")
+
+    monkeypatch.setattr(training.torch, "save", full_disk)
+    with pytest.raises(AdntnError, match=r"cannot write .*checkpoint.pt \(\[enforce fail.*--resume continues"):
+        train(cfg, out, resume=True, progress=False)
+    assert (out / "checkpoint.pt").read_bytes() == before and not (out / "checkpoint.pt.tmp").exists()
+
+
+def test_resume_allows_runtime_settings_and_names_what_differs(tmp_path):
+    cache = str(tmp_path / "plans.sqlite")
+    out = tmp_path / "run"
+    train(_config(cache=cache, train_limit=64), out, progress=False, stop_after=1)
+    with pytest.raises(AdntnError, match=r"different configuration \(lr 0.05 -> 0.1\)"):
+        train(_config(cache=cache, train_limit=64, lr=0.1), out, resume=True, progress=False)
+    done = train(_config(cache=cache, train_limit=64, cache_only=True, threads=2), out, resume=True, progress=False)
+    assert done["epochs_done"] == 2  # --cache-only and another thread count: the same run goes on
+
+
+def test_resume_into_a_folder_with_run_files_but_no_checkpoint_changes_nothing(tmp_path):
+    out = tmp_path / "proj"
+    out.mkdir()
+    (out / "config.json").write_text('{"my": "settings"}')
+    (out / "metrics.jsonl").write_text("keep\n")
+    with pytest.raises(AdntnError, match=r"holds run files but no checkpoint\.pt"):
+        train(_config(), out, resume=True, progress=False, stop_after=1)
+    assert (out / "config.json").read_text() == '{"my": "settings"}' and (out / "metrics.jsonl").read_text() == "keep\n"
+
+
+def test_an_empty_test_set_is_an_error(tmp_path):
+    (tmp_path / "data").mkdir()
+    data = _idx_dir(tmp_path / "data", n_test=0, gz=False)
+    with pytest.raises(AdntnError, match="test set of mnist is empty"):
+        train(_config(dataset="mnist", data_dir=str(data), compress={}), tmp_path / "run", progress=False)
+
+
+def test_a_fresh_download_replaces_a_damaged_uncompressed_copy(tmp_path, monkeypatch):
+    cache = tmp_path / "cache" / "mnist"
+    cache.mkdir(parents=True)
+    _idx_dir(cache, gz=False)
+    (cache / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03 truncated")
+    (tmp_path / "source").mkdir()
+    source = _idx_dir(tmp_path / "source", gz=True)
+    monkeypatch.setenv("ADNTN_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr("adntn.data.SYSTEM_DIRS", {"mnist": tmp_path / "none"})
+    fetched = []
+
+    def fetch(url, path):
+        fetched.append(path.name)
+        path.write_bytes((source / path.name).read_bytes())
+
+    monkeypatch.setattr("adntn.data._fetch", fetch)
+    assert len(load_dataset("mnist", "train").labels) == 40
+    assert len(fetched) == 4
+    assert len(load_dataset("mnist", "train").labels) == 40 and len(fetched) == 4  # repaired for good
+
+
+def test_report_explains_a_run_without_a_finished_epoch_and_names_the_bad_line(tmp_path):
+    from adntn.runreport import load_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    with pytest.raises(AdntnError, match="has not finished an epoch yet"):
+        load_run(run)
+    cfg = _config(cache=str(tmp_path / "plans.sqlite"), train_limit=64)
+    train(cfg, tmp_path / "done", progress=False, stop_after=1)
+    with open(tmp_path / "done" / "metrics.jsonl", "a") as fh:
+        fh.write('{"epoch": 2, "train_lo')
+    with pytest.raises(AdntnError, match=r"metrics\.jsonl line 2"):
+        load_run(tmp_path / "done")
