@@ -265,7 +265,7 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, *, downl
         if not Path(root).is_dir():
             raise AdntnError(f"data directory {root} does not exist; {HOW_TO_GET[name].replace('DIR', str(root))}")
         return load(root, split)
-    cache = Path(os.environ.get("ADNTN_DATA", Path.home() / ".cache" / "adntn" / "data")) / name
+    cache = Path(os.environ.get("ADNTN_DATA") or Path.home() / ".cache" / "adntn" / "data").expanduser() / name
     damaged: AdntnError | None = None
     for candidate in (SYSTEM_DIRS[name], cache):
         # Incomplete or damaged: try the next place, then a fresh download (which replaces a damaged

@@ -295,7 +295,7 @@ class TNLinear(_TNLayer):
                 f"arch={self.arch!r} with these options has none; use mode='auto'"
             )
         self.__dict__["_mode_name"] = value
-        if value == "auto" and not self.auto_modes["cpu"]:
+        if value == "auto":  # again too: the machine's thread count (or the cached timings) may have changed
             self.auto_modes = self._decide()
 
     def __setstate__(self, state: dict[str, Any]) -> None:

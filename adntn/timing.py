@@ -38,7 +38,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from adntn.errors import AdntnError
-from kernels.calibrate import best_seconds, cache_dir, cache_header, cached_entry, stored
+from kernels.calibrate import best_seconds, cache_header, cache_path, cached_entry, stored
 
 VERSION = 3
 LARGE = 1 << 22  # output elements past which a write streams to fresh memory (16 MiB in float32)
@@ -70,7 +70,7 @@ _FREE = {
 
 def cache_file() -> Path:
     """Where the model for torch's current thread count is stored."""
-    return cache_dir() / f"layer-timing-{torch.get_num_threads()}t.json"
+    return cache_path("layer-timing", VERSION)
 
 
 @dataclass(frozen=True)
@@ -253,7 +253,7 @@ WEIGHT_VERSION = 2
 
 def weight_cache_file() -> Path:
     """Where the kernels' measured weight times for torch's current thread count are stored."""
-    return cache_file().with_name(f"kernel-weights-{torch.get_num_threads()}t.json")
+    return cache_path("kernel-weights", WEIGHT_VERSION)
 
 
 def _program_key(generator: Any) -> str:

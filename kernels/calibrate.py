@@ -43,14 +43,28 @@ KEYS = tuple(str(k) for k in _POINTS) + tuple(f"large-{k}" for k in _LARGE_POINT
 
 def cache_dir() -> Path:
     """Where adntn and the kernels keep what they measure: ``$ADNTN_CACHE_DIR``, default ``~/.cache/adntn``."""
-    return Path(os.environ.get("ADNTN_CACHE_DIR") or Path.home() / ".cache" / "adntn")
+    return Path(os.environ.get("ADNTN_CACHE_DIR") or Path.home() / ".cache" / "adntn").expanduser()
+
+
+def cache_path(stem: str, version: int) -> Path:
+    """The timing file ``stem`` for this format ``version``, machine architecture and thread counts.
+
+    Each in a file of its own: processes of another version or architecture sharing the directory
+    (two installs, an NFS home) would otherwise overwrite each other's measurements, and timings
+    taken with the kernels on N numba threads do not price them on fewer.
+    """
+    import torch
+
+    from kernels.numba_cpu import kernel_threads
+
+    threads, kernel = torch.get_num_threads(), kernel_threads()
+    tag = f"{threads}t" if kernel == threads else f"{kernel}k-{threads}t"
+    return cache_dir() / f"{stem}-v{version}-{platform.machine()}-{tag}.json"
 
 
 def cache_file() -> Path:
-    """Where the calibration for torch's current thread count is stored."""
-    import torch
-
-    return cache_dir() / f"kernels-calibration-{torch.get_num_threads()}t.json"
+    """Where the calibration for the current thread counts is stored."""
+    return cache_path("kernels-calibration", VERSION)
 
 
 def best_seconds(fn: Callable[[], Any], reps: int = 5) -> float:

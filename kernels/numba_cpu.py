@@ -16,8 +16,10 @@ torch allows several threads.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -649,6 +651,19 @@ def _blas_libraries() -> Any:  # a threadpoolctl ThreadpoolController
 _BLAS_LOCK = threading.Lock()
 _blas_users = 0
 _blas_limit = None
+
+
+def _after_fork_in_child() -> None:
+    # The forking thread alone survives: a lock another thread held would never be released, and the
+    # users counted would never leave (nor lift the limit they set).
+    global _BLAS_LOCK, _blas_users, _blas_limit
+    if _blas_limit is not None:
+        with contextlib.suppress(Exception):  # the child keeps one BLAS thread rather than failing
+            _blas_limit.restore_original_limits()
+    _BLAS_LOCK, _blas_users, _blas_limit = threading.Lock(), 0, None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kernels.calibrate import cache_dir, cached_entry
+from kernels.calibrate import cache_path, cached_entry
 from kernels.steps import Step, signature
 
 VERSION = 1
@@ -38,7 +38,7 @@ _MEMO: dict[tuple[int, str], dict[str, float]] = {}
 
 def cache_file() -> Path:
     """Where the step timings for torch's current thread count are stored."""
-    return cache_dir() / f"kernel-steps-{torch.get_num_threads()}t.json"
+    return cache_path("kernel-steps", VERSION)
 
 
 def is_tie(prices: tuple[float, float]) -> bool:

@@ -283,3 +283,55 @@ def test_a_backward_under_autocast_runs_in_the_cores_dtype(arch):
     assert w.dtype == torch.float32
     for a, b in zip(grads, expected, strict=True):  # bfloat16 steps would be off by ~1e-2
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _blas_step_in_forked_child():
+    import os
+
+    g = _generator("numba")
+    with torch.no_grad():
+        numba_weight(g, True)
+    from kernels import numba_cpu
+
+    os._exit(0 if numba_cpu._blas_users == 0 else 3)
+
+
+def test_a_child_forked_while_another_thread_runs_the_kernels_does_not_hang():
+    import multiprocessing
+    import threading
+
+    from kernels import numba_cpu
+
+    numba_weight(_generator("numba"), True)  # compiled before the fork
+    held, release = threading.Event(), threading.Event()
+
+    def busy():  # as a thread inside a kernel step at the moment of the fork
+        with numba_cpu._BLAS_LOCK:
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    held.wait()
+    try:
+        child = multiprocessing.get_context("fork").Process(target=_blas_step_in_forked_child)
+        child.start()
+        child.join(timeout=120)
+        hung = child.is_alive()
+        if hung:
+            child.kill()
+    finally:
+        release.set()
+        thread.join()
+    assert not hung and child.exitcode == 0
+
+
+def test_timing_files_name_their_version_machine_and_threads(tmp_path, monkeypatch):
+    import platform
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("ADNTN_CACHE_DIR", "~/timings")
+    assert calibrate.cache_dir() == tmp_path / "timings"  # "~" expanded, as TNPLAN_CACHE_DIR's
+    a, b = calibrate.cache_path("kernel-steps", 1), calibrate.cache_path("kernel-steps", 2)
+    assert a != b and a.parent == tmp_path / "timings"
+    assert platform.machine() in a.name and a.name.endswith(f"-{torch.get_num_threads()}t.json")

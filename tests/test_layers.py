@@ -486,3 +486,12 @@ def test_compress_handles_back_references_and_nested_sharing():
     for _ in range(39):
         deepest = deepest.left
     assert isinstance(deepest.left, TNLinear) and deepest.left is deepest.right
+
+
+def test_setting_auto_again_decides_again(monkeypatch):
+    layer = TNLinear(32, 24, "ttn", bond_dim=2, mode="auto")
+    calls = []
+    monkeypatch.setattr(TNLinear, "_decide", lambda self: calls.append(1) or {"cpu": {}, "cuda": {}})
+    layer.mode = "auto"  # after torch.set_num_threads changed, say
+    layer.mode = "auto"
+    assert calls == [1, 1] and layer.auto_modes == {"cpu": {}, "cuda": {}}
