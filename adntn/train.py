@@ -34,8 +34,6 @@ AMP_MODES = (None, "bf16")
 # Settings that change how a run is executed, not what it computes: a resume may change them (plan on
 # one machine, train with --cache-only on another).
 RUNTIME_KEYS = frozenset({"threads", "cache", "cache_only", "data_dir"})
-# What a run directory holds; a directory holding any of these without a checkpoint has nothing to resume.
-RUN_FILES = ("config.json", "metrics.jsonl", "summary.json")
 
 
 @dataclass
@@ -374,7 +372,7 @@ def train(
     ckpt_path = out / CHECKPOINT
     if out.exists() and any(out.iterdir()) and not resume:
         raise AdntnError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and not ckpt_path.exists() and any((out / name).exists() for name in RUN_FILES):
+    if resume and not ckpt_path.exists() and not _fresh(out):
         # Starting afresh would overwrite those files: an existing run's history, or someone's own.
         raise AdntnError(f"{out} holds run files but no {CHECKPOINT} to resume from; choose another --out")
     device = torch.device(cfg.device)
@@ -388,7 +386,8 @@ def train(
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         lock = _lock(out)
-        if state is None and any(out.iterdir()):  # a run that ended between the check above and the lock
+        taken = not _fresh(out) if resume else any(out.iterdir())
+        if state is None and taken:  # a run that ended between the check above and the lock
             if lock is not None:
                 os.close(lock)
             raise AdntnError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -397,6 +396,22 @@ def train(
     finally:
         if lock is not None:
             os.close(lock)
+
+
+def _fresh(out: Path) -> bool:
+    """Whether ``out`` holds nothing a fresh start would lose: no run files, or only those a run killed
+    in its first epoch leaves (its config and an empty ``metrics.jsonl``)."""
+    if (out / "summary.json").exists():
+        return False
+    try:
+        if (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().strip():
+            return False
+        if (out / "config.json").exists():
+            config = json.loads((out / "config.json").read_text())
+            return isinstance(config, dict) and set(config) <= {f.name for f in fields(TrainConfig)}
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:

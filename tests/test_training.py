@@ -584,6 +584,16 @@ def test_resume_into_a_folder_with_run_files_but_no_checkpoint_changes_nothing(t
     assert (out / "config.json").read_text() == '{"my": "settings"}' and (out / "metrics.jsonl").read_text() == "keep\n"
 
 
+def test_resume_restarts_a_run_killed_in_its_first_epoch(tmp_path):
+    cfg = _config(cache=str(tmp_path / "plans.sqlite"), train_limit=64)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(asdict(cfg)))  # what such a run leaves
+    (out / "metrics.jsonl").write_text("")
+    done = train(cfg, out, resume=True, progress=False, stop_after=1)
+    assert done["epochs_done"] == 1
+
+
 def test_an_empty_test_set_is_an_error(tmp_path):
     (tmp_path / "data").mkdir()
     data = _idx_dir(tmp_path / "data", n_test=0, gz=False)
