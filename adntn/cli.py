@@ -99,10 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report written to {out / 'report.md'} and {out / 'report.html'}")
         return 0
     except KeyboardInterrupt:
-        print(
-            "adntn: interrupted; a training's last epoch checkpoint is intact: --resume continues it",
-            file=sys.stderr,
-        )
+        hint = "; --resume continues from the last finished epoch" if args.command == "train" else ""
+        print(f"adntn: interrupted{hint}", file=sys.stderr)
         return 130
     except BrokenPipeError as exc:
         from tnplan.cli import stdout_reader_gone

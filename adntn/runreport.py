@@ -77,7 +77,10 @@ def load_run(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not (path / "summary.json").exists() and (path / "config.json").is_file():
-        raise AdntnError(f"{path} has not finished an epoch yet (no summary.json); report it after its first epoch")
+        raise AdntnError(
+            f"{path} has no summary.json: no epoch has finished yet, or an older version (which wrote it at "
+            "the end) stopped it; `adntn train ... --resume` writes one"
+        )
     try:
         summary = json.loads((path / "summary.json").read_text())
         lines = (path / "metrics.jsonl").read_text().splitlines()

@@ -8,6 +8,7 @@ of every batch) matches the single-process run on the same data.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -16,6 +17,7 @@ import time
 import tomllib
 import types
 import typing
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -273,12 +275,20 @@ def _lock(out: Path) -> Any:
         import fcntl
     except ImportError:  # Windows
         return None
-    fd = os.open(out, os.O_RDONLY)
+    try:
+        fd = os.open(out, os.O_RDONLY)
+    except OSError as exc:
+        warnings.warn(f"cannot lock {out} ({exc.strerror}); training without the lock", stacklevel=3)
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as exc:
         os.close(fd)
-        raise AdntnError(f"another training is writing to {out}; wait for it or choose another --out") from None
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise AdntnError(f"another training is writing to {out}; wait for it or choose another --out") from None
+        # A file system without flock (some network mounts): train, as before the lock existed.
+        warnings.warn(f"cannot lock {out} ({exc.strerror}); training without the lock", stacklevel=3)
+        return None
     return fd
 
 
@@ -474,9 +484,10 @@ def _train(
     # What the calls before this one spent, so that a resumed run's summary covers the whole run.
     earlier_wall, earlier_searches = 0.0, 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        # Popped: the caller's reference to the checkpoint must not keep a second copy of the weights.
+        model.load_state_dict(state.pop("model"))
+        opt.load_state_dict(state.pop("optimizer"))
+        sched.load_state_dict(state.pop("scheduler"))
         metrics = state["metrics"]
         first_epoch = state["epoch"] + 1
         # Checkpoints written before these totals were kept count from this call on.

@@ -628,7 +628,7 @@ def test_report_explains_a_run_without_a_finished_epoch_and_names_the_bad_line(t
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text("{}")
-    with pytest.raises(AdntnError, match="has not finished an epoch yet"):
+    with pytest.raises(AdntnError, match=r"has no summary\.json: no epoch has finished yet"):
         load_run(run)
     cfg = _config(cache=str(tmp_path / "plans.sqlite"), train_limit=64)
     train(cfg, tmp_path / "done", progress=False, stop_after=1)
@@ -636,3 +636,30 @@ def test_report_explains_a_run_without_a_finished_epoch_and_names_the_bad_line(t
         fh.write('{"epoch": 2, "train_lo')
     with pytest.raises(AdntnError, match=r"metrics\.jsonl line 2"):
         load_run(tmp_path / "done")
+
+
+def test_a_file_system_without_flock_trains_with_a_warning(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    cfg = _config(cache=str(tmp_path / "plans.sqlite"), train_limit=64)
+    with pytest.warns(UserWarning, match="training without the lock"):
+        done = train(cfg, tmp_path / "run", progress=False, stop_after=1)
+    assert done["epochs_done"] == 1
+
+
+def test_a_resumed_run_does_not_keep_the_checkpoints_weights(tmp_path, monkeypatch):
+    import adntn.train as training
+
+    cfg = _config(cache=str(tmp_path / "plans.sqlite"), train_limit=64)
+    train(cfg, tmp_path / "run", progress=False, stop_after=1)
+    loaded = []
+    real = training._load_checkpoint
+    monkeypatch.setattr(training, "_load_checkpoint", lambda *a: loaded.append(real(*a)) or loaded[-1])
+    train(cfg, tmp_path / "run", resume=True, progress=False)
+    # The caller's reference to the checkpoint held a second copy of the model for the whole run.
+    assert len(loaded) == 1 and not {"model", "optimizer", "scheduler"} & loaded[0].keys()
