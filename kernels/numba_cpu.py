@@ -651,12 +651,14 @@ def _blas_libraries() -> Any:  # a threadpoolctl ThreadpoolController
 _BLAS_LOCK = threading.Lock()
 _blas_users = 0
 _blas_limit = None
+_forks = 0  # forks this process descends from: a user counted before the last one is not counted here
 
 
 def _after_fork_in_child() -> None:
     # The forking thread alone survives: a lock another thread held would never be released, and the
     # users counted would never leave (nor lift the limit they set).
-    global _BLAS_LOCK, _blas_users, _blas_limit
+    global _BLAS_LOCK, _blas_users, _blas_limit, _forks
+    _forks += 1
     if _blas_limit is not None:
         with contextlib.suppress(Exception):  # the child keeps one BLAS thread rather than failing
             _blas_limit.restore_original_limits()
@@ -676,11 +678,14 @@ def _one_blas_thread() -> Iterator[None]:
         if _blas_users == 0:
             _blas_limit = _blas_libraries().limit(limits=1)
         _blas_users += 1
+        generation = _forks
     try:
         yield
     finally:
         with _BLAS_LOCK:
-            _blas_users -= 1
-            if _blas_users == 0:
-                _blas_limit.restore_original_limits()
-                _blas_limit = None
+            # Unless this thread forked inside: the child's count was reset without it.
+            if generation == _forks:
+                _blas_users -= 1
+                if _blas_users == 0:
+                    _blas_limit.restore_original_limits()
+                    _blas_limit = None

@@ -335,3 +335,14 @@ def test_timing_files_name_their_version_machine_and_threads(tmp_path, monkeypat
     a, b = calibrate.cache_path("kernel-steps", 1), calibrate.cache_path("kernel-steps", 2)
     assert a != b and a.parent == tmp_path / "timings"
     assert platform.machine() in a.name and a.name.endswith(f"-{torch.get_num_threads()}t.json")
+
+
+def test_a_thread_that_forks_inside_a_blas_step_leaves_its_child_counting_from_zero():
+    from kernels import numba_cpu
+
+    with numba_cpu._one_blas_thread():
+        numba_cpu._after_fork_in_child()  # what the child of a fork here runs; it then leaves the step
+    assert numba_cpu._blas_users == 0 and numba_cpu._blas_limit is None
+    with numba_cpu._one_blas_thread():  # limits BLAS again, and restores it on leaving
+        assert numba_cpu._blas_users == 1 and numba_cpu._blas_limit is not None
+    assert numba_cpu._blas_users == 0 and numba_cpu._blas_limit is None
