@@ -275,21 +275,19 @@ def _lock(out: Path) -> Any:
         import fcntl
     except ImportError:  # Windows
         return None
+    fd = None
     try:
         fd = os.open(out, os.O_RDONLY)
-    except OSError as exc:
-        warnings.warn(f"cannot lock {out} ({exc.strerror}); training without the lock", stacklevel=3)
-        return None
-    try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
     except OSError as exc:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise AdntnError(f"another training is writing to {out}; wait for it or choose another --out") from None
         # A file system without flock (some network mounts): train, as before the lock existed.
         warnings.warn(f"cannot lock {out} ({exc.strerror}); training without the lock", stacklevel=3)
         return None
-    return fd
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int) -> tuple[Any, Any]:
@@ -380,11 +378,8 @@ def train(
     torch.set_num_threads(cfg.threads)
     start_time = time.perf_counter()
     ckpt_path = out / CHECKPOINT
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise AdntnError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if resume and not ckpt_path.exists() and not _fresh(out):
-        # Starting afresh would overwrite those files: an existing run's history, or someone's own.
-        raise AdntnError(f"{out} holds run files but no {CHECKPOINT} to resume from; choose another --out")
+    if not (resume and ckpt_path.exists()):
+        _check_free(out, resume)
     device = torch.device(cfg.device)
     state = None
     if resume and ckpt_path.exists():
@@ -396,16 +391,31 @@ def train(
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         lock = _lock(out)
-        taken = not _fresh(out) if resume else any(out.iterdir())
-        if state is None and taken:  # a run that ended between the check above and the lock
+        try:
+            if state is None:  # again: a run may have ended between the check above and the lock
+                _check_free(out, resume)
+        except AdntnError:
             if lock is not None:
                 os.close(lock)
-            raise AdntnError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+            raise
     try:
         return _train(cfg, out, state, rank, world, device, start_time, progress, stop_after)
     finally:
         if lock is not None:
             os.close(lock)
+
+
+def _check_free(out: Path, resume: bool) -> None:
+    """Refuse to start a fresh run in ``out`` where it would overwrite files: another run's history, or
+    someone's own.
+
+    Raises:
+        AdntnError: Saying why and what to do.
+    """
+    if not resume and out.exists() and any(out.iterdir()):
+        raise AdntnError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if resume and not _fresh(out):
+        raise AdntnError(f"{out} holds run files but no {CHECKPOINT} to resume from; choose another --out")
 
 
 def _fresh(out: Path) -> bool:
