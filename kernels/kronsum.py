@@ -119,8 +119,9 @@ def kron_stream(
         a: ``(R, M, P)``.
         b: ``(R, N, Q)``.
         backend: ``"triton"`` (the fused kernels; CUDA tensors, or CPU tensors under
-            ``TRITON_INTERPRET=1``), ``"torch"`` (:func:`reference`) or ``"auto"`` (Triton where it runs:
-            see :func:`unsupported`).
+            ``TRITON_INTERPRET=1``), ``"torch"`` (torch products: on the CPU in cache-sized blocks of
+            rows, :func:`kernels.kronsum_cpu.kron_rows`; elsewhere :func:`reference`) or ``"auto"``
+            (Triton where it runs: see :func:`unsupported`).
         config: Launch settings for the Triton kernels (:data:`DEFAULT_CONFIG` when ``None``): the
             :data:`KNOBS` for all kernels, a dict of them under a kernel's name (:data:`KERNELS`;
             ``forward`` also computes ``X̄``) for that kernel, ``programs`` for the reductions, and
@@ -139,7 +140,7 @@ def kron_stream(
     _check(x, a, b)
     reason = unsupported(x, a, b)
     if backend == "torch" or (backend == "auto" and reason is not None):
-        return reference(x, a, b)
+        return _torch_route(x, a, b)
     if reason is not None:
         raise KernelsError(f"{reason}; use backend='torch' (or 'auto', which falls back to it)")
     config = dict(DEFAULT_CONFIG if config is None else config)
@@ -151,6 +152,22 @@ def kron_stream(
         # in slices of rows (still differentiable; each slice its own launches).
         return torch.cat([_launch(part, a, b, text) for part in x.split(per_launch)])
     return _launch(x, a, b, text)
+
+
+def _torch_route(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The torch route: on the CPU (and on meta tensors, which the CPU mode model traces) in
+    cache-sized blocks of rows (:mod:`kernels.kronsum_cpu`), elsewhere :func:`reference`."""
+    if x.device.type not in ("cpu", "meta") or transformed(x, a, b) or _traced():
+        # The blocks' autograd node has no vmap or jvp rule, and a trace would record their loop for one
+        # batch size; torch.compile plans the reference's memory itself.
+        return reference(x, a, b)
+    from kernels.kronsum_cpu import kron_rows
+
+    return kron_rows(x, a, b)
+
+
+def _traced() -> bool:
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def _launch(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, text: str) -> torch.Tensor:
@@ -262,7 +279,7 @@ def _backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     if torch.is_grad_enabled():
         # create_graph=True (Hessian-vector products, gradient penalties): the reduction kernels have no
         # derivative of their own, so these gradients come from the reference contraction, differentiably.
-        return (*_reference_grads(x, a, b, dy, ctx.needs_input_grad[:3]), None)
+        return (*reference_grads(x, a, b, dy, ctx.needs_input_grad[:3]), None)
     config = json.loads(ctx.config)
     dy = dy.contiguous()
     need_x, need_a, need_b, _ = ctx.needs_input_grad
@@ -293,10 +310,11 @@ def _backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
 _forward_op.register_autograd(_backward, setup_context=_save)
 
 
-def _reference_grads(
+def reference_grads(
     x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dy: torch.Tensor, needed: tuple[bool, ...]
 ) -> list[torch.Tensor | None]:
-    """The gradients of :func:`reference` in the operands ``needed``, with their own graph."""
+    """The gradients of :func:`reference` in the operands ``needed``, with their own graph (for a
+    backward under ``create_graph=True``, which the fused routes cannot differentiate again)."""
     operands = [t for t, need in zip((x, a, b), needed, strict=True) if need]
     found = iter(torch.autograd.grad(reference(x, a, b), operands, dy, create_graph=True, allow_unused=True))
     return [next(found) if need else None for need in needed]

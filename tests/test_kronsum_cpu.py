@@ -1,0 +1,169 @@
+"""The Kronecker-sum stream on the CPU in cache-sized blocks of rows (kernels.kronsum_cpu)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels.kronsum_cpu as kc
+from kernels.kronsum import kron_stream, reference
+
+torch.set_num_threads(1)
+
+
+def _operands(rows, r, m, p, n, q, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(shape, generator=g, dtype=dtype, requires_grad=True)
+        for shape in ((rows, p, q), (r, m, p), (r, n, q))
+    ]
+
+
+def _rel(u: torch.Tensor, v: torch.Tensor) -> float:
+    return float((u - v).detach().norm() / v.detach().norm())
+
+
+def _blocked(y: torch.Tensor) -> bool:
+    return type(y.grad_fn).__name__ == "_KronRowsBackward"
+
+
+@pytest.mark.parametrize(
+    ("rows", "r", "m", "p", "n", "q", "block_bytes"),
+    [
+        (37, 3, 6, 3, 4, 5, 3 * 3 * 4 * 8 * 3),  # from X Bᵀ, blocks of 3 rows (dA a row at a time), a ragged end
+        (53, 2, 6, 3, 4, 5, 3 * 2 * 4 * 8 * 9),  # blocks of 9 rows: dA one product a block
+        (29, 3, 3, 9, 8, 4, 3 * 4 * 3 * 8 * 4),  # from A X (fewer flops), blocks of 4 rows
+        (40, 2, 3, 5, 40, 6, 3 * 5 * 2 * 8),  # B larger than a block: backward blocks of 4 rows sum >= MIN_SUM into dB
+        (0, 2, 3, 3, 3, 3, 1 << 20),  # no rows
+    ],
+)
+def test_blocks_match_the_reference_forward_and_gradients(monkeypatch, rows, r, m, p, n, q, block_bytes):
+    monkeypatch.setattr(kc, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(kc, "MIN_SUM", 16)
+    x, a, b = _operands(rows, r, m, p, n, q, seed=rows)
+    y = kron_stream(x, a, b, backend="torch")
+    assert _blocked(y) and y.shape == (rows, m, n)
+    dy = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, a, b), dy)
+    want_y = reference(x, a, b)
+    want = torch.autograd.grad(want_y, (x, a, b), dy)
+    if rows:
+        assert _rel(y, want_y) < 1e-12
+        for g, w in zip(got, want, strict=True):
+            assert _rel(g, w) < 1e-12
+    else:
+        assert all(torch.count_nonzero(g) == 0 for g in got)
+
+
+def test_block_sizes_follow_the_cache_and_the_gradient_sums(monkeypatch):
+    # 64-wide halves at bond 13 (TTN χ=13, 4096x4096): 53,248 floats a row, 4 rows to a MiB.
+    assert kc.block_rows(64, 64, 64, 64, 13, 4) == 4
+    assert kc.block_rows(64, 64, 64, 64, 13, 8) == 2
+    # A row larger than a block still makes a block of one.
+    assert kc.block_rows(512, 64, 64, 512, 16, 4) == 1
+    # B (R N x Q) of 8 MB: the backward sums MIN_SUM rows of P = 8 terms into it per block.
+    assert kc.block_rows(8, 512, 8, 512, 8, 4) == 8
+    assert kc.block_rows(8, 512, 8, 512, 8, 4, backward=True) == kc.MIN_SUM // 8
+
+
+@pytest.mark.parametrize(
+    ("shape", "want"),
+    [
+        ((64, 64, 64, 64, 13), False),  # TTN root of 64-wide halves: either start, the same flops
+        ((8, 512, 8, 512, 8), None),  # MERA χ=8 root, 8x8 and 512x512 factors: a 512-term start, or B every row
+        ((224, 112, 64, 64, 9), True),  # MERA χ=3 25088x4096: from A X, fewer flops
+        ((512, 49, 256, 16, 24), None),  # TTN χ=24 25088x4096: A (12 MB) re-read by every row: no blocks
+        ((16, 1568, 8, 512, 14), None),  # MERA χ=14 25088x4096: a 1568-term start, or B (45 MB) every row
+    ],
+)
+def test_plan_mirror_picks_the_start_or_no_blocks(shape, want):
+    p, q, m, n, r = shape
+    assert kc.plan_mirror(p, q, m, n, r, 4) is want
+
+
+def test_factors_with_no_paying_start_take_the_reference():
+    x, a, b = _operands(3, 2, 4, 300, 5, 300, seed=1)  # both first products sum 300 terms
+    y = kron_stream(x, a, b, backend="torch")
+    assert not _blocked(y)
+    assert torch.equal(y, reference(x, a, b))
+
+
+@pytest.mark.parametrize("needed", [(True, False, False), (False, True, True), (False, False, True)])
+def test_only_the_needed_gradients_are_computed(needed):
+    ops = _operands(11, 2, 6, 5, 4, 7, seed=2)
+    for t, need in zip(ops, needed, strict=True):
+        t.requires_grad_(need)
+    wanted = [t for t in ops if t.requires_grad]
+    y = kron_stream(*ops, backend="torch")
+    got = torch.autograd.grad(y.square().sum(), wanted)
+    want = torch.autograd.grad(reference(*ops).square().sum(), wanted)
+    for g, w in zip(got, want, strict=True):
+        assert _rel(g, w) < 1e-12
+
+
+def test_the_node_keeps_only_its_operands():
+    # The bond-sized intermediate (R times the input) is recomputed in the backward, never saved.
+    x, a, b = _operands(9, 4, 6, 5, 6, 5, seed=3)
+    y = kron_stream(x, a, b, backend="torch")
+    saved = y.grad_fn.saved_tensors
+    assert [t.shape for t in saved] == [x.shape, a.shape, b.shape]
+
+
+def test_create_graph_gives_the_references_second_derivatives():
+    x, a, b = _operands(6, 2, 5, 4, 3, 6, seed=4)
+    v = [torch.randn_like(t) for t in (x, a, b)]
+
+    def hvp(fn):
+        grads = torch.autograd.grad(fn(x, a, b).square().sum(), (x, a, b), create_graph=True)
+        dot = sum((g * w).sum() for g, w in zip(grads, v, strict=True))
+        return torch.autograd.grad(dot, (x, a, b))
+
+    for g, w in zip(hvp(lambda *t: kron_stream(*t, backend="torch")), hvp(reference), strict=True):
+        assert _rel(g, w) < 1e-12
+
+
+def test_an_input_changed_in_place_before_backward_is_refused():
+    x, a, b = _operands(5, 2, 4, 3, 4, 3, seed=5)
+    y = kron_stream(x, a * 1, b, backend="torch")
+    with torch.no_grad():
+        x.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_same_inputs_give_identical_bits():
+    x, a, b = _operands(33, 3, 8, 6, 8, 6, seed=6, dtype=torch.float32)
+    runs = []
+    for _ in range(2):
+        y = kron_stream(x, a, b, backend="torch")
+        runs.append([y, *torch.autograd.grad(y.square().sum(), (x, a, b))])
+    for u, v in zip(*runs, strict=True):
+        assert torch.equal(u, v)
+
+
+def test_a_non_contiguous_input_and_output_gradient():
+    x, a, b = _operands(7, 2, 5, 4, 6, 3, seed=7)
+    xt = x.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    assert not xt.is_contiguous()
+    y = kron_stream(xt, a, b, backend="torch")
+    dy = torch.randn(6, 7, 5, dtype=torch.float64).permute(1, 2, 0)
+    got = torch.autograd.grad(y, (xt, a, b), dy)
+    want = torch.autograd.grad(reference(x, a, b), (x, a, b), dy)
+    for g, w in zip(got, want, strict=True):
+        assert _rel(g, w) < 1e-12
+
+
+def test_torch_func_transforms_take_the_reference():
+    x, a, b = (t.detach() for t in _operands(4, 2, 3, 5, 3, 4, seed=8))
+    got = torch.func.grad(lambda a_: kron_stream(x, a_, b, backend="torch").square().sum())(a)
+    want = torch.func.grad(lambda a_: reference(x, a_, b).square().sum())(a)
+    assert _rel(got, want) < 1e-12
+
+
+def test_meta_tensors_trace_the_blocks_forward_and_backward():
+    # The CPU mode model (adntn/timing.py) traces the torch route on meta tensors.
+    x, a, b = (torch.empty(s, device="meta", requires_grad=True) for s in ((10, 64, 64), (13, 64, 64), (13, 64, 64)))
+    y = kron_stream(x, a, b, backend="torch")
+    assert _blocked(y) and y.shape == (10, 64, 64)
+    y.backward(torch.empty_like(y))
+    assert x.grad.shape == x.shape and a.grad.shape == a.shape and b.grad.shape == b.shape
