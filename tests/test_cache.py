@@ -17,6 +17,7 @@ import tnplan
 from tnplan.cache import CacheOptions, CacheWarning, PlanCache
 from tnplan.canonical import canonical, match
 from tnplan.cli import main
+from tnplan.cost import ssa_to_linear
 from tnplan.examples import lattice_2d, mera, random_regular, scrambled, ttn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -557,3 +558,26 @@ def test_a_stored_plan_over_its_limits_is_dropped_and_planned_again(tmp_path: Pa
     with pytest.warns(CacheWarning, match="over max_size"):
         capped = tnplan.plan(net, max_size=free.peak_size - 1, max_time=0.5, cache=path)
     assert capped.cache_status == "miss" and capped.peak_size < free.peak_size
+
+
+def test_under_minimize_size_equal_peaks_keep_the_plan_with_fewer_flops(tmp_path: Path) -> None:
+    net = random_regular(10, 3, 2, seed=3)
+    n = net.num_tensors
+    rng = np.random.default_rng(0)
+    by_peak: dict[int, list] = {}
+    for _ in range(200):
+        order = [int(i) for i in rng.permutation(n)]
+        ssa, last = [], order[0]  # absorb the tensors one by one, in a random order
+        for k, t in enumerate(order[1:]):
+            ssa.append((last, t))
+            last = n + k
+        p = tnplan.from_path(net, ssa_to_linear(ssa, n))
+        by_peak.setdefault(p.peak_size, []).append(p)
+    peak, plans = next((k, v) for k, v in by_peak.items() if len({p.flops for p in v}) > 1)
+    cheap, dear = min(plans, key=lambda p: p.flops), max(plans, key=lambda p: p.flops)
+    assert cheap.peak_size == dear.peak_size == peak and cheap.flops < dear.flops
+    cache, options = PlanCache(tmp_path / "c.sqlite"), CacheOptions(minimize="size")
+    assert cache.put(dear, options)
+    assert cache.put(cheap, options)
+    assert not cache.put(dear, options)
+    assert PlanCache(cache.path).get(net, options).flops == cheap.flops

@@ -166,3 +166,51 @@ def test_a_resized_tree_equals_a_tree_rebuilt_on_the_new_sizes() -> None:
             s_c = math.fsum(rebuilt.flops[v] for v in nodes if i in involved[v])
             naive.append((s_c + rebuilt.sizes[i] * (total - s_c), i))
         assert cut_costs(tree, candidates) == naive
+
+
+@pytest.mark.parametrize("minimize", ["flops", "size", "write", "combo"])
+def test_a_sliced_tree_is_scored_in_the_callers_objective(minimize) -> None:
+    # Candidates sliced to a cap are ranked against refined ones in one pool, so each must carry the
+    # objective itself: slice_legs returned flops x slices for "size", refined trees peak x slices.
+    from tnplan.cost import leaf_legs, score_path, size_tie
+    from tnplan.greedy import greedy_ssa
+    from tnplan.slicing import slice_legs
+
+    net = random_regular(16, 3, 4, seed=5)
+    legs, sizes = leaf_legs(net), [float(s) for s in net.int_sizes]
+    ssa = greedy_ssa(legs, net.int_output, sizes)
+    target = score_path(net, ssa).peak_size / 8
+    path, sliced, cost = slice_legs(legs, net.int_output, sizes, ssa, target, minimize)
+    assert sliced
+    scored = score_path(net, path, sliced)
+    # The peak size is every slice's; equal peaks rank by the flops of all slices.
+    peak = scored.peak_size + size_tie(scored.flops)
+    want = {"flops": scored.flops, "size": peak, "write": scored.write, "combo": scored.combo}
+    assert math.isclose(cost, want[minimize], rel_tol=1e-12)
+
+
+def test_minimize_size_under_a_cap_breaks_equal_peaks_by_flops() -> None:
+    # Every tree sliced to the cap ends at the cap's peak; ranked by the peak alone, the first one
+    # found would win (256 slices and 46x the flops of the plan minimising flops under this cap).
+    net = mera(16, 4, closed=True)
+    target = tnplan.plan(net, max_time=1, cache=False).peak_size // 4
+    by_size = tnplan.plan(net, max_time=2, max_size=target, minimize="size", cache=False)
+    by_flops = tnplan.plan(net, max_time=2, max_size=target, cache=False)
+    assert by_size.peak_size <= min(target, by_flops.peak_size)
+    assert by_size.flops <= 2 * by_flops.flops
+
+
+def test_size_tie_orders_equal_peaks_by_flops_and_never_reorders_peaks() -> None:
+    from tnplan.cost import over_slices, size_tie
+
+    ties = [size_tie(f) for f in (0, 1, 10, 1e6, 1e12, 1e30, 1e300)]
+    assert ties == sorted(ties) and len(set(ties)) == len(ties)
+    assert ties[0] >= 0 and ties[-1] < 0.5
+    # A peak one element larger always ranks after, whatever the flops; equal peaks rank by flops
+    # while a float resolves the tie (2^40 elements: 8 TB in float64).
+    for peak in (1.0, 4096.0, 2.0**40, 2.0**50, 2.0**60):
+        assert over_slices(peak, 1e9, "size", 1e300) < over_slices(2 * peak, 1, "size", 0)
+        assert over_slices(peak, 1e9, "size", 1e300) <= over_slices(peak + 1, 1, "size", 0)
+    for peak in (1.0, 4096.0, 2.0**40):
+        assert over_slices(peak, 4, "size", 1e6) < over_slices(peak, 1, "size", 1e7)
+    assert over_slices(3.0, 4, "flops") == 12.0

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from tnplan.canonical import KEY_VERSION, canonical, match
-from tnplan.cost import OBJECTIVES, score_path
+from tnplan.cost import OBJECTIVES, rank_key, score_path
 from tnplan.errors import PlanError, TnplanError
 from tnplan.network import Network
 
@@ -514,31 +514,34 @@ class PlanCache:
             json.dumps(canon.tensor_order.tolist()),
             json.dumps(canon.index_order.tolist()),
         )
-        stored = self._run(self._store, key, canon.form, network, opt, net_text, data, plan, cost, effort, alias)
+        stored = self._run(
+            self._store, key, canon.form, network, opt, net_text, data, plan, cost, options.minimize, effort, alias
+        )
         self._rows.pop(key, None)
         if stored:
             self._memo[(network, opt)] = (replace(plan, cache_status="hit"), effort)
         return stored
 
-    def _store(self, conn, key, form, network, opt, net_text, data, plan, cost, effort, alias) -> bool:
+    def _store(self, conn, key, form, network, opt, net_text, data, plan, cost, minimize, effort, alias) -> bool:
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         try:
             same = None
-            for row_form, row_net, row_cost, row_effort, row_optimal in conn.execute(
-                "SELECT form, network, cost, effort, optimal FROM plans WHERE key = ?", (key,)
+            for row_form, row_net, row_cost, row_flops, row_effort, row_optimal in conn.execute(
+                "SELECT form, network, cost, flops, effort, optimal FROM plans WHERE key = ?", (key,)
             ).fetchall():
                 if row_form == form:
-                    same = (row_form, row_cost, row_effort, row_optimal)
+                    same = (row_form, rank_key(row_cost, int(row_flops), minimize), row_effort, row_optimal)
                     break
                 try:
                     if match(_decode_network(row_net), network) is not None:
-                        same = (row_form, row_cost, row_effort, row_optimal)
+                        same = (row_form, rank_key(row_cost, int(row_flops), minimize), row_effort, row_optimal)
                         break
                 except (ValueError, TypeError, KeyError, TnplanError):
                     continue
             # A plan proven optimal also replaces an unproven one of the same cost.
-            if same is not None and not (cost < same[1] or (cost == same[1] and plan.optimal and not same[3])):
+            rank = rank_key(cost, plan.flops, minimize)
+            if same is not None and not (rank < same[1] or (rank == same[1] and plan.optimal and not same[3])):
                 if effort > same[2]:
                     conn.execute("UPDATE plans SET effort = ? WHERE key = ? AND form = ?", (effort, key, same[0]))
                 conn.execute("COMMIT")

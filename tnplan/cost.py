@@ -491,6 +491,31 @@ def score_linear_path(network: Network, path: Sequence[Sequence[int]], sliced: I
     return score_path(network, ssa, sliced)
 
 
+def over_slices(per_slice: float, n_slices: float, minimize: str, flops: float = 0.0) -> float:
+    """The objective of a sliced contraction from one slice's: flops, writes and combo add up over the
+    slices; the peak size (``"size"``) is every slice's own, so it is not multiplied.
+
+    Under a size cap most sliced trees end with the same peak (the cap), so for ``"size"`` the total
+    ``flops`` (over all slices) break ties: they add :func:`size_tie`, less than half an element.
+    """
+    if minimize == "size":
+        return per_slice + size_tie(flops)
+    return per_slice * n_slices
+
+
+def size_tie(flops: float) -> float:
+    """A tie-break in ``[0, 0.5)`` that grows with ``flops``: added to a peak size (a whole number of
+    elements) it never reorders different peaks, and orders equal ones by flops while a float
+    resolves the difference (peaks up to about 2^40 elements)."""
+    return 0.5 * (1.0 - 1.0 / (1.0 + math.log2(1.0 + max(flops, 0.0)) / 128.0))
+
+
+def rank_key(value: float, flops: float, minimize: str) -> tuple[float, float]:
+    """How plans of one network rank for ``minimize``: by the objective's ``value``, and for ``"size"``
+    then by ``flops`` (most trees under a cap share its peak; without the flops one may run 46x them)."""
+    return (float(value), float(flops) if minimize == "size" else 0.0)
+
+
 def legs_path_cost(
     legs: Sequence[Sequence[int]],
     output: frozenset[int] | set[int],

@@ -36,7 +36,7 @@ import numpy as np
 
 from tnplan.cache import CacheOptions, CacheWarning, PlanCache
 from tnplan.cache import resolve as resolve_cache
-from tnplan.cost import OBJECTIVES, input_elements, itemsize, leaf_legs, score_path
+from tnplan.cost import OBJECTIVES, input_elements, itemsize, leaf_legs, over_slices, rank_key, score_path
 from tnplan.errors import PlanError
 from tnplan.network import Network
 from tnplan.plan import Plan
@@ -387,10 +387,9 @@ def plan(
     )
     if store is None:
         return result
-    if cached is not None and (
-        cached.costs.objective(minimize) < costs.objective(minimize)
-        or (cached.costs.objective(minimize) == costs.objective(minimize) and cached.optimal >= optimal)
-    ):
+    old_rank = None if cached is None else rank_key(cached.costs.objective(minimize), cached.flops, minimize)
+    new_rank = rank_key(costs.objective(minimize), costs.flops, minimize)
+    if old_rank is not None and (old_rank < new_rank or (old_rank == new_rank and cached.optimal >= optimal)):
         # The stored plan is cheaper, or as cheap and as proven: keep it (and record the longer search behind it).
         result = replace(cached, dtype=dtype_name, cache_status="miss", planning_time=result.planning_time)
     try:
@@ -461,10 +460,8 @@ def _search_task(task: tuple):
     budget = _Budget(time.perf_counter() + max(left, 0.0), nominal, fixed)
     result = _search(legs, output, sizes, minimize, budget, repeats, seed, target, seeds, exact)
     ssa, sliced = result[0], result[1]
-    from tnplan.cost import legs_path_cost
 
-    cut = _cut_sizes(sizes, sliced)
-    return legs_path_cost(legs, output, cut, ssa, minimize) * _n_slices(sizes, tuple(sliced)), result
+    return _sliced_cost(legs, output, sizes, ssa, tuple(sliced), minimize), result
 
 
 def size_target(network: Network, memory_limit: int | None, max_size: int | None, dtype: str) -> float | None:
@@ -626,7 +623,8 @@ def _sliced_search(
             legs, output, cut_sizes, minimize, sub, sub_cost, phase, max(1, repeats // 3), seed + 1 + k, target, None
         )
         merged = tuple(sorted(set(cuts) | set(found.sliced)))
-        cand = _Candidate(found.cost * _n_slices(sizes, cuts), found.ssa, found.method + "+cut", merged)
+        cost = _sliced_cost(legs, output, sizes, found.ssa, merged, minimize)
+        cand = _Candidate(cost, found.ssa, found.method + "+cut", merged)
         results.append(_Searched(cand, cuts))
         pool.offer(cand)
 
@@ -950,7 +948,8 @@ def _deep_refine(
             climbing.append((cand, tree_of(cand)))
 
     def cost_of(cand: _Candidate, tree: Tree) -> float:
-        return tree.total(minimize) * _n_slices(sizes, cand.sliced)
+        n = _n_slices(sizes, cand.sliced)
+        return over_slices(tree.total(minimize), n, minimize, tree.total("flops") * n)
 
     def offer(cand: _Candidate, tree: Tree) -> None:
         new = _Candidate(cost_of(cand, tree), tree.ssa_path(), cand.method.removesuffix("+refine") + "+refine",
@@ -1010,6 +1009,15 @@ def _rebracket_seconds(n: int) -> float:
 def _in_time(n: int, deadline: float) -> bool:
     """Whether an interval DP still ends before the deadline (it only binds when the budget is spent)."""
     return _rebracket_seconds(n) <= deadline - time.perf_counter()
+
+
+def _sliced_cost(legs, output, sizes, ssa, sliced: tuple[int, ...], minimize: str) -> float:
+    """The objective of a tree run with ``sliced`` cut, over all its slices (:func:`tnplan.cost.over_slices`)."""
+    from tnplan.cost import legs_path_cost
+
+    cut, n = _cut_sizes(sizes, sliced), _n_slices(sizes, sliced)
+    flops = legs_path_cost(legs, output, cut, ssa, "flops") * n if minimize == "size" else 0.0
+    return over_slices(legs_path_cost(legs, output, cut, ssa, minimize), n, minimize, flops)
 
 
 def _n_slices(sizes: list[float], sliced: tuple[int, ...]) -> float:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tnplan.cost import input_elements, leaf_legs, score_path
+from tnplan.cost import input_elements, leaf_legs, over_slices, score_path
 from tnplan.errors import PlanError
 from tnplan.network import Network
 from tnplan.tree import Tree
@@ -91,7 +91,8 @@ def slice_legs(
     under the cap after each cut.
 
     Returns:
-        The new SSA path, the sliced index ids, and the objective summed over all slices.
+        The new SSA path, the sliced index ids, and the objective ``minimize`` over all slices
+        (:func:`tnplan.cost.over_slices`).
     """
     original = [float(x) for x in sizes]
     cur = list(original)
@@ -125,7 +126,10 @@ def slice_legs(
         else:
             tree.resize(c, 1.0)
     n_slices = math.prod(original[i] for i in sliced)
-    return tree.ssa_path(), tuple(sorted(sliced)), tree.total(local) * n_slices
+    # Re-optimised for flops under the cap, but scored in the caller's objective, as every other
+    # candidate it is ranked against.
+    cost = over_slices(tree.total(minimize), n_slices, minimize, tree.total("flops") * n_slices)
+    return tree.ssa_path(), tuple(sorted(sliced)), cost
 
 
 def fits(
