@@ -54,11 +54,19 @@ GEMM_SHAPES = (
 )  # fmt: skip
 COPY_SIZES = (1 << 16, 1 << 24)  # elements of a permuting copy: in cache, and to fresh memory
 _GRID = (0.0, 0.5, 2.0, 8.0, 32.0)  # candidate dm, dk, dn
+# Each product's overload -> where its two factors start in args (the out= and in-place forms the
+# Kronecker sum's blocked CPU route runs are products too, not memory operations).
 _MM = {
     torch.ops.aten.mm.default: 0,
+    torch.ops.aten.mm.out: 0,
     torch.ops.aten.bmm.default: 0,
+    torch.ops.aten.bmm.out: 0,
     torch.ops.aten.addmm.default: 1,
+    torch.ops.aten.addmm.out: 1,
+    torch.ops.aten.addmm_.default: 1,
     torch.ops.aten.baddbmm.default: 1,
+    torch.ops.aten.baddbmm.out: 1,
+    torch.ops.aten.baddbmm_.default: 1,
 }
 # Operations that allocate without writing, or only describe memory (_unsafe_view shares its input's
 # storage, though its schema does not say it is a view).

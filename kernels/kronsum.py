@@ -157,9 +157,10 @@ def kron_stream(
 def _torch_route(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The torch route: on the CPU (and on meta tensors, which the CPU mode model traces) in
     cache-sized blocks of rows (:mod:`kernels.kronsum_cpu`), elsewhere :func:`reference`."""
-    if x.device.type not in ("cpu", "meta") or transformed(x, a, b) or _traced():
+    if x.device.type not in ("cpu", "meta") or transformed(x, a, b) or _traced() or torch.is_autocast_enabled("cpu"):
         # The blocks' autograd node has no vmap or jvp rule, and a trace would record their loop for one
-        # batch size; torch.compile plans the reference's memory itself.
+        # batch size; torch.compile plans the reference's memory itself; under autocast the reference's
+        # products run in its dtype (the blocks write into buffers of the operands' own).
         return reference(x, a, b)
     from kernels.kronsum_cpu import kron_rows
 
@@ -315,6 +316,9 @@ def reference_grads(
 ) -> list[torch.Tensor | None]:
     """The gradients of :func:`reference` in the operands ``needed``, with their own graph (for a
     backward under ``create_graph=True``, which the fused routes cannot differentiate again)."""
+    # Through a view of each operand: one tensor passed twice (kron_stream(x, a, a)) would otherwise
+    # get its whole gradient in both places, and autograd would sum the two.
+    x, a, b = (t.view_as(t) for t in (x, a, b))
     operands = [t for t, need in zip((x, a, b), needed, strict=True) if need]
     found = iter(torch.autograd.grad(reference(x, a, b), operands, dy, create_graph=True, allow_unused=True))
     return [next(found) if need else None for need in needed]

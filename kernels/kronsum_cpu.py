@@ -39,7 +39,7 @@ def block_rows(p: int, q: int, m: int, n: int, r: int, itemsize: int, backward: 
     sum :data:`MIN_SUM` terms into it (each block reads and writes the whole accumulator)."""
     rows = max(1, BLOCK_BYTES // max(p * r * n * itemsize, 1))
     if backward and r * n * q * itemsize > BLOCK_BYTES:
-        rows = max(rows, -(-MIN_SUM // p))
+        rows = max(rows, -(-MIN_SUM // max(p, 1)))
     return rows
 
 
@@ -56,7 +56,7 @@ def plan_mirror(p: int, q: int, m: int, n: int, r: int, itemsize: int) -> bool |
     direct = q <= MAX_SUMMED and m * p * r * itemsize <= BLOCK_BYTES
     mirror = p <= MAX_SUMMED and n * q * r * itemsize <= BLOCK_BYTES
     if direct and mirror:
-        return (4 * m * p * q + 3 * m * q * n, p * n) < (4 * p * q * n + 3 * m * p * n, m * q)
+        return (4 * m * p * q + 3 * m * q * n, m * q) < (4 * p * q * n + 3 * m * p * n, p * n)
     return mirror if direct or mirror else None
 
 
@@ -74,8 +74,13 @@ def kron_rows(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
         ``(rows, M, N)``.
     """
     (p, q), (r, m), n = x.shape[1:], a.shape[:2], b.shape[1]
-    # Half precisions would sum the factors' gradients over the blocks in their own precision.
-    if x.dtype not in (torch.float32, torch.float64) or plan_mirror(p, q, m, n, r, x.element_size()) is None:
+    # Half precisions would sum the factors' gradients over the blocks in their own precision; an
+    # empty extent leaves nothing to block.
+    if (
+        x.dtype not in (torch.float32, torch.float64)
+        or 0 in (p, q, m, n, r)
+        or plan_mirror(p, q, m, n, r, x.element_size()) is None
+    ):
         from kernels.kronsum import reference
 
         return reference(x, a, b)
@@ -169,9 +174,19 @@ class _KronRows(torch.autograd.Function):
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, a, b = ctx.saved_tensors
         needed = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():
-            # create_graph=True: the blocks' in-place sums have no derivative of their own.
+        if torch.is_grad_enabled() or _batched(dy):
+            # create_graph=True, or batched gradients (is_grads_batched, jacobian(vectorize=True)): the
+            # blocks' in-place sums have no derivative and no batching rule of their own.
             from kernels.kronsum import reference_grads
 
-            return tuple(reference_grads(x, a, b, dy, needed))
-        return _backward(x, a, b, dy.contiguous(), needed)
+            with torch.enable_grad():
+                return tuple(reference_grads(x, a, b, dy, needed))
+        # A backward called under autocast would run the blocks' products in its dtype, into buffers of ours.
+        with torch.autocast("cpu", enabled=False):
+            return _backward(x, a, b, dy.contiguous(), needed)
+
+
+def _batched(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a batch of gradients autograd's batched backward made (a legacy vmap tensor)."""
+    check = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
+    return bool(check is not None and check(t))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -167,3 +169,72 @@ def test_meta_tensors_trace_the_blocks_forward_and_backward():
     assert _blocked(y) and y.shape == (10, 64, 64)
     y.backward(torch.empty_like(y))
     assert x.grad.shape == x.shape and a.grad.shape == a.shape and b.grad.shape == b.shape
+
+
+def test_one_tensor_passed_twice_gets_its_gradient_once_with_create_graph():
+    t = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    for ops in ((t, t, t), (torch.randn(2, 3, 3, dtype=torch.float64), t, t)):
+        plain = torch.autograd.grad(kron_stream(*ops, backend="torch").square().sum(), t)[0]
+        graph = torch.autograd.grad(kron_stream(*ops, backend="torch").square().sum(), t, create_graph=True)[0]
+        want = torch.autograd.grad(reference(*ops).square().sum(), t)[0]
+        assert _rel(plain, want) < 1e-12 and _rel(graph, want) < 1e-12
+
+
+def test_cpu_autocast_takes_the_reference_forward_and_a_float_backward():
+    x, a, b = _operands(6, 2, 3, 4, 5, 6, seed=9, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = kron_stream(x, a, b, backend="torch")
+        want = reference(x, a, b)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, want)
+    # A layer streams with autocast off inside, then its backward runs under the caller's autocast.
+    import adntn
+
+    layer = adntn.TNLinear(64, 64, arch="ttn", bond_dim=3, mode="kron")
+    xs = torch.randn(5, 64, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        layer(xs).float().sum().backward()
+    assert xs.grad.dtype == torch.float32 and torch.isfinite(xs.grad).all()
+
+
+def test_batched_gradients_match_one_at_a_time():
+    x, a, b = _operands(4, 2, 3, 4, 5, 6, seed=10)
+    y = kron_stream(x, a, b, backend="torch")
+    dys = torch.randn(3, *y.shape, dtype=torch.float64)
+    batched = torch.autograd.grad(y, (x, a, b), dys, is_grads_batched=True, retain_graph=True)
+    for i in range(3):
+        single = torch.autograd.grad(y, (x, a, b), dys[i], retain_graph=True)
+        for g, s in zip(batched, single, strict=True):
+            assert _rel(g[i], s) < 1e-12
+
+
+@pytest.mark.parametrize("empty", ["p", "q", "r"])
+def test_an_empty_extent_gives_zeros_not_an_error(empty):
+    dims = {"rows": 3, "r": 2, "m": 3, "p": 4, "n": 5, "q": 6} | {empty: 0}
+    x, a, b = _operands(*dims.values(), seed=11)
+    y = kron_stream(x, a, b, backend="torch")
+    y.sum().backward()
+    assert torch.count_nonzero(y) == 0 and y.shape == (3, 3, 5)
+    assert all(t.grad is not None and t.grad.shape == t.shape for t in (x, a, b))
+
+
+def test_equal_flops_start_from_the_smaller_intermediate():
+    # (P, Q, M, N, R) = (4, 3, 16, 8, 2): 1,920 flops a row either way; X Bᵀ writes P R N = 64 a row,
+    # A X writes M R Q = 96.
+    assert kc.plan_mirror(4, 3, 16, 8, 2, 8) is False
+    assert kc.plan_mirror(3, 4, 8, 16, 2, 8) is True
+
+
+def test_the_mode_model_prices_the_blocks_products_as_products():
+    from adntn.timing import trace
+
+    rows, (r, m, p, n, q) = 12, (3, 8, 8, 8, 8)
+    ops = [torch.empty(s, device="meta", requires_grad=True) for s in ((rows, p, q), (r, m, p), (r, n, q))]
+
+    def step():
+        y = kron_stream(*ops, backend="torch")
+        y.backward(torch.empty_like(y))
+
+    flops = sum(2 * math.prod(op.dims) for op in trace(step) if op.kind == "mm")
+    first, second = 2 * p * q * r * n, 2 * m * p * r * n  # a row's X Bᵀ and A' U
+    # Forward: both; backward: the first again, then Ā', Ū, X̄ and B̄.
+    assert flops == rows * (4 * first + 3 * second)
