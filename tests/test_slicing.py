@@ -214,3 +214,23 @@ def test_size_tie_orders_equal_peaks_by_flops_and_never_reorders_peaks() -> None
     for peak in (1.0, 4096.0, 2.0**40):
         assert over_slices(peak, 4, "size", 1e6) < over_slices(peak, 1, "size", 1e7)
     assert over_slices(3.0, 4, "flops") == 12.0
+
+
+def test_every_pool_scores_minimize_size_with_the_same_tie_break() -> None:
+    # Trials (scored unsliced, with or without a cap) and refined trees meet in one pool: a trial
+    # scored by its bare peak outranked a refined tree of the same peak and fewer flops.
+    from tnplan.cost import leaf_legs, score_path, size_tie
+    from tnplan.greedy import greedy_ssa
+    from tnplan.planner import _evaluate, _Pool, _sliced_cost
+
+    net = random_regular(16, 3, 4, seed=5)
+    legs, sizes = leaf_legs(net), [float(s) for s in net.int_sizes]
+    ssa = greedy_ssa(legs, net.int_output, sizes)
+    scored = score_path(net, ssa)
+    want = scored.peak_size + size_tie(scored.flops)
+    unsliced = _Pool("size")
+    cand = _evaluate(legs, net.int_output, sizes, "size", ssa, "greedy", None, None)
+    assert math.isclose(cand.cost, want, rel_tol=1e-15)
+    assert math.isclose(_sliced_cost(legs, net.int_output, sizes, ssa, (), "size"), want, rel_tol=1e-15)
+    _evaluate(legs, net.int_output, sizes, "size", ssa, "greedy", scored.peak_size * 2, unsliced)
+    assert math.isclose(unsliced.best.cost, want, rel_tol=1e-15)

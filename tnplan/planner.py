@@ -511,12 +511,11 @@ def _search(
         path = _enumerate(legs, output, sizes, minimize)
         return path, (), True, "enumerate", path
 
-    from tnplan.cost import legs_path_cost
     from tnplan.greedy import greedy_ssa
     from tnplan.tree import Tree
 
     def cost(path: list[tuple[int, int]]) -> float:
-        return legs_path_cost(legs, output, sizes, path, minimize)
+        return _sliced_cost(legs, output, sizes, path, (), minimize)
 
     pool = _Pool(minimize)
     unsliced = _Pool(minimize)
@@ -615,9 +614,7 @@ def _sliced_search(
         )
 
         def sub_cost(path: list[tuple[int, int]], _sizes: list[float] = cut_sizes) -> float:
-            from tnplan.cost import legs_path_cost
-
-            return legs_path_cost(legs, output, _sizes, path, minimize)
+            return _sliced_cost(legs, output, _sizes, path, (), minimize)
 
         found = _portfolio(
             legs, output, cut_sizes, minimize, sub, sub_cost, phase, max(1, repeats // 3), seed + 1 + k, target, None
@@ -673,10 +670,8 @@ def _enumerate(legs, output, sizes, minimize) -> list[tuple[int, int]]:
         return []
     if n == 2:
         return [(0, 1)]
-    from tnplan.cost import legs_path_cost
-
     options = [[(a, b), (3 - a - b, 3)] for a, b in combinations(range(3), 2)]
-    return min(options, key=lambda p: legs_path_cost(legs, output, sizes, p, minimize))
+    return min(options, key=lambda p: _sliced_cost(legs, output, sizes, p, (), minimize))
 
 
 def _exact_feasible(legs, budget: float) -> bool:
@@ -874,9 +869,7 @@ def _evaluate(
     deadline: float = math.inf,
 ) -> _Candidate:
     """Score a tree as it will run: with a size target it is sliced to the cap and re-optimised under it."""
-    from tnplan.cost import legs_path_cost
-
-    c = legs_path_cost(legs, output, sizes, path, minimize)
+    c = _sliced_cost(legs, output, sizes, path, (), minimize)
     if target is None:
         return _Candidate(c, list(path), method)
     from tnplan.slicing import slice_legs
@@ -1012,7 +1005,9 @@ def _in_time(n: int, deadline: float) -> bool:
 
 
 def _sliced_cost(legs, output, sizes, ssa, sliced: tuple[int, ...], minimize: str) -> float:
-    """The objective of a tree run with ``sliced`` cut, over all its slices (:func:`tnplan.cost.over_slices`)."""
+    """The objective of a tree run with ``sliced`` cut, over all its slices (:func:`tnplan.cost.over_slices`;
+    every candidate the search ranks is scored here, sliced or not, so ``"size"`` ties break by flops
+    in every pool alike)."""
     from tnplan.cost import legs_path_cost
 
     cut, n = _cut_sizes(sizes, sliced), _n_slices(sizes, sliced)
