@@ -155,20 +155,14 @@ def kron_stream(
 
 
 def _torch_route(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The torch route: on the CPU (and on meta tensors, which the CPU mode model traces) in
-    cache-sized blocks of rows (:mod:`kernels.kronsum_cpu`), elsewhere :func:`reference`."""
-    if x.device.type not in ("cpu", "meta") or transformed(x, a, b) or _traced() or torch.is_autocast_enabled("cpu"):
-        # The blocks' autograd node has no vmap or jvp rule, and a trace would record their loop for one
-        # batch size; torch.compile plans the reference's memory itself; under autocast the reference's
-        # products run in its dtype (the blocks write into buffers of the operands' own).
+    """The torch route: on the CPU (and on meta tensors, which the CPU mode model traces)
+    :func:`kernels.kronsum_cpu.kron_rows`, in cache-sized blocks of rows where they pay and can run;
+    elsewhere :func:`reference`."""
+    if x.device.type not in ("cpu", "meta"):
         return reference(x, a, b)
     from kernels.kronsum_cpu import kron_rows
 
     return kron_rows(x, a, b)
-
-
-def _traced() -> bool:
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
 def _launch(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, text: str) -> torch.Tensor:

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from kernels.transforms import transformed
+
 BLOCK_BYTES = 1 << 20  # a block's intermediate, within a core's L2 (2 MiB here): the next product reads it there
 MIN_SUM = 256  # terms summed per block into a factor's gradient that does not fit the cache
 MAX_SUMMED = 256  # the first product's summed extent past which recomputing it costs more than writing it
@@ -62,8 +64,8 @@ def plan_mirror(p: int, q: int, m: int, n: int, r: int, itemsize: int) -> bool |
 
 def kron_rows(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``Y_b = Σ_r A_r X_b B_rᵀ`` for every row, in cache-sized blocks of rows where that pays
-    (:func:`plan_mirror`; float32 and float64), otherwise :func:`kernels.kronsum.reference`;
-    differentiable in all three.
+    (:func:`plan_mirror`; float32 and float64) and the blocks' autograd node can run, otherwise
+    :func:`kernels.kronsum.reference`; differentiable in all three.
 
     Args:
         x: ``(rows, P, Q)``.
@@ -74,29 +76,33 @@ def kron_rows(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
         ``(rows, M, N)``.
     """
     (p, q), (r, m), n = x.shape[1:], a.shape[:2], b.shape[1]
-    # Half precisions would sum the factors' gradients over the blocks in their own precision; an
-    # empty extent leaves nothing to block.
-    if (
-        x.dtype not in (torch.float32, torch.float64)
+    # The node has no vmap or jvp rule, and a trace would record its loop for one batch size
+    # (torch.compile plans the reference's memory itself); under autocast the reference's products run
+    # in its dtype, where the blocks write into buffers of the operands' own. Half precisions would sum
+    # the factors' gradients over the blocks in their own precision; an empty extent leaves nothing to block.
+    mirror = None
+    if not (
+        transformed(x, a, b)
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.is_autocast_enabled("cpu")
+        or x.dtype not in (torch.float32, torch.float64)
         or 0 in (p, q, m, n, r)
-        or plan_mirror(p, q, m, n, r, x.element_size()) is None
     ):
+        mirror = plan_mirror(p, q, m, n, r, x.element_size())
+    if mirror is None:
         from kernels.kronsum import reference
 
         return reference(x, a, b)
-    return _KronRows.apply(x, a, b)
+    return _KronRows.apply(x, a, b, mirror)
 
 
-def _mirror(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> bool:
-    return bool(plan_mirror(*x.shape[1:], a.shape[1], b.shape[1], a.shape[0], x.element_size()))
-
-
-def _forward(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _forward(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, mirror: bool) -> torch.Tensor:
     rows, p, q = x.shape
     r, m, _ = a.shape
     n = b.shape[1]
     y = x.new_empty((rows, m, n))
-    if _mirror(x, a, b):
+    if mirror:
         step = block_rows(q, p, n, m, r, x.element_size())  # the mirror frame's
         a2 = a.transpose(0, 1).reshape(m * r, p)  # A'': (M R, P)
         b3 = b.transpose(1, 2).reshape(r * q, n)  # (R Q, N)
@@ -118,10 +124,10 @@ def _forward(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _backward(
-    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dy: torch.Tensor, needed: tuple[bool, bool, bool]
+    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dy: torch.Tensor, needed: tuple[bool, bool, bool], mirror: bool
 ) -> tuple[torch.Tensor | None, ...]:
     need_x, need_a, need_b = needed
-    if _mirror(x, a, b):
+    if mirror:
         # Y_bᵀ = Σ_r B_r X_bᵀ A_rᵀ: the same blocks with the roles of A and B (and of the axes) swapped.
         dxt, db, da = _backward_blocks(x.transpose(1, 2), b, a, dy.transpose(1, 2), (need_x, need_b, need_a))
         return (None if dxt is None else dxt.transpose(1, 2)), da, db
@@ -166,9 +172,10 @@ def _backward_blocks(
 
 class _KronRows(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, mirror: bool) -> torch.Tensor:
         ctx.save_for_backward(x, a, b)
-        return _forward(x, a, b)
+        ctx.mirror = mirror
+        return _forward(x, a, b, mirror)
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -180,10 +187,10 @@ class _KronRows(torch.autograd.Function):
             from kernels.kronsum import reference_grads
 
             with torch.enable_grad():
-                return tuple(reference_grads(x, a, b, dy, needed))
+                return (*reference_grads(x, a, b, dy, needed), None)
         # A backward called under autocast would run the blocks' products in its dtype, into buffers of ours.
         with torch.autocast("cpu", enabled=False):
-            return _backward(x, a, b, dy.contiguous(), needed)
+            return (*_backward(x, a, b, dy.contiguous(), needed, ctx.mirror), None)
 
 
 def _batched(t: torch.Tensor) -> bool:
