@@ -151,7 +151,10 @@ class Tree:
         pieces into their leaves before it opens the spine, so the re-solve may absorb them in
         another grouping. A 9-leaf piece absorbed whole costs a 32-site closed MERA a 2^27 step that
         three smaller absorptions avoid; no cost-first frontier of up to 38 tensors contains that
-        change, while the leaves-first frontier of 10 tensors does.
+        change, while the leaves-first frontier of 10 tensors does. ``expand="bfs"`` opens nodes in
+        the order they joined the frontier, level by level: the subtree is the node's few top levels
+        whatever they cost, so the re-solve regroups the big pieces a greedy tree merged late. On a
+        6x6x10 lattice a greedy tree converges at 10^28.6 flops cost-first and at 10^17.3 this way.
         """
         frontier = [root]
         inner: list[int] = []
@@ -161,6 +164,9 @@ class Tree:
             for k, v in enumerate(frontier):
                 if v < self.n:
                     continue
+                if expand == "bfs":
+                    best = k
+                    break
                 key = self.flops[v] if by_cost else -self.mask[v].bit_count()
                 if key > best_key:
                     best, best_key = k, key
@@ -192,8 +198,8 @@ class Tree:
         re-solved in this tree (the same frontier) is solved again only if its steps changed.
         ``expand`` picks the subtree's shape (see :meth:`_frontier`).
         """
-        if expand not in ("cost", "leaves"):
-            raise ValueError(f"expand must be 'cost' or 'leaves', got {expand!r}")
+        if expand not in ("cost", "leaves", "bfs"):
+            raise ValueError(f"expand must be 'cost', 'leaves' or 'bfs', got {expand!r}")
         local = "flops" if minimize == "size" and max_size < math.inf else minimize
         improvements = 0
         for _ in range(max_passes):
