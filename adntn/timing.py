@@ -1,12 +1,12 @@
 """Predicted CPU seconds of a ``TNLinear`` training step in each mode, for ``mode="auto"``.
 
 Planned flops alone mislead on the CPU: a streamed TTN χ=16 at 4096 rows does half the dense layer's
-flops but ran 2.2x slower than it (benchmarks/results/kernels-kron-cpu.md), because its products have
-a narrow summed extent and write large intermediates. So each candidate mode is traced once on meta
-tensors (shapes, no data): its forward (and backward, in the training regimes) at a batch size, under
-a dispatch mode that records every matrix product and every operation that writes memory. Their seconds come from a
-model of this machine fitted to timings of a fixed set of shapes, measured once (a few seconds)
-and cached as JSON in ``$ADNTN_CACHE_DIR`` (default ``~/.cache/adntn``).
+flops but ran 2.6x slower than materialising the weight (benchmarks/results/kernels-kron-cpu.md),
+because its products have a narrow summed extent and write large intermediates. So each candidate mode
+is traced once on meta tensors (shapes, no data): its forward (and backward, in the training regimes)
+at a batch size, under a dispatch mode that records every matrix product and every operation that
+writes memory. Their seconds come from a model of this machine fitted to timings of a fixed set of
+shapes, measured once (a few seconds) and cached as JSON in ``$ADNTN_CACHE_DIR`` (default ``~/.cache/adntn``).
 
 A matrix product ``(b, m, k, n)`` costs ``2bmkn · per_flop · (1 + dm/m)(1 + dk/k)(1 + dn/n)`` (BLAS
 runs narrow operands below its peak) plus a price per element read and per element written, the
