@@ -62,8 +62,8 @@ DEEP_LADDER = (20, 24)
 # After its cost-first pass every trial tree is re-solved over breadth-first subtrees of this many
 # tensors until a pass changes nothing (at most BFS_PASSES): a greedy tree merges big pieces late, and
 # the cost-first frontier under such a merge digs down one branch. On cubic_6x6x10 this took greedy
-# trials from 10^23-10^34 to 10^18-10^21 flops and the 5 s plan from 10^19.7 to 10^17.4 (median of
-# 3 seeds); subtrees of 8 ran fewer trials in the budget and ended at 10^17.9.
+# trials from 10^23-10^34 to 10^18-10^21 flops and the 5 s plan (median of 3 seeds) from 10^19.7 to
+# 10^18.4 in the benchmark; subtrees of 8 or 10 ran fewer trials in the budget and did no better.
 BFS_SUBTREE = 6
 BFS_PASSES = 16
 # How the ladder's rungs grow the subtrees they re-solve (see Tree._frontier).
@@ -839,8 +839,10 @@ def _portfolio(
             path = greedy_ssa(legs, output, sizes, costmod=costmod, temperature=temperature, seed=trial_seed)
         tree = Tree(legs, output, sizes, path)
         tree.reconfigure(minimize, subtree_size=8, max_passes=1, min_fraction=1e-3, deadline=deadline)
-        bfs = {"subtree_size": BFS_SUBTREE, "max_passes": BFS_PASSES, "expand": "bfs"}
-        tree.reconfigure(minimize, min_fraction=1e-3, deadline=deadline, **bfs)  # type: ignore[arg-type]
+        tree.reconfigure(
+            minimize, subtree_size=BFS_SUBTREE, max_passes=BFS_PASSES, min_fraction=1e-3, deadline=deadline,
+            expand="bfs",
+        )  # fmt: skip
         if rebracket_trials and _in_time(n, deadline):
             tree.rebracket(minimize)
         cand = _evaluate(legs, output, sizes, minimize, tree.ssa_path(), kind, target, unsliced, deadline)
@@ -994,7 +996,8 @@ def _deep_refine(
 
 def _rung(tree: Tree, minimize: str, size: int, cap: float, deadline: float, rebracket: bool = True) -> None:
     """One rung of the ladder: re-bracket the tree's leaf order (when asked and in time), then re-solve its
-    subtrees, first grown from their costliest steps, then from their smallest pieces (:meth:`Tree._frontier`)."""
+    subtrees, grown from their costliest steps, from their smallest pieces, then breadth-first
+    (:data:`RUNG_EXPANDS`, :meth:`Tree._frontier`)."""
     if rebracket and _in_time(tree.n, deadline):
         tree.rebracket(minimize, max_size=cap)
     for expand in RUNG_EXPANDS:
