@@ -224,8 +224,22 @@ def test_construction_context_does_not_change_the_picks(context, monkeypatch):
     # layer, whose copies write twice the bytes and whose kron blocks hold half the rows, so a near tie
     # may go the other way: it is compared with a float64 layer asked for by name.
     dtype = torch.float64 if context == "float64_default" else None
-    assert layer.auto_modes == TNLinear(64, 64, "ttn", 2, n_factors=4, dtype=dtype).auto_modes
+    outside = TNLinear(64, 64, "ttn", 2, n_factors=4, dtype=dtype)
+    assert layer.auto_modes == outside.auto_modes, _pick_report(layer, outside)
     assert "kron" in layer.auto_modes["cpu"].values()  # the model decided, not the flops fallback
+
+
+def _pick_report(a: TNLinear, b: TNLinear) -> str:
+    """The differing picks with both layers' predicted seconds per mode, for a failure to say why."""
+    lines = []
+    for key, pick in a.auto_modes["cpu"].items():
+        if b.auto_modes["cpu"][key] != pick:
+            rows, regime = key
+            gen = a.generator
+            modes = ["materialize"] + ["stream"] * gen.streamable + ["kron"] * (gen.kron is not None)
+            prices = {m: [timing.mode_seconds(x.generator, m, rows, regime) for x in (a, b)] for m in modes}
+            lines.append(f"{key}: {pick} vs {b.auto_modes['cpu'][key]}; seconds (inside, outside) {prices}")
+    return "; ".join(lines)
 
 
 class _DefaultDtype:
