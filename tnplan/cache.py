@@ -530,15 +530,13 @@ class PlanCache:
             for row_form, row_net, row_cost, row_flops, row_effort, row_optimal in conn.execute(
                 "SELECT form, network, cost, flops, effort, optimal FROM plans WHERE key = ?", (key,)
             ).fetchall():
-                if row_form == form:
-                    same = (row_form, rank_key(row_cost, int(row_flops), minimize), row_effort, row_optimal)
-                    break
                 try:
-                    if match(_decode_network(row_net), network) is not None:
-                        same = (row_form, rank_key(row_cost, int(row_flops), minimize), row_effort, row_optimal)
-                        break
+                    found = row_form == form or match(_decode_network(row_net), network) is not None
                 except (ValueError, TypeError, KeyError, TnplanError):
                     continue
+                if found:
+                    same = (row_form, rank_key(row_cost, int(row_flops), minimize), row_effort, row_optimal)
+                    break
             # A plan proven optimal also replaces an unproven one of the same cost.
             rank = rank_key(cost, plan.flops, minimize)
             if same is not None and not (rank < same[1] or (rank == same[1] and plan.optimal and not same[3])):

@@ -36,7 +36,16 @@ import numpy as np
 
 from tnplan.cache import CacheOptions, CacheWarning, PlanCache
 from tnplan.cache import resolve as resolve_cache
-from tnplan.cost import OBJECTIVES, input_elements, itemsize, leaf_legs, over_slices, rank_key, score_path
+from tnplan.cost import (
+    OBJECTIVES,
+    input_elements,
+    itemsize,
+    leaf_legs,
+    legs_path_cost,
+    over_slices,
+    rank_key,
+    score_path,
+)
 from tnplan.errors import PlanError
 from tnplan.network import Network
 from tnplan.plan import Plan
@@ -954,8 +963,7 @@ def _deep_refine(
             climbing.append((cand, tree_of(cand)))
 
     def cost_of(cand: _Candidate, tree: Tree) -> float:
-        n = _n_slices(sizes, cand.sliced)
-        return over_slices(tree.total(minimize), n, minimize, tree.total("flops") * n)
+        return tree.sliced_total(minimize, _n_slices(sizes, cand.sliced))
 
     def offer(cand: _Candidate, tree: Tree) -> None:
         new = _Candidate(cost_of(cand, tree), tree.ssa_path(), cand.method.removesuffix("+refine") + "+refine",
@@ -1022,8 +1030,6 @@ def _sliced_cost(legs, output, sizes, ssa, sliced: tuple[int, ...], minimize: st
     """The objective of a tree run with ``sliced`` cut, over all its slices (:func:`tnplan.cost.over_slices`;
     every candidate the search ranks is scored here, sliced or not, so ``"size"`` ties break by flops
     in every pool alike)."""
-    from tnplan.cost import legs_path_cost
-
     cut, n = _cut_sizes(sizes, sliced), _n_slices(sizes, sliced)
     flops = legs_path_cost(legs, output, cut, ssa, "flops") * n if minimize == "size" else 0.0
     return over_slices(legs_path_cost(legs, output, cut, ssa, minimize), n, minimize, flops)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tnplan.cost import input_elements, leaf_legs, over_slices, score_path
+from tnplan.cost import input_elements, leaf_legs, score_path
 from tnplan.errors import PlanError
 from tnplan.network import Network
 from tnplan.tree import Tree
@@ -128,8 +128,7 @@ def slice_legs(
     n_slices = math.prod(original[i] for i in sliced)
     # Re-optimised for flops under the cap, but scored in the caller's objective, as every other
     # candidate it is ranked against.
-    cost = over_slices(tree.total(minimize), n_slices, minimize, tree.total("flops") * n_slices)
-    return tree.ssa_path(), tuple(sorted(sliced)), cost
+    return tree.ssa_path(), tuple(sorted(sliced)), tree.sliced_total(minimize, n_slices)
 
 
 def fits(

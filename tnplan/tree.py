@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Sequence
 
+from tnplan.cost import over_slices
 from tnplan.optimal import solve_legs_cost
 
 
@@ -136,6 +137,12 @@ class Tree:
         if minimize == "size":
             return max((self.size[v] for v in nodes), default=0.0)
         return math.fsum(self.node_cost(v, minimize) for v in nodes)
+
+    def sliced_total(self, minimize: str, n_slices: float) -> float:
+        """The objective over ``n_slices`` slices of this tree (its sizes already cut); see
+        :func:`tnplan.cost.over_slices`."""
+        flops = self.total("flops") * n_slices if minimize == "size" else 0.0
+        return over_slices(self.total(minimize), n_slices, minimize, flops)
 
     def peak_size(self) -> float:
         return max((self.size[v] for v in self.internal_nodes()), default=0.0)
