@@ -204,6 +204,18 @@ def test_construction_context_does_not_change_the_picks(context, monkeypatch):
         return real(fn, reps)
 
     monkeypatch.setattr(timing, "best_seconds", spy)
+    priced = {}  # (generator, mode, rows, regime) -> the seconds (or the error) each decision saw
+    real_price = timing.mode_seconds
+
+    def price_spy(gen, mode, rows, regime="input", params=None):
+        try:
+            priced[id(gen), mode, rows, regime] = real_price(gen, mode, rows, regime, params)
+        except Exception as exc:
+            priced[id(gen), mode, rows, regime] = repr(exc)
+            raise
+        return priced[id(gen), mode, rows, regime]
+
+    monkeypatch.setattr(timing, "mode_seconds", price_spy)
     contexts = {
         "no_grad": torch.no_grad,
         "inference_mode": torch.inference_mode,
@@ -225,20 +237,21 @@ def test_construction_context_does_not_change_the_picks(context, monkeypatch):
     # may go the other way: it is compared with a float64 layer asked for by name.
     dtype = torch.float64 if context == "float64_default" else None
     outside = TNLinear(64, 64, "ttn", 2, n_factors=4, dtype=dtype)
-    assert layer.auto_modes == outside.auto_modes, _pick_report(layer, outside)
+    assert layer.auto_modes == outside.auto_modes, _pick_report(layer, outside, priced)
     assert "kron" in layer.auto_modes["cpu"].values()  # the model decided, not the flops fallback
 
 
-def _pick_report(a: TNLinear, b: TNLinear) -> str:
-    """The differing picks with both layers' predicted seconds per mode, for a failure to say why."""
+def _pick_report(a: TNLinear, b: TNLinear, priced: dict) -> str:
+    """The differing picks with the seconds (or errors) both layers' decisions saw per mode, for a
+    failure to say why."""
     lines = []
     for key, pick in a.auto_modes["cpu"].items():
         if b.auto_modes["cpu"][key] != pick:
             rows, regime = key
             gen = a.generator
             modes = ["materialize"] + ["stream"] * gen.streamable + ["kron"] * (gen.kron is not None)
-            prices = {m: [timing.mode_seconds(x.generator, m, rows, regime) for x in (a, b)] for m in modes}
-            lines.append(f"{key}: {pick} vs {b.auto_modes['cpu'][key]}; seconds (inside, outside) {prices}")
+            seen = {m: [priced.get((id(x.generator), m, rows, regime)) for x in (a, b)] for m in modes}
+            lines.append(f"{key}: {pick} vs {b.auto_modes['cpu'][key]}; seconds (inside, outside) {seen}")
     return "; ".join(lines)
 
 
