@@ -277,6 +277,74 @@ def test_a_driver_far_behind_gets_no_more_trials(monkeypatch) -> None:
     assert p.flops < score_path(net, greedy_ssa(leaf_legs(net), net.int_output, list(map(float, net.int_sizes)))).flops
 
 
+def test_greedy_parameters_cover_their_ranges_then_gather_near_the_best() -> None:
+    import tnplan.planner as planner
+
+    rng = np.random.default_rng(0)
+    free = [planner._greedy_params(rng, None) for _ in range(400)]
+    (lo, hi), (tlo, thi) = planner.GREEDY_COSTMOD, planner.GREEDY_TEMPERATURE
+    costmods = [p["costmod"] for p in free]
+    assert all(lo <= c <= hi for c in costmods) and min(costmods) < lo + 0.3 and max(costmods) > hi - 0.3
+    assert all(tlo <= p["temperature"] <= thi for p in free)
+    assert sum(p["temperature"] < 0.01 for p in free) > 100  # log-uniform: a third lie below 0.01
+    near = [planner._greedy_params(rng, {"costmod": 3.0, "temperature": 0.05}) for _ in range(400)]
+    assert sum(abs(p["costmod"] - 3.0) <= 0.75 for p in near) > 0.7 * len(near)
+    assert sum(abs(c - 3.0) <= 0.75 for c in costmods) < 0.5 * len(free)
+
+
+def test_a_high_costmod_greedy_tree_is_far_cheaper_on_a_cubic_lattice() -> None:
+    """Why the greedy range reaches 4: on cubic_6x6x10 costmod 1 merges big pieces early."""
+    net = tnplan.Network.from_json(REPO.parent / "shared" / "bench" / "instances" / "cotengra" / "cubic_6x6x10.json")
+    legs, out, sizes = leaf_legs(net), net.int_output, [float(s) for s in net.int_sizes]
+
+    def best(costmod: float) -> float:
+        paths = [greedy_ssa(legs, out, sizes, costmod=costmod, temperature=0.05, seed=s) for s in range(5)]
+        return min(legs_path_cost(legs, out, sizes, p, "flops") for p in paths)
+
+    assert best(3.0) < best(1.0) / 1e6
+
+
+def test_a_greedy_trial_refines_the_cheapest_tree_it_screened(monkeypatch) -> None:
+    import tnplan.greedy
+    import tnplan.planner as planner
+    import tnplan.tree
+
+    net = random_regular(40, 3, 2, seed=1)
+    legs, out, sizes = leaf_legs(net), net.int_output, [float(s) for s in net.int_sizes]
+    screened, started = [], []
+    real = tnplan.greedy.greedy_ssa
+
+    def spy(*args, **kwargs):
+        path = real(*args, **kwargs)
+        if "costmod" in kwargs:  # a trial's draw (the initial greedy tree takes the defaults)
+            screened.append(path)
+        return path
+
+    class Recorded(tnplan.tree.Tree):
+        def __init__(self, legs, output, sizes, path) -> None:
+            started.append([tuple(p) for p in path])
+            super().__init__(legs, output, sizes, path)
+
+    monkeypatch.setattr(tnplan.greedy, "greedy_ssa", spy)
+    monkeypatch.setattr(tnplan.tree, "Tree", Recorded)
+
+    def cost(path):
+        return legs_path_cost(legs, out, sizes, path, "flops")
+
+    pool = planner._Pool("flops")
+    first = real(legs, out, sizes)
+    pool.offer(planner._Candidate(cost(first), first, "greedy"))  # as the search seeds it
+    budget = planner._Budget(time.perf_counter() + 60, 1.0, fixed=True)
+    planner._portfolio(legs, out, sizes, "flops", pool, cost, budget, 4, seed=3)
+    # Four trials: KaHyPar, elimination, KaHyPar, then greedy, whose screened trees differ in cost
+    # (with this seed the cheapest is neither the first nor the last drawn).
+    assert len(screened) == planner.GREEDY_SCREEN_FIXED
+    assert len({cost(p) for p in screened}) > 1
+    cheapest = [tuple(p) for p in min(screened, key=cost)]
+    assert cheapest in started  # refined, and no other screened tree was
+    assert not [p for p in screened if [tuple(q) for q in p] != cheapest and [tuple(q) for q in p] in started]
+
+
 def test_plan_beats_greedy_on_a_loopy_network() -> None:
     net = random_regular(60, 3, 2, seed=7)
     legs = leaf_legs(net)

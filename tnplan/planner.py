@@ -9,8 +9,9 @@ The search is a pipeline of small stages, each deterministic for a given seed:
    budget; when it completes the plan is proven optimal;
 4. otherwise a portfolio of trials — KaHyPar recursive partitioning with sampled parameters
    (:mod:`tnplan.partition`), variable elimination (:mod:`tnplan.eliminate`) and randomised greedy
-   (:mod:`tnplan.greedy`), each quickly refined — keeps the best few trees; later KaHyPar trials
-   sample around the best parameters found so far;
+   (:mod:`tnplan.greedy`; each greedy trial screens several cheap raw trees), each quickly refined —
+   keeps the best few trees; later KaHyPar and greedy trials sample around the best parameters
+   found so far;
 5. each of the best few trees climbs a ladder of subtree sizes, re-solving subtrees exactly
    (:mod:`tnplan.tree`) and re-bracketing its whole leaf order by interval DP (:mod:`tnplan.interval`)
    on every rung; the best climbs further; time left over goes back to trials and then to refining
@@ -793,6 +794,9 @@ def _portfolio(
     rebracket_deep = _rebracket_seconds(n) <= REBRACKET_DEEP_SHARE * whole
     best_params: dict[str, object] | None = None
     best_cost = math.inf
+    best_greedy: tuple[float, dict[str, float] | None] = (math.inf, None)
+    greedy_draws = 0
+    g_rng = np.random.default_rng([seed, 0x6EED])  # its own stream: the other drivers draw as before
     trial_time: dict[str, float] = {}
     kind_best: dict[str, float] = {}
     trial = 0
@@ -843,9 +847,24 @@ def _portfolio(
                 deadline=max(search_deadline, time.perf_counter() + 0.05 * whole),
             )
         else:
-            costmod = float(rng.uniform(0.5, 2.0))
-            temperature = float(rng.choice([0.0, 0.01, 0.05, 0.1, 0.3])) if trial > 3 else 0.01
-            path = greedy_ssa(legs, output, sizes, costmod=costmod, temperature=temperature, seed=trial_seed)
+            # A raw greedy tree costs a fraction of a refined trial, and on lattices its cost spreads
+            # over many orders of magnitude that refining does not undo: draw several, refine the
+            # cheapest. A time-bound search draws for as long as the slowest other driver's trial
+            # took (times GREEDY_SCREEN_SHARE), so the screen never starves them; a fixed effort
+            # draws a fixed number, never reading the clock.
+            others = [t for k, t in trial_time.items() if k != "greedy"]
+            screen_end = t0 + GREEDY_SCREEN_SHARE * max(others) if others and not budget.fixed else math.inf
+            screened = []
+            for k in range(GREEDY_SCREEN_FIXED if budget.fixed else GREEDY_SCREEN):
+                if k and time.perf_counter() > min(search_deadline, screen_end):
+                    break
+                g_params = _greedy_params(g_rng, best_greedy[1] if greedy_draws >= GREEDY_EXPLORE else None)
+                greedy_draws += 1
+                g_path = greedy_ssa(legs, output, sizes, **g_params, seed=trial_seed + k)
+                g_cost = cost(g_path)
+                best_greedy = min(best_greedy, (g_cost, g_params), key=lambda b: b[0])
+                screened.append((g_cost, k, g_path))
+            path = min(screened)[2]
         tree = Tree(legs, output, sizes, path)
         tree.reconfigure(minimize, subtree_size=8, max_passes=1, min_fraction=1e-3, deadline=deadline)
         tree.reconfigure(
@@ -925,6 +944,30 @@ def _sample_params(rng: np.random.Generator, around: dict[str, object] | None) -
         else:
             params[key] = options[int(rng.integers(0, len(options)))]
     return params
+
+
+# The greedy driver's score weight ``costmod`` and noise ``temperature`` are drawn from these ranges
+# (temperature log-uniformly) for the first GREEDY_EXPLORE draws, then mostly near the best pair
+# seen. Lattices need a high costmod: on cubic_6x6x10 raw greedy trees cost 10^30-10^35 flops at
+# costmod <= 1.5 and 10^16.4-10^18.3 at 3.0 (the old range, 0.5-2.0, never got there), while
+# permutation networks want it below 1. Temperatures past 0.3 gave no best tree on either.
+GREEDY_COSTMOD = (0.1, 4.0)
+GREEDY_TEMPERATURE = (0.001, 0.3)
+GREEDY_EXPLORE = 6
+GREEDY_SCREEN = 24
+GREEDY_SCREEN_SHARE = 1.0
+GREEDY_SCREEN_FIXED = 4
+
+
+def _greedy_params(rng: np.random.Generator, around: dict[str, float] | None) -> dict[str, float]:
+    lo, hi = GREEDY_COSTMOD
+    tlo, thi = (math.log(t) for t in GREEDY_TEMPERATURE)
+    if around is not None and rng.random() < 0.75:
+        costmod = float(np.clip(around["costmod"] + rng.normal(0.0, 0.25), lo, hi))
+        temperature = float(np.clip(math.log(around["temperature"]) + rng.normal(0.0, 0.7), tlo, thi))
+    else:
+        costmod, temperature = float(rng.uniform(lo, hi)), float(rng.uniform(tlo, thi))
+    return {"costmod": costmod, "temperature": math.exp(temperature)}
 
 
 def _deep_refine(
