@@ -248,12 +248,10 @@ def _pick_report(layer: TNLinear, again: dict, priced: dict) -> str:
     """The differing picks with the seconds (or errors) both decisions saw per mode, for a failure
     to say why."""
     lines = []
-    gen = layer.generator
-    modes = ["materialize"] + ["stream"] * gen.streamable + ["kron"] * (gen.kron is not None)
     for key, pick in layer.auto_modes["cpu"].items():
         if again["cpu"][key] != pick:
-            rows, regime = key
-            seen = {m: [priced.get((p, m, rows, regime)) for p in ("inside", "outside")] for m in modes}
+            modes = dict.fromkeys(m for _, m, *at in priced if tuple(at) == key)  # those the decisions priced
+            seen = {m: [priced.get((p, m, *key)) for p in ("inside", "outside")] for m in modes}
             lines.append(f"{key}: {pick} vs {again['cpu'][key]}; seconds (inside, outside) {seen}")
     return "; ".join(lines)
 

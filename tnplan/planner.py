@@ -770,7 +770,6 @@ def _portfolio(
     A fixed-effort budget runs exactly ``repeats`` trials before refining, and returns after that.
     """
     from tnplan.eliminate import elimination_ssa
-    from tnplan.greedy import greedy_ssa
     from tnplan.partition import PartitionParams, kahypar_available, partition_ssa
     from tnplan.tree import Tree
 
@@ -794,9 +793,7 @@ def _portfolio(
     rebracket_deep = _rebracket_seconds(n) <= REBRACKET_DEEP_SHARE * whole
     best_params: dict[str, object] | None = None
     best_cost = math.inf
-    best_greedy: tuple[float, dict[str, float] | None] = (math.inf, None)
-    greedy_draws = 0
-    g_rng = np.random.default_rng([seed, 0x6EED])  # its own stream: the other drivers draw as before
+    greedy = _GreedyDraws(np.random.default_rng([seed, 0x6EED]))  # its own stream: the others draw as before
     trial_time: dict[str, float] = {}
     kind_best: dict[str, float] = {}
     trial = 0
@@ -852,19 +849,13 @@ def _portfolio(
             # cheapest. A time-bound search draws for as long as the slowest other driver's trial
             # took (times GREEDY_SCREEN_SHARE), so the screen never starves them; a fixed effort
             # draws a fixed number, never reading the clock.
-            others = [t for k, t in trial_time.items() if k != "greedy"]
-            screen_end = t0 + GREEDY_SCREEN_SHARE * max(others) if others and not budget.fixed else math.inf
-            screened = []
-            for k in range(GREEDY_SCREEN_FIXED if budget.fixed else GREEDY_SCREEN):
-                if k and time.perf_counter() > min(search_deadline, screen_end):
-                    break
-                g_params = _greedy_params(g_rng, best_greedy[1] if greedy_draws >= GREEDY_EXPLORE else None)
-                greedy_draws += 1
-                g_path = greedy_ssa(legs, output, sizes, **g_params, seed=trial_seed + k)
-                g_cost = cost(g_path)
-                best_greedy = min(best_greedy, (g_cost, g_params), key=lambda b: b[0])
-                screened.append((g_cost, k, g_path))
-            path = min(screened)[2]
+            if budget.fixed:
+                count, until = GREEDY_SCREEN_FIXED, search_deadline
+            else:
+                others = [t for k, t in trial_time.items() if k != "greedy"]
+                until = min(search_deadline, t0 + GREEDY_SCREEN_SHARE * max(others, default=math.inf))
+                count = GREEDY_SCREEN
+            path = greedy.cheapest(legs, output, sizes, cost, trial_seed, count, until)
         tree = Tree(legs, output, sizes, path)
         tree.reconfigure(minimize, subtree_size=8, max_passes=1, min_fraction=1e-3, deadline=deadline)
         tree.reconfigure(
@@ -959,6 +950,34 @@ GREEDY_EXPLORE = 6
 GREEDY_SCREEN = 24
 GREEDY_SCREEN_SHARE = 1.0
 GREEDY_SCREEN_FIXED = 4
+
+
+@dataclass
+class _GreedyDraws:
+    """The greedy driver's raw draws over one portfolio: its random stream, how many it drew, and the
+    cheapest draw's cost and parameters (later draws gather near them)."""
+
+    rng: np.random.Generator
+    drawn: int = 0
+    best: tuple[float, dict[str, float] | None] = (math.inf, None)
+
+    def cheapest(self, legs, output, sizes, cost, seed: int, count: int, until: float) -> list[tuple[int, int]]:
+        """Draw up to ``count`` raw greedy trees (the first always, no more once ``until`` has passed);
+        the cheapest one's SSA path (the first of equal costs)."""
+        from tnplan.greedy import greedy_ssa
+
+        drawn = []
+        for k in range(count):
+            if k and time.perf_counter() > until:
+                break
+            params = _greedy_params(self.rng, self.best[1] if self.drawn >= GREEDY_EXPLORE else None)
+            self.drawn += 1
+            path = greedy_ssa(legs, output, sizes, **params, seed=seed + k)
+            c = cost(path)
+            if c < self.best[0]:
+                self.best = (c, params)
+            drawn.append((c, k, path))
+        return min(drawn)[2]
 
 
 def _greedy_params(rng: np.random.Generator, around: dict[str, float] | None) -> dict[str, float]:
