@@ -11,6 +11,14 @@ import kernels.kronsum_cpu as kc
 from kernels.kronsum import kron_stream, reference
 
 torch.set_num_threads(1)
+MIN_BLOCKED_BYTES = kc.MIN_BLOCKED_BYTES
+
+
+@pytest.fixture(autouse=True)
+def _blocks_at_any_batch(monkeypatch):
+    # These tests check the blocks on batches small enough to read; at the real threshold a batch whose
+    # intermediate fits one block takes the reference (see test_a_batch_of_one_block_takes_the_reference).
+    monkeypatch.setattr(kc, "MIN_BLOCKED_BYTES", -1)
 
 
 def _operands(rows, r, m, p, n, q, seed, dtype=torch.float64):
@@ -55,6 +63,23 @@ def test_blocks_match_the_reference_forward_and_gradients(monkeypatch, rows, r, 
             assert _rel(g, w) < 1e-12
     else:
         assert all(torch.count_nonzero(g) == 0 for g in got)
+
+
+@pytest.mark.parametrize(
+    ("r", "m", "p", "n", "q", "dtype", "one_block"),
+    [
+        (2, 64, 64, 64, 64, torch.float32, 32),  # TTN χ=2 halves: X Bᵀ writes 32 KiB a row
+        (2, 8, 3, 16, 4, torch.float64, 2048),  # from A X (the mirror): 512 bytes a row
+    ],
+)
+def test_a_batch_of_one_block_takes_the_reference(monkeypatch, r, m, p, n, q, dtype, one_block):
+    monkeypatch.setattr(kc, "MIN_BLOCKED_BYTES", MIN_BLOCKED_BYTES)
+    assert kc.plan_mirror(p, q, m, n, r, dtype.itemsize) is (m * q < p * n)
+    for rows, blocked in ((1, False), (one_block, False), (one_block + 1, True)):
+        x, a, b = _operands(rows, r, m, p, n, q, seed=rows, dtype=dtype)
+        y = kron_stream(x, a, b, backend="torch")
+        assert _blocked(y) is blocked, rows
+        assert _rel(y, reference(x, a, b)) < 1e-5
 
 
 def test_block_sizes_follow_the_cache_and_the_gradient_sums(monkeypatch):
