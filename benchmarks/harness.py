@@ -157,6 +157,27 @@ def output_dir(out: Path | None, quick: bool, prefix: str) -> Path:
     return out or Path(tempfile.mkdtemp(prefix=prefix))
 
 
+def width_cli(
+    doc: str, name: str, quick_help: str, render: Callable[[dict], str], argv: list[str] | None
+) -> tuple[argparse.Namespace, Path, str] | None:
+    """The command line of a one-process CPU benchmark over layers of one width: ``--width``, ``--quick``
+    (``quick_help``), ``--results`` and ``--report-only``. Returns the arguments, the folder to write
+    and the files' stem (``name``, or ``name-quick``), or ``None`` once ``--report-only`` has re-rendered
+    the Markdown from the JSON with ``render``."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--width", type=positive_int, default=4096)
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--results", type=Path, default=None, help="output dir (default benchmarks/results; quick: temp)")
+    p.add_argument("--report-only", action="store_true", help="re-render the Markdown from the JSON")
+    args = p.parse_args(argv)
+    stem = f"{name}-quick" if args.quick else name
+    results = output_dir(args.results, args.quick, f"{name}-quick-")
+    if args.report_only:
+        write_atomic(results / f"{stem}.md", render(read_results(results / f"{stem}.json", ("rows",))))
+        return None
+    return args, results, stem
+
+
 # ------------------------------------------------------------------------------------------- result files
 
 
@@ -166,6 +187,12 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_report(folder: Path, stem: str, result: dict[str, Any], render: Callable[[dict], str]) -> None:
+    """``result`` as ``stem.json`` and its rendering as ``stem.md`` in ``folder``, each replaced atomically."""
+    write_atomic(folder / f"{stem}.json", json.dumps(result, indent=1))
+    write_atomic(folder / f"{stem}.md", render(result))
 
 
 def read_results(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:

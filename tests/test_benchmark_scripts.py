@@ -271,6 +271,21 @@ def test_auto_cpu_benchmark_scores_the_pick_against_every_mode(tmp_path: Path) -
     assert "auto picked the fastest mode in" in (tmp_path / "layers-auto-cpu-quick.md").read_text()
 
 
+def test_kron_blocks_benchmark_forces_each_route_and_scores_the_rule(tmp_path: Path) -> None:
+    _run([str(REPO / "benchmarks" / "kernels" / "kron_blocks_cpu.py"), "--quick", "--results", str(tmp_path)])
+    result = json.loads((tmp_path / "kernels-kron-blocks-cpu-quick.json").read_text())
+    assert len(result["rows"]) == 10  # four layers and the op, two batches each
+    for row in result["rows"]:
+        # Each forcing really ran its route (the quick shapes all allow blocks).
+        assert row["mirror"] is not None and row["blocked_forwards"]["blocked"] >= 1
+        assert row["blocked_forwards"]["einsum"] == 0
+        one_block = row["intermediate_mib"] * 2**20 <= result["min_blocked_bytes"]
+        assert row["rule"] == ("einsum" if one_block else "blocked")
+        assert row["faster"] == min(row["ms"], key=row["ms"].__getitem__) and row["rule_cost"] >= 1
+    assert {r["rule"] for r in result["rows"]} == {"einsum", "blocked"}
+    assert "The rule took the faster route in" in (tmp_path / "kernels-kron-blocks-cpu-quick.md").read_text()
+
+
 def _kernels_cpu_script():
     import importlib.util
 

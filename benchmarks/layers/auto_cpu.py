@@ -15,7 +15,6 @@ seconds :mod:`adntn.timing` predicts, the mode auto picks, the mode the old flop
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -29,7 +28,7 @@ for _p in (HERE.parent, REPO):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from harness import output_dir, positive_int, read_results, write_atomic  # noqa: E402
+from harness import width_cli, write_report  # noqa: E402
 
 CONFIGS = [("ttn", 2), ("ttn", 16), ("attn", 2), ("attn", 9), ("mera", 2), ("mera", 8)]
 BATCHES = (1, 64, 256, 512, 1024, 4096)
@@ -137,17 +136,12 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--width", type=positive_int, default=4096)
-    p.add_argument("--quick", action="store_true", help="two configs at width 512, batches 1 and 64 (smoke test)")
-    p.add_argument("--results", type=Path, default=None, help="output dir (default benchmarks/results; quick: temp)")
-    p.add_argument("--report-only", action="store_true", help="re-render the Markdown from the JSON")
-    args = p.parse_args(argv)
-    name = "layers-auto-cpu-quick" if args.quick else "layers-auto-cpu"
-    results = output_dir(args.results, args.quick, "layers-auto-cpu-quick-")
-    if args.report_only:
-        write_atomic(results / f"{name}.md", markdown(read_results(results / f"{name}.json", ("rows",))))
+    parsed = width_cli(
+        __doc__, "layers-auto-cpu", "two configs at width 512, batches 1 and 64 (smoke test)", markdown, argv
+    )
+    if parsed is None:
         return 0
+    args, results, name = parsed
     import torch
     from machine import describe
 
@@ -164,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["rows"].append(row)
                 print(json.dumps(row), flush=True)
                 # Rewritten after every row, so an interrupted run keeps what it measured.
-                write_atomic(results / f"{name}.json", json.dumps(result, indent=1))
-                write_atomic(results / f"{name}.md", markdown(result))
+                write_report(results, name, result, markdown)
     print(markdown(result))
     return 0
 
