@@ -33,8 +33,9 @@ MIN_SUM = 256  # terms summed per block into a factor's gradient that does not f
 MAX_SUMMED = 256  # the first product's summed extent past which recomputing it costs more than writing it
 PER_ROW_BELOW = 8  # blocks of fewer rows sum Ā' one row at a time (no copy); larger ones as one product on a copy
 # A whole batch's intermediate at or below which the reference runs: as one block its intermediate is as
-# cache-resident as a block's, so blocking would only recompute it in the backward. Measured (1 thread,
-# float32, training step): blocked at 0.46-0.82x the reference's speed wherever the batch made one block.
+# cache-resident as a block's, so blocking would only recompute it in the backward. Measured in
+# benchmarks/results/kernels-kron-blocks-cpu.md (1 thread, training steps, 29 cases): with this rule the
+# faster route in 22, worst 1.10x its time; blocking every batch 13, worst 2.00x (narrow factors at 0.5 MiB).
 MIN_BLOCKED_BYTES = BLOCK_BYTES
 
 
