@@ -39,6 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from adntn.errors import AdntnError
 from kernels.calibrate import best_seconds, cache_header, cache_path, cached_entry, stored
+from kernels.repeat import repeat
 
 VERSION = 3
 LARGE = 1 << 22  # output elements past which a write streams to fresh memory (16 MiB in float32)
@@ -83,10 +84,12 @@ def cache_file() -> Path:
 
 @dataclass(frozen=True)
 class Op:
-    """One recorded operation: a matrix product ``(b, m, k, n)``, or ``(read, written)`` elements."""
+    """One recorded operation: a matrix product ``(b, m, k, n)``, or ``(read, written)`` elements,
+    standing for ``count`` identical ones (a loop traced once for all its iterations: :mod:`kernels.repeat`)."""
 
     kind: str  # "mm" or "mem"
     dims: tuple[int, ...]
+    count: int = 1
 
 
 class _Recorder(TorchDispatchMode):
@@ -99,15 +102,15 @@ class _Recorder(TorchDispatchMode):
         if func in _MM:
             a, b = args[_MM[func]], args[_MM[func] + 1]
             if a.dim() == 2:
-                self.ops.append(Op("mm", (1, a.shape[0], a.shape[1], b.shape[1])))
+                self.ops.append(Op("mm", (1, a.shape[0], a.shape[1], b.shape[1]), repeat()))
             else:
-                self.ops.append(Op("mm", (a.shape[0], a.shape[1], a.shape[2], b.shape[2])))
+                self.ops.append(Op("mm", (a.shape[0], a.shape[1], a.shape[2], b.shape[2]), repeat()))
         elif not func.is_view and func._schema.name not in _FREE:
             outs = out if isinstance(out, (tuple, list)) else (out,)
             written = sum(o.numel() for o in outs if isinstance(o, torch.Tensor))
             read = sum(a.numel() for a in args if isinstance(a, torch.Tensor))
             if written:
-                self.ops.append(Op("mem", (read, written)))
+                self.ops.append(Op("mem", (read, written), repeat()))
         return out
 
 
@@ -138,8 +141,10 @@ def mem_seconds(params: dict[str, float], read: int, written: int) -> float:
 
 def seconds(ops: Sequence[Op], params: dict[str, float]) -> float:
     """Predicted seconds of a recorded operation list (each operation also pays torch's dispatch)."""
-    work = sum(gemm_seconds(params, *op.dims) if op.kind == "mm" else mem_seconds(params, *op.dims) for op in ops)
-    return work + len(ops) * params["per_op"]
+    work = sum(
+        op.count * (gemm_seconds(params, *op.dims) if op.kind == "mm" else mem_seconds(params, *op.dims)) for op in ops
+    )
+    return work + sum(op.count for op in ops) * params["per_op"]
 
 
 def fit(gemms: Sequence[tuple[int, int, int, int, float]], copies: Sequence[tuple[int, float]]) -> dict[str, float]:

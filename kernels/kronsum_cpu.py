@@ -22,10 +22,12 @@ gradients come from the reference contraction, which autograd can differentiate 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
+from kernels.repeat import repeated
 from kernels.transforms import transformed
 
 BLOCK_BYTES = 1 << 20  # a block's intermediate, within a core's L2 (2 MiB here): the next product reads it there
@@ -48,6 +50,20 @@ def block_rows(p: int, q: int, m: int, n: int, r: int, itemsize: int, backward: 
     if backward and r * n * q * itemsize > BLOCK_BYTES:
         rows = max(rows, -(-MIN_SUM // max(p, 1)))
     return rows
+
+
+def _blocks(rows: int, step: int, meta: bool) -> Iterator[tuple[int, int]]:
+    """Each block's first row and how many identical blocks it stands for: every block of ``step`` rows
+    on real data; on meta tensors (the CPU mode model's trace, which prices each operation that many
+    times: :mod:`kernels.repeat`) one full block for all of them, then the ragged last one."""
+    if not meta:
+        yield from ((i, 1) for i in range(0, rows, step))
+        return
+    full, ragged = divmod(rows, step)
+    if full:
+        yield 0, full
+    if ragged:
+        yield full * step, 1
 
 
 def plan_mirror(p: int, q: int, m: int, n: int, r: int, itemsize: int) -> bool | None:
@@ -114,20 +130,22 @@ def _forward(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, mirror: bool) ->
         step = block_rows(q, p, n, m, r, x.element_size())  # the mirror frame's
         a2 = a.transpose(0, 1).reshape(m * r, p)  # A'': (M R, P)
         b3 = b.transpose(1, 2).reshape(r * q, n)  # (R Q, N)
-        for i in range(0, rows, step):
-            xb = x[i : i + step]
-            k = xb.shape[0]
-            v = torch.bmm(a2.expand(k, m * r, p), xb)  # (k, M R, Q) = (k M, R Q)
-            torch.mm(v.view(k * m, r * q), b3, out=y[i : i + k].view(k * m, n))
+        for i, times in _blocks(rows, step, x.is_meta):
+            with repeated(times):
+                xb = x[i : i + step]
+                k = xb.shape[0]
+                v = torch.bmm(a2.expand(k, m * r, p), xb)  # (k, M R, Q) = (k M, R Q)
+                torch.mm(v.view(k * m, r * q), b3, out=y[i : i + k].view(k * m, n))
         return y
     step = block_rows(p, q, m, n, r, x.element_size())
     a1 = a.permute(1, 2, 0).reshape(m, p * r)  # A': (M, P R)
     b1 = b.reshape(r * n, q)  # B': (R N, Q)
-    for i in range(0, rows, step):
-        xb = x[i : i + step]
-        k = xb.shape[0]
-        u = torch.mm(xb.reshape(k * p, q), b1.T).view(k, p * r, n)
-        torch.bmm(a1.expand(k, m, p * r), u, out=y[i : i + k])
+    for i, times in _blocks(rows, step, x.is_meta):
+        with repeated(times):
+            xb = x[i : i + step]
+            k = xb.shape[0]
+            u = torch.mm(xb.reshape(k * p, q), b1.T).view(k, p * r, n)
+            torch.bmm(a1.expand(k, m, p * r), u, out=y[i : i + k])
     return y
 
 
@@ -155,27 +173,46 @@ def _backward_blocks(
     dx = x.new_empty((rows, p, q)) if need_x else None
     da1 = a.new_zeros((m, p * r)) if need_a else None
     db1 = b.new_zeros((r * n, q)) if need_b else None
-    for i in range(0, rows, step):
-        xb = x[i : i + step].reshape(-1, q)  # (k P, Q): a view of a contiguous x, else a block-sized copy
-        k = xb.shape[0] // p
-        dyb = dy[i : i + k]
-        if da1 is not None:
-            u = torch.mm(xb, b1.T).view(k, p * r, n)  # recomputed, where the forward wrote it to no memory
-            if k < PER_ROW_BELOW:
-                for j in range(k):
-                    da1.addmm_(dyb[j], u[j].T)
-            else:
-                da1.addmm_(dyb.transpose(0, 1).reshape(m, k * n), u.transpose(1, 2).reshape(k * n, p * r))
-        if dx is None and db1 is None:
-            continue
-        du = torch.bmm(a1.T.expand(k, p * r, m), dyb).view(k * p, r * n)
-        if dx is not None:
-            torch.mm(du, b1, out=dx[i : i + k].view(k * p, q))
-        if db1 is not None:
-            db1.addmm_(du.T, xb)
+    for i, times in _blocks(rows, step, x.is_meta):
+        with repeated(times):
+            _backward_block(x[i : i + step], dy, i, (a1, b1), (dx, da1, db1))
     da = None if da1 is None else da1.view(m, p, r).permute(2, 0, 1)
     db = None if db1 is None else db1.view(r, n, q)
     return dx, da, db
+
+
+def _backward_block(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    start: int,
+    factors: tuple[torch.Tensor, torch.Tensor],
+    grads: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
+) -> None:
+    """One block's share of the gradients: rows ``x`` (``(k, P, Q)``) starting at row ``start``,
+    ``factors`` ``A'`` ``(M, P R)`` and ``B'`` ``(R N, Q)``, and ``grads`` ``X̄`` (written), ``Ā'`` and
+    ``B̄'`` (summed into), each ``None`` where not needed."""
+    a1, b1 = factors
+    dx, da1, db1 = grads
+    p, q = x.shape[1:]
+    m, pr = a1.shape
+    n = b1.shape[0] * p // pr
+    xb = x.reshape(-1, q)  # (k P, Q): a view of a contiguous x, else a block-sized copy
+    k = xb.shape[0] // p
+    dyb = dy[start : start + k]
+    if da1 is not None:
+        u = torch.mm(xb, b1.T).view(k, pr, n)  # recomputed, where the forward wrote it to no memory
+        if k < PER_ROW_BELOW:
+            for j in range(k):
+                da1.addmm_(dyb[j], u[j].T)
+        else:
+            da1.addmm_(dyb.transpose(0, 1).reshape(m, k * n), u.transpose(1, 2).reshape(k * n, pr))
+    if dx is None and db1 is None:
+        return
+    du = torch.bmm(a1.T.expand(k, pr, m), dyb).view(k * p, b1.shape[0])
+    if dx is not None:
+        torch.mm(du, b1, out=dx[start : start + k].view(k * p, q))
+    if db1 is not None:
+        db1.addmm_(du.T, xb)
 
 
 class _KronRows(torch.autograd.Function):

@@ -263,3 +263,42 @@ def test_the_mode_model_prices_the_blocks_products_as_products():
     first, second = 2 * p * q * r * n, 2 * m * p * r * n  # a row's X Bᵀ and A' U
     # Forward: both; backward: the first again, then Ā', Ū, X̄ and B̄.
     assert flops == rows * (4 * first + 3 * second)
+
+
+@pytest.mark.parametrize(
+    ("rows", "shape", "needs"),
+    [
+        (1001, (13, 64, 64, 64, 64), (True, True, True)),  # TTN χ=13 root: 4-row blocks, a ragged last one
+        (1000, (13, 64, 64, 64, 64), (False, True, True)),  # no ragged block; x needs no gradient
+        (777, (9, 64, 224, 64, 112), (True, True, True)),  # the mirror frame (MERA χ=3 25088x4096)
+    ],
+)
+def test_a_meta_trace_counts_one_block_for_all_and_prices_like_the_full_loop(monkeypatch, rows, shape, needs):
+    from collections import Counter
+
+    from adntn.timing import trace
+
+    r, m, p, n, q = shape
+    assert kc.plan_mirror(p, q, m, n, r, 4) is (rows == 777)
+
+    def step():
+        ops = [
+            torch.empty(s, device="meta", requires_grad=need)
+            for s, need in zip(((rows, p, q), (r, m, p), (r, n, q)), needs, strict=True)
+        ]
+        y = kron_stream(*ops, backend="torch")
+        assert _blocked(y)
+        y.backward(torch.empty_like(y))
+
+    def weighted(ops):
+        counts = Counter()
+        for op in ops:
+            counts[op.kind, op.dims] += op.count
+        return counts
+
+    collapsed = trace(step)
+    every_block = kc._blocks
+    monkeypatch.setattr(kc, "_blocks", lambda rows, step, meta: every_block(rows, step, False))
+    full = trace(step)
+    assert all(op.count == 1 for op in full) and len(collapsed) < len(full) / 10
+    assert weighted(collapsed) == weighted(full)
