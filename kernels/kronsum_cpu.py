@@ -193,11 +193,10 @@ def _backward_block(
     ``B̄'`` (summed into), each ``None`` where not needed."""
     a1, b1 = factors
     dx, da1, db1 = grads
-    p, q = x.shape[1:]
+    k, p, q = x.shape
     m, pr = a1.shape
-    n = b1.shape[0] * p // pr
-    xb = x.reshape(-1, q)  # (k P, Q): a view of a contiguous x, else a block-sized copy
-    k = xb.shape[0] // p
+    n = b1.shape[0] // (pr // p)  # B' is (R N, Q), A' (M, P R)
+    xb = x.reshape(k * p, q)  # a view of a contiguous x, else a block-sized copy
     dyb = dy[start : start + k]
     if da1 is not None:
         u = torch.mm(xb, b1.T).view(k, pr, n)  # recomputed, where the forward wrote it to no memory
