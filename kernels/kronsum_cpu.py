@@ -83,11 +83,25 @@ def plan_mirror(p: int, q: int, m: int, n: int, r: int, itemsize: int) -> bool |
     return mirror if direct or mirror else None
 
 
+def batch_bytes(rows: int, p: int, q: int, m: int, n: int, r: int, itemsize: int, mirror: bool) -> int:
+    """Bytes of the whole batch's intermediate in the frame the blocks start from (``X_b B_rᵀ``:
+    ``P R N`` a row; the mirror's ``A X_b``: ``M R Q``)."""
+    return rows * (m * q if mirror else p * n) * r * itemsize
+
+
+def plan_blocks(rows: int, p: int, q: int, m: int, n: int, r: int, itemsize: int) -> bool | None:
+    """:func:`plan_mirror` for a batch of ``rows``: ``None`` (no blocks) also where the whole batch's
+    intermediate fits :data:`MIN_BLOCKED_BYTES`."""
+    mirror = plan_mirror(p, q, m, n, r, itemsize)
+    if mirror is None or batch_bytes(rows, p, q, m, n, r, itemsize, mirror) <= MIN_BLOCKED_BYTES:
+        return None
+    return mirror
+
+
 def kron_rows(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``Y_b = Σ_r A_r X_b B_rᵀ`` for every row, in cache-sized blocks of rows where that pays
-    (:func:`plan_mirror`, and a batch whose intermediate outgrows :data:`MIN_BLOCKED_BYTES`; float32
-    and float64) and the blocks' autograd node can run, otherwise :func:`kernels.kronsum.reference`;
-    differentiable in all three.
+    (:func:`plan_blocks`; float32 and float64) and the blocks' autograd node can run, otherwise
+    :func:`kernels.kronsum.reference`; differentiable in all three.
 
     Args:
         x: ``(rows, P, Q)``.
@@ -111,9 +125,7 @@ def kron_rows(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
         or x.dtype not in (torch.float32, torch.float64)
         or 0 in (p, q, m, n, r)
     ):
-        mirror = plan_mirror(p, q, m, n, r, x.element_size())
-    if mirror is not None and x.shape[0] * (m * q if mirror else p * n) * r * x.element_size() <= MIN_BLOCKED_BYTES:
-        mirror = None
+        mirror = plan_blocks(x.shape[0], p, q, m, n, r, x.element_size())
     if mirror is None:
         from kernels.kronsum import reference
 

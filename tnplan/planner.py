@@ -966,7 +966,7 @@ class _GreedyDraws:
         the cheapest one's SSA path (the first of equal costs)."""
         from tnplan.greedy import greedy_ssa
 
-        drawn = []
+        cheapest: tuple[float, list[tuple[int, int]]] | None = None
         for k in range(count):
             if k and time.perf_counter() > until:
                 break
@@ -976,8 +976,10 @@ class _GreedyDraws:
             c = cost(path)
             if c < self.best[0]:
                 self.best = (c, params)
-            drawn.append((c, k, path))
-        return min(drawn)[2]
+            if cheapest is None or c < cheapest[0]:
+                cheapest = (c, path)
+        assert cheapest is not None  # the first draw always runs
+        return cheapest[1]
 
 
 def _greedy_params(rng: np.random.Generator, around: dict[str, float] | None) -> dict[str, float]:

@@ -78,8 +78,8 @@ def _row(kind: str, config: str, rows: int, shape: tuple[int, ...], itemsize: in
     ms, blocked_forwards = timed
     r, m, p, n, q = shape
     mirror = kc.plan_mirror(p, q, m, n, r, itemsize)
-    inter = rows * (m * q if mirror else p * n) * r * itemsize
-    rule = "blocked" if mirror is not None and inter > kc.MIN_BLOCKED_BYTES else "einsum"
+    inter = kc.batch_bytes(rows, p, q, m, n, r, itemsize, bool(mirror))
+    rule = "einsum" if kc.plan_blocks(rows, p, q, m, n, r, itemsize) is None else "blocked"
     faster = min(ms, key=ms.__getitem__)
     return {
         "kind": kind, "config": config, "rows": rows, "shape": list(shape), "mirror": mirror,
