@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import numbers
 from typing import Any
@@ -24,9 +25,18 @@ MODES = ("auto", "materialize", "stream", "kron")
 # slower. On the CPU the modes' predicted seconds decide (adntn/timing.py): flops alone streamed a
 # TTN χ=16 at 4096 rows, 2.2x slower than materialising (benchmarks/results/kernels-kron-cpu.md).
 WRITE_WEIGHT = {"cuda": 1024}
-# Batch sizes auto decides at (a batch takes the nearest on a log scale). Finer than the stream plans'
-# buckets: TTN χ=16 and MERA χ=8 4096x4096 stream fastest at 256 rows and materialise fastest at 1024.
-DECISION_ROWS = (1, 4, 16, 64, 256, 1024, 4096, 16384)
+# Batch sizes auto has a pick for (a batch takes the nearest on a log scale): every power of two, as
+# batches usually are. Finer than the stream plans' buckets: TTN χ=16 and MERA χ=8 4096x4096 stream
+# fastest at 256 rows and materialise fastest at 1024, and TTN χ=13 is predicted to stream fastest at
+# 8-16 rows but to run the Kronecker sum fastest at 4 and at 32 (1.4-1.5x cheaper than streaming there;
+# measured, a near tie: two runs of benchmarks/results/layers.md timed kron 1.19x, then stream 1.07x faster).
+DECISION_ROWS = tuple(1 << i for i in range(15))
+# The CPU model traces these always, and a size between two of them only where their picks differ:
+# a crossover lies there. Elsewhere the size between takes its neighbours' shared pick, which saves
+# most of its tracing (0.3-0.4 s per 4096-wide layer instead of ~0.5 s); tracing every size would
+# change 2 of the 273 untraced picks of the 13 configurations in benchmarks/results/layers-auto-cpu.md
+# and layers.md, both predicted within 1%.
+TRACED_ROWS = DECISION_ROWS[::2]
 
 
 def decision_rows(rows: int) -> int:
@@ -304,7 +314,10 @@ class TNLinear(_TNLayer):
         if "mode" in state:
             state["_mode_name"] = state.pop("mode")
         super().__setstate__(state)
-        if "auto_modes" not in self.__dict__:
+        # Layers pickled before auto decided at every power of two hold picks for every fourth.
+        if "auto_modes" not in self.__dict__ or (
+            self._mode_name == "auto" and (DECISION_ROWS[1], "input") not in self.auto_modes["cpu"]
+        ):
             self.auto_modes = {"cpu": {}, "cuda": {}}
             self.mode = self._mode_name
 
@@ -318,22 +331,32 @@ class TNLinear(_TNLayer):
         decided: dict[str, dict[tuple[int, str], str]] = {"cpu": {}, "cuda": {}}
         for b in DECISION_ROWS:
             cuda = "stream" if gen.streams_cheaper(b, WRITE_WEIGHT["cuda"]) else "materialize"
-            for regime in timing.REGIMES:
-                decided["cuda"][b, regime] = cuda
-                if len(modes) == 1:
-                    decided["cpu"][b, regime] = "materialize"
-                    continue
-                try:
-                    seconds = [timing.mode_seconds(gen, m, b, regime, prices) for m in modes]
-                except Exception:
-                    # The trace runs the generator's activations on meta tensors, and a user's callable
-                    # may refuse them with any exception (reading a value, numpy, a device check): then
-                    # planned flops decide for this layer, as they did before the timing model.
-                    decided["cpu"][b, regime] = "stream" if gen.streams_cheaper(b) else "materialize"
-                    continue
-                # The first of equal predictions (plain min over the list), so every run picks alike.
-                decided["cpu"][b, regime] = modes[seconds.index(min(seconds))]
+            decided["cuda"].update({(b, regime): cuda for regime in timing.REGIMES})
+        cpu = decided["cpu"]
+        for regime in timing.REGIMES:
+            if len(modes) == 1:
+                cpu.update({(b, regime): "materialize" for b in DECISION_ROWS})
+                continue
+            try:
+                for b in TRACED_ROWS:
+                    cpu[b, regime] = self._fastest(modes, b, regime, prices)
+                for lo, hi in itertools.pairwise(TRACED_ROWS):
+                    mid = 2 * lo
+                    same = cpu[lo, regime] == cpu[hi, regime]
+                    cpu[mid, regime] = cpu[lo, regime] if same else self._fastest(modes, mid, regime, prices)
+            except Exception:
+                # The trace runs the generator's activations on meta tensors, and a user's callable
+                # may refuse them with any exception (reading a value, numpy, a device check): then
+                # planned flops decide for this layer, as they did before the timing model.
+                cpu.update({(b, regime): "stream" if gen.streams_cheaper(b) else "materialize" for b in DECISION_ROWS})
         return decided
+
+    def _fastest(self, modes: list[str], rows: int, regime: str, prices: dict[str, float]) -> str:
+        from adntn import timing
+
+        seconds = [timing.mode_seconds(self.generator, m, rows, regime, prices) for m in modes]
+        # The first of equal predictions (plain min over the list), so every run picks alike.
+        return modes[seconds.index(min(seconds))]
 
     def mode_for(self, rows: int, device: str | torch.device = "cpu", regime: str = "input") -> str:
         """The mode a batch of ``rows`` samples on ``device`` runs in: ``"materialize"``, ``"stream"`` or

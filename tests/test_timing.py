@@ -7,7 +7,7 @@ import torch
 
 import adntn
 from adntn import TNLinear, timing
-from adntn.layers import DECISION_ROWS, decision_rows
+from adntn.layers import DECISION_ROWS, TRACED_ROWS, decision_rows
 
 # This machine's fitted model (AMD EPYC, 1 thread, float32), so the ranking tests below do not
 # depend on where they run.
@@ -133,7 +133,11 @@ def test_auto_takes_the_predicted_fastest_mode_per_bucket_and_regime():
     for b in DECISION_ROWS:
         for regime in timing.REGIMES:
             sec = {m: timing.mode_seconds(gen, m, b, regime) for m in ("materialize", "stream", "kron")}
-            assert layer.mode_for(b, "cpu", regime) == min(sec, key=sec.__getitem__)
+            fastest = min(sec, key=sec.__getitem__)
+            if b not in TRACED_ROWS:  # between two traced sizes: their shared pick, else its own
+                lo, hi = (layer.mode_for(n, "cpu", regime) for n in (b // 2, b * 2))
+                fastest = lo if lo == hi else fastest
+            assert layer.mode_for(b, "cpu", regime) == fastest
             assert layer.uses_stream(b, "cpu", regime) == (layer.mode_for(b, "cpu", regime) != "materialize")
     with pytest.raises(adntn.AdntnError, match="unknown regime 'train'"):
         layer.mode_for(8, "cpu", "train")
@@ -157,7 +161,28 @@ def test_every_mode_auto_can_pick_gives_the_layer_output_and_gradients(picked):
 
 
 def test_a_batch_takes_the_nearest_decision_size():
-    assert [decision_rows(r) for r in (0, 1, 2, 3, 5, 200, 300, 1 << 20)] == [1, 1, 1, 4, 4, 256, 256, 16384]
+    rows = (0, 1, 2, 3, 5, 6, 32, 200, 300, 362, 363, 1 << 20)
+    assert [decision_rows(r) for r in rows] == [1, 1, 2, 4, 4, 8, 32, 256, 256, 256, 512, 16384]
+
+
+def test_auto_traces_a_size_between_two_traced_ones_only_where_their_picks_differ(monkeypatch):
+    # A made-up machine: stream is fastest at 6-20 rows, materialize from 3000, kron elsewhere, so
+    # the picks change between 4 and 16, 16 and 64, 1024 and 4096.
+    def seconds(gen, mode, rows, regime, prices):
+        traced.append((rows, regime))
+        fastest = "stream" if 6 <= rows <= 20 else "materialize" if rows >= 3000 else "kron"
+        return 1.0 if mode == fastest else 2.0
+
+    layer = TNLinear(64, 64, "ttn", 2, n_factors=4, mode="stream")
+    traced = []
+    monkeypatch.setattr(timing, "mode_seconds", seconds)
+    layer.mode = "auto"
+    for regime in timing.REGIMES:
+        sizes = sorted({b for b, r in traced if r == regime})
+        assert sizes == sorted({*TRACED_ROWS, 8, 32, 2048})
+        picks = [layer.mode_for(b, "cpu", regime) for b in DECISION_ROWS]
+        assert "".join(p[0] for p in picks) == "kkksskkkkkkkmmm"
+    assert layer.mode_for(22) == "stream" and layer.mode_for(23) == "kron"  # 16 and 32 rows' picks
 
 
 def test_a_layer_switched_to_auto_decides_at_the_switch_and_compiles():
@@ -290,6 +315,17 @@ def test_a_layer_pickled_before_the_timing_model_loads_and_decides():
     assert loaded.mode == "auto" and loaded.auto_modes == layer.auto_modes and "stream_at" not in loaded.__dict__
     x = torch.randn(2, 32)
     torch.testing.assert_close(loaded(x), layer(x))
+
+
+def test_a_layer_pickled_with_picks_for_every_fourth_size_decides_again():
+    layer = TNLinear(32, 32, "ttn", 2, n_factors=2)
+    state = layer.__getstate__()
+    # What TNLinear pickled when auto decided at 1, 4, 16, ..., 16384 only.
+    old = {kind: {k: v for k, v in picks.items() if k[0] in TRACED_ROWS} for kind, picks in layer.auto_modes.items()}
+    loaded = TNLinear.__new__(TNLinear)
+    loaded.__setstate__({**state, "auto_modes": old})
+    assert loaded.auto_modes == layer.auto_modes
+    assert loaded.mode_for(32) == layer.mode_for(32)
 
 
 def test_calibration_reads_its_cache_and_remeasures_a_bad_one(monkeypatch):

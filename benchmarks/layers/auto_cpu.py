@@ -4,9 +4,11 @@ For each configuration (4096x4096, TTN/aTTN/MERA at two bond sizes), batch size 
 (``forward``: no backward, under ``no_grad``; ``weights``: backward to the cores, ``x`` needing no
 gradient, as an input layer's; ``input``: ``x`` needing its gradient too, as a hidden layer's): one step
 of each mode the generator has (materialize, stream, kron through its torch route), the modes taking
-turns call by call, one thread; median seconds. Batch 512 lies between two of ``DECISION_ROWS``. Beside them: the
-seconds :mod:`adntn.timing` predicts, the mode auto picks, the mode the old flops rule picked
-(stream where its planned flops are fewer), and each pick's regret (its time over the fastest's).
+turns call by call, each after an untimed step of a dense ``nn.Linear`` of the same size, one thread;
+median seconds. Batches 8, 32 and 512 lie between two of
+``TRACED_ROWS``; 384 is no power of two. Beside them: the seconds :mod:`adntn.timing` predicts,
+the mode auto picks, the mode the old flops rule picked (stream where its planned flops are
+fewer), and each pick's regret (its time over the fastest's).
 
     .venv/bin/python benchmarks/layers/auto_cpu.py          # -> benchmarks/results/layers-auto-cpu.{md,json}
     .venv/bin/python benchmarks/layers/auto_cpu.py --quick  # two configs, small: layers-auto-cpu-quick.* in a temp dir
@@ -31,7 +33,7 @@ for _p in (HERE.parent, REPO):
 from harness import width_cli, write_report  # noqa: E402
 
 CONFIGS = [("ttn", 2), ("ttn", 16), ("attn", 2), ("attn", 9), ("mera", 2), ("mera", 8)]
-BATCHES = (1, 64, 256, 512, 1024, 4096)
+BATCHES = (1, 8, 32, 64, 256, 384, 512, 1024, 4096)
 REGIMES = ("forward", "weights", "input")
 MODES = ("materialize", "stream", "kron")
 
@@ -53,30 +55,35 @@ def measure(arch: str, bond: int, width: int, batch: int, regime: str) -> dict[s
     auto = adntn.TNLinear(width, width, arch, bond)
     gen = auto.generator
     modes = [m for m in MODES if m == "materialize" or (m == "stream" and gen.streamable) or (m == "kron" and gen.kron)]
-    steps = {}
+
+    def run(layer: Any) -> None:
+        if regime == "forward":
+            with torch.no_grad():
+                layer(x)
+            return
+        layer.zero_grad(set_to_none=False)
+        x.grad = None
+        layer(x).backward(dy)
+
+    layers = {}
     for mode in modes:
         torch.manual_seed(0)
-        layer = adntn.TNLinear(width, width, arch, bond, mode=mode)
+        layer = layers[mode] = adntn.TNLinear(width, width, arch, bond, mode=mode)
         if mode == "kron":
             # The route auto times and takes on the CPU (mode="kron" would take Triton's interpreter if set).
             layer.forward = lambda x, layer=layer: layer.generator.stream_kron(x, backend="torch") + layer.bias
-
-        def step(layer: Any = layer) -> None:
-            if regime == "forward":
-                with torch.no_grad():
-                    layer(x)
-                return
-            layer.zero_grad(set_to_none=False)
-            x.grad = None
-            layer(x).backward(dy)
-
-        step()  # warm: first-call allocations
-        steps[mode] = step
+        run(layer)  # warm: first-call allocations
+    # Every timed step follows an untimed step of this dense layer (a neighbouring layer in a model),
+    # so each mode starts from the same caches and heap. Taking turns alone, stream followed
+    # materialize 5 of 7 times (kron 2), and a small batch's step after materialize's ran up to 1.5x slower.
+    neighbour = torch.nn.Linear(width, width)
+    run(neighbour)
     samples: dict[str, list[float]] = {m: [] for m in modes}
     for k in range(_reps(batch)):
         for mode in modes[k % len(modes) :] + modes[: k % len(modes)]:
+            run(neighbour)
             start = time.perf_counter()
-            steps[mode]()
+            run(layers[mode])
             samples[mode].append(time.perf_counter() - start)
     seconds = {m: statistics.median(v) for m, v in samples.items()}
     fastest = min(seconds, key=seconds.__getitem__)
@@ -106,11 +113,13 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Machine: {result['machine']}; torch {result['torch']}, 1 thread; {result['date']}. Produced by "
         f"`benchmarks/layers/auto_cpu.py`. `TNLinear({result['width']}, {result['width']})`; one training step "
-        "(zero_grad, forward, backward) per mode, the modes taking turns call by call; median seconds "
+        "(zero_grad, forward, backward) per mode, the modes taking turns call by call, each step after an "
+        "untimed step of a dense `nn.Linear` of the same size (the same starting state for every mode); median seconds "
         "(7 steps at batch <= 64, 5 at 256, 3 above). kron runs its torch route (the one auto takes on the CPU). "
         "Regime: `forward` (no backward, under no_grad), `weights` (backward to the cores; x needs no gradient, "
-        "an input layer) or `input` (x needs its gradient too, a hidden layer). Batch 512 lies between two "
-        "decision sizes (auto uses the one for 256).",
+        "an input layer) or `input` (x needs its gradient too, a hidden layer). Batches 8, 32 and 512 lie "
+        "between two of the sizes auto always traces (1, 4, 16, ..., 16384): it traces them only where those "
+        "two sizes' picks differ and otherwise takes their shared pick; batch 384 takes the pick for 512.",
         "",
         "Predicted: `adntn.timing.mode_seconds` (the step traced on meta tensors, priced by this machine's "
         "calibration; a weight the numba kernels build, as materialize does by default, adds the kernels' "
