@@ -315,9 +315,8 @@ class TNLinear(_TNLayer):
             state["_mode_name"] = state.pop("mode")
         super().__setstate__(state)
         # Layers pickled before auto decided at every power of two hold picks for every fourth.
-        if "auto_modes" not in self.__dict__ or (
-            self._mode_name == "auto" and (DECISION_ROWS[1], "input") not in self.auto_modes["cpu"]
-        ):
+        picked = self.__dict__.get("auto_modes", {}).get("cpu")
+        if picked is None or (self._mode_name == "auto" and any((b, "input") not in picked for b in DECISION_ROWS)):
             self.auto_modes = {"cpu": {}, "cuda": {}}
             self.mode = self._mode_name
 
@@ -332,24 +331,28 @@ class TNLinear(_TNLayer):
         for b in DECISION_ROWS:
             cuda = "stream" if gen.streams_cheaper(b, WRITE_WEIGHT["cuda"]) else "materialize"
             decided["cuda"].update({(b, regime): cuda for regime in timing.REGIMES})
-        cpu = decided["cpu"]
         for regime in timing.REGIMES:
             if len(modes) == 1:
-                cpu.update({(b, regime): "materialize" for b in DECISION_ROWS})
-                continue
-            try:
-                for b in TRACED_ROWS:
-                    cpu[b, regime] = self._fastest(modes, b, regime, prices)
-                for lo, hi in itertools.pairwise(TRACED_ROWS):
-                    mid = 2 * lo
-                    same = cpu[lo, regime] == cpu[hi, regime]
-                    cpu[mid, regime] = cpu[lo, regime] if same else self._fastest(modes, mid, regime, prices)
-            except Exception:
-                # The trace runs the generator's activations on meta tensors, and a user's callable
-                # may refuse them with any exception (reading a value, numpy, a device check): then
-                # planned flops decide for this layer, as they did before the timing model.
-                cpu.update({(b, regime): "stream" if gen.streams_cheaper(b) else "materialize" for b in DECISION_ROWS})
+                picks = dict.fromkeys(DECISION_ROWS, "materialize")
+            else:
+                try:
+                    picks = self._cpu_picks(modes, regime, prices)
+                except Exception:
+                    # The trace runs the generator's activations on meta tensors, and a user's callable
+                    # may refuse them with any exception (reading a value, numpy, a device check): then
+                    # planned flops decide for this layer, as they did before the timing model.
+                    picks = {b: "stream" if gen.streams_cheaper(b) else "materialize" for b in DECISION_ROWS}
+            decided["cpu"].update({(b, regime): mode for b, mode in picks.items()})
         return decided
+
+    def _cpu_picks(self, modes: list[str], regime: str, prices: dict[str, float]) -> dict[int, str]:
+        """The predicted fastest of ``modes`` per :data:`DECISION_ROWS` size: traced at :data:`TRACED_ROWS`,
+        and at the size between two of them only where their picks differ (else their shared pick)."""
+        picks = {b: self._fastest(modes, b, regime, prices) for b in TRACED_ROWS}
+        for lo, hi in itertools.pairwise(TRACED_ROWS):
+            same = picks[lo] == picks[hi]
+            picks[2 * lo] = picks[lo] if same else self._fastest(modes, 2 * lo, regime, prices)
+        return picks
 
     def _fastest(self, modes: list[str], rows: int, regime: str, prices: dict[str, float]) -> str:
         from adntn import timing
