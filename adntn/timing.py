@@ -1,7 +1,7 @@
 """Predicted CPU seconds of a ``TNLinear`` training step in each mode, for ``mode="auto"``.
 
 Planned flops alone mislead on the CPU: a streamed TTN χ=16 at 4096 rows does half the dense layer's
-flops but ran 2.6x slower than materialising the weight (benchmarks/results/kernels-kron-cpu.md),
+flops but ran 2.3x slower than materialising the weight (benchmarks/results/kernels-kron-cpu.md),
 because its products have a narrow summed extent and write large intermediates. So each candidate mode
 is traced once on meta tensors (shapes, no data): its forward (and backward, in the training regimes)
 at a batch size, under a dispatch mode that records every matrix product and every operation that

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,28 @@ from typing import Any, NoReturn
 
 ARCHS = ("ttn", "attn", "mera")
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def time_after_neighbour(
+    steps: dict[str, Callable[[], Any]], neighbour: Callable[[], Any], reps: int
+) -> dict[str, list[float]]:
+    """Seconds of ``reps`` calls of each step, the steps taking turns call by call (the order rotating)
+    and each timed call following an untimed ``neighbour()`` (a neighbouring layer in a model).
+
+    Taking turns alone is biased: with three modes and seven rounds one mode followed a given other 5
+    times in 7, and a small batch's step after a materialising step ran up to 1.5x slower. The
+    neighbour gives every step the same starting caches and heap.
+    """
+    names = list(steps)
+    neighbour()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for k in range(reps):
+        for name in names[k % len(names) :] + names[: k % len(names)]:
+            neighbour()
+            start = time.perf_counter()
+            steps[name]()
+            samples[name].append(time.perf_counter() - start)
+    return samples
 
 
 def parse_shape(text: str) -> tuple[int, int]:

@@ -2,8 +2,9 @@
 
 Off CUDA the Kronecker-sum stream runs as two torch matmuls (``kernels.kronsum.reference``); this
 times one training step (``zero_grad``, forward, backward with ``x`` needing no gradient) of each mode
-at one batch size, one thread, the modes taking turns call by call (the order rotating), and reports
-medians. On the CPU ``mode="auto"`` weighs this route against the others (adntn/timing.py).
+at one batch size, one thread, the modes taking turns call by call (the order rotating), each step
+after an untimed step of a dense ``nn.Linear`` of the same size, and reports medians. On the CPU
+``mode="auto"`` weighs this route against the others (adntn/timing.py).
 
     .venv/bin/python benchmarks/kernels/kron_cpu.py            # -> benchmarks/results/kernels-kron-cpu.md
 """
@@ -23,6 +24,8 @@ REPO = HERE.parents[1]
 for _p in (HERE.parent, REPO):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
+
+from harness import time_after_neighbour  # noqa: E402
 
 CONFIGS = [("ttn", 2), ("ttn", 16), ("mera", 2), ("mera", 8), ("attn", 2), ("attn", 9)]
 MODES = ("materialize", "stream", "kron")
@@ -56,13 +59,14 @@ def measure(arch: str, bond: int, width: int, batch: int, reps: int) -> dict[str
         "stream": gen.stream_cost_at(batch) / dense,
         "kron": gen.kron_cost_at(batch) / dense,
     }
-    samples: dict[str, list[float]] = {m: [] for m in MODES}
-    for k in range(reps):
-        order = MODES[k % len(MODES) :] + MODES[: k % len(MODES)]
-        for mode in order:
-            t = time.perf_counter()
-            steps[mode]()
-            samples[mode].append(time.perf_counter() - t)
+    # Each timed step follows an untimed step of a dense layer of the same size (harness.time_after_neighbour).
+    neighbour = torch.nn.Linear(width, width)
+
+    def neighbour_step() -> None:
+        neighbour.zero_grad(set_to_none=False)
+        neighbour(x).backward(dy)
+
+    samples = time_after_neighbour(steps, neighbour_step, reps)
     return {**{m: statistics.median(v) for m, v in samples.items()}, "flops": flops}
 
 
@@ -73,7 +77,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Machine: {result['machine']}; torch {result['torch']}, 1 thread; {result['date']}. Produced by "
         f"`benchmarks/kernels/kron_cpu.py`. One training step of `TNLinear({result['width']}, {result['width']})` "
         f"at batch {result['batch']} (forward + backward, x without gradient); median seconds of "
-        f"{result['reps']} steps per mode, the modes taking turns call by call.",
+        f"{result['reps']} steps per mode, the modes taking turns call by call, each step after an untimed step of "
+        "a dense `nn.Linear` of the same size (the same starting state for every mode).",
         "",
         "Planned forward flops over the dense product's (`2 x batch x width²`) beside each time: the",
         "generator's groups, then `W` and one product (materialize), the planned stream through the last",

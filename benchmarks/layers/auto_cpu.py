@@ -17,6 +17,7 @@ fewer), and each pick's regret (its time over the fastest's).
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import sys
@@ -30,7 +31,7 @@ for _p in (HERE.parent, REPO):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from harness import width_cli, write_report  # noqa: E402
+from harness import time_after_neighbour, width_cli, write_report  # noqa: E402
 
 CONFIGS = [("ttn", 2), ("ttn", 16), ("attn", 2), ("attn", 9), ("mera", 2), ("mera", 8)]
 BATCHES = (1, 8, 32, 64, 256, 384, 512, 1024, 4096)
@@ -73,18 +74,11 @@ def measure(arch: str, bond: int, width: int, batch: int, regime: str) -> dict[s
             # The route auto times and takes on the CPU (mode="kron" would take Triton's interpreter if set).
             layer.forward = lambda x, layer=layer: layer.generator.stream_kron(x, backend="torch") + layer.bias
         run(layer)  # warm: first-call allocations
-    # Every timed step follows an untimed step of this dense layer (a neighbouring layer in a model),
-    # so each mode starts from the same caches and heap. Taking turns alone, stream followed
-    # materialize 5 of 7 times (kron 2), and a small batch's step after materialize's ran up to 1.5x slower.
+    # Every timed step follows an untimed step of a dense layer (a neighbouring layer in a model), so
+    # each mode starts from the same caches and heap (harness.time_after_neighbour says why).
     neighbour = torch.nn.Linear(width, width)
-    run(neighbour)
-    samples: dict[str, list[float]] = {m: [] for m in modes}
-    for k in range(_reps(batch)):
-        for mode in modes[k % len(modes) :] + modes[: k % len(modes)]:
-            run(neighbour)
-            start = time.perf_counter()
-            run(layers[mode])
-            samples[mode].append(time.perf_counter() - start)
+    steps = {mode: functools.partial(run, layers[mode]) for mode in modes}
+    samples = time_after_neighbour(steps, functools.partial(run, neighbour), _reps(batch))
     seconds = {m: statistics.median(v) for m, v in samples.items()}
     fastest = min(seconds, key=seconds.__getitem__)
     flops_pick = "stream" if gen.streams_cheaper(batch) else "materialize"
