@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -225,7 +224,9 @@ def test_damaged_file_is_moved_aside_and_rebuilt(tmp_path: Path, damage: str) ->
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     raw = path.read_bytes()
-    path.write_bytes(os.urandom(4096) if damage == "garbage" else raw[: len(raw) // 2])
+    # Garbage keeps SQLite's 100-byte file header (damaged pages, not some other file put there).
+    garbage = raw[:100] + np.random.default_rng(0).bytes(len(raw) - 100)
+    path.write_bytes(garbage if damage == "garbage" else raw[: len(raw) // 2])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         plans = [tnplan.plan(net, cache=PlanCache(path)) for net in nets]
@@ -237,11 +238,105 @@ def test_damaged_file_is_moved_aside_and_rebuilt(tmp_path: Path, damage: str) ->
     assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_other_schema_version_starts_over(tmp_path: Path) -> None:
+def _foreign_sqlite(path: Path, *statements: str) -> None:
+    conn = sqlite3.connect(path)
+    for sql in statements:
+        conn.execute(sql)
+    conn.commit()
+    conn.close()
+
+
+FOREIGN = {
+    "json": lambda path: path.write_text('{"format": "tnplan.cache/1", "entries": []}'),
+    "text": lambda path: path.write_text("hello\n"),
+    "binary": lambda path: path.write_bytes(np.random.default_rng(0).bytes(4096)),
+    "sqlite-meta": lambda path: _foreign_sqlite(
+        path, "CREATE TABLE meta (k TEXT, v TEXT)", "INSERT INTO meta VALUES ('schema', 'app/3')"
+    ),
+    "sqlite-plans": lambda path: _foreign_sqlite(
+        path, "CREATE TABLE plans (id INTEGER PRIMARY KEY, what TEXT)", "INSERT INTO plans VALUES (1, 'holiday')"
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FOREIGN))
+def test_a_file_that_is_not_a_cache_is_refused_and_left_untouched(tmp_path: Path, kind: str) -> None:
+    # Such a file was moved aside as "unreadable" and replaced by a new cache (JSON, text, another
+    # program's meta table), or had tnplan's tables written into it (another program's plans table).
+    path = tmp_path / "plans.json"
+    FOREIGN[kind](path)
+    before = path.read_bytes()
+    with pytest.raises(tnplan.PlanError, match=r"plans\.json is not a tnplan plan cache.*give another cache path"):
+        tnplan.plan(ttn(8, 2), cache=path)
+    with pytest.raises(tnplan.PlanError, match="not a tnplan plan cache"):
+        PlanCache(path).entries()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plans.json"]
+
+
+def test_cache_ls_on_an_export_file_points_to_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    exported, _ = _two_plan_export(tmp_path)
+    before = exported.read_bytes()
+    assert main(["cache", "ls", "--cache", str(exported)]) == 2
+    err = capsys.readouterr().err
+    assert f"{exported} is not a tnplan plan cache but JSON" in err and f"tnplan cache import {exported}" in err
+    assert len(err.strip().splitlines()) == 1 and "warning" not in err
+    assert exported.read_bytes() == before
+    assert not list(tmp_path.glob("plans.json.corrupt-*"))
+
+
+def test_a_file_that_is_not_a_cache_at_the_default_path_is_left_untouched(tmp_path: Path) -> None:
+    path = PlanCache().path
+    path.parent.mkdir(parents=True)
+    path.write_text("my notes\n")
+    with pytest.warns(CacheWarning, match="not a tnplan plan cache.*set TNPLAN_CACHE_DIR to another folder"):
+        p = tnplan.plan(ttn(8, 2))
+    assert p.cache_status == "off" and path.read_text() == "my notes\n"
+    assert [q.name for q in path.parent.iterdir()] == ["plans.sqlite"]
+
+
+def test_an_empty_file_becomes_a_cache(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite"
+    path.touch()
+    assert tnplan.plan(ttn(8, 2), cache=path).cache_status == "miss"
+    assert tnplan.plan(ttn(8, 2), cache=PlanCache(path)).cache_status == "hit"
+
+
+def test_another_versions_plans_are_kept(tmp_path: Path) -> None:
+    # Two environments with different tnplan versions share a cache folder: opening the file used
+    # to delete every row of the other version, so each wiped the other's plans.
     path = tmp_path / "c.sqlite"
+    tnplan.plan(mera(8, 2), cache=path)
+    # The file as format 1 left it: its own schema row, no aliases table, a row under its own key.
+    _foreign_sqlite(
+        path,
+        "DROP TABLE aliases",
+        "DELETE FROM meta",
+        "INSERT INTO meta VALUES ('schema', 'tnplan.cache.v1.k1')",
+        "UPDATE plans SET key = 'f1-' || key",
+    )
+    old = sqlite3.connect(path).execute("SELECT * FROM plans").fetchall()
+    assert tnplan.plan(mera(8, 2), cache=PlanCache(path)).cache_status == "miss"  # its key never matches ours
+    assert tnplan.plan(scrambled(mera(8, 2), 1), cache=PlanCache(path)).cache_status == "hit"
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT * FROM plans WHERE key LIKE 'f1-%'").fetchall() == old  # untouched
+    assert conn.execute("SELECT COUNT(*) FROM plans").fetchone()[0] == 2
+    # Its schema row stays as it was (that version empties a file whose schema is not its own).
+    assert dict(conn.execute("SELECT name, value FROM meta")) == {"schema": "tnplan.cache.v1.k1", "layout": "1"}
+    conn.close()
+
+
+def test_a_cache_of_another_table_layout_is_refused_not_emptied(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "plans.sqlite"
     tnplan.plan(ttn(8, 2), cache=path)
-    _tamper(path, "UPDATE meta SET value = 'tnplan.cache.v0'")
-    assert tnplan.plan(ttn(8, 2), cache=PlanCache(path)).cache_status == "miss"
+    _tamper(path, "UPDATE meta SET value = '2' WHERE name = 'layout'")
+    before = path.read_bytes()
+    with pytest.raises(tnplan.PlanError, match=r"table layout '2' of another tnplan version.*another cache path"):
+        tnplan.plan(ttn(8, 2), cache=PlanCache(path))
+    monkeypatch.setenv("TNPLAN_CACHE_DIR", str(tmp_path))  # the default cache: planned without it
+    with pytest.warns(CacheWarning, match="planning without the default plan cache.*table layout '2'"):
+        assert tnplan.plan(ttn(8, 2)).cache_status == "off"
+    assert path.read_bytes() == before
 
 
 # ---------------------------------------------------------------------------- improvement and effort
@@ -302,6 +397,27 @@ def test_export_import_and_cache_only_in_a_fresh_process(tmp_path: Path) -> None
     assert out["searched"] == []  # a hit needs neither kahypar nor the search code
     for k, p in plans.items():
         assert out[k] == [p.flops, "hit"]
+
+
+def test_the_default_cache_follows_tnplan_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The in-process memo answered before the path was looked at: after TNPLAN_CACHE_DIR moved,
+    # the old folder's plans still came back as hits (cache_only too).
+    net, other = ttn(8, 2), scrambled(ttn(8, 2), 3)
+    monkeypatch.setenv("TNPLAN_CACHE_DIR", str(tmp_path / "a"))
+    assert tnplan.plan(net).cache_status == "miss"
+    reader = PlanCache()  # a second default-path cache, with a hit count pending for folder a
+    assert tnplan.plan(other, cache=reader).cache_status == "hit"
+    monkeypatch.setenv("TNPLAN_CACHE_DIR", str(tmp_path / "b"))
+    with pytest.raises(tnplan.PlanError, match="no cached plan"):
+        tnplan.plan(net, cache_only=True)
+    assert tnplan.plan(net).cache_status == "miss"
+    assert tnplan.plan(other, cache=reader).cache_status == "hit"  # b's own plan now
+    reader.close()
+    # Each hit counted in the file it came from (a's was pending when the folder moved).
+    assert PlanCache(tmp_path / "a" / "plans.sqlite").stats()["hits"] == 1
+    assert PlanCache(tmp_path / "b" / "plans.sqlite").stats()["hits"] == 1
+    monkeypatch.setenv("TNPLAN_CACHE_DIR", str(tmp_path / "a"))
+    assert tnplan.plan(other, cache=reader).cache_status == "hit"
 
 
 def test_cache_only_miss_is_a_clear_error() -> None:

@@ -104,6 +104,10 @@ BAD_INPUTS = {
         write(d, "inf.json", '{"inputs": [["a"]], "output": [], "size_dict": {"a": Infinity}}'),
     ],
     "shapes-not-lists": lambda d: ["plan", write(d, "ints.json", '{"format_string": "a,b->ab", "shapes": [2, 3]}')],
+    # 1e9 was read as 10^9 workers and hung building their tasks; 2.7 became 2.
+    "workers-float": lambda d: ["plan", "--eq", "ab,bc->ac", "--shapes", "2x3,3x4", "--workers", "1e9"],
+    "workers-too-many": lambda d: ["plan", "--eq", "ab,bc->ac", "--shapes", "2x3,3x4", "--workers", "100000"],
+    "workers-fraction": lambda d: ["plan", "--eq", "ab,bc->ac", "--shapes", "2x3,3x4", "--workers", "2.7"],
     "save-into-missing-folder": lambda d: [
         "plan",
         "--eq",

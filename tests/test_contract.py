@@ -211,3 +211,25 @@ def test_torch_operands_of_mixed_dtype_are_promoted_and_numpy_among_them_is_a_pl
     torch.testing.assert_close(out, a.double() @ b)
     with pytest.raises(tnplan.PlanError, match="array 1 is a ndarray among torch tensors"):
         p.contract(torch.ones(2, 3), np.ones((3, 4)))
+
+
+def test_program_checks_operand_shapes_it_would_otherwise_reshape() -> None:
+    # A transposed operand has the right size: the steps' reshapes would take it and give a wrong answer.
+    net = tnplan.Network.from_einsum("ab,bc->ac", (2, 3), (3, 2))
+    program = tnplan.plan(net, cache=False).compile()
+    a, b = np.random.default_rng(0).random((2, 3)), np.random.default_rng(1).random((3, 2))
+    np.testing.assert_allclose(program(a, b), a @ b)
+    with pytest.raises(tnplan.PlanError, match=r"operand 0 has shape \(3, 2\) but the program expects \(2, 3\)"):
+        program(a.T.copy(), b)
+    with pytest.raises(tnplan.PlanError, match="operand 1 is a str"):
+        program(a, "b")
+
+
+def test_program_takes_any_size_on_its_free_axis_and_python_scalars() -> None:
+    net = tnplan.Network.from_einsum("xa,ab->xb", (4, 3), (3, 2))
+    program = tnplan.plan(net, cache=False).compile(free="x")
+    assert program(np.ones((7, 3)), np.ones((3, 2))).shape == (7, 2)
+    with pytest.raises(tnplan.PlanError, match=r"expects \(any, 3\)"):
+        program(np.ones((7, 2)), np.ones((3, 2)))
+    scalars = tnplan.plan(tnplan.Network.from_einsum(",->", (), ()), cache=False)
+    assert float(scalars.compile()(2.0, 3.0)) == float(scalars.contract(2.0, 3.0)) == 6.0

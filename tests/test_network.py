@@ -386,3 +386,27 @@ def test_json_round_trip_property(spec: tuple[list[list[object]], list[object], 
     assert back == net
     assert [type(lab) for lab in back.labels] == [type(lab) for lab in net.labels]
     assert back.shapes == net.shapes
+
+
+def test_equation_gives_every_index_its_own_letter_past_the_non_letters() -> None:
+    # From U+00C0 on, '×' and '÷' are skipped; 80 open indices once shared two letters.
+    inputs = [(f"x{i}", f"y{i}") for i in range(40)]
+    labels = [lab for term in inputs for lab in term]
+    net = Network.from_opt_einsum(inputs, labels, dict.fromkeys(labels, 1))
+    out = net.equation.split("->")[1]
+    assert len(out) == len(set(out)) == 80 and all(ch.isalpha() for ch in out)
+
+
+def test_from_einsum_refuses_arrays_absurd_sizes_briefly_and_reads_a_lone_scalar() -> None:
+    with pytest.raises(NetworkError, match=r"operand 0 is an array; .* pass its \.shape") as caught:
+        Network.from_einsum("ab,bc->ac", np.zeros((64, 64)), np.zeros((64, 8)))
+    assert len(str(caught.value)) < 100
+    with pytest.raises(NetworkError, match=r"sizes above 2\*\*62"):
+        Network.from_einsum("ab,bc->", (2**64, 2), (2, 2))
+    with pytest.raises(NetworkError) as caught:
+        Network.from_einsum("ab->", (np.arange(1000), 2))
+    assert len(str(caught.value)) < 120
+    scalar = Network.from_einsum("->", ())  # numpy's reading: one scalar operand
+    assert scalar.num_tensors == 1 and scalar.output == ()
+    with pytest.raises(NetworkError, match="has no operands"):
+        Network.from_einsum("")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from spec import SUMMARY_KEYS
 
 import tnplan
 from tnplan import Network, Plan, PlanError
+
+INSTANCES = Path(__file__).resolve().parents[2] / "shared" / "bench" / "instances"
 
 # Three tensors: planned by direct enumeration, so the test needs no compiled (numba) exact search.
 EQUATION = "ab,bc,cd->ad"
@@ -194,3 +197,29 @@ def test_describe_has_one_row_per_step(planned: Plan) -> None:
     rows = [line for line in lines[rule + 1 :] if line.strip()]
     assert len(rows) == len(planned.path) == len(SHAPES) - 1
     assert [row.split()[0] for row in rows] == [str(k) for k in range(len(rows))]
+
+
+def test_plan_json_refuses_deep_nesting_and_impossible_baselines() -> None:
+    with pytest.raises(PlanError, match="nests too deeply"):
+        Plan.from_json("[" * 100_000 + "]" * 100_000)
+    plan = tnplan.plan(Network.from_einsum("ab,bc,cd->ad", (8, 64), (64, 64), (64, 8)), cache=False)
+    data = json.loads(plan.to_json())
+    data["unsliced_flops"] = -5
+    with pytest.raises(PlanError, match="'unsliced_flops' is -5"):
+        Plan.from_json(json.dumps(data))
+
+
+def test_describe_and_objective_take_counts_past_the_largest_float() -> None:
+    # A 100-site MPS contracted in a bad order: 10^349 flops, exact as Python integers.
+    net = Network.from_json(INSTANCES / "cotengra" / "mps_mpo_L100_chi64_D5.json")
+    n = net.num_tensors
+    order = [*range(0, n, 2), *range(1, n, 2)]
+    ssa, current = [], order[0]
+    for k, t in enumerate(order[1:]):
+        ssa.append((current, t))
+        current = n + k
+    plan = tnplan.from_path(net, tnplan.cost.ssa_to_linear(ssa, n))
+    assert plan.log10_flops > 308
+    text = plan.describe()
+    assert f"e+{int(plan.log10_flops)}" in text and "peak memory:" in text
+    assert plan.costs.objective("flops") == math.inf

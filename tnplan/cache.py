@@ -11,8 +11,11 @@ Rules that make it safe to share between processes and machines:
   the stored flops and contraction cost; a mismatch warns, drops the row and plans again;
 * never a lost plan — writes are short ``BEGIN IMMEDIATE`` transactions, and a better plan
   replaces a worse one but never the reverse;
-* never a crash on damage — an unreadable file is moved aside (``*.corrupt-<time>``) and rebuilt,
-  an undecodable row is dropped, each with a :class:`CacheWarning`.
+* never a crash on damage — a damaged cache file is moved aside (``*.corrupt-<time>``) and rebuilt,
+  an undecodable row is dropped, each with a :class:`CacheWarning`;
+* never another program's file — a path holding anything but a tnplan cache (JSON, text, another
+  program's SQLite database) is left untouched and refused with a :class:`PlanError`;
+* never another version's plans — every version's keys differ, so their rows share one file.
 """
 
 from __future__ import annotations
@@ -41,10 +44,19 @@ from tnplan.cost import OBJECTIVES, rank_key, score_path
 from tnplan.errors import PlanError, TnplanError
 from tnplan.network import Network
 
-# Bump when the stored row layout or the cost model changes: old rows then simply never match.
+# Bump when what a row stores or the cost model changes: old rows then simply never match (the
+# row keys and presentations include it and KEY_VERSION), while staying in the file for the
+# version that wrote them.
 FORMAT_VERSION = 2
 EXPORT_FORMAT = "tnplan.cache/1"
 _SCHEMA = f"tnplan.cache.v{FORMAT_VERSION}.k{KEY_VERSION}"
+# The tables' shape, shared by every FORMAT_VERSION and KEY_VERSION so far (format 1 lacked only the
+# aliases table, which is created when missing). A file of another layout is refused, never
+# converted or emptied: it holds another version's plans. Bump it only for a change older code
+# cannot read, and give the default file a new name with it, so that versions sharing one cache
+# folder each keep their own file rather than refusing each other's.
+_LAYOUT = "1"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 class CacheWarning(UserWarning):
@@ -118,8 +130,8 @@ class PlanCache:
     """A persistent, process-safe store of plans in one SQLite file.
 
     Args:
-        path: The database file; ``None`` uses :func:`default_cache_path` (read when first used,
-            so ``TNPLAN_CACHE_DIR`` may be set after import).
+        path: The database file; ``None`` uses :func:`default_cache_path` (read on every use, so
+            ``TNPLAN_CACHE_DIR`` may be set or changed after import).
 
     Examples:
         >>> cache = PlanCache("/tmp/plans.sqlite")  # doctest: +SKIP
@@ -161,15 +173,22 @@ class PlanCache:
         if self._conn is not None and self._conn_path == path and self._conn_pid == os.getpid():
             return self._conn
         # A connection must not cross a fork, and the default path may have moved (env var).
+        if self._conn is not None and self._conn_pid == os.getpid():
+            # Hit counts belong to the file they were counted in: write them there before moving on.
+            self._write_hits(self._conn)
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
         self._conn = None
         self._memo.clear()
         self._rows.clear()
         for attempt in range(2):
+            conn: sqlite3.Connection | None = None
             try:
                 conn = sqlite3.connect(str(path), timeout=60.0, isolation_level=None, check_same_thread=False)
-                self._init(conn)
+                self._init(conn, path)
                 break
             except sqlite3.OperationalError as exc:
+                _close(conn)
                 if "locked" in str(exc) or "busy" in str(exc):
                     raise PlanError(f"plan cache {path} stayed locked for 60 s: {exc}") from None
                 if "unable to open" in str(exc):
@@ -185,23 +204,50 @@ class PlanCache:
                     raise PlanError(
                         f"cannot open the plan cache {path}: {exc}; check its permissions or set TNPLAN_CACHE_DIR"
                     ) from None
-                if attempt or not self._quarantine(path, exc):
-                    raise PlanError(f"cannot open the plan cache {path}: {exc}") from None
+                # SQLite reports damage as DatabaseError; this is the disk, permissions or a full
+                # file system, which moving the file aside would not mend.
+                raise PlanError(f"cannot open the plan cache {path}: {exc}") from None
             except sqlite3.DatabaseError as exc:
+                _close(conn)
                 if attempt or not self._quarantine(path, exc):
                     raise PlanError(f"cannot open the plan cache {path}: {exc}") from None
+            except BaseException:
+                _close(conn)
+                raise
+        assert conn is not None
         self._conn, self._conn_path, self._conn_pid = conn, path, os.getpid()
         return conn
 
-    @staticmethod
-    def _init(conn: sqlite3.Connection) -> None:
+    def _init(self, conn: sqlite3.Connection, path: Path) -> None:
+        """Check that ``conn`` is a tnplan cache of this layout (or a new file) and create what it lacks.
+
+        Raises:
+            PlanError: If the file is another program's database or has another table layout; it
+                is left as it was.
+        """
         # connect(timeout=60) already installs the busy handler; nothing else to set for a reader.
+        meta = _read_meta(conn)
+        if meta is not None and (
+            meta.get("layout") == _LAYOUT or ("layout" not in meta and meta.get("schema") == _SCHEMA)
+        ):
+            return  # the common case: an existing cache of this layout, read without writing
+        # Whose file this is, decided before anything is written (even the journal mode below would
+        # change another program's database), in one read transaction: another tnplan process may
+        # be creating the tables right now.
+        conn.execute("BEGIN")
         try:
-            row = conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
-        except sqlite3.OperationalError:
-            row = None  # a new file: no tables yet
-        if row is not None and row[0] == _SCHEMA:
-            return  # the common case: an existing cache of this version, read without writing
+            tables = sorted(name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+            meta = _read_meta(conn)
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        if tables and not _is_tnplan(meta):
+            names = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+            raise PlanError(
+                f"{path} is not a tnplan plan cache (an SQLite database with tables {names}), left untouched; "
+                f"{self._elsewhere()}"
+            )
+        self._check_layout(meta, path)
         # A rollback journal, not WAL: a reader's first query then costs ~0.25 ms instead of ~0.8 ms
         # (no -shm mapping), which is most of a fresh process's hit; writes are short either way.
         mode = conn.execute("PRAGMA journal_mode = DELETE").fetchone()
@@ -209,6 +255,8 @@ class PlanCache:
             raise sqlite3.DatabaseError("journal mode query returned nothing")
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Again under the write lock: another process may have set the file up meanwhile.
+            self._check_layout(_read_meta(conn), path)
             conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS plans ("
@@ -225,21 +273,60 @@ class PlanCache:
                 "CREATE TABLE IF NOT EXISTS aliases (exact TEXT PRIMARY KEY, key TEXT NOT NULL, form TEXT NOT NULL,"
                 " tensors TEXT NOT NULL, indices TEXT NOT NULL)"
             )
-            row = conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta VALUES ('schema', ?)", (_SCHEMA,))
-            elif row[0] != _SCHEMA:
-                # A file from another format version: its keys can never match ours, so start over.
-                conn.execute("DELETE FROM plans")
-                conn.execute("DELETE FROM aliases")
-                conn.execute("UPDATE meta SET value = ? WHERE name = 'schema'", (_SCHEMA,))
+            # Only the layout is recorded. A 'schema' row is neither written nor changed: tnplan
+            # versions before this one emptied any file whose 'schema' was not their own, and they
+            # leave one without it alone.
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('layout', ?)", (_LAYOUT,))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
 
+    def _check_layout(self, meta: dict[str, str] | None, path: Path) -> None:
+        """Refuse a tnplan cache whose tables another version shaped (before any write to it)."""
+        layout = None if meta is None else meta.get("layout")
+        if layout is not None and layout != _LAYOUT:
+            raise PlanError(
+                f"plan cache {path} has table layout {layout!r} of another tnplan version (this one reads "
+                f"{_LAYOUT!r}), left untouched; use that version with it, or {self._elsewhere()}"
+            )
+
+    def _elsewhere(self) -> str:
+        """How to choose another file: the default one moves with TNPLAN_CACHE_DIR, a named one by its path."""
+        if self._given is None:
+            return "move it away or set TNPLAN_CACHE_DIR to another folder"
+        return "give another cache path"
+
+    def _refuse_foreign(self, path: Path) -> None:
+        """Raise unless ``path`` is missing, empty or an SQLite file (only those may be moved aside)."""
+        try:
+            with path.open("rb") as f:
+                head = f.read(64)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise PlanError(f"cannot read the plan cache {path}: {exc.strerror or exc}") from None
+        if not head or head.startswith(_SQLITE_MAGIC):
+            return
+        # from None: the SQLite error that led here says less than this.
+        if head.lstrip()[:1] in (b"{", b"["):
+            if self._given is None:  # importing it where it lies would import it into itself
+                hint = "move it away (if it is an export, `tnplan cache import FILE` then loads it)"
+                hint += " or set TNPLAN_CACHE_DIR to another folder"
+            else:
+                hint = f"if it is an export, `tnplan cache import {path}` loads it; give another cache path"
+            raise PlanError(f"{path} is not a tnplan plan cache but JSON, left untouched; {hint}") from None
+        raise PlanError(
+            f"{path} is not a tnplan plan cache (not an SQLite file), left untouched; {self._elsewhere()}"
+        ) from None
+
     def _quarantine(self, path: Path, exc: Exception) -> bool:
-        """Move a damaged database aside (kept for inspection, never deleted) and start afresh."""
+        """Move a damaged database aside (kept for inspection, never deleted) and start afresh.
+
+        Raises:
+            PlanError: If the file is not SQLite at all: that is someone's data, not a damaged cache.
+        """
+        self._refuse_foreign(path)
         aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
         try:
             if path.exists():
@@ -279,6 +366,7 @@ class PlanCache:
                     raise PlanError(f"plan cache {self.path} refused a row ({exc}); nothing was written") from None
                 except sqlite3.DatabaseError as exc:
                     self._conn = None
+                    _close(conn)
                     if attempt or not self._quarantine(self.path, exc):
                         raise PlanError(f"plan cache {self.path} is damaged and cannot be rebuilt: {exc}") from None
         raise PlanError(f"plan cache {self.path} could not be repaired")
@@ -310,7 +398,8 @@ class PlanCache:
         from the stored tree. None when nothing is stored for ``network``.
         """
         opt = options.text()
-        memo = self._memo.get((network, opt))
+        # The memo holds what the open file said; TNPLAN_CACHE_DIR may have moved the default since.
+        memo = self._memo.get((network, opt)) if self._conn_path == self.path else None
         if memo is not None and memo[1] >= min_effort:
             return memo[0], True
         exact = _presentation(network, opt)
@@ -428,18 +517,21 @@ class PlanCache:
 
     def flush(self) -> None:
         """Write pending hit counts (kept in memory so that a hit never waits for a write)."""
-        pending, self._hits = self._hits, {}
-        if not pending:
-            return
-
-        def run(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "UPDATE plans SET hits = hits + ? WHERE key = ? AND form = ?",
-                [(n, k, f) for (k, f), n in pending.items()],
-            )
-
+        if not self._hits:
+            return  # and no file opened for nothing (this runs at exit for every cache object)
+        # Through _run, so that counts from a default path that has since moved go to their own file.
         with contextlib.suppress(PlanError, sqlite3.Error):  # a hit counter is not worth failing for
-            self._run(run)
+            self._run(self._write_hits)
+
+    def _write_hits(self, conn: sqlite3.Connection) -> None:
+        """Add the pending hit counts to ``conn``'s file (best effort, as in :meth:`flush`)."""
+        pending, self._hits = self._hits, {}
+        if pending:
+            with contextlib.suppress(sqlite3.Error):
+                conn.executemany(
+                    "UPDATE plans SET hits = hits + ? WHERE key = ? AND form = ?",
+                    [(n, k, f) for (k, f), n in pending.items()],
+                )
 
     def _mapped(self, network, options, key, form, data, tensor_map, index_of) -> Any:
         """The stored plan in the caller's numbering, verified; None (row dropped) on mismatch."""
@@ -675,6 +767,27 @@ class _Row:
     net_text: str
     data: dict[str, Any]
     network: Network | None = None
+
+
+def _close(conn: sqlite3.Connection | None) -> None:
+    if conn is not None:
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+
+def _read_meta(conn: sqlite3.Connection) -> dict[str, str] | None:
+    """The ``meta`` table's rows; None where there is no such table (a new file, or another program's)."""
+    try:
+        return {str(name): str(value) for name, value in conn.execute("SELECT name, value FROM meta")}
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc) or "no such column" in str(exc):
+            return None
+        raise
+
+
+def _is_tnplan(meta: dict[str, str] | None) -> bool:
+    """Whether ``meta`` is a tnplan cache's: a layout row, or the schema row of versions before it."""
+    return meta is not None and ("layout" in meta or meta.get("schema", "").startswith("tnplan.cache."))
 
 
 # Caches with hit counts to write when the process ends.

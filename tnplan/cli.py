@@ -38,6 +38,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+MAX_WORKERS = 1024  # one search task each: more only queue (a typo such as 1e9 would hang building them)
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of workers, got {text!r}") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_WORKERS} workers, got {text!r}")
+    return value
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text)
@@ -86,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--save", help="also write the plan (with its network) to this JSON file")
-    p.add_argument("--workers", type=_positive_int, default=1, help="independent search processes (default 1)")
+    p.add_argument("--workers", type=_workers, default=1, help="independent search processes (default 1)")
     p.add_argument("--executor", help="where workers run: local (default) or dask://HOST:PORT")
     _add_cache_arguments(p)
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the plan cache")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ class Program:
         """Contract ``arrays`` (numpy or torch; autograd flows through)."""
         if len(arrays) != len(self.shapes):
             raise PlanError(f"program contracts {len(self.shapes)} tensor(s) but {len(arrays)} were given")
+        arrays = tuple(_checked(k, a, want) for k, (a, want) in enumerate(zip(arrays, self.shapes, strict=True)))
         live = [a if eq is None else _einsum(eq, a) for a, eq in zip(arrays, self.prepare, strict=True)]
         for a, b, eq, sa, sb, out in self.steps:
             live.append(_einsum(eq, live[a].reshape(sa), live[b].reshape(sb)).reshape(out))
@@ -96,6 +98,22 @@ class Program:
             a, b, pa, sa, pb, sb = self.product
             return (_permute(live[a], pa).reshape(sa) @ _permute(live[b], pb).reshape(sb)).reshape(out)
         return _einsum(eq, live[-1].reshape(shape)).reshape(out)
+
+
+def _checked(k: int, a: Any, want: tuple[int, ...]) -> Any:
+    """Operand ``k``, a Python number made an array, after checking its shape (``-1``: the free axis,
+    any size). The steps reshape their operands, so a wrong shape of the right size would otherwise
+    give a wrong answer, not an error."""
+    if not hasattr(a, "shape"):
+        if not isinstance(a, numbers.Number) or isinstance(a, bool):
+            raise PlanError(f"operand {k} is a {type(a).__name__}; pass a numpy array or torch tensor")
+        a = np.asarray(a)
+    got = tuple(a.shape)
+    # -1 first: a free axis's size may be symbolic (torch.export), and is never compared.
+    if len(got) != len(want) or any(w != -1 and g != w for g, w in zip(got, want, strict=True)):
+        expected = "(" + ", ".join("any" if w == -1 else str(w) for w in want) + ("," if len(want) == 1 else "") + ")"
+        raise PlanError(f"operand {k} has shape {got} but the program expects {expected}")
+    return a
 
 
 def _permute(x: Any, perm: Sequence[int]) -> Any:

@@ -85,14 +85,23 @@ class Costs:
     def objective(self, minimize: str) -> float:
         """The scalar to minimise for an objective name in :data:`OBJECTIVES`."""
         if minimize == "flops":
-            return float(self.flops)
+            return finite_or_inf(self.flops)
         if minimize == "size":
-            return float(self.peak_size)
+            return finite_or_inf(self.peak_size)
         if minimize == "write":
-            return float(self.write)
+            return finite_or_inf(self.write)
         if minimize == "combo":
-            return float(self.combo)
+            return finite_or_inf(self.combo)
         raise NetworkError(f"unknown objective {minimize!r}; choose one of {', '.join(OBJECTIVES)}")
+
+
+def finite_or_inf(count: float) -> float:
+    """``count`` as a float; an exact count past the largest float (10^308 flops) is ``inf``, as the
+    planner's float arithmetic has it."""
+    try:
+        return float(count)
+    except OverflowError:
+        return math.inf
 
 
 def itemsize(dtype: str | np.dtype | type) -> int:
@@ -513,7 +522,7 @@ def size_tie(flops: float) -> float:
 def rank_key(value: float, flops: float, minimize: str) -> tuple[float, float]:
     """How plans of one network rank for ``minimize``: by the objective's ``value``, and for ``"size"``
     then by ``flops`` (most trees under a cap share its peak; without the flops one may run 46x them)."""
-    return (float(value), float(flops) if minimize == "size" else 0.0)
+    return (finite_or_inf(value), finite_or_inf(flops) if minimize == "size" else 0.0)
 
 
 def legs_path_cost(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -21,9 +23,11 @@ def summary_lines(plan: Plan) -> list[str]:
     return [
         f"  tensors: {net.num_tensors}   indices: {net.num_indices}   open: {len(net.output)}",
         f"  objective: {plan.minimize}   method: {plan.method}   optimal: {plan.optimal}",
-        f"  flops: {plan.flops:.4e} (log10 {plan.log10_flops:.4f})   contraction cost: {plan.contraction_cost:.4e}",
-        f"  largest intermediate: {plan.peak_size:.4e} elements (log2 {plan.log2_size:.2f})   write: {plan.write:.4e}",
-        f"  peak memory: {plan.peak_memory() / 2**20:.3f} MiB ({plan.dtype})",
+        f"  flops: {_sci(plan.flops, 4)} (log10 {plan.log10_flops:.4f})   "
+        f"contraction cost: {_sci(plan.contraction_cost, 4)}",
+        f"  largest intermediate: {_sci(plan.peak_size, 4)} elements (log2 {plan.log2_size:.2f})   "
+        f"write: {_sci(plan.write, 4)}",
+        f"  peak memory: {_mib(plan.peak_memory())} MiB ({plan.dtype})",
         f"  sliced: {sliced}   slices: {plan.n_slices}   overhead: {plan.slicing_overhead:.3f}x",
         f"  planning time: {plan.planning_time:.4f} s   plan cache: {plan.cache_status}",
     ]
@@ -33,7 +37,7 @@ def step_rows(plan: Plan) -> list[tuple[str, ...]]:
     """One row per pairwise step: step, operands, contracted indices, result, scaling, flops, size."""
     labels = plan.network.labels
     rows: list[tuple[str, ...]] = []
-    total = plan.costs.flops / plan.n_slices if plan.n_slices else 0
+    total = plan.costs.flops  # every slice's: a step's share is its flops times the slices over it
     for k, st in enumerate(plan.costs.steps):
         involved = set(st.legs_left) | set(st.legs_right)
         rows.append(
@@ -43,12 +47,25 @@ def step_rows(plan: Plan) -> list[tuple[str, ...]]:
                 _fmt_labels([labels[i] for i in st.summed]) or "-",
                 _fmt_labels([labels[i] for i in st.legs_out]) or "scalar",
                 str(len(involved)),
-                f"{st.flops * plan.n_slices:.3e}",
-                f"{100.0 * st.flops / total:.1f}" if total else "0.0",
-                f"{st.size:.3e}",
+                _sci(st.flops * plan.n_slices, 3),
+                f"{100 * st.flops * plan.n_slices / total:.1f}" if total else "0.0",
+                _sci(st.size, 3),
             )
         )
     return rows
+
+
+def _sci(count: float, digits: int) -> str:
+    """``count`` in scientific notation, exact integers past the largest float (10^308) too."""
+    try:
+        return format(float(count), f".{digits}e")
+    except OverflowError:
+        return format(Decimal(count), f".{digits}e")
+
+
+def _mib(nbytes: int) -> str:
+    mib = Fraction(nbytes, 2**20)
+    return f"{float(mib):.3f}" if mib < 2**1000 else _sci(round(mib), 3)
 
 
 def render_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:

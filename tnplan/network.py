@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import numbers
+import reprlib
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -25,8 +26,11 @@ Label = Hashable
 FORMAT = "tnplan.network/1"
 
 
+MAX_SIZE = 2**62  # one index's extent; past 2^63 the canonical keys' fixed-width integers overflow
+
+
 def _check_size(label: Label, size: Any) -> int:
-    bad = f"index {label!r} has size {size!r}; sizes must be integers >= 1"
+    bad = f"index {label!r} has size {reprlib.repr(size)}; sizes must be integers >= 1"
     if isinstance(size, bool) or not isinstance(size, numbers.Real):
         raise NetworkError(bad)
     if isinstance(size, numbers.Integral):
@@ -38,12 +42,14 @@ def _check_size(label: Label, size: Any) -> int:
         value = int(real)
     if value < 1:
         raise NetworkError(f"index {label!r} has size {size}; sizes must be >= 1")
+    if value > MAX_SIZE:
+        raise NetworkError(f"index {label!r} has size {value}; sizes above 2**62 are not supported")
     return value
 
 
 def _as_tuple(value: Any, what: str) -> tuple:
     if not isinstance(value, Iterable):
-        raise NetworkError(f"{what} must be a list, got {value!r}")
+        raise NetworkError(f"{what} must be a list, got {reprlib.repr(value)}")
     return tuple(value)
 
 
@@ -139,6 +145,8 @@ class Network:
             )
         size_dict: dict[Label, int] = {}
         for pos, (term, shape) in enumerate(zip(terms, shapes, strict=True)):
+            if hasattr(shape, "shape") and hasattr(shape, "ndim"):  # opt_einsum's habit: arrays, not shapes
+                raise NetworkError(f"operand {pos} is an array; from_einsum takes shapes, so pass its .shape")
             shape = _as_tuple(shape, f"shape of operand {pos}")
             if len(term) != len(shape):
                 raise NetworkError(
@@ -321,15 +329,21 @@ class Network:
         return f"Network(tensors={self.num_tensors}, indices={self.num_indices}, open={len(self.output)})"
 
 
+_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
 def _symbol(i: int) -> str:
-    base = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    if i < len(base):
-        return base[i]
-    # Skip surrogates and non-letters so numpy/torch einsum accept every symbol.
-    code = 0xC0 + i - len(base)
-    while not chr(code).isalpha():
-        code += 1
-    return chr(code)
+    """The ``i``-th equation letter: ASCII, then letters from U+00C0 on (opt_einsum and cotengra read
+    any letter; skipping the non-letters such as '×' shifts every later index, so no two share one)."""
+    while len(_LETTERS_PAST) <= i - len(_LETTERS):
+        code = ord(_LETTERS_PAST[-1]) + 1 if _LETTERS_PAST else 0xC0
+        while not chr(code).isalpha():
+            code += 1
+        _LETTERS_PAST.append(chr(code))
+    return _LETTERS[i] if i < len(_LETTERS) else _LETTERS_PAST[i - len(_LETTERS)]
+
+
+_LETTERS_PAST: list[str] = []
 
 
 def _json_label(x: Any) -> Label:
@@ -358,9 +372,9 @@ def parse_einsum(equation: str) -> tuple[list[list[str]], list[str]]:
     if eq.count("->") > 1:
         raise NetworkError(f"equation {equation!r} has more than one '->'")
     lhs, arrow, rhs = eq.partition("->")
-    if not lhs:
+    if not lhs and not arrow:
         raise NetworkError(f"equation {equation!r} has no operands")
-    terms = [list(term) for term in lhs.split(",")]
+    terms = [list(term) for term in lhs.split(",")]  # "->": one scalar operand, as numpy reads it
     for term in terms:
         for ch in term:
             if not _valid_symbol(ch):

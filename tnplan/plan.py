@@ -210,6 +210,8 @@ class Plan:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise PlanError(f"plan JSON is malformed at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        except RecursionError:
+            raise PlanError("plan JSON nests too deeply to be a plan") from None
         return cls.from_dict(data)
 
     @classmethod
@@ -246,7 +248,7 @@ class Plan:
             planning_time=_field(data, "planning_time", float, 0.0),
             method=_field(data, "method", str, ""),
             dtype=str(np.dtype(dtype)),
-            unsliced_flops=_field(data, "unsliced_flops", int, None),
+            unsliced_flops=_positive(_field(data, "unsliced_flops", int, None), "unsliced_flops"),
         )
 
     # ------------------------------------------------------------------ execution
@@ -278,6 +280,12 @@ class Plan:
         from tnplan.contract import compile_plan
 
         return compile_plan(self, free)
+
+
+def _positive(value: int | None, name: str) -> int | None:
+    if value is not None and value < 1:
+        raise PlanError(f"plan field {name!r} is {value}; expected flops >= 1")
+    return value
 
 
 def _field(data: dict[str, Any], name: str, kind: type, default: Any) -> Any:
