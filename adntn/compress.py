@@ -112,6 +112,11 @@ def compress(model: nn.Module, rules: Mapping[str, str | Mapping[str, Any]], *, 
         AdntnError: If a rule matches no replaceable layer, names a layer that cannot compress, or
             builds no layer (a bad spec).
     """
+    if not isinstance(rules, Mapping):
+        raise AdntnError(
+            f"rules must map layer names or patterns to specs (e.g. {{'classifier.1': 'ttn:bond=8'}}), "
+            f"got a {type(rules).__name__}"
+        )
     names, modules, places = _references(model)
     # nn.MultiheadAttention hands out_proj.weight to F.multi_head_attention_forward and never calls it.
     out_projs = {id(m.out_proj) for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
@@ -131,11 +136,22 @@ def compress(model: nn.Module, rules: Mapping[str, str | Mapping[str, Any]], *, 
                     raise AdntnError(f"layer {name!r} {refusals[key]}")
                 continue
             chosen.setdefault(key, opts)
+        if all(refusals[key] is not None for key, _ in hits):
+            # Else the model would train dense while the rule reads as if it compressed something.
+            name, key = hits[0][1], hits[0][0]
+            raise AdntnError(
+                f"rule {pattern!r} matches only layers that cannot compress ({name!r} {refusals[key]}); "
+                f"layers that can: {', '.join(replaceable) or 'none'}"
+            )
     report = CompressionReport()
     built: list[tuple[int, nn.Module]] = []
     for key, opts in chosen.items():
         name = names[key][0]
-        new, kind, arch = _replacement(name, modules[key], opts, fit)
+        try:
+            new, kind, arch = _replacement(name, modules[key], opts, fit)
+        except AdntnError as exc:
+            message = str(exc)
+            raise AdntnError(message if message.startswith("layer ") else f"layer {name!r}: {message}") from None
         built.append((key, new))
         old = modules[key]
         report.rows.append(
@@ -219,6 +235,9 @@ def _replacement(name: str, old: nn.Module, opts: dict[str, Any], fit: bool) -> 
     if taken:
         raise AdntnError(f"layer {name!r}: option(s) {', '.join(taken)} come from the layer replaced; drop them")
     arch = opts.pop("arch")
+    given = sorted({"steps", "seed", "lr"} & set(opts))
+    if given and not fit:
+        raise AdntnError(f"option(s) {', '.join(given)} set how a layer is fitted; pass fit=True or drop them")
     fitting = {"steps": opts.pop("steps", 500), "seed": opts.pop("seed", 0), "lr": opts.pop("lr", 0.02)}
     opts.setdefault("bias", old.bias is not None)
     if isinstance(old, nn.Linear):

@@ -8,7 +8,11 @@ data set's official source when the machine is online; otherwise the error says 
 
 from __future__ import annotations
 
+import builtins
+import codecs
+import functools
 import gzip
+import math
 import os
 import pickle
 import struct
@@ -17,7 +21,7 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -89,10 +93,12 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) < header:
         raise AdntnError(f"{path} is truncated inside its header")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims)) if dims else 1
+    # Python ints: np.prod wraps around int64, and a damaged header then "promises" 0 bytes.
+    expected = math.prod(dims)
     if len(raw) - header != expected:
         raise AdntnError(
-            f"{path} holds {len(raw) - header} data bytes but its header promises {expected} for shape {dims}"
+            f"{path} holds {len(raw) - header} data bytes but its header promises {expected} for shape {dims}; "
+            "the file is damaged or truncated, download it again"
         )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
@@ -155,11 +161,61 @@ def _cifar_entry(batch: Any, key: str) -> Any:
     return batch[key.encode()] if key.encode() in batch else batch[key]
 
 
+_CIFAR_FIX = "replace it with the file from a fresh cifar-10-python.tar.gz"
+_NUMPY_PICKLE_MODULES = frozenset(
+    {"numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric"}
+)
+_BUILTIN_PICKLE_MODULES = frozenset({"builtins", "__builtin__"})  # __builtin__: batches pickled by Python 2
+_BUILTIN_PICKLE_NAMES = frozenset({"bytearray", "bytes", "dict", "float", "int", "list", "str", "tuple"})
+
+
+@functools.cache
+def _numpy_pickle_globals() -> dict[str, Any]:
+    """The installed numpy's array-rebuilding functions, by the names pickles give them.
+
+    Asked of numpy itself: numpy 1 keeps them in ``numpy.core``, numpy 2 in ``numpy._core``, and a batch
+    pickled under one must load under the other.
+    """
+    array = np.zeros(1, np.uint8)
+    return {
+        "_reconstruct": array.__reduce__()[0],
+        "_frombuffer": array.__reduce_ex__(5)[0],
+        "scalar": np.uint8(0).__reduce__()[0],
+        "ndarray": np.ndarray,
+        "dtype": np.dtype,
+    }
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR-10 batches hold: numpy arrays and scalars, builtin containers, bytes, str.
+
+    A pickle can name any callable, so a plain ``pickle.load`` of a downloaded or copied file could run code.
+    """
+
+    def __init__(self, fh: BinaryIO, path: Path) -> None:
+        super().__init__(fh, encoding="bytes")  # the original batches are Python 2 str: keep them bytes
+        self._path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in _NUMPY_PICKLE_MODULES and name in _numpy_pickle_globals():
+            return _numpy_pickle_globals()[name]
+        if module in _BUILTIN_PICKLE_MODULES and name in _BUILTIN_PICKLE_NAMES:
+            return getattr(builtins, name)
+        if (module, name) == ("_codecs", "encode"):  # how protocols 0-2 store bytes
+            return codecs.encode
+        raise AdntnError(
+            f"{self._path} is not a CIFAR-10 batch: it asks for {module}.{name}, which CIFAR-10 batches never "
+            f"use and which was not loaded, as it could run code; {_CIFAR_FIX}"
+        )
+
+
 def load_cifar10_split(directory: str | Path, split: str) -> Split:
     """A CIFAR-10 split from the python pickle batches (``cifar-10-batches-py``).
 
+    Batches are unpickled allowing only numpy arrays and builtin containers, as a pickle can run code.
+
     Raises:
-        AdntnError: On missing or malformed batches.
+        AdntnError: On missing or malformed batches, or one that names anything else.
     """
     xs, ys = [], []
     for path in _cifar_batches(Path(directory), split):
@@ -167,11 +223,17 @@ def load_cifar10_split(directory: str | Path, split: str) -> Split:
             raise AdntnError(f"{path.parent} has no CIFAR-10 batch {path.name}")
         try:
             with open(path, "rb") as fh:
-                batch = pickle.load(fh, encoding="bytes")
+                batch = _CifarUnpickler(fh, path).load()
             data = np.asarray(_cifar_entry(batch, "data"))
             raw_labels = np.asarray(_cifar_entry(batch, "labels"))
-        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, OverflowError) as exc:
-            raise AdntnError(f"{path} is not a CIFAR-10 batch: {exc!r}") from None
+        except AdntnError:
+            raise
+        except OSError as exc:
+            raise AdntnError(f"cannot read CIFAR-10 batch {path}: {exc}") from None
+        except Exception as exc:
+            # Damaged bytes make unpickling fail with almost any exception (pickle's documentation says
+            # as much; fuzzing found AttributeError, LookupError, MemoryError among others).
+            raise AdntnError(f"{path} is not a CIFAR-10 batch ({exc!r}); {_CIFAR_FIX}") from None
         if data.ndim != 2 or data.shape[1] != 3072 or raw_labels.ndim != 1 or len(data) != len(raw_labels):
             raise AdntnError(f"{path}: expected (N, 3072) data and N labels, got {data.shape} and {raw_labels.shape}")
         # Casting straight to int64 would truncate 3.7 to 3 without a word.

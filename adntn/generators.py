@@ -114,9 +114,10 @@ def _split(items: list[int], parts: int) -> list[list[int]]:
 def _per_level(activation: PerLevel, levels: int, what: str) -> list[str | Callable]:
     """One checked activation per level ``1..levels``."""
     if isinstance(activation, (list, tuple)):
-        if len(activation) < levels:
+        if len(activation) != levels:
+            # Too many is an error too: the extra ones would be dropped without a word.
             raise AdntnError(f"{what} needs an activation for each of its {levels} levels, got {len(activation)}")
-        return [activations.check(a) for a in activation][:levels]
+        return [activations.check(a) for a in activation]
     return [activations.check(activation)] * levels
 
 

@@ -85,44 +85,68 @@ def fit_generator(
 ) -> float:
     """Fit a generator's cores to ``target`` (minimising the relative Frobenius error) with Adam.
 
-    The cores are re-initialised from ``seed`` first, so the result depends only on the inputs.
+    The cores are re-initialised from ``seed`` first, so the result depends only on the inputs. Cores in
+    float16 or bfloat16 are fitted in float32 and cast back (Adam's steps in half precision overflow).
+    An all-zero target has no relative error: its absolute one, ``||W||``, is minimised and returned.
+    The cores end at the step with the smallest error (a step that diverged is never kept).
 
     Runs under ``torch.no_grad()`` too: the fitting needs autograd and turns it back on.
 
     Returns:
-        The final relative error ``||W - target|| / ||target||``.
+        The final relative error ``||W - target|| / ||target||`` (``||W||`` for an all-zero target).
 
     Raises:
-        AdntnError: Under ``torch.inference_mode()``, or when ``target`` has the wrong shape.
+        AdntnError: Under ``torch.inference_mode()``, when ``target`` has the wrong shape or holds
+            values that are not finite, or when ``steps`` is negative.
     """
     _check_can_fit()
-    target = target.detach().to(next(generator.parameters()).dtype)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise AdntnError(f"steps must be an integer >= 0, got {steps!r}")
     if tuple(target.shape) != (generator.out_features, generator.in_features):
         raise AdntnError(
             f"target weight has shape {tuple(target.shape)} but the generator makes "
             f"{(generator.out_features, generator.in_features)}"
         )
-    norm = target.norm().clamp_min(torch.finfo(target.dtype).tiny)
+    dtype = next(generator.parameters()).dtype
+    work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    target = target.detach().to(work)
+    if not bool(torch.isfinite(target).all()):
+        raise AdntnError("target weight holds inf or nan values; fit a weight whose values are all finite")
+    norm = target.norm()
+    norm = norm if float(norm) > 0 else torch.ones((), dtype=work, device=target.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         generator.reset_parameters()
+    generator.to(work)
+    try:
+        best = _fit_steps(generator, target, norm, steps, lr)
+    finally:
+        generator.to(dtype)
+    return best
+
+
+def _fit_steps(generator: Generator, target: torch.Tensor, norm: torch.Tensor, steps: int, lr: float) -> float:
+    """Adam on the relative error; the generator ends at its best step, whose error is returned."""
     opt = torch.optim.Adam(generator.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     best = math.inf
     best_state = None
     with torch.enable_grad():  # a caller's no_grad() would leave the error without a graph to step on
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             err = (generator() - target).norm() / norm
-            if float(err.detach()) < best:
-                best = float(err.detach())
+            value = float(err.detach())
+            if not math.isfinite(value):
+                break  # diverged: the steps after it would only spread the inf or nan through the cores
+            if value < best:
+                best = value
                 best_state = {k: v.detach().clone() for k, v in generator.state_dict().items()}
             err.backward()
             opt.step()
             sched.step()
     with torch.no_grad():
         final = float((generator() - target).norm() / norm)
-    if best_state is not None and best < final:
+    if best_state is not None and not final <= best:  # also when the last step left a nan
         generator.load_state_dict(best_state)
         final = best
     return final
@@ -138,7 +162,6 @@ class _TNLayer(nn.Module):
     def _finish_init(self, out: int, bias: bool, device: Any, dtype: torch.dtype | None) -> None:
         self.bias = nn.Parameter(torch.empty(out)) if bias else None
         self.fit_error = None
-        self.register_state_dict_post_hook(_save_weight_shape)
         self.reset_bias()
         if device is not None or dtype is not None:
             self.to(device=device, dtype=dtype)
@@ -188,9 +211,12 @@ class _TNLayer(nn.Module):
         error_msgs: list[str],
     ) -> None:
         # Layers of neighbouring sizes pad to the same factors and have cores of equal shapes, so
-        # without a bias nothing else would notice 64x64 weights loaded into a 64x63 layer. State
-        # dicts saved before the shape was recorded carry none and load as they did.
-        saved = local_metadata.get("weight_shape")
+        # without a bias nothing else would notice 64x64 weights loaded into a 64x63 layer. The shape
+        # is an entry of the state dict (so a dict rebuilt key by key, as when stripping DDP's
+        # "module." prefix, keeps it); state dicts saved before kept it in their metadata, or had none.
+        key = prefix + "_extra_state"
+        entry = state_dict.get(key)
+        saved = local_metadata.get("weight_shape") if entry is None else _shape_from_entry(entry)
         if saved is not None and tuple(saved) != self.weight_shape():
             error_msgs.append(
                 f"size mismatch for {prefix[:-1] or type(self).__name__}: the state dict was saved by a layer "
@@ -199,6 +225,16 @@ class _TNLayer(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+        if entry is None and key in missing_keys:
+            missing_keys.remove(key)  # an older state dict: it loads as it always did
+
+    def get_extra_state(self) -> torch.Tensor:
+        """The generated weight's shape, a small int64 tensor (state-dict entry ``_extra_state``; a tensor,
+        so formats that hold only tensors, such as safetensors, take the state dict)."""
+        return torch.tensor(self.weight_shape(), dtype=torch.int64)
+
+    def set_extra_state(self, state: Any) -> None:
+        """Nothing to set: the shape was checked against this layer's in ``_load_from_state_dict``."""
 
     @torch.no_grad()
     def _copy_bias(self, bias: torch.Tensor | None) -> None:
@@ -215,9 +251,11 @@ class _TNLayer(nn.Module):
         return self.dense_weight_numel() / self.generator.num_parameters()
 
 
-def _save_weight_shape(module: _TNLayer, state_dict: Any, prefix: str, local_metadata: dict[str, Any]) -> None:
-    """Record the weight shape in the state dict's metadata (checked by ``_load_from_state_dict``)."""
-    local_metadata["weight_shape"] = list(module.weight_shape())
+def _shape_from_entry(entry: Any) -> tuple[int, ...] | None:
+    """The weight shape a state dict's ``_extra_state`` entry records (``None`` if it is no shape)."""
+    if isinstance(entry, torch.Tensor) and entry.dim() == 1 and not entry.is_floating_point():
+        return tuple(int(v) for v in entry.tolist())
+    return None
 
 
 class TNLinear(_TNLayer):

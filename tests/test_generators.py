@@ -139,6 +139,7 @@ def test_core_gradients_reject_a_wrong_shape():
         ({"arch": "attn", "disentangle": (7,)}, "disentangle levels must be"),
         ({"arch": "attn", "disentangle_legs": "up"}, "disentangle_legs must be one of"),
         ({"arch": "ttn", "activation": ["relu"], "n_factors": 8}, "needs an activation for each of its 2 levels"),
+        ({"arch": "ttn", "activation": ["relu"] * 7, "n_factors": 8}, "each of its 2 levels, got 7"),
         ({"arch": "cp"}, "unknown architecture 'cp'"),
         ({"arch": "ttn", "colour": "red"}, "ttn: .*colour"),
     ],

@@ -1,5 +1,7 @@
+import collections
 import copy
 import io
+import math
 import pickle
 import warnings
 
@@ -210,6 +212,11 @@ def test_compress_with_globs_and_fit():
         ({"0": "ttn:bond"}, "bad option 'bond'"),
         ({"0": "ttn:bond=x"}, "must be an integer"),
         ({"0": "cp:bond=2"}, "unknown architecture 'cp'"),
+        ({"1*": "ttn:bond=2"}, r"rule '1\*' matches only layers that cannot compress \('1' is a ReLU.*can: 0, 2"),
+        ({"0": "ttn:bnd=2"}, "layer '0': TNLinear: unknown option 'bnd'"),
+        ({"*": "ttn:bond=2:mode=kron"}, "layer '.*': mode='kron' needs"),
+        ({"0": "ttn:bond=2:lr=0.1"}, "layer '0': option\\(s\\) lr set how a layer is fitted; pass fit=True"),
+        (["0"], "rules must map layer names or patterns to specs"),
     ],
 )
 def test_compress_rejects_bad_rules(rules, message):
@@ -400,9 +407,15 @@ def test_state_dicts_of_another_size_are_refused_even_when_the_cores_match():
     assert {k: v.shape for k, v in wide.state_dict().items()} == {k: v.shape for k, v in narrow.state_dict().items()}
     with pytest.raises(RuntimeError, match=r"saved by a layer generating a \(64, 64\) weight, this one generates"):
         narrow.load_state_dict(wide.state_dict())
-    older = wide.state_dict()
-    del older._metadata  # state dicts saved before the shape was recorded load as before
-    narrow.load_state_dict(older)
+    rebuilt = {k: v for k, v in wide.state_dict().items()}  # as when stripping DDP's "module.": no metadata
+    with pytest.raises(RuntimeError, match=r"saved by a layer generating a \(64, 64\) weight"):
+        narrow.load_state_dict(rebuilt)
+    older = {k: v for k, v in rebuilt.items() if k != "_extra_state"}
+    narrow.load_state_dict(older)  # state dicts saved before the shape was recorded load as before
+    recorded = collections.OrderedDict(older)  # saved when the shape was kept in the metadata
+    recorded._metadata = {"": {"weight_shape": [64, 64]}}
+    with pytest.raises(RuntimeError, match=r"saved by a layer generating a \(64, 64\) weight"):
+        narrow.load_state_dict(recorded)
     same = TNLinear(64, 64, "ttn", 2, bias=False)
     same.load_state_dict(wide.state_dict())
     torch.testing.assert_close(same.weight, wide.weight)
@@ -495,3 +508,25 @@ def test_setting_auto_again_decides_again(monkeypatch):
     layer.mode = "auto"  # after torch.set_num_threads changed, say
     layer.mode = "auto"
     assert calls == [1, 1] and layer.auto_modes == {"cpu": {}, "cuda": {}}
+
+
+@pytest.mark.parametrize("case", ["zero", "float16"])
+def test_fitting_a_zero_or_half_precision_weight_keeps_finite_cores(case):
+    linear = nn.Linear(32, 16)
+    if case == "zero":
+        nn.init.zeros_(linear.weight)  # no relative error: the absolute one, ||W||, is fitted
+    else:
+        linear = linear.half()  # Adam's steps in float16 overflowed to nan
+    fitted = TNLinear.from_linear(linear, "ttn", bond_dim=2, steps=20)
+    assert math.isfinite(fitted.fit_error)
+    assert all(torch.isfinite(p).all() for p in fitted.parameters())
+    assert next(fitted.generator.parameters()).dtype == linear.weight.dtype
+    if case == "zero":
+        assert fitted.fit_error == pytest.approx(float(fitted.weight.detach().float().norm()), rel=1e-4)
+    with pytest.raises(AdntnError, match="steps must be an integer >= 0, got -1"):
+        TNLinear.from_linear(nn.Linear(32, 16), "ttn", bond_dim=2, steps=-1)
+    broken = nn.Linear(32, 16)
+    with torch.no_grad():
+        broken.weight[0, 0] = float("nan")
+    with pytest.raises(AdntnError, match="inf or nan"):
+        TNLinear.from_linear(broken, "ttn", bond_dim=2, steps=2)

@@ -2,8 +2,12 @@
 
 import gzip
 import json
+import os
 import pickle
+import re
+import shutil
 import struct
+import zipfile
 from dataclasses import asdict
 
 import numpy as np
@@ -663,3 +667,75 @@ def test_a_resumed_run_does_not_keep_the_checkpoints_weights(tmp_path, monkeypat
     train(cfg, tmp_path / "run", resume=True, progress=False)
     # The caller's reference to the checkpoint held a second copy of the model for the whole run.
     assert len(loaded) == 1 and not {"model", "optimizer", "scheduler"} & loaded[0].keys()
+
+
+def test_an_idx_header_too_big_for_int64_states_its_true_size(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(struct.pack(">BBBB3I", 0, 0, 0x08, 3, 2**21, 2**21, 2**22))  # promises 2**64 bytes, has none
+    # np.prod wrapped around to 0 bytes, which matched, and reshaping then failed naming no file.
+    with pytest.raises(AdntnError, match=rf"{path.name} holds 0 data bytes but its header promises {2**64} "):
+        read_idx(path)
+
+
+def test_cifar_batches_unpickle_only_arrays_and_name_the_file_on_any_failure(tmp_path, capsys):
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    path = root / "test_batch"
+    batch = {b"data": (np.arange(2 * 3072).reshape(2, 3072) % 256).astype(np.uint8), b"labels": [3, 4]}
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        path.write_bytes(pickle.dumps(batch, protocol=protocol))
+        assert load_dataset("cifar10", "test", tmp_path).labels.tolist() == [3, 4], protocol
+    # numpy 1 keeps its array functions in numpy.core, numpy 2 in numpy._core: a batch from either loads.
+    text = pickle.dumps(batch, protocol=2)
+    for module in (b"numpy.core.", b"numpy._core."):
+        path.write_bytes(re.sub(rb"numpy\._?core\.", module, text))
+        assert load_dataset("cifar10", "test", tmp_path).labels.tolist() == [3, 4], module
+
+    sentinel = tmp_path / "keep-me"
+    sentinel.write_text("")
+
+    class Deleter:
+        def __reduce__(self):
+            return os.remove, (str(sentinel),)
+
+    # The first and third escaped as ModuleNotFoundError and LookupError; the second ran os.remove.
+    for blob, message in [
+        (text.replace(b"multiarray", b"multiarrax"), r"asks for numpy\._?core\.multiarrax\._reconstruct"),
+        (pickle.dumps({b"data": Deleter(), b"labels": []}), r"asks for \w+\.remove, which CIFAR-10 batches never"),
+        (b"c_codecs\nencode\n(Vx\nVno-such-codec\ntR.", r"is not a CIFAR-10 batch \(LookupError"),
+        (b"\x80\x04\x8e" + struct.pack("<Q", 2**62), "is not a CIFAR-10 batch"),  # 4 EiB of bytes: a MemoryError
+    ]:
+        path.write_bytes(blob)
+        with pytest.raises(AdntnError, match=rf"^{re.escape(str(path))} .*{message}"):
+            load_dataset("cifar10", "test", tmp_path)
+    assert sentinel.exists()
+    path = root / "data_batch_1"  # the first file training reads
+    path.write_bytes(text.replace(b"multiarray", b"multiarrax"))
+    argv = ["train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run"), "--quiet"]
+    assert adntn_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path} is not a CIFAR-10 batch" in err, err
+
+
+def test_a_checkpoint_with_flipped_bytes_is_refused_and_a_legacy_one_resumes(tmp_path):
+    cfg = _config(cache=str(tmp_path / "plans.sqlite"), train_limit=64)
+    train(cfg, tmp_path / "run", progress=False, stop_after=1)
+    shutil.copytree(tmp_path / "run", tmp_path / "flipped")
+    ckpt = tmp_path / "flipped" / "checkpoint.pt"
+    raw = bytearray(ckpt.read_bytes())
+    with zipfile.ZipFile(ckpt) as archive:
+        member = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+        start = raw.find(archive.read(member)) + member.file_size // 2
+    assert member.file_size > 1000 and start > member.file_size // 2
+    raw[start : start + 64] = bytes(b ^ 255 for b in raw[start : start + 64])
+    ckpt.write_bytes(raw)
+    # torch.load checks no CRCs: this resumed with wrong weights.
+    with pytest.raises(AdntnError, match=rf"damaged or truncated \(bad CRC-32 for {re.escape(member.filename)}\)"):
+        train(cfg, tmp_path / "flipped", resume=True, progress=False)
+    assert ckpt.read_bytes() == raw
+
+    # torch's legacy (non-zip) format has no checksums to check, and resumes as before.
+    legacy = tmp_path / "run" / "checkpoint.pt"
+    torch.save(torch.load(legacy, weights_only=False), legacy, _use_new_zipfile_serialization=False)
+    assert legacy.read_bytes()[:4] != b"PK\x03\x04"
+    assert train(cfg, tmp_path / "run", resume=True, progress=False)["epochs_done"] == 2
