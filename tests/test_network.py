@@ -410,3 +410,11 @@ def test_from_einsum_refuses_arrays_absurd_sizes_briefly_and_reads_a_lone_scalar
     assert scalar.num_tensors == 1 and scalar.output == ()
     with pytest.raises(NetworkError, match="has no operands"):
         Network.from_einsum("")
+
+
+def test_a_label_no_utf8_file_can_hold_is_refused_when_written() -> None:
+    net = Network.from_einsum("\ud800b,bc->\ud800c", (2, 3), (3, 4))
+    with pytest.raises(NetworkError, match="is not valid unicode; rename it"):
+        net.to_json()
+    with pytest.raises(NetworkError, match="is not valid unicode"):
+        tnplan.plan(net, cache=False).to_json()

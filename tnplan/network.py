@@ -236,6 +236,11 @@ class Network:
         for label in self.labels:
             if not isinstance(label, str | int) or isinstance(label, bool):
                 raise NetworkError(f"index label {label!r} cannot be written to JSON; use str or int labels")
+            if isinstance(label, str) and not label.isascii():
+                try:
+                    label.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate, from a bad decode: no UTF-8 file holds it
+                    raise NetworkError(f"index label {label!r} is not valid unicode; rename it") from None
         return {
             "format": FORMAT,
             "inputs": [list(t) for t in self.inputs],
