@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -432,22 +433,32 @@ class _KernelGenerator(torch.autograd.Function):
         # Through save_for_backward, so that autograd frees the intermediates after the backward, refuses
         # a second backward without retain_graph and refuses one after an in-place change to a core or to
         # the returned weight (which the backward reads). save_for_backward refuses inference tensors.
+        # The cores themselves too: a non-contiguous core's contiguous copy has a version counter of
+        # its own, so an in-place change to the core (an optimizer step) before the backward would go
+        # unnoticed, and a graph-building backward (_reference_grads) would read the changed values.
         if inference:
-            ctx.saved = saved
+            ctx.saved, ctx.params = saved, params
         else:
             held, ctx.layout = _pack(saved)
-            ctx.save_for_backward(*held)
-        # For a backward that builds a graph (_reference_grads).
-        ctx.params = params
+            ctx.save_for_backward(*held, *params)
         # detach: an output that is a view made inside a Function cannot be changed in place by the caller.
         return outputs[-1].reshape(generator.out_padded, generator.in_padded).detach()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
-        saved = ctx.saved if hasattr(ctx, "saved") else _unpack(ctx.saved_tensors, ctx.layout)
+        if hasattr(ctx, "saved"):
+            saved, params = ctx.saved, ctx.params
+        else:
+            stored = ctx.saved_tensors
+            n_params = len(ctx.keys)
+            saved, params = _unpack(stored[:-n_params], ctx.layout), stored[-n_params:]
         with torch.autocast(grad.device.type, enabled=False):
-            if torch.is_grad_enabled():  # create_graph=True: the gradients will be differentiated again
-                return (None, None, *_reference_grads(ctx, grad))
+            if torch.is_grad_enabled() or _batched(grad):
+                # create_graph=True (the gradients will be differentiated again), or batched gradients
+                # (is_grads_batched, jacobian(vectorize=True)): the kernels have neither a derivative
+                # nor a batching rule of their own.
+                with torch.enable_grad():
+                    return (None, None, *_reference_grads(ctx, params, grad))
             grads = _backward(ctx.generator, saved, grad.detach(), ctx.tensors, ctx.backend, ctx.blas)
         return (None, None, *(grads[k].reshape(ctx.tensors[k].shape) for k in ctx.keys))
 
@@ -473,7 +484,13 @@ def _unpack(held: tuple[torch.Tensor, ...], layout: list[tuple[int, int]]) -> li
     return saved
 
 
-def _reference_grads(ctx: Any, grad: torch.Tensor) -> list[torch.Tensor | None]:
+def _batched(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a batch of gradients autograd's batched backward made (a legacy vmap tensor)."""
+    check = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
+    return bool(check is not None and check(t))
+
+
+def _reference_grads(ctx: Any, params: Sequence[torch.Tensor], grad: torch.Tensor) -> list[torch.Tensor | None]:
     """The cores' gradients through the generator's torch programs, with their graph.
 
     The kernels' adjoints are computed outside autograd, so a gradient built from them has no
@@ -481,11 +498,13 @@ def _reference_grads(ctx: Any, grad: torch.Tensor) -> list[torch.Tensor | None]:
     would silently lose every second-order term. Re-running the reference programs on the saved
     cores under autograd keeps them (at the torch executor's speed, for these rare backwards only).
     """
-    params = ctx.params
     wanted = [k for k, need in enumerate(ctx.needs_input_grad[2:]) if need]
+    # Through a view of each core: one tensor passed for two cores (tied weights) would otherwise get
+    # its whole gradient in both places, and autograd would sum the two.
+    views = [p.view_as(p) for p in params]
     with torch.enable_grad():
-        w = ctx.generator.padded_weight(dict(zip(ctx.keys, params, strict=True)))
-        found = torch.autograd.grad(w, [params[k] for k in wanted], grad, create_graph=True, allow_unused=True)
+        w = ctx.generator.padded_weight(dict(zip(ctx.keys, views, strict=True)))
+        found = torch.autograd.grad(w, [views[k] for k in wanted], grad, create_graph=True, allow_unused=True)
     grads: list[torch.Tensor | None] = [None] * len(params)
     for k, value in zip(wanted, found, strict=True):
         grads[k] = value

@@ -199,6 +199,9 @@ def unsupported(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> str | None
 
 
 def _check(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    for name, t in (("x", x), ("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor):
+            raise KernelsError(f"kron_stream needs torch tensors; {name} is a {type(t).__name__}")
     if x.dim() != 3 or a.dim() != 3 or b.dim() != 3:
         raise KernelsError(
             f"kron_stream needs x (rows, P, Q), a (R, M, P) and b (R, N, Q); got {tuple(x.shape)}, "

@@ -346,3 +346,54 @@ def test_a_thread_that_forks_inside_a_blas_step_leaves_its_child_counting_from_z
     with numba_cpu._one_blas_thread():  # limits BLAS again, and restores it on leaving
         assert numba_cpu._blas_users == 1 and numba_cpu._blas_limit is not None
     assert numba_cpu._blas_users == 0 and numba_cpu._blas_limit is None
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_a_non_contiguous_core_changed_in_place_before_backward_is_refused(create_graph):
+    # The kernels read a contiguous copy of such a core, whose version counter is its own: the change
+    # went unnoticed, and the graph-building backward read the changed values (4.3 off the forward's).
+    g = _generator("numba")
+    for p in g.cores.values():
+        if p.dim() >= 2:
+            p.data = p.data.mT.contiguous().mT
+    assert not all(p.is_contiguous() for p in g.cores.values())
+    w = numba_weight(g)
+    with torch.no_grad():
+        for p in g.cores.values():
+            p.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(w.sum(), list(g.cores.values()), create_graph=create_graph)
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_tied_cores_get_the_gradient_torch_gives(create_graph):
+    # With create_graph=True one tensor held as two cores got its whole gradient in both places (2x).
+    grads = {}
+    for executor in ("torch", "numba"):
+        g = _generator(executor)
+        keys = list(g.cores)
+        same = [k for k in keys if g.cores[k].shape == g.cores[keys[0]].shape and k != keys[0]]
+        g.cores[same[0]] = g.cores[keys[0]]
+        w = g()
+        (grads[executor],) = torch.autograd.grad((w * w).sum(), g.cores[keys[0]], create_graph=create_graph)
+    torch.testing.assert_close(grads["numba"], grads["torch"], rtol=1e-10, atol=1e-10)
+
+
+def test_batched_gradients_through_the_kernels_match_torch():
+    # is_grads_batched (and jacobian(vectorize=True)) met the kernels' backward, which has no batching rule.
+    found = {}
+    for executor in ("torch", "numba"):
+        g = _generator(executor)
+        w = g()
+        basis = torch.eye(w.numel(), dtype=w.dtype).reshape(-1, *w.shape)
+        found[executor] = torch.autograd.grad(w, list(g.cores.values()), basis, is_grads_batched=True)
+    for a, b in zip(found["numba"], found["torch"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_kron_stream_names_an_argument_that_is_no_tensor():
+    from kernels.kronsum import kron_stream
+
+    a = b = torch.ones(1, 1, 1)
+    with pytest.raises(KernelsError, match="x is a list"):
+        kron_stream([[[1.0]]], a, b)
