@@ -234,3 +234,39 @@ def test_every_pool_scores_minimize_size_with_the_same_tie_break() -> None:
     assert math.isclose(_sliced_cost(legs, net.int_output, sizes, ssa, (), "size"), want, rel_tol=1e-15)
     _evaluate(legs, net.int_output, sizes, "size", ssa, "greedy", scored.peak_size * 2, unsliced)
     assert math.isclose(unsliced.best.cost, want, rel_tol=1e-15)
+
+
+def test_a_cap_the_unsliced_plan_already_meets_slices_nothing() -> None:
+    # The search aims below the cap (a third of the headroom): a chain whose best tree fits the
+    # limit exactly came back cut into 64 slices, and not proven optimal.
+    net = tnplan.Network.from_einsum("ab,bc,cd,de->ae", *[(64, 64)] * 4)
+    whole = tnplan.plan(net, max_time=1, cache=False)
+    capped = tnplan.plan(net, max_time=1, cache=False, memory_limit=whole.peak_memory())
+    assert capped.n_slices == 1 and capped.flops == whole.flops
+    assert capped.slicing_overhead == 1.0
+
+
+def test_slicing_overhead_is_measured_against_a_tree_no_dearer_than_the_plans_own() -> None:
+    # The baseline was the best unsliced tree of the search's first phase only, which can cost more
+    # than the returned tree unsliced: overheads of 0.80-0.99 were reported.
+    net = random_regular(60, 3, seed=1)
+    whole = tnplan.plan(net, max_time=0.5, cache=False)
+    for seed in range(3):
+        capped = tnplan.plan(net, max_time=0.5, cache=False, max_size=max(whole.peak_size // 8, 1), seed=seed)
+        assert capped.n_slices > 1
+        own = tnplan.from_path(net, capped.path)  # the same tree, unsliced
+        assert capped.unsliced_flops <= own.flops
+        assert capped.slicing_overhead >= 1.0
+
+
+def test_sliced_plans_past_the_largest_float_describe_themselves() -> None:
+    from tnplan.report import _step_log_flops
+
+    # A ring of 60 tensors with 2**40 per bond, every other bond sliced: 2**1200 slices, 10^361 flops.
+    n = 60
+    inputs = [(f"b{i}", f"b{(i + 1) % n}") for i in range(n)]
+    net = tnplan.Network.from_opt_einsum(inputs, (), {f"b{i}": 2**40 for i in range(n)})
+    plan = tnplan.from_path(net, [(0, 1)] * (n - 1), sliced=tuple(f"b{i}" for i in range(0, n, 2)))
+    assert plan.log10_flops > 308
+    assert plan.slicing_overhead > 1 and "overhead:" in plan.describe()
+    assert max(_step_log_flops(plan)) > 308  # the report's per-step figures

@@ -200,6 +200,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise TnplanError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if "tnplan" in methods:
+        from tnplan.optimal import kernel_ready
+
+        kernel_ready()  # loading numba once is no search: the first network's time must not carry it
     rows = []
     for file in _network_files(args.paths):
         network = Network.from_json(file)

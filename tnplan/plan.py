@@ -11,12 +11,13 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tnplan.cost import OBJECTIVES, Costs, itemsize, position, score_path, ssa_to_linear
+from tnplan.cost import OBJECTIVES, Costs, finite_or_inf, itemsize, position, score_path, ssa_to_linear
 from tnplan.errors import NetworkError, PlanError
 from tnplan.network import Label, Network
 
@@ -124,7 +125,7 @@ class Plan:
         if not self.sliced:
             return 1.0
         base = self.unsliced_flops or score_path(self.network, self.ssa_path).flops
-        return self.flops / base if base else 1.0
+        return finite_or_inf(Fraction(self.flops, base)) if base else 1.0
 
     # ------------------------------------------------------------------ presentation
 

@@ -375,8 +375,19 @@ def plan(
     if slicing:
         from tnplan.slicing import fits, slice_tree
 
-        unsliced_flops = score_path(network, unsliced).flops
         limit = None if memory_limit is None else int(memory_limit) // item_bytes
+        best_unsliced = score_path(network, unsliced)
+        if sliced and fits(network, ssa, (), memory_limit=limit, max_size=max_size):
+            sliced = ()  # the search aims below the caps (size_target); this tree fits them whole
+        elif (
+            sliced
+            and fits(network, unsliced, (), memory_limit=limit, max_size=max_size)
+            and best_unsliced.objective(minimize) <= score_path(network, ssa, sliced).objective(minimize)
+        ):
+            ssa, sliced = list(unsliced), ()  # the best tree fits whole: slicing it would only add work
+        # The baseline of slicing_overhead: the cheaper of the best unsliced tree the search kept and
+        # the returned tree whole (sliced flops are never below the same tree's, so overhead >= 1).
+        unsliced_flops = min(best_unsliced.flops, score_path(network, ssa).flops)
         if not fits(network, ssa, sliced, memory_limit=limit, max_size=max_size):
             ssa, sliced = slice_tree(
                 network,

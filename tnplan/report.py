@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tnplan import anchors
+from tnplan.cost import finite_or_inf
 from tnplan.describe import render_markdown_table, render_table
 from tnplan.errors import TnplanError
 from tnplan.network import Label, Network
@@ -523,9 +524,10 @@ def figure_cost_vs_time(report: Report) -> bytes | None:
     return _png(fig)
 
 
-def _step_flops(plan: Plan) -> list[float]:
-    # Step flops are per slice; the figures show whole-contraction work.
-    return [st.flops * plan.n_slices for st in plan.costs.steps]
+def _step_log_flops(plan: Plan) -> np.ndarray:
+    """log10 of each step's flops over the whole contraction (step flops are per slice), at least 0;
+    math.log10 of the exact integers, as counts past 10^308 have no float."""
+    return np.array([math.log10(max(st.flops * plan.n_slices, 1)) for st in plan.costs.steps])
 
 
 def figure_step_profile(entry: NetworkResults) -> bytes | None:
@@ -536,15 +538,14 @@ def figure_step_profile(entry: NetworkResults) -> bytes | None:
     fig = _new_figure((FIGURE_SIZE[0], 4.0))
     top, bottom = fig.subplots(2, 1, sharex=True)
     steps = np.arange(len(plan.costs.steps))
-    flops = np.array(_step_flops(plan), dtype=float)
-    sizes = np.array([st.size for st in plan.costs.steps], dtype=float)
-    log_flops = np.log10(np.maximum(flops, 1.0))
+    sizes = np.array([finite_or_inf(st.size) for st in plan.costs.steps])
+    log_flops = _step_log_flops(plan)
     top.bar(steps, log_flops, width=0.8, color="tab:blue")
     # The most expensive step answers "where do the flops go" at a glance.
-    k = int(np.argmax(flops))
+    k = int(np.argmax(log_flops))
     top.bar([k], [log_flops[k]], width=0.8, color="tab:red")
     top.set_ylabel("log10 flops")
-    share = 100.0 * flops[k] / flops.sum() if flops.sum() else 0.0
+    share = 100 * plan.costs.steps[k].flops * plan.n_slices / plan.flops if plan.flops else 0.0
     top.set_title(f"{entry.name}: {entry.best}'s plan, cost per step (step {k}: {share:.0f}% of flops)", fontsize=9)
     bottom.bar(steps, np.log2(np.maximum(sizes, 1.0)), width=0.8, color="tab:green")
     suffix = f", per slice of {plan.n_slices}" if plan.n_slices > 1 else ""
@@ -605,7 +606,7 @@ def figure_tree(entry: NetworkResults) -> bytes | None:
     ax = fig.add_subplot()
     ax.add_collection(LineCollection(segments, colors="0.6", linewidths=0.8, zorder=1))
     ax.scatter(x[:n], y[:n], s=14, marker="s", color="0.35", zorder=2)
-    log_flops = np.log10(np.maximum(np.array(_step_flops(plan), dtype=float), 1.0))
+    log_flops = _step_log_flops(plan)
     span = float(log_flops.max() - log_flops.min()) or 1.0
     sizes = 12 + 70 * (log_flops - log_flops.min()) / span
     dots = ax.scatter(x[n:], y[n:], s=sizes, c=log_flops, cmap="viridis", zorder=3, edgecolors="k", linewidths=0.3)

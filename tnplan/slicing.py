@@ -192,10 +192,11 @@ def slice_tree(
         elif best is None and memory_limit is not None:
             target = max(1.0, target / 2.0)  # live intermediates overlap: aim lower and retry
             continue
-        if time.perf_counter() > deadline and best is not None:
-            break
+        if time.perf_counter() > deadline:
+            break  # with nothing that fits yet too: max_time holds for a cap that is hard to meet
         if best is None and target <= 1.0:
             break
     if best is None:
-        raise PlanError("no slicing fits the memory limit; raise memory_limit or max_size")
+        late = " within max_time" if time.perf_counter() > deadline else ""
+        raise PlanError(f"no slicing found{late} fits the memory limit; raise memory_limit or max_size")
     return best[1], best[2]
