@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -67,6 +68,17 @@ def _assert_one_line_error(code: int, err: str, *words: str) -> None:
         ("compression/run.py", ["run", "--seeds", "a"], "--seeds"),
         ("planner/run.py", ["--budgets", "-1"], "--budgets"),
         ("planner/run.py", ["--seeds", "-1"], "--seeds"),
+        ("layers/run.py", ["--archs", "", "--modes", ""], "--archs"),
+        ("layers/run.py", ["--modes", "bar"], "'bar'"),
+        ("layers/run.py", ["--archs", "ttn,foo"], "'foo'"),
+        ("layers/run.py", ["--shapes", ""], "--shapes"),
+        ("layers/run.py", ["--shapes", "3y4"], "--shapes"),
+        ("layers/run.py", ["--bonds", "foo:2"], "--bonds"),
+        ("kernels/run.py", ["--methods", "numba,nope"], "'nope'"),
+        ("kernels/run.py", ["--archs", "bar"], "'bar'"),
+        ("kernels/run.py", ["--shapes", "0x5"], "--shapes"),
+        ("compression/run.py", ["run", "--smoke", "--batch-size", "-4"], "--batch-size"),
+        ("compression/run.py", ["plan", "--dry-run", "--width", "-1"], "--width"),
     ],
 )
 def test_benchmark_scripts_refuse_nonsense_arguments(script, argv, word, tmp_path, capsys) -> None:
@@ -76,6 +88,54 @@ def test_benchmark_scripts_refuse_nonsense_arguments(script, argv, word, tmp_pat
     code, err = _exit_code(lambda: _script(script).main(argv), capsys)
     _assert_one_line_error(code, err, word)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "script,argv,word",
+    [
+        ("parallel/run.py", ["--budgets", "abc"], "--budgets"),
+        ("parallel/run.py", ["--budgets", "-1"], "--budgets"),
+        ("parallel/run.py", ["--seeds", "a"], "--seeds"),
+        ("planner/slicing.py", ["--network", "nosuch"], "nosuch"),
+        ("planner/slicing.py", ["--budget", "-1"], "--budget"),
+        ("planner/slicing.py", ["--seeds", "x"], "--seeds"),
+        ("planner/single_cuts.py", ["--network", "nosuch"], "nosuch"),
+        ("planner/single_cuts.py", ["--sets", "5"], "--sets"),
+        ("kernels/kron_cpu.py", ["--batch", "-5"], "--batch"),
+        ("kernels/kron_cpu.py", ["--reps", "0"], "--reps"),
+    ],
+)
+def test_scripts_without_a_dry_run_refuse_nonsense_arguments(script, argv, word, tmp_path) -> None:
+    # These measure as soon as their arguments pass: run in a fresh process, as a user would, with a timeout.
+    flag = "--results" if script.startswith("kernels/") else "--out"
+    proc = subprocess.run([sys.executable, str(BENCH / script), *argv, flag, str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    _assert_one_line_error(proc.returncode, proc.stderr, word)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "script,argv",
+    [
+        ("parallel/run.py", ["--budgets", "0.1", "--seeds", "0", "--out"]),
+        ("planner/slicing.py", ["--network", "mera_closed_8_b2", "--budget", "0.1", "--seeds", "0", "--out"]),
+        ("planner/single_cuts.py", ["--network", "mera_closed_8_b2", "--out"]),
+        ("planner/run.py", ["--only", "bin_matmul", "--methods", "oe-greedy", "--out"]),
+        ("layers/run.py", ["--shapes", "64x64", "--archs", "ttn", "--out"]),
+        ("kernels/run.py", ["--shapes", "64x64", "--archs", "ttn", "--bonds", "ttn:2", "--out"]),
+        ("kernels/kron_cpu.py", ["--results"]),
+        ("kernels/weight_model.py", ["--results"]),
+        ("layers/auto_cpu.py", ["--quick", "--results"]),
+        ("cache/run.py", ["--quick", "--out"]),
+    ],
+)
+def test_an_unusable_output_folder_stops_the_run_before_it_measures(script, argv, tmp_path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    proc = subprocess.run([sys.executable, str(BENCH / script), *argv, str(blocker / "out")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    _assert_one_line_error(proc.returncode, proc.stderr, "cannot write results to", str(blocker / "out"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
 def test_planner_benchmark_refuses_an_instances_folder_without_instances(tmp_path, capsys) -> None:
@@ -123,6 +183,103 @@ def test_planner_resume_stops_on_a_damaged_results_file(tmp_path, capsys) -> Non
 # ---------------------------------------------------------------------------- partial and failed runs
 
 
+def test_planner_results_are_kept_until_the_new_run_has_a_row(tmp_path) -> None:
+    run = _script("planner/run.py")
+    path = tmp_path / "planner.json"
+    old = '{"meta": {}, "instances": {}, "rows": [{"instance": "x"}]}'
+    path.write_text(old)
+    store = run.ResultStore(path, resume=False)
+    store.set_meta({"cpu_model": "c", "runs": [{"date": "d"}]})
+    inst = next(run.load_generated("ttn"))
+    store.add_instance(inst)
+    assert path.read_text() == old and not store.written
+    row = {"instance": inst.name, "method": "oe-greedy", "budget": None, "seed": None, "status": "ok"}
+    store.add(row)
+    assert json.loads(path.read_text())["rows"] == [row] and inst.name in json.loads(path.read_text())["instances"]
+
+
+def test_planner_quick_run_resumes_and_renders_its_own_file(tmp_path, capsys) -> None:
+    run = _script("planner/run.py")
+    (tmp_path / "planner.json").write_text("{}")  # a full run's file: a quick run never reads or writes it
+    args = run.parse_args(["--quick", "--resume", "--out", str(tmp_path)])
+    assert args.stem == "planner-quick"
+    code, err = _exit_code(lambda: run.main(["--quick", "--report-only", "--out", str(tmp_path)]), capsys)
+    _assert_one_line_error(code, err, "planner-quick.json", "does not exist")
+    assert (tmp_path / "planner.json").read_text() == "{}"
+
+
+def test_layers_run_interrupted_keeps_the_old_results_and_what_it_measured(tmp_path, monkeypatch, capsys) -> None:
+    run = _script("layers/run.py")
+    old = '{"old": "results"}'
+    out = tmp_path / "out"  # tmp_path also holds the adntn cache conftest points at
+    out.mkdir()
+    (out / "layers.json").write_text(old)
+    real = run.run_job
+    calls: list[dict] = []
+
+    def interrupted_after_one(spec: dict, env: dict, timeout: float) -> dict:
+        if calls:
+            raise KeyboardInterrupt  # Ctrl-C during the second worker
+        calls.append(spec)
+        return real(spec, env, timeout)
+
+    monkeypatch.setattr(run, "run_job", interrupted_after_one)
+    argv = ["--shapes", "64x64", "--archs", "ttn", "--bonds", "ttn:2", "--modes", "materialize", "--batches", "1",
+            "--reps", "1", "--ratio-range", "1,1000", "--out", str(out)]  # fmt: skip
+    assert run.main(argv) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and err.startswith("interrupted:")
+    assert "layers.partial.json" in err
+    assert (out / "layers.json").read_text() == old
+    assert len(json.loads((out / "layers.partial.json").read_text())["runs"]) == 1
+    # The same run, complete: it replaces the results and its partial files go.
+    monkeypatch.setattr(run, "run_job", real)
+    assert run.main(argv) == 0
+    assert len(json.loads((out / "layers.json").read_text())["runs"]) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["layers.json", "layers.md"]
+
+
+def test_auto_cpu_at_another_width_or_interrupted_leaves_the_results_as_they_were(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    auto = _script("layers/auto_cpu.py")
+    # Another width is another file: its --report-only looks for that one, not the default width's.
+    (tmp_path / "layers-auto-cpu.json").write_text('{"rows": []}')
+    code, err = _exit_code(lambda: auto.main(["--width", "256", "--results", str(tmp_path), "--report-only"]), capsys)
+    _assert_one_line_error(code, err, "layers-auto-cpu-w256.json", "does not exist")
+    old = '{"rows": [], "old": true}'
+    (tmp_path / "layers-auto-cpu-quick-w64.json").write_text(old)
+    real = auto.measure
+    calls: list[tuple] = []
+
+    def interrupted_after_one(*args: Any) -> dict:
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(auto, "measure", interrupted_after_one)
+    assert auto.main(["--quick", "--width", "64", "--results", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("interrupted:") and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "layers-auto-cpu-quick-w64.json").read_text() == old
+    partial = json.loads((tmp_path / "layers-auto-cpu-quick-w64.partial.json").read_text())
+    assert len(partial["rows"]) == 1 and partial["width"] == 64
+    assert (tmp_path / "layers-auto-cpu.json").read_text() == '{"rows": []}'
+
+
+def test_result_files_are_written_only_through_the_atomic_helper() -> None:
+    # A plain write_text of a result file leaves half a file when the run is killed mid-write.
+    allowed = {"/proc/self/clear_refs", "spec.write_text"}  # not result files
+    offenders = []
+    for path in BENCH.rglob("*.py"):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            plain = re.search(r"\.write_text\(|open\([^)]*[\"']w", line)
+            if plain and path.name != "harness.py" and not any(a in line for a in allowed):
+                offenders.append(f"{path.relative_to(BENCH)}:{n}: {line.strip()}")
+    assert not offenders, offenders
+
+
 @pytest.mark.parametrize(
     "script,flag",
     [("planner/run.py", "--out"), ("layers/run.py", "--out"), ("kernels/run.py", "--out"),
@@ -146,7 +303,8 @@ def test_layers_benchmark_whose_every_worker_fails_keeps_the_old_results(tmp_pat
     old = '{"old": "results"}'
     (tmp_path / "layers.json").write_text(old)
     monkeypatch.setattr(run, "run_job", lambda spec, env, timeout: {**spec, "error": "boom"})
-    assert run.main(["--shapes", "8x8,16x8", "--archs", "", "--out", str(tmp_path)]) == 1
+    argv = ["--shapes", "8x8,16x8", "--archs", "ttn", "--bonds", "ttn:2", "--ratio-range", "1,1e9"]
+    assert run.main([*argv, "--out", str(tmp_path)]) == 1
     assert "every worker failed" in capsys.readouterr().err
     assert (tmp_path / "layers.json").read_text() == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["layers.json"]

@@ -23,11 +23,13 @@ def _run(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
 def test_planner_benchmark_quick_run_writes_rows_and_targets(tmp_path: Path) -> None:
     _run([str(PLANNER / "run.py"), "--quick", "--only", "bin_matmul", "--methods", "tnplan,oe-greedy",
           "--out", str(tmp_path)])  # fmt: skip
-    data = json.loads((tmp_path / "planner.json").read_text())
+    # A quick run has its own name: a full run's planner.json in the same folder stays as it is.
+    assert not (tmp_path / "planner.json").exists()
+    data = json.loads((tmp_path / "planner-quick.json").read_text())
     methods = {r["method"] for r in data["rows"] if r["instance"] == "bin_matmul_256"}
     assert methods == {"tnplan", "oe-greedy"}
     assert data["meta"]["runs"][-1]["tnplan_git"]
-    text = (tmp_path / "planner.md").read_text()
+    text = (tmp_path / "planner-quick.md").read_text()
     assert "## Target checks" in text and "bin_matmul_256" in text
 
 
@@ -269,6 +271,9 @@ def test_auto_cpu_benchmark_scores_the_pick_against_every_mode(tmp_path: Path) -
         assert row["fastest"] == min(row["seconds"], key=row["seconds"].__getitem__)
         assert row["auto"] in row["seconds"] and row["auto_regret"] >= 1 and row["flops_regret"] >= 1
     assert "auto picked the fastest mode in" in (tmp_path / "layers-auto-cpu-quick.md").read_text()
+    # Rows went to the partial files while it ran; the complete run replaced them.
+    written = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("layers-"))  # not conftest's cache
+    assert written == ["layers-auto-cpu-quick.json", "layers-auto-cpu-quick.md"]
 
 
 def test_kron_blocks_benchmark_forces_each_route_and_scores_the_rule(tmp_path: Path) -> None:
@@ -317,3 +322,73 @@ def test_kernels_cpu_benchmark_reports_the_near_ties_it_timed(pin_calibration) -
     assert text.startswith("2 step(s), 1 pick(s) overruled the model")
     assert text.count("(overruled the model)") == 1 and "-> fused (overruled the model)" in text
     assert script._tune_text({"runs": [run(untimed)]}) == "no step was a near tie."
+
+
+def test_cache_benchmark_quick_run_times_hits_under_its_own_name(tmp_path: Path) -> None:
+    script = REPO / "benchmarks" / "cache" / "run.py"
+    _run([str(script), "--quick", "--only", "ttn_16", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "cache-quick.json").read_text())
+    # Asked at the effort it was planned with, the stored plan answers every lookup: no search is timed.
+    assert [r["network"] for r in result["hits"]] == ["ttn_16"]
+    assert result["hits"][0]["fresh_status"] == "hit" and result["hits"][0]["other_status"] == "hit"
+    written = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("cache"))
+    assert written == ["cache-quick.json", "cache-quick.md"]
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--out", str(REPO / "benchmarks" / "results")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and "--quick never writes to benchmarks/results" in proc.stderr
+
+
+def _gpu_result() -> dict:
+    return {"device": "X", "torch": "t", "date": "d", "batch": 8, "reps": 3, "configs": [
+        {"arch": "ttn", "bond": 2, "shape": [8, 8], "params": 9, "compression": 7.1, "generator": {},
+         "layer": {"dense-tf32": {"median_ms": 2.0}}}]}  # fmt: skip
+
+
+def test_gpu_table_renders_before_it_writes_and_refuses_other_files(tmp_path: Path) -> None:
+    script = REPO / "benchmarks" / "kernels" / "gpu.py"
+    results = tmp_path / "results"
+    results.mkdir()
+    committed = json.dumps(_gpu_result())  # not gpu.py's own formatting: a re-render must keep it byte for byte
+    (results / "kernels-gpu.json").write_text(committed)
+    _run([str(script), "table", str(results / "kernels-gpu.json"), "--results", str(results)])
+    assert (results / "kernels-gpu.json").read_text() == committed
+    md = (results / "kernels-gpu.md").read_text()
+    assert "ttn χ=2" in md
+    # Another benchmark's file, and a file with the keys but not the rows: one line, exit 2, nothing replaced.
+    other = tmp_path / "other.json"
+    for data in ({"runs": [], "shapes": []}, {**_gpu_result(), "configs": [{"arch": "ttn"}]}):
+        other.write_text(json.dumps(data))
+        proc = subprocess.run([sys.executable, str(script), "table", str(other), "--results", str(results)],
+                              capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and str(other) in proc.stderr
+        assert (results / "kernels-gpu.json").read_text() == committed
+        assert (results / "kernels-gpu.md").read_text() == md
+    for name in ("gpu.py", "overlap.py", "kron_gpu.py"):
+        proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kernels" / name), "table",
+                               str(tmp_path / "missing.json"), "--results", str(results)],
+                              capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (name, proc.stderr)
+        assert "does not exist" in proc.stderr
+    assert sorted(p.name for p in results.iterdir()) == ["kernels-gpu.json", "kernels-gpu.md"]
+
+
+def test_kron_compile_results_name_their_machine_and_date() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks" / "kernels"))
+    import kron_compile
+
+    row = {"registers": 96, "spill_stores": 0, "spill_loads": 0, "shared": 2048, "wgmma": 4, "viable": True}
+    result = {"triton": "3", "bond": 16, "rows": {"forward 1x4x1": row}}
+    assert "Machine: not recorded; date not recorded." in kron_compile.markdown(result)
+    text = kron_compile.markdown({**result, "machine": "Some CPU", "date": "2026-12-01"})
+    assert "Machine: Some CPU; 2026-12-01." in text
+    source = (REPO / "benchmarks" / "kernels" / "kron_compile.py").read_text()
+    assert '"machine": describe()' in source and '"date": time.strftime' in source
+
+
+def test_planner_report_renders_no_empty_bullet() -> None:
+    sys.path.insert(0, str(PLANNER))
+    import report
+
+    data = json.loads((REPO / "benchmarks" / "results" / "planner.json").read_text())
+    assert not [line for line in report.render(data).splitlines() if line.strip() == "-"]

@@ -6,7 +6,7 @@ fresh process <= 2 ms including decode and verification; the canonical key <= 1 
 Usage::
 
     python benchmarks/cache/run.py            # writes benchmarks/results/cache.{md,json}
-    python benchmarks/cache/run.py --quick    # fewer repetitions (a smoke run)
+    python benchmarks/cache/run.py --quick    # fewer repetitions (a smoke run) -> cache-quick.* in a temp dir
 
 Every figure is a median over repetitions. "Fresh process" is timed inside a new Python process,
 after ``import tnplan`` and loading the network from JSON, around the first ``tnplan.plan`` call:
@@ -31,11 +31,15 @@ from tnplan.canonical import canonical
 from tnplan.examples import lattice_2d, mera, random_regular, scrambled, ttn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness import check_output_dir, output_dir, write_report
 from machine import describe  # benchmarks/machine.py: one machine description
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "bench" / "instances"
-RESULTS = ROOT / "benchmarks" / "results"
+
+# Every plan is searched and asked for at this budget: the cache answers a request only with a plan
+# found with at least the effort it asks for, and a request without max_time asks for more than this.
+MAX_TIME = 0.5
 
 HIT_TARGET_US = 50.0
 FRESH_TARGET_MS = 2.0
@@ -93,7 +97,7 @@ import json, sys, time
 import tnplan
 net = tnplan.Network.from_json(sys.argv[1])
 t = time.perf_counter()
-p = tnplan.plan(net, cache=sys.argv[2])
+p = tnplan.plan(net, cache=sys.argv[2], max_time=float(sys.argv[3]))
 elapsed = time.perf_counter() - t
 print(json.dumps({"ms": elapsed * 1e3, "status": p.cache_status, "flops": p.flops,
                   "searched": "tnplan.partition" in sys.modules}))
@@ -110,7 +114,10 @@ def fresh_process_ms(
             target = cache_file.with_name(f"copy{k}.sqlite")
             shutil.copyfile(cache_file, target)
         out = subprocess.run(
-            [sys.executable, "-c", _FRESH, str(net_file), str(target)], capture_output=True, text=True, check=True
+            [sys.executable, "-c", _FRESH, str(net_file), str(target), str(MAX_TIME)],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         row = json.loads(out.stdout.strip().splitlines()[-1])
         times.append(row["ms"])
@@ -118,25 +125,40 @@ def fresh_process_ms(
     return statistics.median(times), times, status
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions (writes cache-quick.*)")
+    ap.add_argument("--out", type=Path, default=None, help="output dir (default benchmarks/results; quick: temp)")
+    ap.add_argument("--only", default=None, help="only the networks whose name contains this (needs --quick)")
+    args = ap.parse_args(argv)
+    if args.only is not None and not args.quick:
+        # A subset under the full run's name would replace the committed results with fewer rows.
+        ap.error("--only needs --quick (a subset run writes cache-quick.*)")
+    out = output_dir(args.out, args.quick, "cache-quick-")
+    check_output_dir(out)
+    stem = "cache-quick" if args.quick else "cache"
     runs = 3 if args.quick else 11
     rounds = 5 if args.quick else 21
     rows, key_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         cache_file = Path(tmp) / "bench.sqlite"
         for name, original in hit_networks().items():
+            if args.only is not None and args.only not in name:
+                continue
             net_file = Path(tmp) / f"{name}.json"
             original.to_json(net_file)
             net = tnplan.Network.from_json(net_file)  # the presentation a later process will load
-            planned = tnplan.plan(net, cache=cache_file, max_time=0.5)
+            planned = tnplan.plan(net, cache=cache_file, max_time=MAX_TIME)
             cache = tnplan.PlanCache(cache_file)
             same = copy(net)
-            assert tnplan.plan(same, cache=cache).cache_status == "hit"
-            hit_us = per_call_us(lambda same=same, cache=cache: tnplan.plan(same, cache=cache), 200, rounds)
+            status = tnplan.plan(same, cache=cache, max_time=MAX_TIME).cache_status
+            if status != "hit":
+                # Timing a search as a hit would be a wrong answer: stop before anything is written.
+                print(f"error: {name}: the plan just stored was not a cache hit ({status})", file=sys.stderr)
+                return 1
+            hit_us = per_call_us(
+                lambda same=same, cache=cache: tnplan.plan(same, cache=cache, max_time=MAX_TIME), 200, rounds
+            )
             fresh_ms, samples, status = fresh_process_ms(net_file, cache_file, runs)
             # Another caller's presentation (tensors reordered, indices renamed): the canonical key,
             # the stored network and possibly an isomorphism search. A fresh copy of the cache per
@@ -162,6 +184,8 @@ def main() -> None:
                 f"   other presentation {other_ms:6.3f} ms  {other_status}"
             )
         for name, net in key_networks().items():
+            if args.only is not None and args.only not in name:
+                continue
             canonical(copy(net))  # warm numpy's code paths once
             samples = []
             for _ in range(rounds):
@@ -185,10 +209,9 @@ def main() -> None:
         "hits": rows,
         "keys": key_rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cache.json").write_text(json.dumps(result, indent=1))
-    (args.out / "cache.md").write_text(markdown(result))
-    print(f"wrote {args.out / 'cache.md'}")
+    write_report(out, stem, result, markdown)
+    print(f"wrote {out / (stem + '.md')}")
+    return 0
 
 
 def markdown(result: dict) -> str:
@@ -235,4 +258,4 @@ def markdown(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

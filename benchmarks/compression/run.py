@@ -60,7 +60,7 @@ for _p in (HERE.parent, REPO):  # benchmarks/machine.py, adntn/tnplan from this 
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from harness import fail, int_list, one_line, write_atomic  # noqa: E402
+from harness import fail, int_list, one_line, positive_float, positive_int, write_atomic  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_OUT = REPO / "out" / "compression"
@@ -1343,16 +1343,16 @@ def parser() -> argparse.ArgumentParser:
 
     grid = argparse.ArgumentParser(add_help=False)
     grid.add_argument("--variants", help=f"comma list of {', '.join(ALL_VARIANTS)} (default: all but conv-attn/mera)")
-    grid.add_argument("--width", type=float, help="channel multiplier (default 1.0; smoke 0.125)")
-    grid.add_argument("--fc-dim", type=int, help="fc6/fc7 width (default 4096; smoke 64)")
+    grid.add_argument("--width", type=positive_float, help="channel multiplier (default 1.0; smoke 0.125)")
+    grid.add_argument("--fc-dim", type=positive_int, help="fc6/fc7 width (default 4096; smoke 64)")
     grid.add_argument("--cache", type=Path, help="plan cache file (default out/compression/plans.sqlite)")
     grid.add_argument("--cache-only", action="store_true", help="never plan: every segment must be in the cache")
     grid.add_argument("--device", default="cpu", help="cpu or cuda")
-    grid.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (default 1)")
+    grid.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads per run (default 1)")
     grid.add_argument("--data-dir", help="folder with the four Fashion-MNIST .gz files (default: system location)")
-    grid.add_argument("--epochs", type=int, help="epochs per run (default 15; cpu-features heads 5; smoke 1)")
-    grid.add_argument("--batch-size", type=int, default=128)
-    grid.add_argument("--lr", type=float, default=0.05, help="peak one-cycle learning rate")
+    grid.add_argument("--epochs", type=positive_int, help="epochs per run (default 15; cpu-features heads 5; smoke 1)")
+    grid.add_argument("--batch-size", type=positive_int, default=128)
+    grid.add_argument("--lr", type=positive_float, default=0.05, help="peak one-cycle learning rate")
     grid.add_argument("--momentum", type=float, default=0.9)
     grid.add_argument("--weight-decay", type=float, default=5e-4)
     grid.add_argument(
@@ -1360,7 +1360,7 @@ def parser() -> argparse.ArgumentParser:
     )
     grid.add_argument("--dropout", type=float, default=0.5, help="dropout before dense fc6/fc7")
     grid.add_argument("--tn-dropout", type=float, default=0.0, help="dropout before generated fc6/fc7")
-    grid.add_argument("--train-limit", type=int, help="first N training images (default all; smoke 2000)")
+    grid.add_argument("--train-limit", type=positive_int, help="first N training images (default all; smoke 2000)")
 
     pp = sub.add_parser("plan", parents=[common, grid], help="plan every configuration, export the plan cache")
     pp.add_argument(
@@ -1372,14 +1372,16 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--protocol", choices=PROTOCOLS, default="e2e")
     rp.add_argument("--seeds", help="comma list (default 0,1,2; smoke 0)")
     rp.add_argument("--plans", type=Path, help="import this plan export into --cache first")
-    rp.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (GPU: 4-8)")
-    rp.add_argument("--deadline", type=float, help="start no new run after this many seconds")
+    rp.add_argument("--jobs", type=positive_int, default=1, help="runs at a time, each in its own process (GPU: 4-8)")
+    rp.add_argument("--deadline", type=positive_float, help="start no new run after this many seconds")
     rp.add_argument(
         "--order", choices=("seed", "variant"), default="seed", help="e2e job order: seed-major or variant-major"
     )
     rp.add_argument("--augment", choices=("crop-flip", "none"), default="crop-flip")
     rp.add_argument("--amp", choices=("bf16", "off"), help="autocast (default bf16 on cuda, off on cpu)")
-    rp.add_argument("--trunk-epochs", type=int, help="cpu-features: epochs of the dense trunk (default 2; smoke 1)")
+    rp.add_argument(
+        "--trunk-epochs", type=positive_int, help="cpu-features: epochs of the dense trunk (default 2; smoke 1)"
+    )
     rp.add_argument("--keep-checkpoints", action="store_true", help="keep each finished run's checkpoint.pt")
     rp.add_argument("--results", type=Path, help="table folder (default benchmarks/results)")
     rp.add_argument("--no-table", action="store_true", help="do not write the table at the end")
@@ -1400,7 +1402,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "_job":
         return cmd_job(args)
     if args.command == "table" and args.smoke and args.out is None:
-        raise SystemExit("table --smoke needs --out (the smoke run's folder)")
+        fail("table --smoke needs --out (the smoke run's folder)")
     args = resolve_args(args)
     if args.command == "plan":
         return cmd_plan(args)

@@ -62,7 +62,7 @@ for _p in (HERE.parent, REPO):  # benchmarks/machine.py, adntn/tnplan/kernels fr
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from harness import one_line  # noqa: E402
+from harness import check_output_dir, copy_report, one_line, positive_int, write_report  # noqa: E402
 
 DEFAULT_PLANS = REPO / "out" / "kernels-gpu" / "plans.json"
 # (arch, bond, in, out): the issue's 4096x4096 TTN at bond 16 first, then the CPU benchmark's configurations.
@@ -462,6 +462,7 @@ def blas_sweep(g: Any, device: Any, timer: Timer) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    check_output_dir(args.results)
     import torch
     from machine import describe
 
@@ -484,7 +485,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         "configs": [],
     }
     print(f"device: {name}", flush=True)
-    args.results.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     for k, spec in enumerate(_configs(args)):
         arch, bond, n_in, n_out = spec
@@ -520,8 +520,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _write(result: dict[str, Any], folder: Path) -> None:
-    (folder / "kernels-gpu.json").write_text(json.dumps(result, indent=1))
-    (folder / "kernels-gpu.md").write_text(markdown(result))
+    write_report(folder, "kernels-gpu", result, markdown)
+
+
+# What a kernels-gpu.json holds at its top level (``cmd_run``'s ``result``).
+RESULT_KEYS = ("device", "torch", "date", "batch", "reps", "configs")
 
 
 def _best(rows: dict[str, Any], names: Any) -> tuple[str, float] | None:
@@ -689,10 +692,10 @@ def parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--device", default="cuda")
             p.add_argument("--results", type=Path, default=REPO / "out" / "kernels-gpu" / "results")
-            p.add_argument("--batch", type=int, default=8192)
+            p.add_argument("--batch", type=positive_int, default=8192)
             p.add_argument("--warmup", type=int, default=5)
-            p.add_argument("--reps", type=int, default=30)
-            p.add_argument("--threads", type=int, default=1)
+            p.add_argument("--reps", type=positive_int, default=30)
+            p.add_argument("--threads", type=positive_int, default=1)
             p.add_argument("--compile", type=int, default=1, help="torch.compile rows for the first N configs")
             p.add_argument("--deadline", type=float, help="start no configuration after this many seconds")
             p.add_argument("--kron-config", type=Path, help="kron_gpu.py's kron-config.json: tuned Triton launches")
@@ -704,10 +707,8 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(AttributeError):
         args.plans = args.plans.resolve()
     if args.command == "table":
-        result = json.loads(args.json.read_text())
-        args.results.mkdir(parents=True, exist_ok=True)
-        _write(result, args.results)
-        print(f"wrote {args.results / 'kernels-gpu.md'}")
+        md = copy_report(args.json, args.results, "kernels-gpu", RESULT_KEYS, markdown)
+        print(f"wrote {md}")
         return 0
     return cmd_plan(args) if args.command == "plan" else cmd_run(args)
 

@@ -21,6 +21,8 @@ for _p in (HERE, HERE.parent, REPO):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from harness import check_output_dir, fail, positive_int, write_atomic  # noqa: E402
+
 CONFIGS = [("ttn", 16, 4096, 4096), ("attn", 9, 4096, 4096), ("mera", 8, 4096, 4096)]
 
 
@@ -138,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--plans", type=Path, default=REPO / "out" / "kernels-gpu" / "plans.json")
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=8192)
+    ap.add_argument("--reps", type=positive_int, default=10)
+    ap.add_argument("--batch", type=positive_int, default=8192)
     ap.add_argument("--device", default="cuda", help="cpu: a test of the script (CPU ops stand in for kernels)")
     args = ap.parse_args(argv)
     import gpu
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
 
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("gpu_profile.py profiles CUDA kernels: run it on a GPU machine (or --device cpu to test it)")
+        fail("gpu_profile.py profiles CUDA kernels: run it on a GPU machine (or --device cpu to test it)")
+    check_output_dir(args.results)
     torch.backends.cuda.matmul.allow_tf32 = True
     if dev.type == "cpu":
         torch.set_num_threads(1)
@@ -177,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in CONFIGS:
         lines.append(floor(spec, cache, dev, args.batch))
         print(lines[-1], flush=True)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "kernels-gpu-profile.md").write_text("\n".join(lines) + "\n")
+    write_atomic(args.results / "kernels-gpu-profile.md", "\n".join(lines) + "\n")
     print(f"wrote {args.results / 'kernels-gpu-profile.md'}")
     return 0
 

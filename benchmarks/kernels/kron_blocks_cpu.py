@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     import kernels.kronsum_cpu as kc
 
     torch.set_num_threads(1)
-    width, layer_rows, ops = (512, (1, 64), OP_CASES[:1]) if args.quick else (args.width, LAYER_ROWS, OP_CASES)
+    layer_rows, ops = ((1, 64), OP_CASES[:1]) if args.quick else (LAYER_ROWS, OP_CASES)
+    width = args.width
     result: dict[str, Any] = {"machine": describe(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
                               "width": width, "min_blocked_bytes": kc.MIN_BLOCKED_BYTES, "rows": []}  # fmt: skip
     cases = [(measure_layer, (arch, bond, width, rows)) for arch, bond in LAYERS for rows in layer_rows]

@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ REPO = HERE.parents[1]
 for _p in (HERE.parent, REPO):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
+
+from harness import check_output_dir, fail, positive_int, write_report  # noqa: E402
 
 SHARED_LIMIT = 227 * 1024  # bytes of shared memory one program may use on H100/H200
 SETTINGS = [(bb, w, st) for bb in (1, 2, 4) for w in (4, 8) for st in (1, 2, 3)]
@@ -95,10 +98,12 @@ def compile_one(
 
 
 def markdown(result: dict[str, Any]) -> str:
+    # Results written before machine and date were recorded have neither: say so rather than guess.
+    where = f"Machine: {result.get('machine', 'not recorded')}; {result.get('date', 'date not recorded')}. "
     lines = [
         "# Kronecker-sum Triton kernels compiled for Hopper (no GPU)",
         "",
-        f"Triton {result['triton']} for sm_90a, `ptxas -v` from Triton's package; 64-wide halves, float32 in "
+        f"{where}Triton {result['triton']} for sm_90a, `ptxas -v` from Triton's package; 64-wide halves, float32 in "
         f"TF32, bond {result['bond']}. Produced by `benchmarks/kernels/kron_compile.py`. Setting: rows per "
         "program x warps x pipeline stages. Viable: no spills and at most 227 KB of shared memory; "
         "`kron_gpu.py` sweeps the viable settings on a GPU.",
@@ -121,11 +126,13 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
-    p.add_argument("--bond", type=int, default=16)
+    p.add_argument("--bond", type=positive_int, default=16)
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        raise SystemExit("unset TRITON_INTERPRET: this script compiles the kernels, it does not interpret them")
+        fail("unset TRITON_INTERPRET: this script compiles the kernels, it does not interpret them")
+    check_output_dir(args.results)
     import triton
+    from machine import describe
 
     rows: dict[str, Any] = {}
     for kernel in ("forward", "reduce"):
@@ -136,10 +143,14 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 rows[key] = {"error": " ".join(str(exc).split())[:300], "viable": False}
             print(key, json.dumps(rows[key]), flush=True)
-    result = {"triton": triton.__version__, "bond": args.bond, "rows": rows}
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "kernels-kron-compile.json").write_text(json.dumps(result, indent=1))
-    (args.results / "kernels-kron-compile.md").write_text(markdown(result))
+    result = {
+        "machine": describe(),
+        "date": time.strftime("%Y-%m-%d"),
+        "triton": triton.__version__,
+        "bond": args.bond,
+        "rows": rows,
+    }
+    write_report(args.results, "kernels-kron-compile", result, markdown)
     print(f"wrote {args.results / 'kernels-kron-compile.md'}")
     return 0
 

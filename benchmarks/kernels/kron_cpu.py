@@ -25,7 +25,7 @@ for _p in (HERE.parent, REPO):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from harness import time_after_neighbour  # noqa: E402
+from harness import check_output_dir, positive_int, time_after_neighbour, write_report  # noqa: E402
 
 CONFIGS = [("ttn", 2), ("ttn", 16), ("mera", 2), ("mera", 8), ("attn", 2), ("attn", 9)]
 MODES = ("materialize", "stream", "kron")
@@ -98,11 +98,12 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--width", type=int, default=4096)
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--batch", type=positive_int, default=4096)
+    p.add_argument("--width", type=positive_int, default=4096)
+    p.add_argument("--reps", type=positive_int, default=5)
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     args = p.parse_args(argv)
+    check_output_dir(args.results)
     import torch
     from machine import describe
 
@@ -113,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         label = f"{arch} χ={bond}"
         result["rows"][label] = measure(arch, bond, args.width, args.batch, args.reps)
         print(label, json.dumps(result["rows"][label]), flush=True)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "kernels-kron-cpu.json").write_text(json.dumps(result, indent=1))
-    (args.results / "kernels-kron-cpu.md").write_text(markdown(result))
+    write_report(args.results, "kernels-kron-cpu", result, markdown)
     print(f"wrote {args.results / 'kernels-kron-cpu.md'}")
     return 0
 

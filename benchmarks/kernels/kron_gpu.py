@@ -39,6 +39,8 @@ for _p in (HERE, HERE.parent, REPO):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from harness import check_output_dir, render_results, write_atomic, write_report  # noqa: E402
+
 SMOKE_CONFIGS = [("ttn", 3, 64, 64), ("attn", 3, 64, 64)]  # attn: the mixer after the kernel
 COMPILED = REPO / "benchmarks" / "results" / "kernels-kron-compile.json"
 
@@ -217,6 +219,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    check_output_dir(args.results)
     import gpu
     import torch
 
@@ -241,7 +244,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     clock = "CUDA events" if device.type == "cuda" else "wall clock"
     result: dict[str, Any] = {"device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
                               "batch": rows, "reps": args.reps, "clock": clock}  # fmt: skip
-    args.results.mkdir(parents=True, exist_ok=True)
     print(f"device: {name}", flush=True)
     bonds = [c[1] for c in configs]
     steps = [
@@ -259,7 +261,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     swept = result.get("sweep", {})
     tuned = {str(bond): best_config(swept, bonds[0], bond) if "kernels" in swept else {} for bond in bonds}
     # Written before the layer steps: gpu.py run (next in the session) needs it even if they overrun.
-    (args.results / "kron-config.json").write_text(json.dumps(tuned, indent=1))
+    write_atomic(args.results / "kron-config.json", json.dumps(tuned, indent=1))
     result["layers"] = {}
     for spec in configs:
         arch, bond, n_in, n_out = spec
@@ -296,8 +298,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _write(result: dict[str, Any], folder: Path) -> None:
-    (folder / "kernels-gpu-kron.json").write_text(json.dumps(result, indent=1))
-    (folder / "kernels-gpu-kron.md").write_text(markdown(result))
+    write_report(folder, "kernels-gpu-kron", result, markdown)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -384,9 +385,9 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    result = json.loads(Path(args.json).read_text())
-    folder = args.results or Path(args.json).parent
-    (folder / "kernels-gpu-kron.md").write_text(markdown(result))
+    _, text = render_results(Path(args.json), ("device", "torch", "date", "batch", "reps"), markdown)
+    folder = check_output_dir(args.results or Path(args.json).parent)
+    write_atomic(folder / "kernels-gpu-kron.md", text)
     return 0
 
 

@@ -25,6 +25,8 @@ for _p in (HERE, HERE.parent, REPO):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from harness import check_output_dir, fail, positive_int, render_results, write_atomic, write_report  # noqa: E402
+
 CONFIGS = [("ttn", 16, 4096, 4096), ("attn", 9, 4096, 4096), ("mera", 8, 4096, 4096), ("ttn", 24, 25088, 4096)]
 # name -> (overlap, side-stream priority (lower is higher), SM carveout)
 VARIANTS = {
@@ -100,21 +102,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("table", nargs="*", metavar="table JSON", help="re-render the markdown from this json and stop")
     ap.add_argument("--plans", type=Path, default=REPO / "out" / "kernels-gpu" / "plans.json")
     ap.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
-    ap.add_argument("--batch", type=int, default=8192)
+    ap.add_argument("--batch", type=positive_int, default=8192)
     args = ap.parse_args(argv)
     if args.table and (len(args.table) != 2 or args.table[0] != "table"):
         ap.error("to re-render, give `table FILE.json`; to measure, no positional argument")
-    args.results.mkdir(parents=True, exist_ok=True)
     if args.table:
-        result = json.loads(Path(args.table[1]).read_text())
+        # Only the Markdown is written, and only once the file has rendered.
+        _, text = render_results(Path(args.table[1]), ("device", "torch", "date", "batch", "configs"), markdown)
+        write_atomic(check_output_dir(args.results) / "kernels-gpu-overlap.md", text)
     else:
+        check_output_dir(args.results)
         import time
 
         import gpu
         import torch
 
         if not torch.cuda.is_available():
-            raise SystemExit("overlap.py measures CUDA streams: run it on a GPU machine")
+            fail("overlap.py measures CUDA streams: run it on a GPU machine")
         torch.backends.cuda.matmul.allow_tf32 = True
         cache = gpu.imported_plans(args.plans)
         result = {
@@ -128,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             label = f"{spec[0]} χ={spec[1]} {spec[2]}x{spec[3]}"
             result["configs"][label] = measure(spec, cache, args.batch)
             print(label, json.dumps(result["configs"][label]), flush=True)
-        (args.results / "kernels-gpu-overlap.json").write_text(json.dumps(result, indent=1))
-    (args.results / "kernels-gpu-overlap.md").write_text(markdown(result))
+        write_report(args.results, "kernels-gpu-overlap", result, markdown)
     print(f"wrote {args.results / 'kernels-gpu-overlap.md'}")
     return 0
 

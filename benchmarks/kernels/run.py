@@ -60,15 +60,18 @@ for _p in (HERE.parent, REPO):  # benchmarks/machine.py, adntn/kernels/tnplan fr
         sys.path.insert(0, str(_p))
 
 from harness import (  # noqa: E402
+    check_output_dir,
+    fail,
     int_list,
+    name_list,
     one_line,
     output_dir,
     parse_bonds,
-    parse_shape,
     positive_float,
     positive_int,
     read_results,
     save_runs,
+    shape_list,
     shape_name,
     spawn_worker,
     worker_main,
@@ -449,9 +452,16 @@ def _versions() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", default=None, help=f"IN x OUT list (default {DEFAULT_SHAPES}; {QUICK_SHAPES} quick)")
-    ap.add_argument("--archs", default=",".join(ARCHS))
-    ap.add_argument("--bonds", default=None, help='bond dims, e.g. "ttn:2,13;mera:8" (default: the layers ones)')
+    ap.add_argument(
+        "--shapes",
+        type=shape_list,
+        default=None,
+        help=f"IN x OUT list (default {DEFAULT_SHAPES}; {QUICK_SHAPES} quick)",
+    )
+    ap.add_argument("--archs", type=name_list(ARCHS), default=list(ARCHS), help=f"comma list from {','.join(ARCHS)}")
+    ap.add_argument(
+        "--bonds", type=parse_bonds, default={}, help='bond dims, e.g. "ttn:2,13;mera:8" (default: the layers ones)'
+    )
     ap.add_argument("--threads", type=int_list(1), default=[1, 2], help="thread counts, each a full pass (default 1,2)")
     ap.add_argument("--reps", type=positive_int, default=3, help="timed steps per method (default 3)")
     ap.add_argument(
@@ -460,7 +470,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"timed steps for shapes over {LARGE:,} weights (default --reps)",
     )
-    ap.add_argument("--methods", default=",".join(METHODS), help="generator methods (torch-eager always runs)")
+    ap.add_argument(
+        "--methods",
+        type=name_list(METHODS),
+        default=list(METHODS),
+        help=f"generator methods from {','.join(METHODS)} (torch-eager always runs)",
+    )
     ap.add_argument("--no-layers", action="store_true", help="skip the layer training steps")
     ap.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK_SHAPES}, small bonds, 2 reps")
     ap.add_argument("--out", type=Path, default=None, help="output dir (default benchmarks/results; quick: temp)")
@@ -480,18 +495,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {md_path}")
         return 0
 
-    shapes = [parse_shape(s) for s in (args.shapes or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)).split(",")]
-    archs = [a.strip().lower() for a in args.archs.split(",") if a.strip()]
-    if any(a not in ARCHS for a in archs):
-        raise SystemExit(f"--archs takes {', '.join(ARCHS)}")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if any(m not in METHODS for m in methods):
-        raise SystemExit(f"--methods takes {', '.join(METHODS)}")
-    methods = ["torch-eager", *(m for m in METHODS if m in methods and m != "torch-eager")]
+    shapes = args.shapes or shape_list(QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
+    archs = args.archs
+    methods = ["torch-eager", *(m for m in METHODS if m in args.methods and m != "torch-eager")]
     threads = args.threads
     reps = 2 if args.quick and args.reps == 3 else args.reps
     large_reps = reps if args.large_reps is None else args.large_reps
-    explicit = parse_bonds(args.bonds)
+    explicit = args.bonds
 
     jobs: list[dict] = []
     for n in threads:
@@ -502,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
             for arch in archs:
                 bonds = explicit.get(arch) or (table or {}).get(arch)
                 if not bonds:
-                    raise SystemExit(f"no default bond dims for {shape_name(shape)} {arch}: give --bonds")
+                    fail(f"no default bond dims for {shape_name(shape)} {arch}: give --bonds")
                 for bond in bonds:
                     jobs.append({"kind": "tn", "threads": n, "shape": list(shape), "arch": arch, "bond": bond})
     for job in jobs:
@@ -519,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
+    check_output_dir(out_dir)
     wall = time.perf_counter()
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kernels-bench-")))

@@ -33,6 +33,8 @@ for _p in (HERE, HERE.parent, REPO):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from harness import check_output_dir, write_atomic  # noqa: E402
+
 
 def measure(index: int, plans: Path) -> dict[str, Any]:
     import gpu
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not torch.cuda.is_available():
         raise SystemExit("swap_ab.py times CUDA graphs: run it on a GPU machine")
+    check_output_dir(args.results)
     rows = []
     for k, (arch, bond, n_in, n_out) in enumerate(gpu.CONFIGS):
         cmd = [sys.executable, __file__, "run", "--plans", str(args.plans), "--config", str(k)]
@@ -118,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
             rows.append({"config": f"{arch} χ={bond} {n_in}x{n_out}", "error": tail[:120].replace("|", "/")})
         print(rows[-1], flush=True)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "kernels-gpu-swap.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
-    (args.results / "kernels-gpu-swap.md").write_text(markdown(rows))
+    text = markdown(rows)  # first: rows that cannot be rendered replace nothing
+    write_atomic(args.results / "kernels-gpu-swap.json", json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+    write_atomic(args.results / "kernels-gpu-swap.md", text)
     print(f"wrote {args.results / 'kernels-gpu-swap.md'}")
     return 0
 

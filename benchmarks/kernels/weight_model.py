@@ -8,10 +8,12 @@ each step to the fused loop or to BLAS), at one thread. The ratio says whether t
 weight in ``mode="auto"``'s decision instead of measuring it.
 
     .venv/bin/python benchmarks/kernels/weight_model.py   # -> benchmarks/results/kernels-weight-model.{md,json}
+    .venv/bin/python benchmarks/kernels/weight_model.py --results /tmp/wm   # -> another folder
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -24,6 +26,7 @@ for _p in (HERE.parent, REPO):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from harness import RESULTS, check_output_dir, write_report  # noqa: E402
 from machine import describe  # noqa: E402
 from run import ARCH_NAMES, DEFAULT_BONDS  # noqa: E402
 
@@ -69,7 +72,11 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=RESULTS, help="output dir (default benchmarks/results)")
+    args = ap.parse_args(argv)
+    check_output_dir(args.results)
     import torch
 
     torch.set_num_threads(1)
@@ -93,9 +100,7 @@ def main() -> int:
                 }  # fmt: skip
                 result["rows"].append(row)
                 print(json.dumps(row), flush=True)
-    out = REPO / "benchmarks" / "results"
-    (out / f"{STEM}.json").write_text(json.dumps(result, indent=1))
-    (out / f"{STEM}.md").write_text(markdown(result))
+    write_report(args.results, STEM, result, markdown)
     print(markdown(result))
     return 0
 

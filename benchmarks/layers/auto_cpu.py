@@ -12,6 +12,7 @@ fewer), and each pick's regret (its time over the fastest's).
 
     .venv/bin/python benchmarks/layers/auto_cpu.py          # -> benchmarks/results/layers-auto-cpu.{md,json}
     .venv/bin/python benchmarks/layers/auto_cpu.py --quick  # two configs, small: layers-auto-cpu-quick.* in a temp dir
+    .venv/bin/python benchmarks/layers/auto_cpu.py --width 1024 --results /tmp/a  # -> layers-auto-cpu-w1024.*
     .venv/bin/python benchmarks/layers/auto_cpu.py --report-only  # re-render the Markdown from the JSON
 """
 
@@ -31,7 +32,7 @@ for _p in (HERE.parent, REPO):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from harness import time_after_neighbour, width_cli, write_report  # noqa: E402
+from harness import finish_report, interrupted, partial_stem, time_after_neighbour, width_cli, write_report  # noqa: E402
 
 CONFIGS = [("ttn", 2), ("ttn", 16), ("attn", 2), ("attn", 9), ("mera", 2), ("mera", 8)]
 BATCHES = (1, 8, 32, 64, 256, 384, 512, 1024, 4096)
@@ -149,19 +150,25 @@ def main(argv: list[str] | None = None) -> int:
     from machine import describe
 
     torch.set_num_threads(1)
-    configs, batches, width = (CONFIGS[:2], (1, 64), 512) if args.quick else (CONFIGS, BATCHES, args.width)
+    configs, batches = (CONFIGS[:2], (1, 64)) if args.quick else (CONFIGS, BATCHES)
+    width = args.width
     result: dict[str, Any] = {"machine": describe(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
                               "width": width, "rows": []}  # fmt: skip
-    for batch in batches:
-        for arch, bond in configs:
-            for regime in REGIMES:
-                row = measure(arch, bond, width, batch, regime)
-                row.update(config=f"{arch} χ={bond}", batch=batch, regime=regime)
-                row["label"] = f"{row['config']}, batch {batch}, {regime}"
-                result["rows"].append(row)
-                print(json.dumps(row), flush=True)
-                # Rewritten after every row, so an interrupted run keeps what it measured.
-                write_report(results, name, result, markdown)
+    try:
+        for batch in batches:
+            for arch, bond in configs:
+                for regime in REGIMES:
+                    row = measure(arch, bond, width, batch, regime)
+                    row.update(config=f"{arch} χ={bond}", batch=batch, regime=regime)
+                    row["label"] = f"{row['config']}, batch {batch}, {regime}"
+                    result["rows"].append(row)
+                    print(json.dumps(row), flush=True)
+                    # Beside the results, not over them: an interrupted run keeps what it measured and
+                    # leaves the complete results it would otherwise replace as they were.
+                    write_report(results, partial_stem(name), result, markdown)
+    except KeyboardInterrupt:
+        return interrupted(results, name, len(result["rows"]))
+    finish_report(results, name, result, markdown)
     print(markdown(result))
     return 0
 

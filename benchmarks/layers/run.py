@@ -50,15 +50,20 @@ for _p in (HERE.parent, REPO):  # benchmarks/machine.py, adntn/tnplan from this 
         sys.path.insert(0, str(_p))
 
 from harness import (  # noqa: E402
+    check_output_dir,
+    finish_report,
     int_list,
+    interrupted,
+    name_list,
     number_range,
     output_dir,
     parse_bonds,
-    parse_shape,
+    partial_stem,
     positive_float,
     positive_int,
     read_results,
     save_runs,
+    shape_list,
     shape_name,
     spawn_worker,
     worker_main,
@@ -69,6 +74,7 @@ from machine import describe  # noqa: E402
 from adntn.errors import AdntnError  # noqa: E402
 
 ARCHS = ("ttn", "attn", "mera")
+MODES = ("materialize", "stream", "kron")
 ARCH_NAMES = {"ttn": "TTN", "attn": "aTTN", "mera": "MERA"}
 DEFAULT_SHAPES = "4096x4096,25088x4096"
 QUICK_SHAPES = "256x256,512x128"
@@ -320,15 +326,19 @@ def config_name(run: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", default=None, help=f"IN x OUT list (default {DEFAULT_SHAPES})")
+    ap.add_argument("--shapes", type=shape_list, default=None, help=f"IN x OUT list (default {DEFAULT_SHAPES})")
     ap.add_argument("--batches", type=int_list(1), default=[1, 32, 256], help="comma list (default 1,32,256)")
     ap.add_argument("--reps", type=positive_int, default=None, help="timed steps per batch (default 5; 2 with --quick)")
-    ap.add_argument("--archs", default=",".join(ARCHS))
-    ap.add_argument("--bonds", default=None, help='fixed bond dims, e.g. "ttn:8,12;mera:4" (default: chosen)')
+    ap.add_argument("--archs", type=name_list(ARCHS), default=list(ARCHS), help=f"comma list from {','.join(ARCHS)}")
+    ap.add_argument(
+        "--bonds", type=parse_bonds, default={}, help='fixed bond dims, e.g. "ttn:8,12;mera:4" (default: chosen)'
+    )
     ap.add_argument(
         "--ratio-range", type=number_range, default=None, help="compression range LO,HI (default 2000,77000)"
     )
-    ap.add_argument("--modes", default="materialize,stream,kron", help="TN modes to run")
+    ap.add_argument(
+        "--modes", type=name_list(MODES), default=list(MODES), help=f"TN modes to run, from {','.join(MODES)}"
+    )
     ap.add_argument("--quick", action="store_true", help=f"smoke test: shapes {QUICK_SHAPES}, 2 reps")
     ap.add_argument("--out", type=Path, default=None, help="output dir (default benchmarks/results; quick: temp)")
     ap.add_argument("--cache-dir", type=Path, default=None, help="plan cache dir (default: a fresh temp dir)")
@@ -348,15 +358,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {md_path}")
         return 0
 
-    shapes = [parse_shape(s) for s in (args.shapes or (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)).split(",")]
+    shapes = args.shapes or shape_list(QUICK_SHAPES if args.quick else DEFAULT_SHAPES)
     batches = args.batches
     reps = args.reps if args.reps is not None else 2 if args.quick else 5
-    archs = [a.strip().lower() for a in args.archs.split(",") if a.strip()]
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if any(a not in ARCHS for a in archs) or any(m not in ("materialize", "stream", "kron") for m in modes):
-        raise SystemExit(f"--archs takes {', '.join(ARCHS)}; --modes takes materialize, stream, kron")
+    archs, modes, bonds = args.archs, args.modes, args.bonds
     lo, hi = args.ratio_range or (QUICK_RATIO_RANGE if args.quick else RATIO_RANGE)
-    bonds = parse_bonds(args.bonds)
 
     with contextlib.ExitStack() as stack:
         if args.cache_dir is None:
@@ -409,40 +415,57 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{shape_name(job['shape']):>12} {config_name(job):<16} {job['mode']:<12}{ratio}")
             print(f"{len(jobs)} worker runs, batches {batches}, {reps} timed reps each")
             return 0
-        unstreamable: set[tuple] = set()
-        unsplittable: set[tuple] = set()
-        for k, job in enumerate(jobs, 1):
-            key = (tuple(job["shape"]), job["arch"], job["bond"])
-            if job["mode"] in ("stream", "kron") and key in unstreamable:
-                result["skipped"].append({**job, "reason": "the generator cannot stream (activation after its root)"})
-                continue
-            if job["mode"] == "kron" and key in unsplittable:
-                result["skipped"].append({**job, "reason": "the root does not split into a Kronecker sum"})
-                continue
-            spec = {**job, "batches": batches, "reps": reps}
-            print(f"[{k}/{len(jobs)}] {shape_name(job['shape'])} {config_name(job)} {job['mode']}", flush=True)
-            t = time.perf_counter()
-            run = run_job(spec, env, args.timeout)
-            run["wall_s"] = time.perf_counter() - t
-            if "error" in run:
-                print(f"  FAILED: {run['error']}", flush=True)
-                for line in run.get("traceback", []):
-                    print(f"    {line}", flush=True)
-            elif job["kind"] == "tn":
-                if not run.get("streamable", True):
-                    unstreamable.add(key)
-                if not run.get("splittable", True):
-                    unsplittable.add(key)
-            result["runs"].append(run)
-            save_runs(result, json_path, md_path, markdown)  # partial results survive
-        if not save_runs(result, json_path, md_path, markdown):
+        check_output_dir(out_dir)
+        try:
+            measured = run_jobs(jobs, result, env, args.timeout, out_dir, stem)
+        except KeyboardInterrupt:
+            return interrupted(out_dir, stem, sum("error" not in r for r in result["runs"]))
+        if not measured:
             print(f"every worker failed; {json_path} was not written", file=sys.stderr)
             return 1
+        finish_report(out_dir, stem, result, markdown)
     report = markdown(result)
     print()
     print(report[report.index("## Target check") : report.index("## Plan cache log")].rstrip())
     print(f"\nwrote {md_path} and {json_path}")
     return 0
+
+
+def run_jobs(
+    jobs: list[dict], result: dict[str, Any], env: dict[str, str], timeout: float, out_dir: Path, stem: str
+) -> bool:
+    """Run every job in its worker, adding its run (or why it was skipped) to ``result``; whether any
+    worker succeeded. The partial files are rewritten after every worker: an interrupted run keeps what it
+    measured, beside the complete results it would replace (left as they were)."""
+    batches, reps = result["batches"], result["reps"]
+    json_path, md_path = out_dir / f"{partial_stem(stem)}.json", out_dir / f"{partial_stem(stem)}.md"
+    unstreamable: set[tuple] = set()
+    unsplittable: set[tuple] = set()
+    for k, job in enumerate(jobs, 1):
+        key = (tuple(job["shape"]), job["arch"], job["bond"])
+        if job["mode"] in ("stream", "kron") and key in unstreamable:
+            result["skipped"].append({**job, "reason": "the generator cannot stream (activation after its root)"})
+            continue
+        if job["mode"] == "kron" and key in unsplittable:
+            result["skipped"].append({**job, "reason": "the root does not split into a Kronecker sum"})
+            continue
+        spec = {**job, "batches": batches, "reps": reps}
+        print(f"[{k}/{len(jobs)}] {shape_name(job['shape'])} {config_name(job)} {job['mode']}", flush=True)
+        t = time.perf_counter()
+        run = run_job(spec, env, timeout)
+        run["wall_s"] = time.perf_counter() - t
+        if "error" in run:
+            print(f"  FAILED: {run['error']}", flush=True)
+            for line in run.get("traceback", []):
+                print(f"    {line}", flush=True)
+        elif job["kind"] == "tn":
+            if not run.get("streamable", True):
+                unstreamable.add(key)
+            if not run.get("splittable", True):
+                unsplittable.add(key)
+        result["runs"].append(run)
+        save_runs(result, json_path, md_path, markdown)
+    return any("error" not in run for run in result["runs"])
 
 
 # ---------------------------------------------------------------------------------------------- report

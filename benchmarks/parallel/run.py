@@ -7,7 +7,7 @@ gain of 2 workers over 1 (positive: 2 workers found cheaper plans).
 
 Usage::
 
-    python benchmarks/parallel/run.py [--budgets 1,5] [--seeds 0,1,2]
+    python benchmarks/parallel/run.py [--budgets 1,5] [--seeds 0,1,2] [--out DIR]
 
 Writes ``benchmarks/results/parallel.{md,json}``. Run it alone: it measures wall-clock quality, and
 the worker processes need the cores.
@@ -16,7 +16,6 @@ the worker processes need the cores.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -31,17 +30,18 @@ RESULTS = ROOT / "benchmarks" / "results"
 INSTANCES = ("randreg_200_3_a.json", "sycamore_n53_m20_s0_e0_pABCDCDAB.json")
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from harness import budget_list, check_output_dir, int_list, write_report  # noqa: E402
 from machine import describe  # noqa: E402  (benchmarks/machine.py: one machine description)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--budgets", default="1,5", help="comma-separated max_time values in seconds")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--budgets", type=budget_list, default=[1.0, 5.0], help="max_time values in seconds (1,5)")
+    ap.add_argument("--seeds", type=int_list(0), default=[0, 1, 2], help="comma list (default 0,1,2)")
     ap.add_argument("--out", type=Path, default=RESULTS)
-    args = ap.parse_args()
-    budgets = [float(x) for x in args.budgets.split(",")]
-    seeds = [int(x) for x in args.seeds.split(",")]
+    args = ap.parse_args(argv)
+    budgets, seeds = args.budgets, args.seeds
+    check_output_dir(args.out)
     from tnplan.optimal import kernel_ready
 
     kernel_ready(block=True)
@@ -77,10 +77,9 @@ def main() -> None:
                 }
             )
     result = {"machine": describe(), "date": time.strftime("%Y-%m-%d"), "seeds": seeds, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "parallel.json").write_text(json.dumps(result, indent=1))
-    (args.out / "parallel.md").write_text(markdown(result))
+    write_report(args.out, "parallel", result, markdown)
     print(f"wrote {args.out / 'parallel.md'}")
+    return 0
 
 
 def markdown(result: dict) -> str:
@@ -106,4 +105,4 @@ def markdown(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

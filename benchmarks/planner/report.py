@@ -321,7 +321,8 @@ def render_targets(data: dict[str, Any], res: Results | None = None) -> str:
     for title, status, lines in (_target1(res), _target2(res), _target3(res), _target4(res)):
         out.append(f"### {status} — {title}")
         out.append("")
-        out += [f"- {x}" for x in lines] or ["- (nothing to report)"]
+        # An empty entry would render as an empty bullet: skip it.
+        out += [f"- {x}" for x in lines if x.strip()] or ["- (nothing to report)"]
         out.append("")
     sanity = _optimality_sanity(res)
     if sanity:
@@ -362,7 +363,6 @@ def _target2(res: Results) -> tuple[str, str, list[str]]:
     lines = [
         "reference = the file's `paths.opt_flops` path re-scored with our scorer (the file's own figure in brackets"
         " where it differs)",
-        "",
     ]
     fails = 0
     for name in names:

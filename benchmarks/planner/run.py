@@ -38,7 +38,15 @@ for _p in (HERE, HERE.parent, REPO):  # sibling modules, benchmarks/machine.py, 
 
 import planners  # noqa: E402
 import report  # noqa: E402
-from harness import fail, int_list, output_dir, positive_float, read_results, write_atomic  # noqa: E402
+from harness import (  # noqa: E402
+    budget_list,
+    check_output_dir,
+    fail,
+    int_list,
+    output_dir,
+    read_results,
+    write_atomic,
+)
 from machine import cpu_model  # noqa: E402
 from planners import BUDGETED, CTG_OPTIMAL_MAX_TENSORS, HARD_TIMEOUT_S, METHODS, PlannerTimeoutError  # noqa: E402
 
@@ -149,10 +157,15 @@ def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
 
 
 class ResultStore:
-    """planner.json: machine header, instance metadata and raw rows, rewritten atomically after every row."""
+    """planner.json: machine header, instance metadata and raw rows, rewritten atomically after every row.
+
+    Nothing is written before the first row: a run that stops (or fails) before measuring anything leaves
+    an existing file as it was.
+    """
 
     def __init__(self, path: Path, resume: bool) -> None:
         self.path = path
+        self.written = False
         self.data: dict[str, Any] = {"meta": {}, "instances": {}, "rows": []}
         if resume and path.exists():
             self.data = read_results(path, ("rows",))  # a damaged file stops the run and stays as it is
@@ -172,11 +185,9 @@ class ResultStore:
             # A resumed run without ctg-default says nothing about it: keep what the run that had it found.
             merged["cotengra_defaults"] = old["cotengra_defaults"]
         self.data["meta"] = merged
-        self.flush()
 
     def add_instance(self, inst: Instance) -> None:
         self.data["instances"][inst.name] = inst.meta
-        self.flush()
 
     def add(self, row: dict[str, Any]) -> None:
         self.data["rows"] = [r for r in self.data["rows"] if row_key(r) != row_key(row)]
@@ -189,6 +200,7 @@ class ResultStore:
         text = json.dumps(head, ensure_ascii=False, indent=1)[:-2]  # drop the closing "\n}"
         rows = ",\n".join(json.dumps(r, ensure_ascii=False) for r in self.data["rows"])
         write_atomic(self.path, f'{text},\n "rows": [\n{rows}\n ]\n}}\n')
+        self.written = True
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -393,24 +405,18 @@ def machine_meta(args: argparse.Namespace, ctg_defaults: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def _budgets(text: str) -> list[float]:
-    """argparse type: a non-empty comma list of budgets, each a finite number of seconds > 0."""
-    values = [positive_float(x) for x in text.split(",") if x.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError("the list is empty")
-    return values
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", choices=("instances", "generated", "all"), default="all")
-    ap.add_argument("--budgets", type=_budgets, default=[1.0, 5.0], help="seconds, comma list (default 1,5)")
+    ap.add_argument("--budgets", type=budget_list, default=[1.0, 5.0], help="seconds, comma list (default 1,5)")
     ap.add_argument("--seeds", type=int_list(0), default=[0, 1, 2], help="comma list (default 0,1,2)")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma list from {','.join(METHODS)}")
     ap.add_argument("--only", default=None, help="run only instances whose name contains this substring")
     ap.add_argument("--out", type=Path, default=None, help="output dir (default benchmarks/results; quick: temp)")
     ap.add_argument("--instances", type=Path, default=None, help="folder holding einsum-benchmark/ and cotengra/")
-    ap.add_argument("--quick", action="store_true", help="one seed (0) and budget 1 s, for smoke tests")
+    ap.add_argument(
+        "--quick", action="store_true", help="one seed (0) and budget 1 s, for smoke tests (writes planner-quick.*)"
+    )
     ap.add_argument("--resume", action="store_true", help="keep planner.json and skip rows already in it")
     ap.add_argument("--report-only", action="store_true", help="only re-render planner.md from planner.json")
     ap.add_argument("--dry-run", action="store_true", help="list the work and its worst-case wall time, run nothing")
@@ -428,6 +434,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         what = "does not exist" if not args.instances.is_dir() else "holds no instances"
         fail(f"--instances {args.instances} {what} (expected {' or '.join(f'{s}/*.json' for s in INSTANCE_SUITES)})")
     args.out = output_dir(args.out, args.quick, "planner-quick-")
+    # A smoke run's few rows must not replace a full run's file in the same folder.
+    args.stem = "planner-quick" if args.quick else "planner"
     return args
 
 
@@ -450,7 +458,7 @@ def estimate_s(inst: Instance, methods: list[str], budgets: list[float], seeds: 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    json_path, md_path = args.out / "planner.json", args.out / "planner.md"
+    json_path, md_path = args.out / f"{args.stem}.json", args.out / f"{args.stem}.md"
     if args.report_only:
         data = read_results(json_path, ("meta", "instances", "rows"))
         write_atomic(md_path, report.render(data))
@@ -477,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
+    check_output_dir(args.out)
     from tnplan.optimal import kernel_ready
 
     kernel_ready(block=True)  # compile tnplan's exact-search kernel once, before any timing
@@ -504,13 +513,20 @@ def main(argv: list[str] | None = None) -> int:
                     raise KeyboardInterrupt  # this row may hold a truncated search: drop it
                 store.add(row)
                 print(_fmt_row(row), flush=True)
-            write_atomic(md_path, report.render(store.data))
+            if store.written:
+                write_atomic(md_path, report.render(store.data))
             if _STOP.is_set():
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
-        print("stopped; rows so far are in planner.json (rerun the same command with --resume)", file=sys.stderr)
+        if not store.written:
+            print(f"stopped before any row was measured; {json_path} was left as it is", file=sys.stderr)
+            return 130
+        print(f"stopped; rows so far are in {json_path} (rerun the same command with --resume)", file=sys.stderr)
         write_atomic(md_path, report.render(store.data))
         return 130
+    if not store.written:
+        print(f"no row to run (all done already?); {json_path} was left as it is", file=sys.stderr)
+        return 0
     write_atomic(md_path, report.render(store.data))
     print(f"wrote {json_path} and {md_path}")
     print(report.render_targets(store.data))

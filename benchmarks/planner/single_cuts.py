@@ -47,30 +47,43 @@ from tnplan.examples import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from harness import check_output_dir, fail, int_list, positive_float, write_atomic  # noqa: E402
 from machine import describe  # noqa: E402  (benchmarks/machine.py: one machine description)
 
 
-def main() -> int:
+def _sets(text: str) -> tuple[int, int]:
+    """argparse type: ``"P,T"``, two integers >= 0."""
+    values = int_list(0)(text)
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not P,T (two integers, e.g. 32,12)")
+    return values[0], values[1]
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--network", default="mera_closed_32_b4")
-    parser.add_argument("--budget", type=float, default=1.0, help="seconds per cut network")
-    parser.add_argument("--base-budget", type=float, default=5.0, help="seconds for the unsliced plan")
+    parser.add_argument("--network", default="mera_closed_32_b4", help="a name from tnplan.examples.FAMILIES")
+    parser.add_argument("--budget", type=positive_float, default=1.0, help="seconds per cut network")
+    parser.add_argument("--base-budget", type=positive_float, default=5.0, help="seconds for the unsliced plan")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recheck", type=int, default=8, help="cheapest cuts to plan again (0: none)")
-    parser.add_argument("--recheck-budget", type=float, default=10.0)
-    parser.add_argument("--recheck-seeds", default="0,1,2")
+    parser.add_argument("--recheck-budget", type=positive_float, default=10.0)
+    parser.add_argument("--recheck-seeds", type=int_list(0), default=[0, 1, 2])
     parser.add_argument("--prove-depth", type=int, default=3, help="width proof template depth (0: skip)")
     parser.add_argument("--prove-limit", type=float, default=1800.0, help="seconds per width proof")
     parser.add_argument(
         "--sets",
-        default="32,12",
+        type=_sets,
+        default=(32, 12),
         help="P,T: plan every pair of the P cheapest cuts and every triple of the T cheapest under the"
         " cap --sets-below bits below the unsliced width (0,0: none)",
     )
     parser.add_argument("--sets-below", type=int, default=4)
-    parser.add_argument("--sets-budget", type=float, default=1.0, help="seconds per cut set")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    args = parser.parse_args()
+    parser.add_argument("--sets-budget", type=positive_float, default=1.0, help="seconds per cut set")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    if args.network not in FAMILIES:
+        fail(f"--network {args.network!r} is not in tnplan.examples.FAMILIES (e.g. mera_closed_32_b4)")
+    out = check_output_dir(args.out)
     from tnplan.optimal import kernel_ready
 
     kernel_ready(block=True)
@@ -86,7 +99,7 @@ def main() -> int:
         rows.append({"index": str(label), "label": label, "size": d, **_scores(p, d, base)})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "label"}), flush=True)
     rows.sort(key=lambda r: r["overhead"])
-    recheck_seeds = [int(x) for x in args.recheck_seeds.split(",")]
+    recheck_seeds = args.recheck_seeds
     for r in rows[: args.recheck]:
         # The best of several longer searches; the 1 s entry stays as it was.
         plans = [
@@ -96,7 +109,7 @@ def main() -> int:
         best = min(plans, key=lambda p: p.flops)
         r["recheck"] = _scores(best, r["size"], base)
         print("recheck", r["index"], json.dumps(r["recheck"]), flush=True)
-    pairs_of, triples_of = (int(x) for x in args.sets.split(","))
+    pairs_of, triples_of = args.sets
     set_bits = round(base.log2_size) - args.sets_below
     cut_sets = [
         *_cut_sets(net, rows, base, 2, pairs_of, set_bits, args.sets_budget, args.seed),
@@ -124,9 +137,6 @@ def main() -> int:
         "machine": describe(),
         "date": time.strftime("%Y-%m-%d"),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "single-cuts.json").write_text(json.dumps({"meta": meta, "rows": rows, "cut_sets": cut_sets}, indent=1))
     floor, cheapest = cheapest_cut(rows, "overhead")
     cost_floor, cheapest_cost = cheapest_cut(rows, "cost_overhead")
     lines = [
@@ -184,7 +194,9 @@ def main() -> int:
     if cut_sets:
         two_cuts = any(p["free_cuts"] == 1 and p["verdict"] == "no tree fits" for p in proofs)
         lines += ["", *_cut_sets_section(cut_sets, meta["sets"], args.sets_below, rows, two_cuts)]
-    (out / "single-cuts.md").write_text("\n".join([*lines, ""]))
+    # Both rendered before either is written: a failed rendering replaces nothing.
+    write_atomic(out / "single-cuts.json", json.dumps({"meta": meta, "rows": rows, "cut_sets": cut_sets}, indent=1))
+    write_atomic(out / "single-cuts.md", "\n".join([*lines, ""]))
     print("\n".join(lines))
     return 0
 

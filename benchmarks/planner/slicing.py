@@ -17,14 +17,17 @@ import json
 import math
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
-from planners import drain_pool  # the planner benchmark's helpers (same folder)
-from run import cpu_model
-
 import tnplan
 from tnplan.examples import FAMILIES
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared harness
+from harness import check_output_dir, fail, int_list, positive_float, write_atomic
+from machine import cpu_model
+from planners import drain_pool  # the planner benchmark's helpers (same folder)
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = {2: 1.10, 4: 1.30}
@@ -45,18 +48,21 @@ def _cotengra(net: tnplan.Network, budget: float, target_size: int) -> tuple[tnp
     return tnplan.from_path(net, [tuple(p) for p in tree.get_path()], sliced=sliced), elapsed
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--network", default="mera_closed_32_b4")
-    parser.add_argument("--budget", type=float, default=5.0)
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    args = parser.parse_args()
+    parser.add_argument("--network", default="mera_closed_32_b4", help="a name from tnplan.examples.FAMILIES")
+    parser.add_argument("--budget", type=positive_float, default=5.0, help="seconds per plan")
+    parser.add_argument("--seeds", type=int_list(0), default=[0, 1, 2], help="comma list (default 0,1,2)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    if args.network not in FAMILIES:
+        fail(f"--network {args.network!r} is not in tnplan.examples.FAMILIES (e.g. mera_closed_32_b4)")
+    out = check_output_dir(args.out)
     from tnplan.optimal import kernel_ready
 
     kernel_ready(block=True)
     net = FAMILIES[args.network]()
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     rows = []
     for seed in seeds:
         base = tnplan.plan(net, max_time=args.budget, seed=seed, cache=False)
@@ -91,8 +97,6 @@ def main() -> int:
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {
         "network": args.network,
         "tensors": net.num_tensors,
@@ -103,13 +107,12 @@ def main() -> int:
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
     }
-    (out / "slicing.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [
         f"# Slicing benchmark: `{args.network}` ({net.num_tensors} tensors)",
         "",
         f"Machine: {meta['cpu']}, {meta['cores']} cores; Python {meta['python']}; {meta['date']}.",
-        f"Budget {args.budget:g} s per plan; seeds {args.seeds}; overhead = sliced flops / unsliced flops of the"
-        " same seed's unsliced tnplan plan (both scored by tnplan's cost model).",
+        f"Budget {args.budget:g} s per plan; seeds {','.join(map(str, seeds))}; overhead = sliced flops / unsliced"
+        " flops of the same seed's unsliced tnplan plan (both scored by tnplan's cost model).",
         "",
         "| bits below width | target | method | median overhead | median log2 size | median slices | median time (s) |",
         "|---|---|---|---|---|---|---|",
@@ -141,7 +144,9 @@ def main() -> int:
             f"{'PASS' if med <= limit and math.isfinite(med) else 'FAIL'}"
         )
     lines += ["", "## Target check", *verdict, *_floor(out, args.network), ""]
-    (out / "slicing.md").write_text("\n".join(lines))
+    # Both rendered before either is written: a failed rendering replaces nothing.
+    write_atomic(out / "slicing.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_atomic(out / "slicing.md", "\n".join(lines))
     print("\n".join(lines))
     return 0
 
