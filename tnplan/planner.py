@@ -252,8 +252,10 @@ def plan(
             deterministic effort (``max_repeats`` trials, each phase sized from
             :func:`default_time_cap`, never from the clock), so the plan does not depend on the
             machine's speed or load; it takes about that long (up to ~2x on 400–900-tensor
-            networks, and ~4x when a memory cap needs many cuts: an 80-tensor 3-regular graph cut
-            14 times took 17.6 s against 4 s, each cut set being searched again), and a guard stops it
+            networks, ~4.7x on the 50-tensor hyperedge network rand_50_5_a, 11.7 s against 2.5 s, whose
+            exact refinement of subtrees is not sized by the budget, and ~4x when a memory cap needs
+            many cuts: an 80-tensor 3-regular graph cut 14 times took 17.6 s against 4 s, each cut set
+            being searched again), and a guard stops it
             at :data:`FIXED_EFFORT_GUARD` times that (times :data:`SLICED_GUARD_FACTOR` under a cap).
             Give ``max_time`` to bound the wall time (a capped search overruns it by at most one
             slicing of its first tree). The first
