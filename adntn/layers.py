@@ -231,7 +231,7 @@ class _TNLayer(nn.Module):
     def get_extra_state(self) -> torch.Tensor:
         """The generated weight's shape, a small int64 tensor (state-dict entry ``_extra_state``; a tensor,
         so formats that hold only tensors, such as safetensors, take the state dict)."""
-        return torch.tensor(self.weight_shape(), dtype=torch.int64)
+        return torch.tensor(self.weight_shape(), dtype=torch.int64, device="cpu")  # not the default device
 
     def set_extra_state(self, state: Any) -> None:
         """Nothing to set: the shape was checked against this layer's in ``_load_from_state_dict``."""
@@ -253,8 +253,10 @@ class _TNLayer(nn.Module):
 
 def _shape_from_entry(entry: Any) -> tuple[int, ...] | None:
     """The weight shape a state dict's ``_extra_state`` entry records (``None`` if it is no shape)."""
-    if isinstance(entry, torch.Tensor) and entry.dim() == 1 and not entry.is_floating_point():
-        return tuple(int(v) for v in entry.tolist())
+    # Any dtype: a state dict cast as a whole (.float(), checkpoint averaging) casts this entry too.
+    if isinstance(entry, torch.Tensor) and entry.dim() == 1 and not entry.is_meta:
+        values = entry.detach().cpu().double().round().tolist()
+        return tuple(int(v) for v in values)
     return None
 
 

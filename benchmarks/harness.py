@@ -260,9 +260,15 @@ def width_cli(
 def write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` in one step: a reader (or a killed run) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    # A temp name of its own: two runs writing to one folder must not share one.
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
 
 
 def write_report(folder: Path, stem: str, result: dict[str, Any], render: Callable[[dict], str]) -> None:

@@ -697,3 +697,32 @@ def test_under_minimize_size_equal_peaks_keep_the_plan_with_fewer_flops(tmp_path
     assert cache.put(cheap, options)
     assert not cache.put(dear, options)
     assert PlanCache(cache.path).get(net, options).flops == cheap.flops
+
+
+def test_pending_hits_go_to_their_file_and_create_nothing_at_a_moved_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # flush() reconnected to the new default path: it created a cache file in a folder never used.
+    net, other = ttn(8, 2), scrambled(ttn(8, 2), 3)
+    monkeypatch.setenv("TNPLAN_CACHE_DIR", str(tmp_path / "a"))
+    tnplan.plan(net)
+    reader = PlanCache()
+    assert tnplan.plan(other, cache=reader).cache_status == "hit"
+    monkeypatch.setenv("TNPLAN_CACHE_DIR", str(tmp_path / "b"))
+    reader.flush()
+    assert not (tmp_path / "b").exists()
+    assert PlanCache(tmp_path / "a" / "plans.sqlite").stats()["hits"] == 1
+
+
+def test_an_older_versions_cache_on_read_only_storage_is_read(tmp_path: Path) -> None:
+    # Opening it wanted to record the layout first, and failed with "attempt to write a readonly database".
+    path = tmp_path / "plans.sqlite"
+    net = ttn(8, 2)
+    tnplan.plan(net, cache=PlanCache(path))
+    with sqlite3.connect(path) as conn:  # as a version before the layout row left it
+        conn.execute("DELETE FROM meta WHERE name = 'layout'")
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema', 'tnplan.cache.v2.k1')")
+    read_only = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    PlanCache(path)._init(read_only, path)  # no error, nothing written
+    assert dict(read_only.execute("SELECT name, value FROM meta")) == {"schema": "tnplan.cache.v2.k1"}
+    read_only.close()

@@ -233,3 +233,17 @@ def test_program_takes_any_size_on_its_free_axis_and_python_scalars() -> None:
         program(np.ones((7, 2)), np.ones((3, 2)))
     scalars = tnplan.plan(tnplan.Network.from_einsum(",->", (), ()), cache=False)
     assert float(scalars.compile()(2.0, 3.0)) == float(scalars.contract(2.0, 3.0)) == 6.0
+
+
+def test_program_makes_a_python_scalar_among_tensors_a_tensor() -> None:
+    net = tnplan.Network.from_einsum("ab,,bc->ac", (2, 3), (), (3, 2))
+    program = tnplan.plan(net, cache=False).compile()
+    a = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(3, 2, dtype=torch.float64)
+    out = program(a, 2.0, c)
+    assert isinstance(out, torch.Tensor)
+    torch.testing.assert_close(out, 2.0 * a @ c)
+    out.sum().backward()
+    assert a.grad is not None
+    with pytest.raises(tnplan.PlanError, match="among torch tensors"):
+        program(a, np.ones(()), np.ones((3, 2)))

@@ -410,6 +410,8 @@ def test_state_dicts_of_another_size_are_refused_even_when_the_cores_match():
     rebuilt = {k: v for k, v in wide.state_dict().items()}  # as when stripping DDP's "module.": no metadata
     with pytest.raises(RuntimeError, match=r"saved by a layer generating a \(64, 64\) weight"):
         narrow.load_state_dict(rebuilt)
+    with pytest.raises(RuntimeError, match=r"saved by a layer generating a \(64, 64\) weight"):
+        narrow.load_state_dict({k: v.float() for k, v in rebuilt.items()})  # cast as a whole
     older = {k: v for k, v in rebuilt.items() if k != "_extra_state"}
     narrow.load_state_dict(older)  # state dicts saved before the shape was recorded load as before
     recorded = collections.OrderedDict(older)  # saved when the shape was kept in the metadata

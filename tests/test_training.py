@@ -730,9 +730,20 @@ def test_a_checkpoint_with_flipped_bytes_is_refused_and_a_legacy_one_resumes(tmp
     raw[start : start + 64] = bytes(b ^ 255 for b in raw[start : start + 64])
     ckpt.write_bytes(raw)
     # torch.load checks no CRCs: this resumed with wrong weights.
-    with pytest.raises(AdntnError, match=rf"damaged or truncated \(bad CRC-32 for {re.escape(member.filename)}\)"):
+    bad_crc = rf"damaged or truncated \(Bad CRC-32 for file '{re.escape(member.filename)}'\)"
+    with pytest.raises(AdntnError, match=bad_crc):
         train(cfg, tmp_path / "flipped", resume=True, progress=False)
     assert ckpt.read_bytes() == raw
+
+    # Saved without checksums (torch.serialization.set_crc32_options(False)): every CRC is 0, and it resumes.
+    nocrc = tmp_path / "nocrc"
+    shutil.copytree(tmp_path / "run", nocrc)
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(torch.load(nocrc / "checkpoint.pt", weights_only=False), nocrc / "checkpoint.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert train(cfg, nocrc, resume=True, progress=False)["epochs_done"] == 2
 
     # torch's legacy (non-zip) format has no checksums to check, and resumes as before.
     legacy = tmp_path / "run" / "checkpoint.pt"

@@ -278,8 +278,16 @@ class PlanCache:
             # leave one without it alone.
             conn.execute("INSERT OR IGNORE INTO meta VALUES ('layout', ?)", (_LAYOUT,))
             conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            complete = {"meta", "plans", "aliases"} <= set(tables)
+            if complete and "readonly" in str(exc).replace(" ", "").lower():
+                return  # an older version's cache on read-only storage: the tables are ours; read it as it is
+            raise
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     def _check_layout(self, meta: dict[str, str] | None, path: Path) -> None:
@@ -519,7 +527,11 @@ class PlanCache:
         """Write pending hit counts (kept in memory so that a hit never waits for a write)."""
         if not self._hits:
             return  # and no file opened for nothing (this runs at exit for every cache object)
-        # Through _run, so that counts from a default path that has since moved go to their own file.
+        if self._conn is not None and self._conn_pid == os.getpid():
+            # The counts belong to the open file, even where the default path has moved since: write
+            # them there, and open (or create) nothing at the new path.
+            self._write_hits(self._conn)
+            return
         with contextlib.suppress(PlanError, sqlite3.Error):  # a hit counter is not worth failing for
             self._run(self._write_hits)
 

@@ -90,6 +90,10 @@ class Program:
         if len(arrays) != len(self.shapes):
             raise PlanError(f"program contracts {len(self.shapes)} tensor(s) but {len(arrays)} were given")
         arrays = tuple(_checked(k, a, want) for k, (a, want) in enumerate(zip(arrays, self.shapes, strict=True)))
+        tensor = next((a for a in arrays if _is_torch(a)), None)
+        if tensor is not None:
+            # A Python number among tensors: a tensor too (numpy and torch operands do not mix).
+            arrays = tuple(a if _is_torch(a) else _as_tensor(a, tensor) for a in arrays)
         live = [a if eq is None else _einsum(eq, a) for a, eq in zip(arrays, self.prepare, strict=True)]
         for a, b, eq, sa, sb, out in self.steps:
             live.append(_einsum(eq, live[a].reshape(sa), live[b].reshape(sb)).reshape(out))
@@ -114,6 +118,12 @@ def _checked(k: int, a: Any, want: tuple[int, ...]) -> Any:
         expected = "(" + ", ".join("any" if w == -1 else str(w) for w in want) + ("," if len(want) == 1 else "") + ")"
         raise PlanError(f"operand {k} has shape {got} but the program expects {expected}")
     return a
+
+
+def _as_tensor(a: Any, like: Any) -> Any:
+    if isinstance(a, np.ndarray) and a.ndim == 0:  # a Python number _checked made an array
+        return like.new_tensor(a.item())
+    raise PlanError(f"a {type(a).__name__} among torch tensors; pass every operand as a tensor")
 
 
 def _permute(x: Any, perm: Sequence[int]) -> Any:

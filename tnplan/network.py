@@ -13,6 +13,7 @@ import json
 import math
 import numbers
 import reprlib
+import threading
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -340,15 +341,19 @@ _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 def _symbol(i: int) -> str:
     """The ``i``-th equation letter: ASCII, then letters from U+00C0 on (opt_einsum and cotengra read
     any letter; skipping the non-letters such as '×' shifts every later index, so no two share one)."""
-    while len(_LETTERS_PAST) <= i - len(_LETTERS):
-        code = ord(_LETTERS_PAST[-1]) + 1 if _LETTERS_PAST else 0xC0
-        while not chr(code).isalpha():
-            code += 1
-        _LETTERS_PAST.append(chr(code))
-    return _LETTERS[i] if i < len(_LETTERS) else _LETTERS_PAST[i - len(_LETTERS)]
+    if i < len(_LETTERS):
+        return _LETTERS[i]
+    with _LETTERS_LOCK:  # two threads extending the table at once would append one letter twice
+        while len(_LETTERS_PAST) <= i - len(_LETTERS):
+            code = ord(_LETTERS_PAST[-1]) + 1 if _LETTERS_PAST else 0xC0
+            while not chr(code).isalpha():
+                code += 1
+            _LETTERS_PAST.append(chr(code))
+    return _LETTERS_PAST[i - len(_LETTERS)]
 
 
 _LETTERS_PAST: list[str] = []
+_LETTERS_LOCK = threading.Lock()
 
 
 def _json_label(x: Any) -> Label:

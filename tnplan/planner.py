@@ -278,8 +278,8 @@ def plan(
         The :class:`~tnplan.plan.Plan`.
 
     Raises:
-        PlanError: On an unknown objective, a non-positive budget, an unreachable memory limit, or
-            a cache miss with ``cache_only``.
+        PlanError: On an unknown objective, a non-positive budget, an unreachable memory limit (or
+            one no slicing found in the time allowed meets), or a cache miss with ``cache_only``.
     """
     start = time.perf_counter()
     if not isinstance(network, Network):

@@ -197,6 +197,10 @@ def slice_tree(
         if best is None and target <= 1.0:
             break
     if best is None:
-        late = " within max_time" if time.perf_counter() > deadline else ""
-        raise PlanError(f"no slicing found{late} fits the memory limit; raise memory_limit or max_size")
+        if time.perf_counter() > deadline:
+            raise PlanError(
+                "no slicing that fits the memory limit was found in the time allowed; "
+                "raise max_time, memory_limit or max_size"
+            )
+        raise PlanError("no slicing fits the memory limit; raise memory_limit or max_size")
     return best[1], best[2]
