@@ -244,6 +244,9 @@ def test_a_cap_the_unsliced_plan_already_meets_slices_nothing() -> None:
     capped = tnplan.plan(net, max_time=1, cache=False, memory_limit=whole.peak_memory())
     assert capped.n_slices == 1 and capped.flops == whole.flops
     assert capped.slicing_overhead == 1.0
+    assert whole.optimal and capped.optimal  # the unsliced optimum is optimal under a cap it meets
+    by_size = tnplan.plan(net, max_time=1, cache=False, memory_limit=whole.peak_memory(), minimize="size")
+    assert not by_size.optimal  # a sliced plan's per-slice peak may be smaller: nothing is proven
 
 
 def test_slicing_overhead_is_measured_against_a_tree_no_dearer_than_the_plans_own() -> None:

@@ -369,7 +369,7 @@ def plan(
     target = size_target(network, memory_limit, max_size, dtype)
     seeds = [] if cached is None else [list(cached.ssa_path)]
     budgets = (share * budget, search_deadline - time.perf_counter(), fixed)  # (nominal, left, fixed effort)
-    ssa, sliced, optimal, method, unsliced = _search_workers(
+    ssa, sliced, optimal, method, unsliced, unsliced_optimal = _search_workers(
         (legs, output, sizes, minimize, budgets, repeats, seed, target, seeds), workers, executor
     )
 
@@ -387,6 +387,11 @@ def plan(
             and best_unsliced.objective(minimize) <= score_path(network, ssa, sliced).objective(minimize)
         ):
             ssa, sliced = list(unsliced), ()  # the best tree fits whole: slicing it would only add work
+        # The unsliced optimum that fits the caps is optimal under them too: slicing never lowers flops,
+        # writes or combo (it may lower a slice's peak, so not for "size").
+        whole = score_path(network, ssa).objective(minimize)
+        if not sliced and unsliced_optimal and minimize != "size" and whole <= best_unsliced.objective(minimize):
+            optimal, method = True, "optimal"
         # The baseline of slicing_overhead: the cheaper of the best unsliced tree the search kept and
         # the returned tree whole (sliced flops are never below the same tree's, so overhead >= 1).
         unsliced_flops = min(best_unsliced.flops, score_path(network, ssa).flops)
@@ -531,8 +536,8 @@ def _search(
     target: float | None = None,
     seeds: list[list[tuple[int, int]]] | None = None,
     exact: bool = True,
-) -> tuple[list[tuple[int, int]], tuple[int, ...], bool, str, list[tuple[int, int]]]:
-    """(best tree, its sliced ids, proven optimal, method, best unsliced tree).
+) -> tuple[list[tuple[int, int]], tuple[int, ...], bool, str, list[tuple[int, int]], bool]:
+    """(best tree, its sliced ids, proven optimal, method, best unsliced tree, that tree proven optimal).
 
     With ``target`` every trial is scored as it will run: sliced to the cap and re-optimised under it.
     ``seeds`` are trees to start from (a cached plan being refined); ``exact=False`` skips the exact
@@ -541,7 +546,7 @@ def _search(
     n = len(legs)
     if n <= 3:
         path = _enumerate(legs, output, sizes, minimize)
-        return path, (), True, "enumerate", path
+        return path, (), True, "enumerate", path, True
 
     from tnplan.greedy import greedy_ssa
     from tnplan.tree import Tree
@@ -559,6 +564,7 @@ def _search(
     for path in seeds or ():
         pool.offer(_evaluate(legs, output, sizes, minimize, [tuple(p) for p in path], "cached", target, unsliced, end))
 
+    optimum = None  # the proven optimal cost of an unsliced tree, where the exact search completed
     if exact and _exact_feasible(legs, budget.seconds):
         # A short heuristic round first (past 16 tensors): the exact search's final cost cap is
         # the best cost known, and a tight cap is worth far more than the time it takes.
@@ -572,7 +578,8 @@ def _search(
         exact = _try_exact(legs, output, sizes, minimize, pre.best.cost, budget.seconds)
         if exact is not None:
             if target is None or Tree(legs, output, sizes, exact).peak_size() <= target:
-                return exact, (), True, "optimal", exact
+                return exact, (), True, "optimal", exact, True
+            optimum = cost(exact)
             pool.offer(_evaluate(legs, output, sizes, minimize, exact, "optimal", target, unsliced, end))
         for cand in pre.items:
             pool.offer(_evaluate(legs, output, sizes, minimize, cand.ssa, cand.method, target, unsliced, end))
@@ -581,7 +588,10 @@ def _search(
         best = _portfolio(legs, output, sizes, minimize, pool, cost, budget, repeats, seed)
     else:
         best = _sliced_search(legs, output, sizes, minimize, pool, cost, budget, repeats, seed, target, unsliced)
-    return best.ssa, best.sliced, False, best.method, (unsliced.best.ssa if unsliced.items else best.ssa)
+    whole = unsliced.best if unsliced.items else None
+    # Where the exact search's tree was over the target, an unsliced tree of its cost is an optimum too.
+    proven = whole is not None and optimum is not None and whole.cost <= optimum
+    return best.ssa, best.sliced, False, best.method, (whole.ssa if whole else best.ssa), proven
 
 
 def _sliced_search(
