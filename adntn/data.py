@@ -321,11 +321,14 @@ def load_dataset(name: str, split: str, root: str | Path | None = None, *, downl
     if split not in ("train", "test"):
         raise AdntnError(f"split must be 'train' or 'test', got {split!r}")
     if name == "digits":
+        if root is not None:  # else the run would train on the embedded set while the user meant files
+            raise AdntnError(f"digits is embedded in scikit-learn and reads no files; drop the data directory {root}")
         return load_digits_split(split)
     load = load_cifar10_split if name == "cifar10" else load_idx_split
     if root is not None:
         if not Path(root).is_dir():
-            raise AdntnError(f"data directory {root} does not exist; {HOW_TO_GET[name].replace('DIR', str(root))}")
+            what = "is a file, not a directory" if Path(root).exists() else "does not exist"
+            raise AdntnError(f"data directory {root} {what}; {HOW_TO_GET[name].replace('DIR', str(root))}")
         return load(root, split)
     cache = Path(os.environ.get("ADNTN_DATA") or Path.home() / ".cache" / "adntn" / "data").expanduser() / name
     damaged: AdntnError | None = None

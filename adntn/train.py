@@ -29,13 +29,15 @@ from torch import nn
 from adntn.compress import CompressionReport, compress
 from adntn.data import load_dataset, pad_to
 from adntn.errors import AdntnError
-from adntn.layers import _TNLayer
+from adntn.layers import DECISION_ROWS, TNLinear, _TNLayer
 from adntn.models import build_model
+from adntn.timing import REGIMES
 
 CHECKPOINT = "checkpoint.pt"
 AMP_MODES = (None, "bf16")
 # Settings that change how a run is executed, not what it computes: a resume may change them (plan on
-# one machine, train with --cache-only on another).
+# one machine, train with --cache-only on another). threads is one only up to rounding: CPU kernels
+# split their sums by thread, so a resume with another count is warned that it will not match exactly.
 RUNTIME_KEYS = frozenset({"threads", "cache", "cache_only", "data_dir"})
 
 
@@ -144,8 +146,13 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise AdntnError(f"{name} must be a positive integer, got {value!r}")
-        if not self.lr > 0:
-            raise AdntnError(f"lr must be > 0, got {self.lr!r}")
+        if not 0 < self.lr < math.inf:
+            raise AdntnError(f"lr must be a finite number > 0, got {self.lr!r}")
+        for name in ("momentum", "weight_decay"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise AdntnError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.seed < 2**63:
+            raise AdntnError(f"seed must be an integer from 0 to 2**63 - 1, got {self.seed!r}")
         if not 0 < self.width < math.inf:
             raise AdntnError(f"width must be a positive channel multiplier, got {self.width!r}")
         if self.train_limit < 0:
@@ -308,7 +315,9 @@ def update(model: nn.Module, opt: Any, sched: Any, cfg: TrainConfig) -> None:
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The order of the ``n`` training examples in ``epoch``: it depends only on the seed and the epoch."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    # Modulo 2**63 (a generator's seed is a signed 64-bit integer): equal to the plain sum for every seed
+    # below ~9e13, so no such run's order changes.
+    return torch.randperm(n, generator=torch.Generator().manual_seed((seed * 100_003 + epoch) % 2**63))
 
 
 def _dist(device: str) -> tuple[int, int]:
@@ -435,6 +444,23 @@ def _fresh(out: Path) -> bool:
     return True
 
 
+def _auto_modes(model: nn.Module) -> dict[str, Any]:
+    """What every ``mode="auto"`` layer picks per batch size: decided from this machine's timings, so a
+    resume elsewhere must take them from the checkpoint to compute the same numbers."""
+    return {name: m.auto_modes for name, m in model.named_modules() if isinstance(m, TNLinear) and m.mode == "auto"}
+
+
+def _restore_auto_modes(model: nn.Module, saved: dict[str, Any]) -> None:
+    """Give the checkpoint's picks back to the layers that made them (checkpoints before them have none)."""
+    for name, m in model.named_modules():
+        picks = saved.get(name)
+        if not (isinstance(m, TNLinear) and m.mode == "auto" and isinstance(picks, dict)):
+            continue
+        # Picks of another decision grid (another adntn version) are left: this layer's own decide.
+        if all((b, r) in picks.get(kind, {}) for kind in ("cpu", "cuda") for b in DECISION_ROWS for r in REGIMES):
+            m.auto_modes = picks
+
+
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     """Refuse a resume whose configuration computes something else than the checkpoint's.
 
@@ -442,6 +468,12 @@ def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> Non
         AdntnError: Naming the differing settings.
     """
     now = asdict(cfg)
+    if saved.get("threads", now["threads"]) != now["threads"]:
+        warnings.warn(
+            f"resuming with threads {now['threads']} (the run so far used {saved['threads']}): sums split "
+            "differently round differently, so the run will not match an uninterrupted one bit for bit",
+            stacklevel=2,
+        )
     differ = sorted(k for k in set(saved) | set(now) if k not in RUNTIME_KEYS and saved.get(k) != now.get(k))
     if differ:
         shown = ", ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in differ[:4])
@@ -497,6 +529,7 @@ def _train(
     if state is not None:
         # Popped: the caller's reference to the checkpoint must not keep a second copy of the weights.
         model.load_state_dict(state.pop("model"))
+        _restore_auto_modes(model, state.get("auto_modes", {}))
         opt.load_state_dict(state.pop("optimizer"))
         sched.load_state_dict(state.pop("scheduler"))
         metrics = state["metrics"]
@@ -565,6 +598,7 @@ def _train(
                 "rng": torch.get_rng_state(),
                 "wall_time_s": earlier_wall + time.perf_counter() - start_time,
                 "plan_searches": earlier_searches + searches,
+                "auto_modes": _auto_modes(model),
             }
             _atomic_save(state, ckpt_path)
             with open(out / "metrics.jsonl", "a") as fh:

@@ -574,8 +574,32 @@ def test_resume_allows_runtime_settings_and_names_what_differs(tmp_path):
     train(_config(cache=cache, train_limit=64), out, progress=False, stop_after=1)
     with pytest.raises(AdntnError, match=r"different configuration \(lr 0.05 -> 0.1\)"):
         train(_config(cache=cache, train_limit=64, lr=0.1), out, resume=True, progress=False)
-    done = train(_config(cache=cache, train_limit=64, cache_only=True, threads=2), out, resume=True, progress=False)
+    with pytest.warns(UserWarning, match="resuming with threads 2 .* will not match an uninterrupted one bit"):
+        done = train(_config(cache=cache, train_limit=64, cache_only=True, threads=2), out, resume=True, progress=False)
     assert done["epochs_done"] == 2  # --cache-only and another thread count: the same run goes on
+
+
+def test_a_run_resumed_where_auto_would_pick_other_modes_keeps_the_runs_picks(tmp_path, monkeypatch):
+    # mode="auto" decides from this machine's cached timings: resumed on a machine whose timings pick
+    # other modes, the run went on in them and its numbers drifted from the uninterrupted run's.
+    from adntn.layers import TNLinear
+
+    cfg = _config(cache=str(tmp_path / "plans.sqlite"))
+    train(cfg, tmp_path / "full", progress=False)
+    train(cfg, tmp_path / "part", progress=False, stop_after=1)
+    decide = TNLinear._decide
+
+    def elsewhere(self):
+        flip = {"materialize": "stream"} if self.generator.streamable else {}
+        return {kind: {k: flip.get(m, "materialize") for k, m in picks.items()} for kind, picks in decide(self).items()}
+
+    monkeypatch.setattr(TNLinear, "_decide", elsewhere)
+    train(cfg, tmp_path / "part", resume=True, progress=False)
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)
+    assert a["auto_modes"] == b["auto_modes"] and a["auto_modes"]
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
 
 
 def test_resume_into_a_folder_with_run_files_but_no_checkpoint_changes_nothing(tmp_path):
@@ -750,3 +774,37 @@ def test_a_checkpoint_with_flipped_bytes_is_refused_and_a_legacy_one_resumes(tmp
     torch.save(torch.load(legacy, weights_only=False), legacy, _use_new_zipfile_serialization=False)
     assert legacy.read_bytes()[:4] != b"PK\x03\x04"
     assert train(cfg, tmp_path / "run", resume=True, progress=False)["epochs_done"] == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("lr", float("inf"), "lr must be a finite number > 0"),
+        ("momentum", -0.5, "momentum must be a finite number >= 0"),
+        ("weight_decay", -1e-4, "weight_decay must be a finite number >= 0"),
+        ("seed", 2**63, "seed must be an integer from 0 to 2\\*\\*63 - 1"),
+    ],
+)
+def test_config_values_torch_would_refuse_late_are_refused_up_front(key, value, message):
+    with pytest.raises(AdntnError, match=message):
+        _config(**{key: value}).check()
+
+
+def test_a_large_seed_orders_the_data():
+    # seed * 100_003 + epoch overflowed the generator's seed at the first epoch (3e15 here).
+    from adntn.train import epoch_order
+
+    order = epoch_order(10, 3 * 10**15, 1)
+    assert sorted(order.tolist()) == list(range(10))
+    small = torch.randperm(10, generator=torch.Generator().manual_seed(7 * 100_003 + 1))
+    assert torch.equal(epoch_order(10, 7, 1), small)  # small seeds keep their order
+
+
+def test_digits_refuses_a_data_directory_it_would_ignore(tmp_path):
+    from adntn.data import load_dataset
+
+    with pytest.raises(AdntnError, match="digits is embedded in scikit-learn and reads no files"):
+        load_dataset("digits", "train", tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(AdntnError, match="is a file, not a directory"):
+        load_dataset("mnist", "train", tmp_path / "file")
