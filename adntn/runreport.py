@@ -6,6 +6,7 @@ import base64
 import html
 import io
 import json
+import math
 import numbers
 import os
 from pathlib import Path
@@ -66,6 +67,30 @@ def _check_run(summary: Any, metrics: list[Any]) -> str | None:
         problem = _problem(row, _METRIC_KEYS)
         if problem:
             return f"metrics.jsonl line {k}: {problem}"
+    return _inconsistency(summary, metrics)
+
+
+def _inconsistency(summary: dict[str, Any], metrics: list[dict[str, Any]]) -> str | None:
+    """Where the run's files, each readable, disagree with each other or hold impossible numbers."""
+    for key in ("test_acc", "best_test_acc", "wall_time_s"):
+        value = summary[key]
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            return f"summary.json: {key!r} is {value!r}"
+    for k, row in enumerate(summary["layers"], 1):
+        if not (math.isfinite(row["compression"]) and row["compression"] > 0):
+            return f"summary.json: layers row {k}: 'compression' is {row['compression']!r}"
+    for k, row in enumerate(metrics, 1):
+        if not math.isfinite(row["test_acc"]):
+            return f"metrics.jsonl line {k}: 'test_acc' is {row['test_acc']!r}"
+    epochs = summary["config"].get("epochs")
+    if isinstance(epochs, int) and summary["epochs_done"] > epochs:
+        return f"summary.json: epochs_done {summary['epochs_done']} exceeds the config's {epochs} epochs"
+    if summary["epochs_done"] != len(metrics):
+        # A write that failed between the two (a full disk) leaves them apart; the checkpoint has both.
+        return (
+            f"summary.json reports {summary['epochs_done']} epoch(s) but metrics.jsonl holds {len(metrics)}; "
+            "`adntn train ... --resume` rewrites both from the checkpoint"
+        )
     return None
 
 

@@ -478,11 +478,23 @@ def _report_run(path, *, epochs=1, done=1, metrics=None):
         ("[]", None, "a JSON list"),
         (None, '{"epoch": 1}\n', "metrics.jsonl line 1: no 'test_acc'"),
         (None, "[1, 50.0]\n", "metrics.jsonl line 1: a JSON list"),
+        # Readable, but impossible or disagreeing (a hand edit, a full disk between the two writes).
+        (None, "", "summary.json reports 2 epoch(s) but metrics.jsonl holds 0"),
+        (None, '{"epoch": 1, "test_acc": NaN}\n{"epoch": 2, "test_acc": 50}\n', "'test_acc' is nan"),
+        ("edit:epochs_done=7", None, "epochs_done 7 exceeds the config's 2 epochs"),
+        ("edit:test_acc=Infinity", None, "'test_acc' is inf"),
+        ("edit:compression=-5", None, "'compression' is -5"),
     ],
 )
 def test_report_refuses_a_malformed_run_and_keeps_the_old_report(tmp_path, capsys, summary, metrics, why):
-    run = _report_run(tmp_path / "run")
-    if summary is not None:
+    run = _report_run(tmp_path / "run", epochs=2, done=2)
+    if summary is not None and summary.startswith("edit:"):
+        key, value = summary[5:].split("=")
+        data = json.loads((run / "summary.json").read_text())
+        target = data["layers"][0] if key == "compression" else data
+        target[key] = json.loads(value) if value != "Infinity" else float("inf")
+        (run / "summary.json").write_text(json.dumps(data))
+    elif summary is not None:
         (run / "summary.json").write_text(summary)
     if metrics is not None:
         (run / "metrics.jsonl").write_text(metrics)
