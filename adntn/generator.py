@@ -613,6 +613,8 @@ class Generator(nn.Module):
                     "cache": st.cache,
                 }
             )
+        for name, tensors, flops, cache in self.kron.planned if self.kron is not None else ():
+            rows.append({"network": name, "members": 1, "tensors": tensors, "flops": flops, "cache": cache})
         return rows
 
 

@@ -66,6 +66,8 @@ class KronSplit:
     mixer: tuple[int, ...] = ()
     mixer_program: Program | None = None
     mix_shape: tuple[int, int, int, int] | None = None
+    # (name, tensors, flops, cache status) of each network planned for it, for Generator.plan_report.
+    planned: tuple[tuple[str, int, int, str], ...] = ()
 
     def stream_flops(self, rows: int) -> int:
         """Flops of ``Σ_r A_r X_b B_rᵀ`` over ``rows`` rows (two products per bond term), and of the mixer."""
@@ -192,8 +194,9 @@ def _build(generator: Generator, net: tnplan.Network, best: _Candidate) -> KronS
     if mixer:
         wanted.append((mixer, (*legs["la"], *legs["rb"], *legs["mo"])))
     programs = []
+    planned = []
     flops = 0
-    for side, output in wanted:
+    for name, (side, output) in zip(("A", "B", "mixer"), wanted, strict=False):
         side_net = tnplan.Network([net.inputs[t] for t in side], output, sizes)
         try:
             plan = tnplan.plan(side_net, **generator._plan_kwargs)
@@ -202,6 +205,7 @@ def _build(generator: Generator, net: tnplan.Network, best: _Candidate) -> KronS
             # networks were planned); the split is optional, so the generator may lack it.
             return None
         programs.append(plan.compile())
+        planned.append((f"kron:{name}", len(side), plan.flops, plan.cache_status))
         flops += plan.flops
     return KronSplit(
         left,
@@ -213,4 +217,5 @@ def _build(generator: Generator, net: tnplan.Network, best: _Candidate) -> KronS
         mixer,
         programs[2] if mixer else None,
         best.mix_shape,
+        tuple(planned),
     )

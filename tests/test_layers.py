@@ -93,6 +93,12 @@ def test_segments_are_planned_once_per_shape_then_hit_the_cache(tmp_path):
     assert "miss" in before
     assert all(s in ("hit", "off") for s in after)
     assert [s == "off" for s in before] == [s == "off" for s in after]
+    # The Kronecker split's factor networks are planned too, and reported (they were left out: a
+    # build counted 12 searches and exported 13 plans).
+    assert first.generator.kron is not None
+    kron_rows = [r for r in first.generator.plan_report() if r["network"].startswith("kron:")]
+    assert [r["network"] for r in kron_rows][:2] == ["kron:A", "kron:B"]
+    assert sum(r["flops"] for r in kron_rows) == first.generator.kron.flops
 
 
 def test_cache_only_refuses_to_plan(tmp_path):
