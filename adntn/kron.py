@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -202,7 +203,13 @@ def _build(generator: Generator, net: tnplan.Network, best: _Candidate) -> KronS
             plan = tnplan.plan(side_net, **generator._plan_kwargs)
         except tnplan.PlanError:
             # Only a cache miss under cache_only gets here (an export from before this split's
-            # networks were planned); the split is optional, so the generator may lack it.
+            # networks were planned); the split is optional, so the generator may lack it, but says so.
+            warnings.warn(
+                "the plan cache lacks this generator's Kronecker split (an export from before it was planned), "
+                "so mode='kron' is unavailable and auto will not pick it; plan again where kahypar is installed "
+                "(adntn plan ... --export) to have it",
+                stacklevel=2,
+            )
             return None
         programs.append(plan.compile())
         planned.append((f"kron:{name}", len(side), plan.flops, plan.cache_status))

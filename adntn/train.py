@@ -520,6 +520,12 @@ def _train(
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model)
 
+    if cfg.batch_size > len(y_train) and rank == 0:
+        warnings.warn(
+            f"batch_size {cfg.batch_size} exceeds the {len(y_train)} training images: every epoch is one step "
+            f"of {len(y_train)}",
+            stacklevel=2,
+        )
     steps_per_epoch = math.ceil(len(y_train) / cfg.batch_size)
     opt, sched = make_optimizer(model, cfg, steps_per_epoch)
     metrics: list[dict[str, Any]] = []

@@ -538,3 +538,21 @@ def test_fitting_a_zero_or_half_precision_weight_keeps_finite_cores(case):
         broken.weight[0, 0] = float("nan")
     with pytest.raises(AdntnError, match="inf or nan"):
         TNLinear.from_linear(broken, "ttn", bond_dim=2, steps=2)
+
+
+def test_a_cache_without_the_kron_split_builds_the_layer_and_says_so(tmp_path):
+    # An export from before the split's factor networks were planned: under cache_only the split was
+    # dropped without a word, so mode="kron" vanished and auto never weighed it.
+    from adntn.generator import STREAM_BUCKETS
+
+    # A MERA's split: its B factor is a 4-tensor network (smaller ones are enumerated, never cached).
+    full = TNLinear(256, 256, "mera", bond_dim=4, cache=tnplan.PlanCache(tmp_path / "full.sqlite"))
+    gen = full.generator
+    assert gen.kron is not None
+    partial = tnplan.PlanCache(tmp_path / "partial.sqlite")
+    for network in [g.network for g in gen.groups] + [gen._stream_network(b) for b in STREAM_BUCKETS]:
+        tnplan.plan(network, cache=partial)
+    with pytest.warns(UserWarning, match="lacks this generator's Kronecker split"):
+        layer = TNLinear(256, 256, "mera", bond_dim=4, cache=partial, cache_only=True)
+    assert layer.generator.kron is None
+    assert "kron" not in {m for picks in layer.auto_modes.values() for m in picks.values()}

@@ -820,3 +820,9 @@ def test_digits_refuses_a_data_directory_it_would_ignore(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(AdntnError, match="is a file, not a directory"):
         load_dataset("mnist", "train", tmp_path / "file")
+
+
+def test_a_batch_larger_than_the_training_set_is_warned(tmp_path):
+    cfg = _config(cache=str(tmp_path / "plans.sqlite"), train_limit=64, batch_size=1000, epochs=1)
+    with pytest.warns(UserWarning, match="batch_size 1000 exceeds the 64 training images"):
+        train(cfg, tmp_path / "run", progress=False)
