@@ -23,7 +23,7 @@ from kernels import memory, tune
 from kernels.calibrate import step_seconds
 from kernels.errors import KernelsError
 from kernels.steps import Step, make_step
-from kernels.transforms import transformed
+from kernels.transforms import batched_grad, transformed
 
 if TYPE_CHECKING:
     from adntn.generator import Generator
@@ -453,7 +453,7 @@ class _KernelGenerator(torch.autograd.Function):
             n_params = len(ctx.keys)
             saved, params = _unpack(stored[:-n_params], ctx.layout), stored[-n_params:]
         with torch.autocast(grad.device.type, enabled=False):
-            if torch.is_grad_enabled() or _batched(grad):
+            if torch.is_grad_enabled() or batched_grad(grad):
                 # create_graph=True (the gradients will be differentiated again), or batched gradients
                 # (is_grads_batched, jacobian(vectorize=True)): the kernels have neither a derivative
                 # nor a batching rule of their own.
@@ -482,12 +482,6 @@ def _unpack(held: tuple[torch.Tensor, ...], layout: list[tuple[int, int]]) -> li
         saved.append((flat, canon, held[at + n_flat + n_canon]))
         at += n_flat + n_canon + 1
     return saved
-
-
-def _batched(t: torch.Tensor) -> bool:
-    """Whether ``t`` is a batch of gradients autograd's batched backward made (a legacy vmap tensor)."""
-    check = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
-    return bool(check is not None and check(t))
 
 
 def _reference_grads(ctx: Any, params: Sequence[torch.Tensor], grad: torch.Tensor) -> list[torch.Tensor | None]:

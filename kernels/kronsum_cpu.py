@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from kernels.repeat import repeated
-from kernels.transforms import transformed
+from kernels.transforms import batched_grad, transformed
 
 BLOCK_BYTES = 1 << 20  # a block's intermediate, within a core's L2 (2 MiB here): the next product reads it there
 MIN_SUM = 256  # terms summed per block into a factor's gradient that does not fit the cache
@@ -237,7 +237,7 @@ class _KronRows(torch.autograd.Function):
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, a, b = ctx.saved_tensors
         needed = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled() or _batched(dy):
+        if torch.is_grad_enabled() or batched_grad(dy):
             # create_graph=True, or batched gradients (is_grads_batched, jacobian(vectorize=True)): the
             # blocks' in-place sums have no derivative and no batching rule of their own.
             from kernels.kronsum import reference_grads
@@ -247,9 +247,3 @@ class _KronRows(torch.autograd.Function):
         # A backward called under autocast would run the blocks' products in its dtype, into buffers of ours.
         with torch.autocast("cpu", enabled=False):
             return (*_backward(x, a, b, dy.contiguous(), needed, ctx.mirror), None)
-
-
-def _batched(t: torch.Tensor) -> bool:
-    """Whether ``t`` is a batch of gradients autograd's batched backward made (a legacy vmap tensor)."""
-    check = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
-    return bool(check is not None and check(t))

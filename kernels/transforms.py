@@ -16,3 +16,10 @@ def transformed(*tensors: torch.Tensor | None) -> bool:
     if torch._C._are_functorch_transforms_active():
         return True
     return any(t is not None and fwad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def batched_grad(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a batch of gradients autograd's batched backward made (``is_grads_batched``,
+    ``jacobian(vectorize=True)``: a legacy vmap tensor), which the kernels' backwards cannot take."""
+    check = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
+    return bool(check is not None and check(t))

@@ -389,12 +389,10 @@ def plan(
             ssa, sliced = list(unsliced), ()  # the best tree fits whole: slicing it would only add work
         # The unsliced optimum that fits the caps is optimal under them too: slicing never lowers flops,
         # writes or combo (it may lower a slice's peak, so not for "size").
-        whole = score_path(network, ssa).objective(minimize)
-        if not sliced and unsliced_optimal and minimize != "size" and whole <= best_unsliced.objective(minimize):
+        whole = score_path(network, ssa)
+        proven = unsliced_optimal and whole.objective(minimize) <= best_unsliced.objective(minimize)
+        if not sliced and proven and minimize != "size":
             optimal, method = True, "optimal"
-        # The baseline of slicing_overhead: the cheaper of the best unsliced tree the search kept and
-        # the returned tree whole (sliced flops are never below the same tree's, so overhead >= 1).
-        unsliced_flops = min(best_unsliced.flops, score_path(network, ssa).flops)
         if not fits(network, ssa, sliced, memory_limit=limit, max_size=max_size):
             ssa, sliced = slice_tree(
                 network,
@@ -406,6 +404,10 @@ def plan(
                 seed=seed,
                 attempts=64 if max_time is not None else 8,
             )
+            whole = score_path(network, ssa)
+        # The baseline of slicing_overhead: the cheaper of the best unsliced tree the search kept and
+        # the returned tree whole (sliced flops are never below the same tree's, so overhead >= 1).
+        unsliced_flops = min(best_unsliced.flops, whole.flops)
         if sliced:
             optimal = False
     costs = score_path(network, ssa, sliced)
